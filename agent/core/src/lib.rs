@@ -1,0 +1,1 @@
+//! Pure fan logic (no I/O).

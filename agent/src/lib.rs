@@ -1,0 +1,1 @@
+//! fan agent
