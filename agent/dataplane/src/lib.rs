@@ -19,6 +19,13 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
+pub mod host;
+pub mod kernel;
+pub mod netlink;
+pub mod sysctl;
+
+pub use kernel::KernelDataplane;
+
 /// Everything the data plane needs to program one fan network on this host.
 ///
 /// Computed by the agent from the stored spec and the host's interfaces; the

@@ -1,0 +1,380 @@
+//! The host part of a fan network, shared by every backend: the bridge with
+//! the slice gateway address and MTU, the forwarding sysctls, and the
+//! outbound masquerade table.
+//!
+//! Ownership mark: the bridge's ifalias is `fan:<network_id>`. A device with
+//! the bridge's name but without that mark belongs to someone else: `apply`
+//! refuses to touch it and `remove` leaves it alone.
+
+pub mod nft;
+
+use ipnetwork::Ipv4Network;
+use tracing::{info, warn};
+
+use crate::netlink::{Link, Netlink};
+use crate::sysctl;
+use crate::{DataplaneError, Drift, NetworkPlan, Observation, Result};
+
+pub use nft::Nft;
+
+/// The ifalias that marks a bridge as the agent's for `network_id`.
+pub fn bridge_mark(network_id: &str) -> String {
+    format!("fan:{network_id}")
+}
+
+/// Collects errors so that teardown can carry on after a failure and report
+/// everything at the end (netavark style).
+#[derive(Debug, Default)]
+pub struct Errors(Vec<DataplaneError>);
+
+impl Errors {
+    /// No errors yet.
+    pub fn new() -> Self {
+        Errors::default()
+    }
+
+    /// Records the error of `result`, if any, and logs it.
+    pub fn record<T>(&mut self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(error = %e, "teardown step failed, carrying on");
+                // Keep the list flat when a step itself reports several errors.
+                match e {
+                    DataplaneError::Many(inner) => self.0.extend(inner),
+                    e => self.0.push(e),
+                }
+                None
+            }
+        }
+    }
+
+    /// Ok when nothing failed, the error when one did, `Many` when several did.
+    pub fn into_result(mut self) -> Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(DataplaneError::Many(self.0)),
+        }
+    }
+}
+
+fn bridge_object(plan: &NetworkPlan) -> String {
+    format!("bridge {}", plan.bridge)
+}
+
+fn gateway_address(plan: &NetworkPlan) -> Result<Ipv4Network> {
+    Ipv4Network::new(plan.gateway, plan.slice.prefix())
+        .map_err(|e| DataplaneError::other(format!("gateway address of {}", plan.network_id), e))
+}
+
+fn drift(
+    object: impl Into<String>,
+    expected: impl Into<String>,
+    observed: impl Into<String>,
+) -> Drift {
+    Drift {
+        object: object.into(),
+        expected: expected.into(),
+        observed: observed.into(),
+    }
+}
+
+fn describe_alias(link: &Link) -> String {
+    match &link.alias {
+        Some(a) => format!("ifalias {a:?}"),
+        None => "no ifalias".to_string(),
+    }
+}
+
+/// Bridge, addresses, sysctls and nftables for one network.
+#[derive(Debug, Clone)]
+pub struct HostSetup {
+    netlink: Netlink,
+    nft: Nft,
+}
+
+impl HostSetup {
+    /// Uses `netlink` and the `nft` binary from PATH.
+    pub fn new(netlink: Netlink) -> Self {
+        HostSetup {
+            netlink,
+            nft: Nft::new(),
+        }
+    }
+
+    /// Uses `netlink` and the given nft runner.
+    pub fn with_nft(netlink: Netlink, nft: Nft) -> Self {
+        HostSetup { netlink, nft }
+    }
+
+    /// The bridge if it exists and carries our mark; an error if a device of
+    /// that name exists without it.
+    async fn owned_bridge(&self, plan: &NetworkPlan) -> Result<Option<Link>> {
+        let Some(link) = self.netlink.link_by_name(&plan.bridge).await? else {
+            return Ok(None);
+        };
+        let mark = bridge_mark(&plan.network_id);
+        if link.alias.as_deref() != Some(mark.as_str()) {
+            return Err(DataplaneError::other(
+                bridge_object(plan),
+                format!(
+                    "device {} exists and is not managed by fan (expected ifalias {mark:?}, found {})",
+                    plan.bridge,
+                    describe_alias(&link)
+                ),
+            ));
+        }
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(DataplaneError::other(
+                bridge_object(plan),
+                format!(
+                    "device {} carries the mark of network {} but is a {}, not a bridge",
+                    plan.bridge,
+                    plan.network_id,
+                    link.kind.as_deref().unwrap_or("device without rtnl kind")
+                ),
+            ));
+        }
+        Ok(Some(link))
+    }
+
+    /// Makes the host match the plan; idempotent.
+    pub async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
+        let gateway = gateway_address(plan)?;
+        let bridge = match self.owned_bridge(plan).await? {
+            Some(link) => link,
+            None => {
+                let link = self.netlink.create_bridge(&plan.bridge).await?;
+                // Mark it at once. The kernel ignores IFLA_IFALIAS on
+                // RTM_NEWLINK, so there is a short window in which a crash
+                // leaves an unmarked bridge that the next apply refuses.
+                self.netlink
+                    .set_alias(link.index, &bridge_mark(&plan.network_id))
+                    .await?;
+                info!(bridge = %plan.bridge, network = %plan.network_id, "created bridge");
+                link
+            }
+        };
+        let index = bridge.index;
+
+        if bridge.mtu != plan.mtu {
+            info!(bridge = %plan.bridge, from = bridge.mtu, to = plan.mtu, "setting bridge MTU");
+            self.netlink.set_mtu(index, plan.mtu).await?;
+        }
+
+        let addresses = self.netlink.ipv4_addresses(index).await?;
+        for stale in addresses.iter().filter(|a| **a != gateway) {
+            // The bridge is ours: an old slice's gateway (the host's underlay
+            // address changed) or a hand-added address must go.
+            info!(bridge = %plan.bridge, address = %stale, "removing stale address");
+            self.netlink.delete_ipv4_address(index, *stale).await?;
+        }
+        if !addresses.contains(&gateway) {
+            info!(bridge = %plan.bridge, address = %gateway, "adding gateway address");
+            self.netlink.add_ipv4_address(index, gateway).await?;
+        }
+
+        if !bridge.up {
+            self.netlink.set_up(index, true).await?;
+        }
+
+        sysctl::set_ip_forward(true)?;
+        sysctl::set_rp_filter(&plan.bridge, sysctl::RP_FILTER_LOOSE)?;
+        sysctl::set_send_redirects(&plan.bridge, false)?;
+        // Decapsulated packets arrive on the underlay device with overlay
+        // sources: strict rp_filter would drop them.
+        sysctl::set_rp_filter(&plan.underlay_interface, sysctl::RP_FILTER_LOOSE)?;
+
+        if plan.masquerade {
+            self.nft.apply_masquerade(plan).await?;
+        } else {
+            self.nft.delete_table(&plan.network_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists every difference between the host and the plan.
+    pub async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
+        let mut drifts = Vec::new();
+        let gateway = gateway_address(plan)?;
+        let object = bridge_object(plan);
+
+        match self.netlink.link_by_name(&plan.bridge).await? {
+            None => drifts.push(drift(&object, "present", "absent")),
+            Some(link) => {
+                let mark = bridge_mark(&plan.network_id);
+                if link.alias.as_deref() != Some(mark.as_str()) {
+                    drifts.push(drift(
+                        &object,
+                        format!("managed by fan (ifalias {mark:?})"),
+                        format!("not managed by fan ({})", describe_alias(&link)),
+                    ));
+                } else {
+                    self.observe_bridge(plan, &link, gateway, &mut drifts)
+                        .await?;
+                }
+            }
+        }
+
+        if !sysctl::ip_forward()? {
+            drifts.push(drift(sysctl::key_name(&["ip_forward"]), "1", "0"));
+        }
+        let underlay_rp = sysctl::rp_filter(&plan.underlay_interface)?;
+        if underlay_rp != sysctl::RP_FILTER_LOOSE {
+            drifts.push(drift(
+                sysctl::key_name(&["conf", &plan.underlay_interface, "rp_filter"]),
+                "2 (loose)",
+                rp_filter_text(underlay_rp),
+            ));
+        }
+
+        self.observe_nft(plan, &mut drifts).await?;
+        Ok(Observation {
+            drifts,
+            counters: None,
+        })
+    }
+
+    async fn observe_bridge(
+        &self,
+        plan: &NetworkPlan,
+        link: &Link,
+        gateway: Ipv4Network,
+        drifts: &mut Vec<Drift>,
+    ) -> Result<()> {
+        let object = bridge_object(plan);
+        if link.kind.as_deref() != Some("bridge") {
+            drifts.push(drift(
+                &object,
+                "kind bridge",
+                format!("kind {}", link.kind.as_deref().unwrap_or("none")),
+            ));
+            return Ok(());
+        }
+        if !link.up {
+            drifts.push(drift(&object, "up", "down"));
+        }
+        if link.mtu != plan.mtu {
+            drifts.push(drift(
+                &object,
+                format!("mtu {}", plan.mtu),
+                format!("mtu {}", link.mtu),
+            ));
+        }
+        let addresses = self.netlink.ipv4_addresses(link.index).await?;
+        if !addresses.contains(&gateway) {
+            drifts.push(drift(
+                format!("address {gateway} on {}", plan.bridge),
+                "present",
+                "absent",
+            ));
+        }
+        for extra in addresses.iter().filter(|a| **a != gateway) {
+            drifts.push(drift(
+                format!("address {extra} on {}", plan.bridge),
+                "absent",
+                "present",
+            ));
+        }
+        let rp = sysctl::rp_filter(&plan.bridge)?;
+        if rp != sysctl::RP_FILTER_LOOSE {
+            drifts.push(drift(
+                sysctl::key_name(&["conf", &plan.bridge, "rp_filter"]),
+                "2 (loose)",
+                rp_filter_text(rp),
+            ));
+        }
+        if sysctl::send_redirects(&plan.bridge)? {
+            drifts.push(drift(
+                sysctl::key_name(&["conf", &plan.bridge, "send_redirects"]),
+                "0",
+                "1",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn observe_nft(&self, plan: &NetworkPlan, drifts: &mut Vec<Drift>) -> Result<()> {
+        let object = nft::table_object(&plan.network_id);
+        let listing = self
+            .nft
+            .list_table(&nft::table_name(&plan.network_id))
+            .await?;
+        match (plan.masquerade, listing) {
+            (false, None) => {}
+            (false, Some(_)) => drifts.push(drift(object, "absent (masquerade off)", "present")),
+            (true, None) => drifts.push(drift(object, "present", "absent")),
+            (true, Some(listing)) => {
+                let expected = nft::expected_summary(plan);
+                let observed = nft::summarize(&listing);
+                if observed != expected {
+                    drifts.push(drift(object, expected.join("; "), observed.join("; ")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the nft table and the bridge (only when it carries our mark).
+    /// Carries on after errors and reports them all; what is already gone
+    /// counts as removed. Sysctls are left as they are: ip_forward and the
+    /// underlay's rp_filter may be relied on by others.
+    pub async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
+        let mut errors = Errors::new();
+        errors.record(self.nft.delete_table(&plan.network_id).await);
+        match self.netlink.link_by_name(&plan.bridge).await {
+            Ok(None) => {}
+            Ok(Some(link))
+                if link.alias.as_deref() == Some(bridge_mark(&plan.network_id).as_str()) =>
+            {
+                if errors
+                    .record(self.netlink.delete_link(link.index).await)
+                    .is_some()
+                {
+                    info!(bridge = %plan.bridge, network = %plan.network_id, "deleted bridge");
+                }
+            }
+            Ok(Some(link)) => warn!(
+                bridge = %plan.bridge,
+                found = %describe_alias(&link),
+                "not deleting device: it is not managed by fan"
+            ),
+            Err(e) => {
+                errors.record::<()>(Err(e));
+            }
+        }
+        errors.into_result()
+    }
+}
+
+fn rp_filter_text(value: u32) -> String {
+    match value {
+        0 => "0 (off)".to_string(),
+        1 => "1 (strict)".to_string(),
+        2 => "2 (loose)".to_string(),
+        v => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_collapse() {
+        assert!(Errors::new().into_result().is_ok());
+        let mut one = Errors::new();
+        one.record::<()>(Err(DataplaneError::other("a", "b")));
+        assert!(matches!(
+            one.into_result(),
+            Err(DataplaneError::Other { .. })
+        ));
+        let mut two = Errors::new();
+        two.record::<()>(Err(DataplaneError::other("a", "b")));
+        two.record::<()>(Err(DataplaneError::other("c", "d")));
+        let err = two.into_result().unwrap_err();
+        assert!(matches!(&err, DataplaneError::Many(v) if v.len() == 2));
+        assert_eq!(err.to_string(), "a: b; c: d");
+    }
+}

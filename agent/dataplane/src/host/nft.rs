@@ -1,0 +1,343 @@
+//! The agent's nftables table: outbound masquerade for one network.
+//!
+//! We drive the `nft` binary (through tokio::process) instead of speaking
+//! nf_tables netlink ourselves: there is no maintained pure-Rust nf_tables
+//! netlink crate compatible with our pinned dependencies, and `nft -f -`
+//! gives us atomic transactions and a stable JSON listing for free.
+//!
+//! One table per network, `table ip fan_<id>`, owned entirely by the agent:
+//! applying replaces the whole table in one transaction
+//! (`add table; delete table; add table …`), so it is idempotent and never
+//! leaves a half-written ruleset.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use ipnetwork::Ipv4Network;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tracing::debug;
+
+use crate::{DataplaneError, NetworkPlan, Result};
+
+/// The name of a network's table: `fan_<network_id>` with '-' replaced by '_'.
+pub fn table_name(network_id: &str) -> String {
+    format!("fan_{}", network_id.replace('-', "_"))
+}
+
+/// How a table is named in messages and drifts: "nft table ip fan_prod_250".
+pub fn table_object(network_id: &str) -> String {
+    format!("nft table ip {}", table_name(network_id))
+}
+
+fn check_table_name(name: &str) -> Result<()> {
+    // nft identifiers: a letter or '_' then letters, digits, '_'. Anything
+    // else would need quoting and could inject into the script.
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(DataplaneError::other(
+            format!("nft table {name}"),
+            "network id is not usable as an nftables table name (letters, digits, '-', '_')",
+        ))
+    }
+}
+
+/// The expected masquerade rule, in nft syntax.
+pub fn masquerade_rule(slice: Ipv4Network, overlay: Ipv4Network) -> String {
+    format!(
+        "ip saddr {}/{} ip daddr != {}/{} masquerade",
+        slice.network(),
+        slice.prefix(),
+        overlay.network(),
+        overlay.prefix()
+    )
+}
+
+/// The chain's description as [`summarize`] renders it.
+const POSTROUTING_CHAIN: &str =
+    "chain postrouting { type nat hook postrouting priority 100; policy accept; }";
+
+/// The `nft -f -` script that (re)creates the network's table atomically.
+pub fn apply_script(plan: &NetworkPlan) -> Result<String> {
+    let table = table_name(&plan.network_id);
+    check_table_name(&table)?;
+    // "add" before "delete" makes the delete succeed when the table is absent.
+    Ok(format!(
+        "add table ip {table}\n\
+         delete table ip {table}\n\
+         add table ip {table}\n\
+         add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         add rule ip {table} postrouting {}\n",
+        masquerade_rule(plan.slice, plan.overlay)
+    ))
+}
+
+/// The `nft -f -` script that removes the table, present or not.
+pub fn delete_script(network_id: &str) -> Result<String> {
+    let table = table_name(network_id);
+    check_table_name(&table)?;
+    Ok(format!("add table ip {table}\ndelete table ip {table}\n"))
+}
+
+/// What the table should look like, as [`summarize`] renders it.
+pub fn expected_summary(plan: &NetworkPlan) -> Vec<String> {
+    vec![
+        POSTROUTING_CHAIN.to_string(),
+        format!(
+            "rule postrouting: {}",
+            masquerade_rule(plan.slice, plan.overlay)
+        ),
+    ]
+}
+
+/// Renders the chains and rules of an `nft -j list table` answer as lines,
+/// in nft-like syntax for the shapes the agent writes, raw JSON otherwise.
+pub fn summarize(listing: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    let items = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for item in &items {
+        if let Some(chain) = item.get("chain") {
+            let name = str_field(chain, "name");
+            if chain.get("hook").is_some() {
+                lines.push(format!(
+                    "chain {name} {{ type {} hook {} priority {}; policy {}; }}",
+                    str_field(chain, "type"),
+                    str_field(chain, "hook"),
+                    chain.get("prio").map(Value::to_string).unwrap_or_default(),
+                    str_field(chain, "policy"),
+                ));
+            } else {
+                lines.push(format!("chain {name} {{ }}"));
+            }
+        } else if let Some(rule) = item.get("rule") {
+            let exprs = rule
+                .get("expr")
+                .and_then(Value::as_array)
+                .map(|e| e.iter().map(render_expr).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            lines.push(format!("rule {}: {exprs}", str_field(rule, "chain")));
+        } else if item.get("table").is_none() && item.get("metainfo").is_none() {
+            // Sets, maps, flowtables…: nothing the agent writes.
+            lines.push(item.to_string());
+        }
+    }
+    lines
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn render_expr(expr: &Value) -> String {
+    if let Some(m) = expr.get("match") {
+        let left = m.get("left").and_then(|l| l.get("payload"));
+        let right = m.get("right");
+        if let (Some(payload), Some(right)) = (left, right) {
+            let value = match right {
+                Value::String(addr) => Some(format!("{addr}/32")),
+                Value::Object(_) => right.get("prefix").map(|p| {
+                    format!(
+                        "{}/{}",
+                        str_field(p, "addr"),
+                        p.get("len").map(Value::to_string).unwrap_or_default()
+                    )
+                }),
+                _ => None,
+            };
+            if let Some(value) = value {
+                let op = match str_field(m, "op") {
+                    "==" | "in" => String::new(),
+                    other => format!("{other} "),
+                };
+                return format!(
+                    "{} {} {op}{value}",
+                    str_field(payload, "protocol"),
+                    str_field(payload, "field")
+                );
+            }
+        }
+    } else if expr.get("masquerade").is_some_and(Value::is_null) {
+        return "masquerade".to_string();
+    }
+    expr.to_string()
+}
+
+/// Runs the `nft` binary.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    program: PathBuf,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft::new()
+    }
+}
+
+/// The outcome of running nft: Err(None) when the binary is missing.
+type Output = std::result::Result<std::process::Output, Option<std::io::Error>>;
+
+impl Nft {
+    /// Uses `nft` from PATH.
+    pub fn new() -> Self {
+        Nft {
+            program: PathBuf::from("nft"),
+        }
+    }
+
+    /// Uses the given nft binary.
+    pub fn with_program(program: impl Into<PathBuf>) -> Self {
+        Nft {
+            program: program.into(),
+        }
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args)
+            // nft's error messages come from strerror: keep them parseable.
+            .env("LC_ALL", "C")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+            Err(e) => return Err(Some(e)),
+        };
+        if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(script.as_bytes()).await.map_err(Some)?;
+            // Dropping the pipe closes it: nft reads to EOF.
+        }
+        child.wait_with_output().await.map_err(Some)
+    }
+
+    fn spawn_error(&self, context: &str, error: Option<std::io::Error>) -> DataplaneError {
+        match error {
+            None => DataplaneError::other(
+                context,
+                format!("{} not found (install nftables)", self.program.display()),
+            ),
+            Some(e) => {
+                DataplaneError::other(context, format!("run {}: {e}", self.program.display()))
+            }
+        }
+    }
+
+    /// Runs `nft -f -` with `script` as one atomic transaction.
+    pub async fn run_script(&self, context: &str, script: &str) -> Result<()> {
+        debug!(script, "nft -f -");
+        let output = self
+            .run(&["-f", "-"], Some(script))
+            .await
+            .map_err(|e| self.spawn_error(context, e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(DataplaneError::other(
+                context,
+                format!(
+                    "nft -f - failed ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            ))
+        }
+    }
+
+    /// `nft -j list table ip <name>`: `None` when the table does not exist.
+    pub async fn list_table(&self, name: &str) -> Result<Option<Value>> {
+        let context = format!("list nft table ip {name}");
+        check_table_name(name)?;
+        let output = match self.run(&["-j", "list", "table", "ip", name], None).await {
+            Ok(o) => o,
+            // Without nft there can be no table of ours.
+            Err(None) => return Ok(None),
+            Err(e) => return Err(self.spawn_error(&context, e)),
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(DataplaneError::other(
+                context,
+                format!("nft failed ({}): {}", output.status, stderr.trim()),
+            ));
+        }
+        serde_json::from_slice(&output.stdout)
+            .map(Some)
+            .map_err(|e| DataplaneError::other(context, format!("parse nft JSON: {e}")))
+    }
+
+    /// Creates or replaces the network's masquerade table.
+    pub async fn apply_masquerade(&self, plan: &NetworkPlan) -> Result<()> {
+        let context = format!("apply {}", table_object(&plan.network_id));
+        self.run_script(&context, &apply_script(plan)?).await
+    }
+
+    /// Removes the network's table; absent (or no nft binary) is success.
+    pub async fn delete_table(&self, network_id: &str) -> Result<()> {
+        let name = table_name(network_id);
+        if self.list_table(&name).await?.is_none() {
+            return Ok(());
+        }
+        let context = format!("delete {}", table_object(network_id));
+        self.run_script(&context, &delete_script(network_id)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(table_name("prod-250"), "fan_prod_250");
+        assert!(check_table_name("fan_prod_250").is_ok());
+        assert!(check_table_name("fan_a;b").is_err());
+        assert!(check_table_name("fan_a b").is_err());
+    }
+
+    #[test]
+    fn summary_of_our_table_matches_expected_rule() {
+        let json: Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "fan_x", "handle": 2}},
+            {"chain": {"family": "ip", "table": "fan_x", "name": "postrouting", "handle": 1,
+              "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "fan_x", "chain": "postrouting", "handle": 2, "expr": [
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": {"prefix": {"addr": "250.0.28.0", "len": 24}}}},
+              {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                         "right": {"prefix": {"addr": "250.0.0.0", "len": 8}}}},
+              {"masquerade": null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            summarize(&json),
+            vec![
+                POSTROUTING_CHAIN.to_string(),
+                "rule postrouting: ip saddr 250.0.28.0/24 ip daddr != 250.0.0.0/8 masquerade"
+                    .to_string()
+            ]
+        );
+    }
+}

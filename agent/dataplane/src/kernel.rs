@@ -1,0 +1,134 @@
+//! [`KernelDataplane`]: the real [`Dataplane`], composing the host setup with
+//! the registered encapsulation backends.
+
+use async_trait::async_trait;
+use tracing::debug;
+
+use crate::host::{Errors, HostSetup};
+use crate::netlink::Netlink;
+use crate::{
+    Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, NetworkPlan,
+    Observation, Result,
+};
+
+/// The data plane that programs this host's kernel.
+pub struct KernelDataplane {
+    netlink: Netlink,
+    host: HostSetup,
+    backends: Vec<Box<dyn Encapsulation>>,
+}
+
+impl std::fmt::Debug for KernelDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelDataplane")
+            .field(
+                "backends",
+                &self.backends.iter().map(|b| b.kind()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelDataplane {
+    /// Opens the rtnetlink connection (must run inside a tokio runtime) and
+    /// registers `backends`.
+    pub fn new(backends: Vec<Box<dyn Encapsulation>>) -> Result<Self> {
+        Ok(Self::with_netlink(Netlink::new()?, backends))
+    }
+
+    /// Uses an existing netlink connection (shared with the backends).
+    pub fn with_netlink(netlink: Netlink, backends: Vec<Box<dyn Encapsulation>>) -> Self {
+        let host = HostSetup::new(netlink.clone());
+        Self::with_parts(netlink, host, backends)
+    }
+
+    /// Full control: a custom [`HostSetup`] (e.g. another nft binary).
+    pub fn with_parts(
+        netlink: Netlink,
+        host: HostSetup,
+        backends: Vec<Box<dyn Encapsulation>>,
+    ) -> Self {
+        KernelDataplane {
+            netlink,
+            host,
+            backends,
+        }
+    }
+
+    /// The netlink connection.
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    /// The host part.
+    pub fn host(&self) -> &HostSetup {
+        &self.host
+    }
+
+    fn backend(&self, kind: BackendKind) -> Result<&dyn Encapsulation> {
+        self.backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .map(|b| b.as_ref())
+            .ok_or_else(|| DataplaneError::Unavailable {
+                backend: kind,
+                reason: "backend not registered in this agent".to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl Dataplane for KernelDataplane {
+    async fn availability(&self) -> Vec<Availability> {
+        let mut all = Vec::with_capacity(self.backends.len());
+        for backend in &self.backends {
+            all.push(backend.availability().await);
+        }
+        all
+    }
+
+    async fn host_addresses(&self) -> Result<Vec<HostAddress>> {
+        Ok(self
+            .netlink
+            .all_ipv4_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| !a.loopback && !a.address.ip().is_loopback())
+            .map(|a| HostAddress {
+                interface: a.interface,
+                address: a.address,
+                mtu: a.mtu,
+            })
+            .collect())
+    }
+
+    async fn default_route_interface(&self) -> Result<Option<String>> {
+        self.netlink.default_route_interface().await
+    }
+
+    async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
+        // Check the backend first: no point building a bridge we cannot feed.
+        let backend = self.backend(plan.backend)?;
+        debug!(network = %plan.network_id, backend = %plan.backend, "apply");
+        self.host.apply(plan).await?;
+        backend.apply(plan).await
+    }
+
+    async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
+        let backend = self.backend(plan.backend)?;
+        let mut observation = self.host.observe(plan).await?;
+        observation.merge(backend.observe(plan).await?);
+        Ok(observation)
+    }
+
+    async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
+        debug!(network = %plan.network_id, backend = %plan.backend, "remove");
+        let mut errors = Errors::new();
+        // An unregistered backend is reported, but the host part still goes.
+        if let Some(backend) = errors.record(self.backend(plan.backend)) {
+            errors.record(backend.remove(plan).await);
+        }
+        errors.record(self.host.remove(plan).await);
+        errors.into_result()
+    }
+}

@@ -1,0 +1,723 @@
+//! The one place that owns the rtnetlink handle.
+//!
+//! [`Netlink`] wraps an [`rtnetlink::Handle`] whose connection task runs on the
+//! tokio runtime that created it. Every helper is small and idempotent where the
+//! operation allows it: deleting something already gone succeeds, adding an
+//! address that is already there succeeds. Errors are
+//! [`DataplaneError::Netlink`] whose `context` names the object
+//! ("create bridge fan-250").
+//!
+//! The netlink socket lives in the network namespace of the thread that called
+//! [`Netlink::new`], which is what lets tests run a whole data plane inside a
+//! namespace entered by one thread.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tracing::debug;
+
+use crate::{DataplaneError, Result};
+
+pub use netlink_packet_route::route::RouteScope;
+
+/// The main routing table.
+pub const TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+// errno values the helpers treat as "already done" (positive, as in libc).
+const EEXIST: i32 = libc::EEXIST;
+const ENODEV: i32 = libc::ENODEV;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
+const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+
+/// What the kernel reports about one network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// ARP disabled (IFF_NOARP).
+    pub noarp: bool,
+    /// The loopback device (IFF_LOOPBACK).
+    pub loopback: bool,
+    /// The ifalias, when set and not empty.
+    pub alias: Option<String>,
+    /// The rtnl link kind ("bridge", "veth", …); `None` for physical devices.
+    pub kind: Option<String>,
+    /// Index of the master device (bridge, bond), when enslaved.
+    pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, the peer's index.
+    pub link: Option<u32>,
+}
+
+/// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAddress {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub interface: String,
+    /// Device MTU.
+    pub mtu: u32,
+    /// True for the loopback device.
+    pub loopback: bool,
+    /// The address with its prefix length.
+    pub address: Ipv4Network,
+}
+
+/// An IPv4 unicast route, for adding, replacing, deleting and listing.
+///
+/// Build with [`Route4::new`] and struct update syntax:
+/// `Route4 { oif: Some(idx), src: Some(gw), ..Route4::new(overlay) }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    /// Destination network.
+    pub destination: Ipv4Network,
+    /// Output device index.
+    pub oif: Option<u32>,
+    /// Gateway ("via").
+    pub via: Option<Ipv4Addr>,
+    /// Preferred source address ("src").
+    pub src: Option<Ipv4Addr>,
+    /// Routing table id ([`TABLE_MAIN`] by default).
+    pub table: u32,
+    /// Route protocol number: the agent marks its routes with its own.
+    pub protocol: u8,
+    /// Scope; `None` picks what `ip route` picks: link without a gateway,
+    /// universe with one. On delete, `None` matches any scope.
+    pub scope: Option<RouteScope>,
+    /// The gateway is on-link even if no address covers it ("onlink").
+    pub onlink: bool,
+    /// Metric ("priority"); `None` for the kernel default (0).
+    pub metric: Option<u32>,
+}
+
+impl Route4 {
+    /// A route to `destination` in the main table, protocol static, nothing else set.
+    pub fn new(destination: Ipv4Network) -> Self {
+        Route4 {
+            destination,
+            oif: None,
+            via: None,
+            src: None,
+            table: TABLE_MAIN,
+            protocol: u8::from(RouteProtocol::Static),
+            scope: None,
+            onlink: false,
+            metric: None,
+        }
+    }
+
+    fn to_message(&self, for_delete: bool) -> RouteMessage {
+        let scope = match (self.scope, for_delete) {
+            (Some(scope), _) => scope,
+            // RT_SCOPE_NOWHERE on delete means "any scope" to the kernel.
+            (None, true) => RouteScope::NoWhere,
+            (None, false) if self.via.is_none() => RouteScope::Link,
+            (None, false) => RouteScope::Universe,
+        };
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(self.destination.network(), self.destination.prefix())
+            .table_id(self.table)
+            .protocol(RouteProtocol::from(self.protocol))
+            .scope(scope)
+            .kind(RouteType::Unicast);
+        if let Some(oif) = self.oif {
+            builder = builder.output_interface(oif);
+        }
+        if let Some(via) = self.via {
+            builder = builder.gateway(via);
+        }
+        if let Some(src) = self.src {
+            builder = builder.pref_source(src);
+        }
+        if let Some(metric) = self.metric {
+            builder = builder.priority(metric);
+        }
+        if self.onlink {
+            builder = builder.onlink();
+        }
+        builder.build()
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!("route {}", self.destination);
+        if let Some(via) = self.via {
+            s.push_str(&format!(" via {via}"));
+        }
+        if let Some(oif) = self.oif {
+            s.push_str(&format!(" oif {oif}"));
+        }
+        if self.table != TABLE_MAIN {
+            s.push_str(&format!(" table {}", self.table));
+        }
+        s
+    }
+}
+
+/// The kernel's errno (positive) inside an rtnetlink error, if it carries one.
+pub fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// Maps an rtnetlink error to [`DataplaneError::Netlink`] with `context`.
+pub fn netlink_error(context: impl Into<String>, error: rtnetlink::Error) -> DataplaneError {
+    let message = match &error {
+        // to_io() gives "File exists (os error 17)" instead of a Debug dump.
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().to_string(),
+        other => other.to_string(),
+    };
+    DataplaneError::Netlink {
+        context: context.into(),
+        message,
+    }
+}
+
+fn check_ifname(name: &str, context: &str) -> Result<()> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', '\0']) {
+        return Err(DataplaneError::Netlink {
+            context: context.to_string(),
+            message: format!(
+                "invalid interface name {name:?} (1 to {IFNAME_MAX} bytes, no '/' or spaces)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn parse_link(msg: LinkMessage) -> Link {
+    let flags = msg.header.flags;
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        up: flags.contains(LinkFlags::Up),
+        noarp: flags.contains(LinkFlags::Noarp),
+        loopback: flags.contains(LinkFlags::Loopback),
+        alias: None,
+        kind: None,
+        master: None,
+        link: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::IfAlias(alias) if !alias.is_empty() => link.alias = Some(alias),
+            LinkAttribute::Controller(master) if master != 0 => link.master = Some(master),
+            LinkAttribute::Link(peer) if peer != 0 => link.link = Some(peer),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_address(msg: &AddressMessage) -> Option<Ipv4Network> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+    // peer on point-to-point links. Prefer LOCAL.
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            _ => {}
+        }
+    }
+    Ipv4Network::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+fn parse_route(msg: RouteMessage) -> Option<Route4> {
+    let header = &msg.header;
+    if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut table = u32::from(header.table);
+    let mut route = Route4 {
+        destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?,
+        oif: None,
+        via: None,
+        src: None,
+        table,
+        protocol: u8::from(header.protocol),
+        scope: Some(header.scope),
+        onlink: header.flags.contains(RouteFlags::Onlink),
+        metric: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = a,
+            RouteAttribute::Table(t) => table = t,
+            RouteAttribute::Oif(i) => route.oif = Some(i),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.via = Some(a),
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.src = Some(a),
+            RouteAttribute::Priority(p) => route.metric = Some(p),
+            RouteAttribute::MultiPath(hops) if route.oif.is_none() => {
+                // Multipath: report the first next hop's device.
+                route.oif = hops.first().map(|h| h.interface_index);
+            }
+            _ => {}
+        }
+    }
+    route.table = table;
+    route.destination = Ipv4Network::new(destination, header.destination_prefix_length).ok()?;
+    Some(route)
+}
+
+/// The rtnetlink connection of the agent (cheap to clone: clones share one socket).
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Opens a NETLINK_ROUTE socket in the calling thread's network namespace
+    /// and spawns its connection task; must be called inside a tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// The raw rtnetlink handle, for requests these helpers do not cover (tc, neighbours).
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
+    // ---------------------------------------------------------------- links
+
+    /// The device named `name`, or `None` when there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let context = format!("get link {name}");
+        check_ifname(name, &context)?;
+        let mut stream = self.handle.link().get().match_name(name).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.map(parse_link)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(netlink_error(context, e)),
+        }
+    }
+
+    /// The device with index `index`, or `None` when there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut stream = self.handle.link().get().match_index(index).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.map(parse_link)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(netlink_error(format!("get link #{index}"), e)),
+        }
+    }
+
+    /// Every device of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(parse_link)
+            .try_collect()
+            .await
+            .map_err(|e| netlink_error("list links", e))
+    }
+
+    /// Like [`Netlink::link_by_name`] but absence is an error.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| DataplaneError::Netlink {
+                context: format!("get link {name}"),
+                message: "no such device".to_string(),
+            })
+    }
+
+    /// Creates a bridge named `name`, left down. Idempotent: an existing
+    /// bridge of that name is returned unchanged; a device of another kind
+    /// is an error. Ownership checks are the caller's business.
+    pub async fn create_bridge(&self, name: &str) -> Result<Link> {
+        let context = format!("create bridge {name}");
+        check_ifname(name, &context)?;
+        if let Some(link) = self.link_by_name(name).await? {
+            return expect_kind(link, "bridge", &context);
+        }
+        // LinkBridge::new sets IFF_UP; clear it so that the caller configures
+        // MTU, addresses and its mark before the device carries traffic.
+        let message = LinkBridge::new(name).down().build();
+        match self.handle.link().add(message).execute().await {
+            Ok(()) => debug!(bridge = name, "created bridge"),
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(netlink_error(context, e)),
+        }
+        let link = self.require_link(name).await?;
+        expect_kind(link, "bridge", &context)
+    }
+
+    /// Creates a veth pair `name` <-> `peer` (both down). Idempotent when
+    /// `name` already exists as a veth whose peer is named `peer`.
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(Link, Link)> {
+        let context = format!("create veth {name} peer {peer}");
+        check_ifname(name, &context)?;
+        check_ifname(peer, &context)?;
+        if self.link_by_name(name).await?.is_none() {
+            let message = LinkVeth::new(name, peer).build();
+            match self.handle.link().add(message).execute().await {
+                Ok(()) => debug!(veth = name, peer, "created veth pair"),
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(netlink_error(context, e)),
+            }
+        }
+        let link = expect_kind(self.require_link(name).await?, "veth", &context)?;
+        let peer_link = match self.link_by_name(peer).await? {
+            Some(p) if p.kind.as_deref() == Some("veth") && link.link == Some(p.index) => p,
+            _ => {
+                return Err(DataplaneError::Netlink {
+                    context,
+                    message: format!("{name} exists but its peer is not {peer}"),
+                })
+            }
+        };
+        Ok((link, peer_link))
+    }
+
+    async fn set_link(&self, context: String, message: LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| netlink_error(context, e))
+    }
+
+    /// Sets the MTU of device `index`.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.set_link(format!("set mtu {mtu} on link #{index}"), message)
+            .await
+    }
+
+    /// Sets device `index` administratively up or down.
+    pub async fn set_up(&self, index: u32, up: bool) -> Result<()> {
+        let builder = LinkUnspec::new_with_index(index);
+        let builder = if up { builder.up() } else { builder.down() };
+        let state = if up { "up" } else { "down" };
+        self.set_link(format!("set link #{index} {state}"), builder.build())
+            .await
+    }
+
+    /// Sets the ifalias of device `index` (the agent's ownership mark).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let message = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.set_link(format!("set alias {alias:?} on link #{index}"), message)
+            .await
+    }
+
+    /// Enslaves device `index` to `master`, or frees it with `None`.
+    pub async fn set_master(&self, index: u32, master: Option<u32>) -> Result<()> {
+        let builder = LinkUnspec::new_with_index(index);
+        let (builder, what) = match master {
+            Some(m) => (
+                builder.controller(m),
+                format!("set master #{m} on link #{index}"),
+            ),
+            None => (
+                builder.nocontroller(),
+                format!("clear master of link #{index}"),
+            ),
+        };
+        self.set_link(what, builder.build()).await
+    }
+
+    /// Turns ARP on or off on device `index` (IFF_NOARP).
+    pub async fn set_arp(&self, index: u32, on: bool) -> Result<()> {
+        let message = LinkUnspec::new_with_index(index).arp(on).build();
+        let state = if on { "on" } else { "off" };
+        self.set_link(format!("set arp {state} on link #{index}"), message)
+            .await
+    }
+
+    /// Deletes device `index`; a device already gone is success.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(netlink_error(format!("delete link #{index}"), e)),
+        }
+    }
+
+    /// Deletes the device named `name`; returns false when there was none.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => {
+                debug!(link = name, "deleted link");
+                Ok(true)
+            }
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(netlink_error(format!("delete link {name}"), e)),
+        }
+    }
+
+    // ------------------------------------------------------------ addresses
+
+    async fn dump_ipv4_addresses(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
+        let mut request = self.handle.address().get();
+        // The kernel dumps only the requested family.
+        request.message_mut().header.family = AddressFamily::Inet;
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let messages: Vec<AddressMessage> = request.execute().try_collect().await.map_err(|e| {
+            let context = match index {
+                Some(i) => format!("list addresses of link #{i}"),
+                None => "list addresses".to_string(),
+            };
+            netlink_error(context, e)
+        })?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| parse_address(m).map(|a| (m.header.index, a)))
+            .collect())
+    }
+
+    /// The IPv4 addresses of device `index`.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Network>> {
+        Ok(self
+            .dump_ipv4_addresses(Some(index))
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Adds `address` to device `index`; already present is success.
+    pub async fn add_ipv4_address(&self, index: u32, address: Ipv4Network) -> Result<()> {
+        let request = self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(address.ip()), address.prefix());
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(netlink_error(
+                format!("add address {address} to link #{index}"),
+                e,
+            )),
+        }
+    }
+
+    /// Removes `address` from device `index`; already absent is success.
+    pub async fn delete_ipv4_address(&self, index: u32, address: Ipv4Network) -> Result<()> {
+        let message = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(address.ip(), address.prefix())
+            .build();
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(EADDRNOTAVAIL | ENODEV | ENOENT)) => Ok(()),
+            Err(e) => Err(netlink_error(
+                format!("delete address {address} from link #{index}"),
+                e,
+            )),
+        }
+    }
+
+    /// Every IPv4 address of every device, with the device's name and MTU.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<LinkAddress>> {
+        let links: HashMap<u32, Link> = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l))
+            .collect();
+        Ok(self
+            .dump_ipv4_addresses(None)
+            .await?
+            .into_iter()
+            .filter_map(|(index, address)| {
+                // An address whose link vanished between the two dumps is skipped.
+                let link = links.get(&index)?;
+                Some(LinkAddress {
+                    index,
+                    interface: link.name.clone(),
+                    mtu: link.mtu,
+                    loopback: link.loopback,
+                    address,
+                })
+            })
+            .collect())
+    }
+
+    // --------------------------------------------------------------- routes
+
+    /// Adds `route`; a route with the same key (destination, table, metric,
+    /// tos) already present is left as is and counts as success. Use
+    /// [`Netlink::replace_route`] to overwrite it.
+    pub async fn add_route(&self, route: &Route4) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .add(route.to_message(false))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(netlink_error(format!("add {}", route.describe()), e)),
+        }
+    }
+
+    /// Adds `route` or replaces the route with the same key.
+    pub async fn replace_route(&self, route: &Route4) -> Result<()> {
+        self.handle
+            .route()
+            .add(route.to_message(false))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| netlink_error(format!("replace {}", route.describe()), e))
+    }
+
+    /// Deletes `route` (matched on destination, table, protocol and whatever
+    /// else is set); already absent is success.
+    pub async fn delete_route(&self, route: &Route4) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(route.to_message(true))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT | ENODEV)) => Ok(()),
+            Err(e) => Err(netlink_error(format!("delete {}", route.describe()), e)),
+        }
+    }
+
+    /// IPv4 unicast routes, of one table or (with `None`) of every table.
+    pub async fn ipv4_routes(&self, table: Option<u32>) -> Result<Vec<Route4>> {
+        let mut filter = RouteMessage::default();
+        filter.header.address_family = AddressFamily::Inet;
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| netlink_error("list routes", e))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(parse_route)
+            // The dump is not filtered by the kernel without strict checking.
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+
+    /// The device of the IPv4 default route of the main table (lowest metric), if any.
+    pub async fn default_route_interface(&self) -> Result<Option<String>> {
+        let best = self
+            .ipv4_routes(Some(TABLE_MAIN))
+            .await?
+            .into_iter()
+            .filter(|r| r.destination.prefix() == 0 && r.oif.is_some())
+            .min_by_key(|r| r.metric.unwrap_or(0));
+        let Some(oif) = best.and_then(|r| r.oif) else {
+            return Ok(None);
+        };
+        Ok(self.link_by_index(oif).await?.map(|l| l.name))
+    }
+}
+
+fn expect_kind(link: Link, kind: &str, context: &str) -> Result<Link> {
+    if link.kind.as_deref() == Some(kind) {
+        Ok(link)
+    } else {
+        Err(DataplaneError::Netlink {
+            context: context.to_string(),
+            message: format!(
+                "device {} exists and is a {}, not a {kind}",
+                link.name,
+                link.kind.as_deref().unwrap_or("device without rtnl kind")
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_scope_defaults_like_iproute2() {
+        let dst: Ipv4Network = "250.0.0.0/8".parse().unwrap();
+        let dev_route = Route4 {
+            oif: Some(3),
+            ..Route4::new(dst)
+        };
+        assert_eq!(dev_route.to_message(false).header.scope, RouteScope::Link);
+        assert_eq!(dev_route.to_message(true).header.scope, RouteScope::NoWhere);
+        let via_route = Route4 {
+            via: Some(Ipv4Addr::new(172, 30, 0, 27)),
+            onlink: true,
+            ..Route4::new(dst)
+        };
+        let msg = via_route.to_message(false);
+        assert_eq!(msg.header.scope, RouteScope::Universe);
+        assert!(msg.header.flags.contains(RouteFlags::Onlink));
+    }
+
+    #[test]
+    fn parse_route_round_trips() {
+        let route = Route4 {
+            oif: Some(7),
+            src: Some(Ipv4Addr::new(250, 0, 28, 1)),
+            table: 1000,
+            protocol: 99,
+            scope: Some(RouteScope::Link),
+            metric: Some(5),
+            ..Route4::new("250.0.0.0/8".parse().unwrap())
+        };
+        assert_eq!(parse_route(route.to_message(false)), Some(route));
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("fan-250", "x").is_ok());
+        assert!(check_ifname("a-name-that-is-too-long", "x").is_err());
+        assert!(check_ifname("", "x").is_err());
+        assert!(check_ifname("a/b", "x").is_err());
+    }
+}
