@@ -1,1 +1,22 @@
-//! Pure fan logic (no I/O).
+//! Pure fan logic (no I/O): overlay/underlay arithmetic, validation, underlay specs, names,
+//! `/etc/network/fan` lines and the slice allocator.
+//!
+//! Everything here is deterministic and side-effect free so the agent, the client and the
+//! tests share one definition of the fan (see fan.md §1-§3).
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod fan;
+pub mod ipam;
+pub mod names;
+pub mod underlay;
+
+pub use config::{parse_fan_config, ConfigError, FanConfigEntry};
+pub use fan::{parse_network, parse_overlay, routed_overlap_warning, FanError, FanMap};
+pub use ipam::{Allocated, Allocator, IpamError, SlicePool};
+pub use names::NameError;
+pub use underlay::{HostInterfaceAddress, ResolvedUnderlay, UnderlaySpec};
+
+/// Re-export so callers use the same network type as this crate.
+pub use ipnetwork::Ipv4Network;
