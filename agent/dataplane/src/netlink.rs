@@ -303,11 +303,14 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens a NETLINK_ROUTE socket in the calling thread's network namespace
-    /// and spawns its connection task; must be called inside a tokio runtime.
+    /// and spawns its connection task on the current tokio runtime (an error
+    /// outside of one).
     pub fn new() -> Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
         let (connection, handle, _) = rtnetlink::new_connection()
             .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
-        tokio::spawn(connection);
+        runtime.spawn(connection);
         Ok(Netlink { handle })
     }
 
@@ -371,16 +374,30 @@ impl Netlink {
         if let Some(link) = self.link_by_name(name).await? {
             return expect_kind(link, "bridge", &context);
         }
+        match self.add_bridge(name).await {
+            Ok(Some(link)) => Ok(link),
+            // Lost a race with another creator: take what is there.
+            Ok(None) => expect_kind(self.require_link(name).await?, "bridge", &context),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a bridge named `name`, left down, only if no device has that
+    /// name: `Ok(None)` when one exists (EEXIST). Use this when the caller
+    /// must know that the device is the one it created (ownership marks).
+    pub async fn add_bridge(&self, name: &str) -> Result<Option<Link>> {
+        let context = format!("create bridge {name}");
+        check_ifname(name, &context)?;
         // LinkBridge::new sets IFF_UP; clear it so that the caller configures
         // MTU, addresses and its mark before the device carries traffic.
         let message = LinkBridge::new(name).down().build();
         match self.handle.link().add(message).execute().await {
             Ok(()) => debug!(bridge = name, "created bridge"),
-            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => return Ok(None),
             Err(e) => return Err(netlink_error(context, e)),
         }
         let link = self.require_link(name).await?;
-        expect_kind(link, "bridge", &context)
+        expect_kind(link, "bridge", &context).map(Some)
     }
 
     /// Creates a veth pair `name` <-> `peer` (both down). Idempotent when
@@ -410,19 +427,31 @@ impl Netlink {
         Ok((link, peer_link))
     }
 
-    async fn set_link(&self, context: String, message: LinkMessage) -> Result<()> {
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|e| netlink_error(context, e))
+    /// "fan-250" for an existing device, "link #5" otherwise: error
+    /// contexts name the object, and the lookup is only paid on failure.
+    async fn label(&self, index: u32) -> String {
+        match self.link_by_index(index).await {
+            Ok(Some(link)) => link.name,
+            _ => format!("link #{index}"),
+        }
+    }
+
+    async fn set_link(
+        &self,
+        index: u32,
+        context: impl FnOnce(&str) -> String,
+        message: LinkMessage,
+    ) -> Result<()> {
+        match self.handle.link().set(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(netlink_error(context(&self.label(index).await), e)),
+        }
     }
 
     /// Sets the MTU of device `index`.
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.set_link(format!("set mtu {mtu} on link #{index}"), message)
+        self.set_link(index, |l| format!("set mtu {mtu} on {l}"), message)
             .await
     }
 
@@ -431,38 +460,49 @@ impl Netlink {
         let builder = LinkUnspec::new_with_index(index);
         let builder = if up { builder.up() } else { builder.down() };
         let state = if up { "up" } else { "down" };
-        self.set_link(format!("set link #{index} {state}"), builder.build())
+        self.set_link(index, |l| format!("set {l} {state}"), builder.build())
             .await
     }
 
     /// Sets the ifalias of device `index` (the agent's ownership mark).
     pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
         let message = LinkUnspec::new_with_index(index).alias(alias).build();
-        self.set_link(format!("set alias {alias:?} on link #{index}"), message)
+        self.set_link(index, |l| format!("set alias {alias:?} on {l}"), message)
             .await
     }
 
     /// Enslaves device `index` to `master`, or frees it with `None`.
     pub async fn set_master(&self, index: u32, master: Option<u32>) -> Result<()> {
         let builder = LinkUnspec::new_with_index(index);
-        let (builder, what) = match master {
-            Some(m) => (
-                builder.controller(m),
-                format!("set master #{m} on link #{index}"),
-            ),
-            None => (
-                builder.nocontroller(),
-                format!("clear master of link #{index}"),
-            ),
-        };
-        self.set_link(what, builder.build()).await
+        match master {
+            Some(m) => {
+                let message = builder.controller(m).build();
+                let result = self.handle.link().set(message).execute().await;
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let context = format!(
+                            "set master {} on {}",
+                            self.label(m).await,
+                            self.label(index).await
+                        );
+                        Err(netlink_error(context, e))
+                    }
+                }
+            }
+            None => {
+                let message = builder.nocontroller().build();
+                self.set_link(index, |l| format!("clear master of {l}"), message)
+                    .await
+            }
+        }
     }
 
     /// Turns ARP on or off on device `index` (IFF_NOARP).
     pub async fn set_arp(&self, index: u32, on: bool) -> Result<()> {
         let message = LinkUnspec::new_with_index(index).arp(on).build();
         let state = if on { "on" } else { "off" };
-        self.set_link(format!("set arp {state} on link #{index}"), message)
+        self.set_link(index, |l| format!("set arp {state} on {l}"), message)
             .await
     }
 
@@ -471,7 +511,10 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
-            Err(e) => Err(netlink_error(format!("delete link #{index}"), e)),
+            Err(e) => Err(netlink_error(
+                format!("delete {}", self.label(index).await),
+                e,
+            )),
         }
     }
 
@@ -532,7 +575,7 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(netlink_error(
-                format!("add address {address} to link #{index}"),
+                format!("add address {address} to {}", self.label(index).await),
                 e,
             )),
         }
@@ -548,7 +591,7 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(EADDRNOTAVAIL | ENODEV | ENOENT)) => Ok(()),
             Err(e) => Err(netlink_error(
-                format!("delete address {address} from link #{index}"),
+                format!("delete address {address} from {}", self.label(index).await),
                 e,
             )),
         }
@@ -711,6 +754,12 @@ mod tests {
             ..Route4::new("250.0.0.0/8".parse().unwrap())
         };
         assert_eq!(parse_route(route.to_message(false)), Some(route));
+    }
+
+    #[test]
+    fn new_outside_a_runtime_is_an_error() {
+        let err = Netlink::new().unwrap_err();
+        assert!(err.to_string().contains("open rtnetlink socket"), "{err}");
     }
 
     #[test]

@@ -483,6 +483,22 @@ fn foreign_device_with_the_bridge_name_is_refused_and_untouched() {
 }
 
 #[test]
+fn observe_reports_a_missing_underlay_device() {
+    in_netns(|| async {
+        let (_netlink, host) = setup();
+        host.apply(&plan()).await.expect("apply");
+        sh(&["ip", "link", "del", UNDERLAY_DEV]);
+        let observation = host.observe(&plan()).await.unwrap();
+        assert_eq!(objects(&observation), vec!["underlay device fhb-u0"]);
+        let err = host.apply(&plan()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("net.ipv4.conf.fhb-u0.rp_filter"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
 fn foreign_device_of_another_kind_is_refused() {
     in_netns(|| async {
         let (netlink, host) = setup();
@@ -679,6 +695,17 @@ fn netlink_helpers_veth_master_arp_routes() {
         assert_eq!(nl.create_bridge("fhb-br").await.unwrap().index, br.index);
         let err = nl.create_bridge("fhb-va").await.unwrap_err();
         assert!(err.to_string().contains("create bridge fhb-va"), "{err}");
+
+        // Errors name the object, not just an index.
+        let err = nl.set_mtu(br.index, 10).await.unwrap_err();
+        assert!(
+            matches!(&err, DataplaneError::Netlink { context, .. } if context == "set mtu 10 on fhb-br"),
+            "{err:?}"
+        );
+        assert!(
+            nl.add_bridge("fhb-br").await.unwrap().is_none(),
+            "strict add sees EEXIST"
+        );
 
         nl.set_master(b.index, Some(br.index)).await.unwrap();
         nl.set_arp(a.index, false).await.unwrap();

@@ -139,23 +139,40 @@ impl HostSetup {
         Ok(Some(link))
     }
 
+    /// The plan's bridge: found with our mark, or created and marked.
+    async fn ensure_bridge(&self, plan: &NetworkPlan) -> Result<Link> {
+        if let Some(link) = self.owned_bridge(plan).await? {
+            return Ok(link);
+        }
+        let Some(link) = self.netlink.add_bridge(&plan.bridge).await? else {
+            // A device with this name appeared since we looked: usable only
+            // if it carries our mark (owned_bridge errors otherwise).
+            return self.owned_bridge(plan).await?.ok_or_else(|| {
+                DataplaneError::other(
+                    bridge_object(plan),
+                    format!("device {} vanished while being created", plan.bridge),
+                )
+            });
+        };
+        // Mark it at once. The kernel ignores IFLA_IFALIAS on RTM_NEWLINK, so
+        // a crash right here leaves an unmarked bridge that the next apply
+        // refuses (the operator deletes it). When marking merely fails, take
+        // the unmarked bridge away again: add_bridge proved it is ours.
+        let mark = bridge_mark(&plan.network_id);
+        if let Err(e) = self.netlink.set_alias(link.index, &mark).await {
+            if let Err(cleanup) = self.netlink.delete_link(link.index).await {
+                warn!(error = %cleanup, "could not delete the unmarked bridge");
+            }
+            return Err(e);
+        }
+        info!(bridge = %plan.bridge, network = %plan.network_id, "created bridge");
+        Ok(link)
+    }
+
     /// Makes the host match the plan; idempotent.
     pub async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
         let gateway = gateway_address(plan)?;
-        let bridge = match self.owned_bridge(plan).await? {
-            Some(link) => link,
-            None => {
-                let link = self.netlink.create_bridge(&plan.bridge).await?;
-                // Mark it at once. The kernel ignores IFLA_IFALIAS on
-                // RTM_NEWLINK, so there is a short window in which a crash
-                // leaves an unmarked bridge that the next apply refuses.
-                self.netlink
-                    .set_alias(link.index, &bridge_mark(&plan.network_id))
-                    .await?;
-                info!(bridge = %plan.bridge, network = %plan.network_id, "created bridge");
-                link
-            }
-        };
+        let bridge = self.ensure_bridge(plan).await?;
         let index = bridge.index;
 
         if bridge.mtu != plan.mtu {
@@ -180,7 +197,11 @@ impl HostSetup {
         }
 
         sysctl::set_ip_forward(true)?;
+        // The kernel uses max(all, dev) for rp_filter, so loose on the device
+        // wins over a strict `all`.
         sysctl::set_rp_filter(&plan.bridge, sysctl::RP_FILTER_LOOSE)?;
+        // Note: the kernel ORs send_redirects with conf.all, which the agent
+        // leaves to the host's administrator.
         sysctl::set_send_redirects(&plan.bridge, false)?;
         // Decapsulated packets arrive on the underlay device with overlay
         // sources: strict rp_filter would drop them.
@@ -220,13 +241,26 @@ impl HostSetup {
         if !sysctl::ip_forward()? {
             drifts.push(drift(sysctl::key_name(&["ip_forward"]), "1", "0"));
         }
-        let underlay_rp = sysctl::rp_filter(&plan.underlay_interface)?;
-        if underlay_rp != sysctl::RP_FILTER_LOOSE {
+        if self
+            .netlink
+            .link_by_name(&plan.underlay_interface)
+            .await?
+            .is_none()
+        {
             drifts.push(drift(
-                sysctl::key_name(&["conf", &plan.underlay_interface, "rp_filter"]),
-                "2 (loose)",
-                rp_filter_text(underlay_rp),
+                format!("underlay device {}", plan.underlay_interface),
+                "present",
+                "absent",
             ));
+        } else {
+            let underlay_rp = sysctl::rp_filter(&plan.underlay_interface)?;
+            if underlay_rp != sysctl::RP_FILTER_LOOSE {
+                drifts.push(drift(
+                    sysctl::key_name(&["conf", &plan.underlay_interface, "rp_filter"]),
+                    "2 (loose)",
+                    rp_filter_text(underlay_rp),
+                ));
+            }
         }
 
         self.observe_nft(plan, &mut drifts).await?;
