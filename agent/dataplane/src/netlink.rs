@@ -65,6 +65,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// IFLA_LINK: for a veth, the peer's index.
     pub link: Option<u32>,
+    /// The Ethernet address, when the device has one.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
@@ -218,6 +220,7 @@ fn parse_link(msg: LinkMessage) -> Link {
         kind: None,
         master: None,
         link: None,
+        mac: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -226,6 +229,7 @@ fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::IfAlias(alias) if !alias.is_empty() => link.alias = Some(alias),
             LinkAttribute::Controller(master) if master != 0 => link.master = Some(master),
             LinkAttribute::Link(peer) if peer != 0 => link.link = Some(peer),
+            LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use fan_dataplane::host::{bridge_mark, HostSetup};
+use fan_dataplane::host::{bridge_mark, HostSetup, Nft};
 use fan_dataplane::netlink::{Netlink, Route4, RouteScope};
 use fan_dataplane::{
     sysctl, Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, KernelDataplane,
@@ -689,6 +689,7 @@ fn netlink_helpers_veth_master_arp_routes() {
             .expect("idempotent");
         assert_eq!(a.index, a2.index);
         assert_eq!(a.link, Some(b.index));
+        assert!(a.mac.is_some_and(|m| m != [0; 6]), "{a:?}");
         assert!(nl.create_veth("fhb-va", "fhb-other").await.is_err());
 
         let br = nl.create_bridge("fhb-br").await.unwrap();
@@ -979,5 +980,44 @@ fn kernel_dataplane_remove_collects_errors_and_carries_on() {
         let err = dp.remove(&ipip).await.unwrap_err();
         assert!(matches!(err, DataplaneError::Unavailable { .. }), "{err:?}");
         assert!(dp.netlink().link_by_name(BRIDGE).await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn teardown_reports_every_failure_and_still_removes_the_rest() {
+    in_netns(|| async {
+        make_underlay();
+        let netlink = Netlink::new().unwrap();
+        // Build the network with the real nft, then tear it down with an nft
+        // that always fails, and a backend that fails too.
+        HostSetup::new(netlink.clone())
+            .apply(&plan())
+            .await
+            .unwrap();
+        let broken_host = HostSetup::with_nft(netlink.clone(), Nft::with_program("false"));
+        let dp = KernelDataplane::with_parts(
+            netlink.clone(),
+            broken_host,
+            vec![Box::new(FakeBackend {
+                kind: BackendKind::Ebpf,
+                calls: Arc::new(Mutex::new(Vec::new())),
+                fail_remove: true,
+            })],
+        );
+        let err = dp.remove(&plan()).await.unwrap_err();
+        let DataplaneError::Many(errors) = &err else {
+            panic!("expected Many, got {err:?}");
+        };
+        assert_eq!(errors.len(), 2, "{err}");
+        assert!(err.to_string().contains("fake tunnel: refused"), "{err}");
+        assert!(
+            err.to_string().contains("nft table ip fan_fhb_test"),
+            "{err}"
+        );
+        // The bridge went anyway; the table is still there for the next try.
+        assert!(netlink.link_by_name(BRIDGE).await.unwrap().is_none());
+        assert!(nft_table(TABLE).is_some());
+        HostSetup::new(netlink).remove(&plan()).await.unwrap();
+        assert!(nft_table(TABLE).is_none());
     });
 }
