@@ -241,6 +241,9 @@ impl Lcg {
     }
 }
 
+/// Every (O, U) in 0..=32 x 0..=32. Note the legal set differs slightly from "O in 1..=29":
+/// no /1 overlay is legal (0/1 overlaps 0/8 and 127/8, 128/1 overlaps 224/4), and O = 30
+/// is legal with U = 32 (slice prefix 30 + 0 = 30).
 #[test]
 fn exhaustive_prefix_pairs() {
     let mut rng = Lcg(0x5eed);
