@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
+pub mod ebpf;
 pub mod host;
 pub mod kernel;
 pub mod netlink;

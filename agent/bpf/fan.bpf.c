@@ -1,0 +1,349 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * fan: IPv4-in-IPv4 (RFC 2003, IP protocol 4) encapsulation for a fan network,
+ * as tc programs. Wire-compatible with Ubuntu's kernel fan map and with the
+ * kernel's own ipip device.
+ *
+ *   fan_encap  egress of the network's tunnel device (the device the overlay
+ *              route points at): adds the outer header, the outer destination
+ *              computed from the inner one with the fan formula, and hands the
+ *              packet to the underlay with bpf_redirect_neigh.
+ *   fan_decap  ingress of the underlay device: strips the outer header of
+ *              protocol-4 packets for our slice; everything else is left to
+ *              the next filter and the stack (TC_ACT_UNSPEC).
+ *
+ * All parameters come from the fan_config array map, filled by the agent; the
+ * programs keep no per-peer state. Every map is pinned by the agent under
+ * <pin root>/<network id>/ so a restarted agent finds them again.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+/* Newer uapi headers have these as enum members, older ones not at all:
+ * use our own names so both compile. */
+#define FAN_ADJ_ROOM_FIXED_GSO (1ULL << 0)
+#define FAN_ADJ_ROOM_ENCAP_L3_IPV4 (1ULL << 1)
+/* On kernels that know it, marks the shrink as a decapsulation (Linux 6.3+). */
+#define FAN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+
+#define FAN_IP_MF 0x2000
+#define FAN_IP_DF 0x4000
+#define FAN_IP_OFFSET 0x1fff
+#define FAN_ECN_MASK 3
+#define FAN_ECN_CE 3
+#define FAN_OUTER_TTL 64
+
+/* fan_config.flags */
+#define FAN_F_ENABLED (1U << 0)
+#define FAN_F_ANTI_SPOOF (1U << 1)
+#define FAN_F_PEER_FASTPATH (1U << 2)
+
+/* Layout shared with agent/dataplane/src/ebpf/maps.rs (FanConfig). Addresses
+ * and masks in host byte order, so the formula is plain shifts. */
+struct fan_config {
+	__u32 overlay_net;
+	__u32 overlay_mask;
+	__u32 underlay_net;
+	__u32 underlay_mask;
+	__u32 local_underlay;
+	__u32 slice_net;
+	__u32 slice_mask;
+	__u32 shift; /* underlay prefix - overlay prefix */
+	__u32 underlay_ifindex;
+	__u32 tunnel_ifindex;
+	__u32 flags;
+	__u32 agent_flags; /* the agent's bookkeeping, unused here */
+	__u8 tunnel_mac[6];
+	__u8 pad[2];
+};
+
+/* A container reachable by bpf_redirect_peer: the host side of its veth and
+ * the MACs the bridge would have used. Shared with maps.rs (Endpoint). */
+struct fan_endpoint {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u8 gw_mac[6];
+};
+
+/* Counter slots, shared with maps.rs. */
+enum {
+	FAN_C_ENCAPSULATED = 0,
+	FAN_C_DECAPSULATED = 1,
+	FAN_C_DROPPED_SPOOFED = 2,
+	FAN_C_DROPPED_FRAGMENT = 3,
+	FAN_C_DROPPED_OTHER = 4,
+	FAN_C_PEER_REDIRECTED = 5,
+	FAN_C_MAX = 8,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fan_config);
+} fan_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FAN_C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} fan_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* container IPv4, network byte order */
+	__type(value, struct fan_endpoint);
+} fan_endpoints SEC(".maps");
+
+static __always_inline void count(__u32 slot, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&fan_counters, &slot);
+
+	if (c)
+		*c += n; /* per-CPU slot: no atomics needed */
+}
+
+/* Wire packets, not skbs: a GSO super-packet counts as its segments. */
+static __always_inline __u64 segments(struct __sk_buff *skb)
+{
+	return skb->gso_segs > 1 ? skb->gso_segs : 1;
+}
+
+static __always_inline struct fan_config *config(void)
+{
+	__u32 zero = 0;
+	struct fan_config *cfg = bpf_map_lookup_elem(&fan_config, &zero);
+
+	if (!cfg || !(cfg->flags & FAN_F_ENABLED))
+		return NULL;
+	return cfg;
+}
+
+/* The fan formula (reverse direction): the underlay host owning `addr`. */
+static __always_inline __u32 owner_of(const struct fan_config *cfg, __u32 addr)
+{
+	return cfg->underlay_net |
+	       (((addr & ~cfg->overlay_mask) >> (cfg->shift & 31)) & ~cfg->underlay_mask);
+}
+
+static __always_inline __u16 ip_checksum(const struct iphdr *iph)
+{
+	const __u16 *w = (const __u16 *)iph;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*iph) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* As the kernel's ip_decrease_ttl(): incremental checksum update. */
+static __always_inline void decrease_ttl(struct iphdr *iph)
+{
+	__u32 check = (__u32)iph->check;
+
+	check += (__u32)bpf_htons(0x0100);
+	iph->check = (__u16)(check + (check >= 0xFFFF));
+	--iph->ttl;
+}
+
+/* As the kernel's IP_ECN_set_ce() (RFC 6040 decapsulation). */
+static __always_inline void set_ce(struct iphdr *iph)
+{
+	__u32 ecn = (iph->tos + 1) & FAN_ECN_MASK;
+	__u32 check = (__u32)iph->check;
+
+	/* Not-ECT (ecn 1) stays, CE (ecn 0) is already set. */
+	if (!(ecn & 2))
+		return;
+	check += (__u16)bpf_htons(0xFFFB) + (__u16)bpf_htons(ecn);
+	iph->check = (__u16)(check + (check >= 0xFFFF));
+	iph->tos |= FAN_ECN_CE;
+}
+
+SEC("classifier/fan_encap")
+int fan_encap(struct __sk_buff *skb)
+{
+	struct fan_config *cfg = config();
+	void *data, *data_end;
+	struct iphdr *inner;
+	struct iphdr outer = {};
+	__u32 dst, remote, hostbits;
+	__u64 segs = segments(skb);
+	__u16 frag_off;
+	__u8 tos;
+
+	/* The tunnel device carries nothing but overlay IPv4: whatever is not
+	 * encapsulated is dropped, never handed to the veth peer. */
+	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP))
+		goto drop;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + sizeof(*inner) > data_end) {
+		/* Headers not in the linear part (rare on egress): pull them. */
+		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*inner)))
+			goto drop;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	inner = data + ETH_HLEN;
+	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
+		goto drop;
+
+	dst = bpf_ntohl(inner->daddr);
+	if ((dst & cfg->overlay_mask) != cfg->overlay_net ||
+	    (dst & cfg->slice_mask) == cfg->slice_net)
+		goto drop;
+	remote = owner_of(cfg, dst);
+	hostbits = remote & ~cfg->underlay_mask;
+	/* Slices of the underlay's network and broadcast addresses, and our
+	 * own, have no remote host. */
+	if (hostbits == 0 || hostbits == ~cfg->underlay_mask || remote == cfg->local_underlay)
+		goto drop;
+
+	tos = inner->tos;
+	frag_off = inner->frag_off & bpf_htons(FAN_IP_DF);
+
+	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC,
+				FAN_ADJ_ROOM_FIXED_GSO | FAN_ADJ_ROOM_ENCAP_L3_IPV4))
+		goto drop;
+
+	outer.version = 4;
+	outer.ihl = 5;
+	/* ECN as the kernel's ip tunnels do (INET_ECN_encapsulate, DSCP 0). */
+	outer.tos = (tos & FAN_ECN_MASK) == FAN_ECN_CE ? 2 : (tos & FAN_ECN_MASK);
+	outer.tot_len = bpf_htons(skb->len - ETH_HLEN > 0xffff ? 0xffff : skb->len - ETH_HLEN);
+	outer.id = frag_off ? 0 : (__u16)bpf_get_prandom_u32();
+	outer.frag_off = frag_off;
+	outer.ttl = FAN_OUTER_TTL;
+	outer.protocol = IPPROTO_IPIP;
+	outer.saddr = bpf_htonl(cfg->local_underlay);
+	outer.daddr = bpf_htonl(remote);
+	outer.check = ip_checksum(&outer);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0))
+		goto drop;
+
+	count(FAN_C_ENCAPSULATED, segs);
+	/* Let the kernel route the outer header and resolve the neighbour: an
+	 * explicit nexthop would lose packets sent while ARP is pending. */
+	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
+
+drop:
+	count(FAN_C_DROPPED_OTHER, segs);
+	return TC_ACT_SHOT;
+}
+
+SEC("classifier/fan_decap")
+int fan_decap(struct __sk_buff *skb)
+{
+	struct fan_config *cfg;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *outer, *inner;
+	struct fan_endpoint *ep;
+	__u32 idst, isrc, osrc, daddr_be;
+	__u64 segs = segments(skb);
+	__u8 outer_tos;
+	const __u32 need = ETH_HLEN + 2 * sizeof(struct iphdr);
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_UNSPEC;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + need > data_end) {
+		if (bpf_skb_pull_data(skb, need))
+			return TC_ACT_UNSPEC;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	outer = data + ETH_HLEN;
+	if ((void *)(outer + 1) > data_end || outer->protocol != IPPROTO_IPIP)
+		return TC_ACT_UNSPEC;
+	cfg = config();
+	if (!cfg || bpf_ntohl(outer->daddr) != cfg->local_underlay)
+		return TC_ACT_UNSPEC;
+	/* tc sees fragments before reassembly; no ipip module will take them. */
+	if (outer->frag_off & bpf_htons(FAN_IP_MF | FAN_IP_OFFSET)) {
+		count(FAN_C_DROPPED_FRAGMENT, segs);
+		return TC_ACT_SHOT;
+	}
+	if (outer->ihl != 5) {
+		/* Outer options: nobody sends them; let the stack decide. */
+		count(FAN_C_DROPPED_OTHER, segs);
+		return TC_ACT_UNSPEC;
+	}
+	inner = (void *)(outer + 1);
+	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
+		return TC_ACT_UNSPEC;
+	idst = bpf_ntohl(inner->daddr);
+	/* Another network's slice (several fans may share an underlay). */
+	if ((idst & cfg->slice_mask) != cfg->slice_net)
+		return TC_ACT_UNSPEC;
+
+	if (cfg->flags & FAN_F_ANTI_SPOOF) {
+		isrc = bpf_ntohl(inner->saddr);
+		osrc = bpf_ntohl(outer->saddr);
+		if ((isrc & cfg->overlay_mask) != cfg->overlay_net || owner_of(cfg, isrc) != osrc) {
+			count(FAN_C_DROPPED_SPOOFED, segs);
+			return TC_ACT_SHOT;
+		}
+	}
+	outer_tos = outer->tos;
+	daddr_be = inner->daddr;
+
+	/* FIXED_GSO: keep gso_size, or the forwarding MTU check fails. Try the
+	 * decap flag first; kernels without it reject the call. */
+	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				FAN_ADJ_ROOM_FIXED_GSO | FAN_ADJ_ROOM_DECAP_L3_IPV4) &&
+	    bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				FAN_ADJ_ROOM_FIXED_GSO)) {
+		count(FAN_C_DROPPED_OTHER, segs);
+		return TC_ACT_SHOT;
+	}
+	count(FAN_C_DECAPSULATED, segs);
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	inner = data + ETH_HLEN;
+	if ((void *)(inner + 1) > data_end)
+		return TC_ACT_SHOT;
+	if ((outer_tos & FAN_ECN_MASK) == FAN_ECN_CE)
+		set_ce(inner);
+
+	/* Fast path: straight into the container's namespace. Skips the host's
+	 * routing, FORWARD chain and bridge (and with them the software
+	 * segmentation the stale tunnel GSO state would cause there). */
+	if (cfg->flags & FAN_F_PEER_FASTPATH) {
+		ep = bpf_map_lookup_elem(&fan_endpoints, &daddr_be);
+		if (ep && inner->ttl > 1) {
+			decrease_ttl(inner);
+			__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
+			__builtin_memcpy(eth->h_source, ep->gw_mac, ETH_ALEN);
+			count(FAN_C_PEER_REDIRECTED, segs);
+			return bpf_redirect_peer(ep->ifindex, 0);
+		}
+	}
+
+	/* Slow path: the packet enters the stack as if received on the tunnel
+	 * device, like packets from an ipip device: the reverse route of the
+	 * inner source is that device, so strict rp_filter accepts it, and
+	 * firewall rules see the fan device as input interface. */
+	if (cfg->tunnel_ifindex) {
+		__builtin_memcpy(eth->h_dest, cfg->tunnel_mac, ETH_ALEN);
+		return bpf_redirect(cfg->tunnel_ifindex, BPF_F_INGRESS);
+	}
+	return TC_ACT_OK;
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,274 @@
+//! The peer fast path's endpoint map, filled from the kernel.
+//!
+//! After decapsulation the skb keeps the tunnel GSO state (`encapsulation`,
+//! `SKB_GSO_IPXIP4`), so super-packets forwarded through the fan bridge get
+//! segmented in software. The decap program avoids that by delivering
+//! straight into the container's namespace with `bpf_redirect_peer`, for
+//! destinations found in the endpoint map.
+//!
+//! The map is derived from what the kernel already knows, so containers
+//! plugged by anyone (Docker, LXD, CNI, a test script) are covered:
+//! the bridge's IPv4 neighbour entries (container IP -> MAC) joined with the
+//! bridge FDB (MAC -> port) where the port is a veth whose peer lives in
+//! another namespace. Anything else (unresolved neighbours, taps, ports of
+//! other bridges) stays on the slow path through the stack and the bridge.
+//!
+//! Caveat: fast-path packets bypass the host's routing decision, FORWARD
+//! chain and bridge netfilter; host firewall rules on forwarded overlay
+//! traffic towards containers do not see them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::MulticastGroup;
+use tracing::{debug, warn};
+
+use super::maps::{Endpoint, ENDPOINTS_MAP};
+use crate::netlink::{netlink_error, Netlink};
+use crate::{DataplaneError, NetworkPlan, Result};
+
+/// How often the endpoint map is re-synced even without netlink events.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Events arriving within this window are handled with one sync.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+struct PortInfo {
+    veth_to_other_netns: bool,
+    master: Option<u32>,
+    mac: Option<[u8; 6]>,
+}
+
+async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
+    let messages: Vec<_> = nl
+        .handle()
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| netlink_error("list links", e))?;
+    let mut out = HashMap::new();
+    for msg in messages {
+        let mut veth = false;
+        let mut other_netns = false;
+        let mut master = None;
+        let mut mac = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::LinkInfo(infos) => {
+                    veth = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth"));
+                }
+                LinkAttribute::LinkNetNsId(_) => other_netns = true,
+                LinkAttribute::Controller(m) if *m != 0 => master = Some(*m),
+                LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                _ => {}
+            }
+        }
+        out.insert(
+            msg.header.index,
+            PortInfo {
+                veth_to_other_netns: veth && other_netns,
+                master,
+                mac,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+async fn neighbours(nl: &Netlink, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+    nl.handle()
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| netlink_error(format!("list {family:?} neighbours"), e))
+}
+
+/// The containers of the plan's slice that the fast path can reach, from
+/// the bridge's neighbour table and FDB.
+pub async fn discover(nl: &Netlink, plan: &NetworkPlan) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
+    let mut out = BTreeMap::new();
+    let Some(bridge) = nl.link_by_name(&plan.bridge).await? else {
+        return Ok(out);
+    };
+    let ports = ports(nl).await?;
+    let Some(gw_mac) = ports.get(&bridge.index).and_then(|p| p.mac) else {
+        return Ok(out);
+    };
+
+    // MAC -> bridge port, from learned (or static) FDB entries of our bridge.
+    let mut port_of_mac: HashMap<[u8; 6], u32> = HashMap::new();
+    for msg in neighbours(nl, AddressFamily::Bridge).await? {
+        let port = msg.header.ifindex;
+        // Local entries are the bridge's and its ports' own addresses.
+        if msg.header.state == NeighbourState::Permanent {
+            continue;
+        }
+        let Some(info) = ports.get(&port) else {
+            continue;
+        };
+        if info.master != Some(bridge.index) || !info.veth_to_other_netns {
+            continue;
+        }
+        if let Some(mac) = lladdr(&msg) {
+            port_of_mac.insert(mac, port);
+        }
+    }
+
+    for msg in neighbours(nl, AddressFamily::Inet).await? {
+        if msg.header.ifindex != bridge.index {
+            continue;
+        }
+        if !matches!(
+            msg.header.state,
+            NeighbourState::Reachable
+                | NeighbourState::Stale
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+        ) {
+            continue;
+        }
+        let ip = msg.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        let (Some(ip), Some(mac)) = (ip, lladdr(&msg)) else {
+            continue;
+        };
+        if !plan.slice.contains(ip) || ip == plan.gateway {
+            continue;
+        }
+        if let Some(&ifindex) = port_of_mac.get(&mac) {
+            out.insert(
+                ip,
+                Endpoint {
+                    ifindex,
+                    mac,
+                    gw_mac,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The map key of a container address (network byte order, as in the packet).
+pub fn key(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn open_map(pin_dir: &Path) -> Result<BpfHashMap<MapData, u32, Endpoint>> {
+    let path = pin_dir.join(ENDPOINTS_MAP);
+    let context = || format!("open pinned map {}", path.display());
+    let data = MapData::from_pin(&path).map_err(|e| DataplaneError::other(context(), e))?;
+    let map = Map::from_map_data(data).map_err(|e| DataplaneError::other(context(), e))?;
+    BpfHashMap::try_from(map).map_err(|e| DataplaneError::other(context(), e))
+}
+
+/// Makes the pinned endpoint map equal `desired`; returns (written, removed).
+pub fn write_map(pin_dir: &Path, desired: &BTreeMap<Ipv4Addr, Endpoint>) -> Result<(usize, usize)> {
+    let mut map = open_map(pin_dir)?;
+    let context = "update endpoint map";
+    let wanted: HashMap<u32, Endpoint> = desired.iter().map(|(ip, e)| (key(*ip), *e)).collect();
+    let current: Vec<(u32, Endpoint)> = map
+        .iter()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| DataplaneError::other(context, e))?;
+    let mut removed = 0;
+    for (k, _) in &current {
+        if !wanted.contains_key(k) {
+            map.remove(k)
+                .map_err(|e| DataplaneError::other(context, e))?;
+            removed += 1;
+        }
+    }
+    let current: HashMap<u32, Endpoint> = current.into_iter().collect();
+    let mut written = 0;
+    for (k, e) in &wanted {
+        if current.get(k) != Some(e) {
+            map.insert(k, e, 0)
+                .map_err(|e| DataplaneError::other(context, e))?;
+            written += 1;
+        }
+    }
+    Ok((written, removed))
+}
+
+/// Discovers the endpoints and syncs the map; returns the number of endpoints.
+pub async fn refresh(nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<usize> {
+    let desired = discover(nl, plan).await?;
+    let (written, removed) = write_map(pin_dir, &desired)?;
+    if written + removed > 0 {
+        debug!(network = %plan.network_id, endpoints = desired.len(), written, removed, "synced fast-path endpoints");
+    }
+    Ok(desired.len())
+}
+
+/// Spawns the task keeping the endpoint map in sync: on every neighbour or
+/// link event (debounced) and every [`RESYNC_INTERVAL`]. Sockets are opened
+/// here, in the caller's network namespace.
+pub fn spawn_refresher(
+    nl: Netlink,
+    plan: NetworkPlan,
+    pin_dir: PathBuf,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (connection, _handle, mut events) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh, MulticastGroup::Link])
+            .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
+    Ok(tokio::spawn(async move {
+        let work = async move {
+            loop {
+                tokio::select! {
+                    event = events.next() => {
+                        if event.is_none() {
+                            warn!(network = %plan.network_id, "netlink event stream ended; endpoint sync stops");
+                            return;
+                        }
+                        // Coalesce a burst (a container start is several events).
+                        let deadline = tokio::time::sleep(DEBOUNCE);
+                        tokio::pin!(deadline);
+                        loop {
+                            tokio::select! {
+                                _ = &mut deadline => break,
+                                more = events.next() => if more.is_none() { break },
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+                }
+                if let Err(e) = refresh(&nl, &plan, &pin_dir).await {
+                    warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+                }
+            }
+        };
+        // The connection runs inside this task so aborting it closes the socket.
+        tokio::select! {
+            _ = connection => {}
+            _ = work => {}
+        }
+    }))
+}

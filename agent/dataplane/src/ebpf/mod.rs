@@ -1,0 +1,846 @@
+//! The `ebpf` backend: IPIP (RFC 2003) encapsulation by tc eBPF programs,
+//! for kernels without the ipip module or Ubuntu's fan patch.
+//!
+//! What `apply` builds for a network with index N:
+//!
+//! - the tunnel device `fantunN`, one end of a veth pair (peer `fantunNp`),
+//!   ARP off, MTU `plan.mtu`, up, with ifalias `fan:<network_id>`;
+//! - the route `plan.overlay dev fantunN src plan.gateway proto 250`
+//!   ([`ROUTE_PROTOCOL`]);
+//! - `fan_encap` on egress of `fantunN` and `fan_decap` on ingress of the
+//!   underlay device, as cls_bpf filters (priority [`tc_priority`]`(N)`,
+//!   handle [`TC_HANDLE`]) under a clsact qdisc. Netlink filters, not TCX
+//!   links, so the data path survives the agent process;
+//! - the maps `fan_config`, `fan_counters`, `fan_endpoints`, pinned in
+//!   `<pin_root>/<network_id>/` (a private bpffs is mounted on the pin root
+//!   when it is not bpffs already).
+//!
+//! `apply` adopts what it finds: the same program stays attached, a
+//! different one is swapped in place in the same filter, and the pinned maps
+//! (counters included) are reused; it never stacks a second filter.
+//!
+//! Delivery after decapsulation: destinations in the endpoint map go straight
+//! into the container namespace with `bpf_redirect_peer` (see [`endpoints`]:
+//! this bypasses the host's FORWARD chain and bridge netfilter); the rest
+//! enters the stack as if received on the tunnel device, like packets of an
+//! ipip device, so strict rp_filter and `-i fantunN` firewall rules work.
+
+pub mod endpoints;
+pub mod maps;
+pub mod pin;
+pub mod tc;
+pub mod tunnel;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader};
+use tracing::{debug, info, warn};
+
+use crate::host::Errors;
+use crate::netlink::{Link, Netlink};
+use crate::{
+    Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
+    Observation, Result,
+};
+
+use maps::{FanConfig, AGENT_OWNS_UNDERLAY_CLSACT, CONFIG_MAP, COUNTERS_MAP, FLAG_PEER_FASTPATH};
+use tc::{error_chain, Hook};
+
+pub use tc::TC_HANDLE;
+pub use tunnel::{tunnel_name, tunnel_peer_name};
+
+/// Route protocol number marking the agent's routes (`ip route ... proto 250`).
+pub const ROUTE_PROTOCOL: u8 = 250;
+
+/// The default pin root of a host agent.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/fan";
+
+/// Program attached on egress of the tunnel device.
+pub const ENCAP_PROGRAM: &str = "fan_encap";
+/// Program attached on ingress of the underlay device.
+pub const DECAP_PROGRAM: &str = "fan_decap";
+
+/// Base of the tc priorities; network N uses `TC_PRIORITY_BASE + N`.
+pub const TC_PRIORITY_BASE: u16 = 0xfa00;
+/// Networks per host the priority range allows.
+pub const MAX_NETWORK_INDEX: u16 = 0x04ff;
+
+/// The compiled programs (agent/bpf/fan.bpf.c, built by build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fan.bpf.o"));
+
+/// The tc filter priority of network `index` (same on both hooks).
+pub fn tc_priority(index: u16) -> Result<u16> {
+    if index > MAX_NETWORK_INDEX {
+        return Err(DataplaneError::other(
+            "eBPF tc priority",
+            format!("network index {index} above {MAX_NETWORK_INDEX}"),
+        ));
+    }
+    Ok(TC_PRIORITY_BASE + index)
+}
+
+fn other(context: impl Into<String>, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::other(context, e)
+}
+
+/// Loads the object: maps pinned in (or reused from) `pin_dir` when given,
+/// both programs loaded (verified) but not attached.
+fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in maps::ALL_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| other("load eBPF object", error_chain(&e)))?;
+    for name in [ENCAP_PROGRAM, DECAP_PROGRAM] {
+        program(&mut ebpf, name)?
+            .load()
+            .map_err(|e| other(format!("load program {name}"), error_chain(&e)))?;
+    }
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| other("eBPF object", format!("no program {name}")))?
+        .try_into()
+        .map_err(|e| other(format!("program {name}"), e))
+}
+
+/// Expected (key size, value size, max entries) of each pinned map.
+fn expected_shape(name: &str) -> (u32, u32, u32) {
+    match name {
+        CONFIG_MAP => (4, std::mem::size_of::<FanConfig>() as u32, 1),
+        COUNTERS_MAP => (4, 8, maps::slot::COUNT),
+        _ => (4, std::mem::size_of::<maps::Endpoint>() as u32, 16384),
+    }
+}
+
+/// Unpins maps whose shape does not match this build (left by another
+/// version); aya would otherwise reuse them and the programs would misread.
+fn drop_incompatible_pins(dir: &Path) {
+    for name in maps::ALL_MAPS {
+        let path = dir.join(name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let shape = (info.key_size(), info.value_size(), info.max_entries());
+        if shape != expected_shape(name) {
+            warn!(map = %path.display(), ?shape, "pinned map has another layout; replacing it");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn read_config(pin_dir: &Path) -> Option<FanConfig> {
+    let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).ok()?;
+    let array: Array<MapData, FanConfig> = Array::try_from(Map::from_map_data(data).ok()?).ok()?;
+    array.get(&0, 0).ok()
+}
+
+fn read_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
+    let path = pin_dir.join(COUNTERS_MAP);
+    let context = || format!("read counters {}", path.display());
+    let data = MapData::from_pin(&path).map_err(|e| other(context(), e))?;
+    let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
+    let array: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(map).map_err(|e| other(context(), e))?;
+    (0..array.len())
+        .map(|i| {
+            array
+                .get(&i, 0)
+                .map(|values| values.iter().sum())
+                .map_err(|e| other(context(), e))
+        })
+        .collect()
+}
+
+fn pinned_map_ids(pin_dir: &Path) -> Option<BTreeSet<u32>> {
+    maps::ALL_MAPS
+        .iter()
+        .map(|name| MapInfo::from_pin(pin_dir.join(name)).ok().map(|i| i.id()))
+        .collect()
+}
+
+/// True when program `prog_id` uses only pinned maps, the config among them
+/// (each program uses a subset: encap has no endpoint map).
+fn uses_pinned_maps(prog_id: u32, pinned: Option<&BTreeSet<u32>>, config_id: Option<u32>) -> bool {
+    let (Some(pinned), Some(config_id)) = (pinned, config_id) else {
+        return false;
+    };
+    program_map_ids(prog_id).is_some_and(|ids| ids.contains(&config_id) && ids.is_subset(pinned))
+}
+
+fn config_map_id(pin_dir: &Path) -> Option<u32> {
+    MapInfo::from_pin(pin_dir.join(CONFIG_MAP))
+        .ok()
+        .map(|i| i.id())
+}
+
+/// The ids of the maps program `prog_id` uses.
+fn program_map_ids(prog_id: u32) -> Option<BTreeSet<u32>> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.map_ids().ok().flatten())
+        .map(|ids| ids.into_iter().collect())
+}
+
+/// What to do with one hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachAction {
+    Keep,
+    Replace,
+    Create,
+}
+
+fn decide(
+    existing: Option<&tc::Filter>,
+    tag: u64,
+    maps_match: impl Fn(u32) -> bool,
+) -> AttachAction {
+    match existing {
+        None => AttachAction::Create,
+        Some(f) => {
+            let same_program = f.tag == Some(tag) && f.prog_id.is_some_and(&maps_match);
+            if same_program {
+                AttachAction::Keep
+            } else {
+                AttachAction::Replace
+            }
+        }
+    }
+}
+
+/// One hook the backend owns: which program on which device.
+struct HookSite<'a> {
+    program: &'static str,
+    interface: &'a str,
+    ifindex: u32,
+    hook: Hook,
+}
+
+fn describe_hook(site: &HookSite<'_>) -> String {
+    format!(
+        "tc filter {} on {} {}",
+        site.program,
+        site.interface,
+        site.hook.as_str()
+    )
+}
+
+/// The tc eBPF IPIP backend. See the module docs for what it builds.
+#[derive(Debug)]
+pub struct EbpfBackend {
+    pin_root: PathBuf,
+    peer_fast_path: bool,
+    refreshers: Mutex<HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>,
+}
+
+impl EbpfBackend {
+    /// A backend pinning its maps under `pin_root` (e.g. [`DEFAULT_PIN_ROOT`]).
+    /// Agents sharing a mount namespace need distinct roots.
+    pub fn new(pin_root: PathBuf) -> Self {
+        EbpfBackend {
+            pin_root,
+            peer_fast_path: true,
+            refreshers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Turns the `bpf_redirect_peer` fast path on (default) or off. Off,
+    /// every decapsulated packet goes through the host stack and bridge
+    /// (firewall-visible, but super-packets are segmented in software).
+    pub fn with_peer_fast_path(mut self, on: bool) -> Self {
+        self.peer_fast_path = on;
+        self
+    }
+
+    /// The pin root.
+    pub fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    /// Where the network's maps are pinned: `<pin_root>/<network_id>`.
+    pub fn pin_dir(&self, plan: &NetworkPlan) -> Result<PathBuf> {
+        pin::network_dir(&self.pin_root, &plan.network_id)
+    }
+
+    /// Re-reads the bridge's neighbours and FDB and syncs the fast-path
+    /// endpoint map; returns how many containers the fast path now reaches.
+    /// `apply` starts a task doing this on netlink events; call this when
+    /// the runtime does not run continuously (tests) or to force a sync.
+    pub async fn refresh_endpoints(&self, plan: &NetworkPlan) -> Result<usize> {
+        let nl = Netlink::new()?;
+        endpoints::refresh(&nl, plan, &self.pin_dir(plan)?).await
+    }
+
+    /// The network's counters, summed over CPUs, from the pinned map.
+    pub fn counters(&self, plan: &NetworkPlan) -> Result<Counters> {
+        Ok(maps::counters_from_slots(&read_counter_slots(
+            &self.pin_dir(plan)?,
+        )?))
+    }
+
+    /// Decapsulated packets delivered by the peer fast path (a diagnostic).
+    pub fn peer_redirected(&self, plan: &NetworkPlan) -> Result<u64> {
+        let slots = read_counter_slots(&self.pin_dir(plan)?)?;
+        Ok(slots
+            .get(maps::slot::PEER_REDIRECTED as usize)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn stop_refresher(&self, network_id: &str) {
+        if let Some((_, task)) = self.lock_refreshers().remove(network_id) {
+            task.abort();
+        }
+    }
+
+    fn lock_refreshers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>
+    {
+        // A panic elsewhere must not stop teardown: the map stays usable.
+        self.refreshers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_refresher(&self, nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
+        let mut tasks = self.lock_refreshers();
+        if let Some((running_plan, task)) = tasks.get(&plan.network_id) {
+            if running_plan == plan && !task.is_finished() {
+                return Ok(());
+            }
+            task.abort();
+        }
+        let task = endpoints::spawn_refresher(nl.clone(), plan.clone(), pin_dir.to_path_buf())?;
+        tasks.insert(plan.network_id.clone(), (plan.clone(), task));
+        Ok(())
+    }
+
+    /// Loads the programs, writes the config and attaches or adopts both
+    /// filters. Synchronous: aya objects never cross an await point.
+    #[allow(clippy::too_many_arguments)]
+    fn load_and_attach(
+        &self,
+        plan: &NetworkPlan,
+        pin_dir: &Path,
+        mut config: FanConfig,
+        encap: &HookSite<'_>,
+        encap_existing: Option<&tc::Filter>,
+        decap: &HookSite<'_>,
+        decap_existing: Option<&tc::Filter>,
+    ) -> Result<()> {
+        drop_incompatible_pins(pin_dir);
+        let mut ebpf = load_object(Some(pin_dir))?;
+
+        // Config before attach: a new filter never runs unconfigured.
+        {
+            let map = ebpf
+                .map_mut(CONFIG_MAP)
+                .ok_or_else(|| other("eBPF object", "no config map"))?;
+            let mut array: Array<&mut MapData, FanConfig> =
+                Array::try_from(map).map_err(|e| other("config map", e))?;
+            if let Ok(previous) = array.get(&0, 0) {
+                config.agent_flags |= previous.agent_flags;
+            }
+            array
+                .set(0, config, 0)
+                .map_err(|e| other(format!("write config of network {}", plan.network_id), e))?;
+        }
+
+        let pinned = pinned_map_ids(pin_dir);
+        let config_id = config_map_id(pin_dir);
+        let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
+        let priority = tc_priority(plan.index)?;
+        for (site, existing) in [(encap, encap_existing), (decap, decap_existing)] {
+            let prog = program(&mut ebpf, site.program)?;
+            let tag = prog
+                .info()
+                .map_err(|e| other(format!("program {}", site.program), e))?
+                .tag();
+            match decide(existing, tag, maps_match) {
+                AttachAction::Keep => {
+                    debug!(filter = %describe_hook(site), "program unchanged, kept")
+                }
+                action => {
+                    tc::attach(
+                        prog,
+                        site.interface,
+                        site.hook,
+                        priority,
+                        action == AttachAction::Replace,
+                    )?;
+                    info!(filter = %describe_hook(site), ?action, network = %plan.network_id, "attached");
+                }
+            }
+        }
+        // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
+        Ok(())
+    }
+
+    async fn underlay_link(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
+        nl.link_by_name(&plan.underlay_interface)
+            .await?
+            .ok_or_else(|| {
+                other(
+                    format!("underlay device {}", plan.underlay_interface),
+                    "no such device",
+                )
+            })
+    }
+
+    /// Our filter on a hook (priority and handle ours, cls_bpf, our program
+    /// name), plus any other filters of ours at that priority (duplicates).
+    fn ours<'a>(
+        filters: &'a [tc::Filter],
+        priority: u16,
+        program: &str,
+    ) -> (Option<&'a tc::Filter>, Vec<&'a tc::Filter>) {
+        let mut main = None;
+        let mut extra = Vec::new();
+        for f in filters
+            .iter()
+            .filter(|f| f.priority == priority && f.kind == "bpf")
+        {
+            if f.handle == TC_HANDLE && main.is_none() {
+                main = Some(f);
+            } else if f.name.as_deref() == Some(program) {
+                extra.push(f);
+            }
+        }
+        (main, extra)
+    }
+}
+
+impl Drop for EbpfBackend {
+    fn drop(&mut self) {
+        // Only the endpoint sync stops; filters and pins stay (restart-safe).
+        for (_, (_, task)) in self.lock_refreshers().drain() {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Encapsulation for EbpfBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Ebpf
+    }
+
+    async fn availability(&self) -> Availability {
+        // Loading both programs makes the verifier check the program type
+        // and every helper (skb_adjust_room, redirect_neigh, redirect_peer).
+        let (available, reason) = match load_object(None) {
+            Ok(_) => (
+                true,
+                "tc eBPF programs load (sched_cls, skb_adjust_room, redirect_neigh, redirect_peer)"
+                    .to_string(),
+            ),
+            Err(e) => (
+                false,
+                format!("cannot load the tc eBPF programs (needs root/CAP_BPF+CAP_NET_ADMIN and Linux >= 5.10): {e}"),
+            ),
+        };
+        Availability {
+            backend: BackendKind::Ebpf,
+            available,
+            reason,
+        }
+    }
+
+    async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
+        let mut config = maps::config_from_plan(plan)?;
+        let priority = tc_priority(plan.index)?;
+        let pin_dir = self.pin_dir(plan)?;
+        pin::ensure_bpffs(&self.pin_root)?;
+        std::fs::create_dir_all(&pin_dir)
+            .map_err(|e| other(format!("create {}", pin_dir.display()), e))?;
+        let previous = read_config(&pin_dir);
+
+        let nl = Netlink::new()?;
+        let underlay = Self::underlay_link(&nl, plan).await?;
+        let tunnel = tunnel::ensure_tunnel(&nl, plan).await?;
+        let tunnel_mac = tunnel.mac.ok_or_else(|| {
+            other(
+                format!("tunnel device {}", tunnel.name),
+                "no Ethernet address",
+            )
+        })?;
+
+        // The underlay device changed (renamed, replaced): our filter on
+        // the old one must not linger.
+        if let Some(prev) = previous {
+            if prev.underlay_ifindex != 0 && prev.underlay_ifindex != underlay.index {
+                let _ = tc::delete_filter(
+                    nl.handle(),
+                    prev.underlay_ifindex,
+                    Hook::Ingress,
+                    priority,
+                    TC_HANDLE,
+                )
+                .await;
+            }
+        }
+
+        tc::ensure_clsact(nl.handle(), tunnel.index).await?;
+        if tc::ensure_clsact(nl.handle(), underlay.index).await? {
+            config.agent_flags |= AGENT_OWNS_UNDERLAY_CLSACT;
+        }
+        config.underlay_ifindex = underlay.index;
+        config.tunnel_ifindex = tunnel.index;
+        config.tunnel_mac = tunnel_mac;
+        if self.peer_fast_path {
+            config.flags |= FLAG_PEER_FASTPATH;
+        }
+
+        let encap = HookSite {
+            program: ENCAP_PROGRAM,
+            interface: &tunnel.name,
+            ifindex: tunnel.index,
+            hook: Hook::Egress,
+        };
+        let decap = HookSite {
+            program: DECAP_PROGRAM,
+            interface: &plan.underlay_interface,
+            ifindex: underlay.index,
+            hook: Hook::Ingress,
+        };
+        let encap_filters = tc::list_filters(nl.handle(), encap.ifindex, encap.hook).await?;
+        let decap_filters = tc::list_filters(nl.handle(), decap.ifindex, decap.hook).await?;
+        let (encap_main, encap_extra) = Self::ours(&encap_filters, priority, ENCAP_PROGRAM);
+        let (decap_main, decap_extra) = Self::ours(&decap_filters, priority, DECAP_PROGRAM);
+        // Duplicates at our priority (older versions, manual attaches) go.
+        for (site, extra) in [(&encap, &encap_extra), (&decap, &decap_extra)] {
+            for f in extra.iter() {
+                warn!(filter = %describe_hook(site), handle = f.handle, "removing duplicate filter");
+                tc::delete_filter(nl.handle(), site.ifindex, site.hook, f.priority, f.handle)
+                    .await?;
+            }
+        }
+
+        self.load_and_attach(
+            plan, &pin_dir, config, &encap, encap_main, &decap, decap_main,
+        )?;
+
+        // The route last: traffic reaches the tunnel only once encap is there.
+        tunnel::ensure_route(&nl, plan, tunnel.index).await?;
+
+        if self.peer_fast_path {
+            if let Err(e) = endpoints::refresh(&nl, plan, &pin_dir).await {
+                // The slow path still delivers everything.
+                warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+            }
+            self.ensure_refresher(&nl, plan, &pin_dir)?;
+        } else {
+            self.stop_refresher(&plan.network_id);
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
+        let mut drifts = Vec::new();
+        let mut drift = |object: String, expected: String, observed: String| {
+            drifts.push(Drift {
+                object,
+                expected,
+                observed,
+            })
+        };
+        let priority = tc_priority(plan.index)?;
+        let pin_dir = self.pin_dir(plan)?;
+        let nl = Netlink::new()?;
+        let tunnel_name = tunnel::tunnel_name(plan.index);
+
+        // Tunnel device.
+        let tunnel_object = format!("tunnel device {tunnel_name}");
+        let expected_tunnel = format!("veth, mtu {}, arp off, up", plan.mtu);
+        let tunnel = match tunnel::owned_tunnel(&nl, plan).await {
+            Ok(Some(link)) => {
+                let observed = format!(
+                    "veth, mtu {}, arp {}, {}",
+                    link.mtu,
+                    if link.noarp { "off" } else { "on" },
+                    if link.up { "up" } else { "down" }
+                );
+                if observed != expected_tunnel {
+                    drift(tunnel_object, expected_tunnel, observed);
+                }
+                Some(link)
+            }
+            Ok(None) => {
+                drift(tunnel_object, expected_tunnel, "absent".into());
+                None
+            }
+            Err(e) => {
+                drift(tunnel_object, expected_tunnel, e.to_string());
+                None
+            }
+        };
+
+        // Route.
+        let route_object = format!("route {}", plan.overlay);
+        let expected_route = format!(
+            "dev {tunnel_name} src {} proto {ROUTE_PROTOCOL}",
+            plan.gateway
+        );
+        let routes = tunnel::overlay_routes(&nl, plan).await?;
+        let route_ok = tunnel.as_ref().is_some_and(|t| {
+            routes
+                .iter()
+                .any(|r| tunnel::route_matches(r, &tunnel::overlay_route(plan, t.index)))
+        });
+        if !route_ok {
+            let observed = if routes.is_empty() {
+                "absent".to_string()
+            } else {
+                let names = nl.links().await.unwrap_or_default();
+                let name_of = |i: u32| {
+                    names
+                        .iter()
+                        .find(|l| l.index == i)
+                        .map(|l| l.name.clone())
+                        .unwrap_or_else(|| format!("#{i}"))
+                };
+                routes
+                    .iter()
+                    .map(|r| tunnel::describe_route(r, name_of))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            drift(route_object, expected_route, observed);
+        }
+
+        // Pinned maps and config.
+        let mut maps_present = true;
+        for name in maps::ALL_MAPS {
+            let path = pin_dir.join(name);
+            if MapInfo::from_pin(&path).is_err() {
+                maps_present = false;
+                drift(
+                    format!("pinned map {}", path.display()),
+                    "present".into(),
+                    "absent".into(),
+                );
+            }
+        }
+        let pinned = pinned_map_ids(&pin_dir);
+        let config_id = config_map_id(&pin_dir);
+        let underlay = nl.link_by_name(&plan.underlay_interface).await?;
+        if let (Some(cfg), Ok(mut want)) = (read_config(&pin_dir), maps::config_from_plan(plan)) {
+            want.underlay_ifindex = underlay.as_ref().map(|l| l.index).unwrap_or(0);
+            want.tunnel_ifindex = tunnel.as_ref().map(|l| l.index).unwrap_or(0);
+            if self.peer_fast_path {
+                want.flags |= FLAG_PEER_FASTPATH;
+            }
+            let got = FanConfig {
+                agent_flags: 0,
+                tunnel_mac: [0; 6],
+                ..cfg
+            };
+            let want = FanConfig {
+                agent_flags: 0,
+                tunnel_mac: [0; 6],
+                ..want
+            };
+            if got != want {
+                drift(
+                    format!("eBPF config of network {}", plan.network_id),
+                    format!("{want:?}"),
+                    format!("{got:?}"),
+                );
+            }
+        }
+
+        // Filters.
+        let mut sites = Vec::new();
+        if let Some(t) = &tunnel {
+            sites.push((ENCAP_PROGRAM, t.name.clone(), t.index, Hook::Egress));
+        } else {
+            drift(
+                format!("tc filter {ENCAP_PROGRAM} on {tunnel_name} egress"),
+                format!("bpf pref {priority} handle {TC_HANDLE:#x}"),
+                "absent (no tunnel device)".into(),
+            );
+        }
+        match &underlay {
+            Some(u) => sites.push((DECAP_PROGRAM, u.name.clone(), u.index, Hook::Ingress)),
+            None => drift(
+                format!("underlay device {}", plan.underlay_interface),
+                "present".into(),
+                "absent".into(),
+            ),
+        }
+        for (program, interface, ifindex, hook) in sites {
+            let object = format!("tc filter {program} on {interface} {}", hook.as_str());
+            let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");
+            let filters = tc::list_filters(nl.handle(), ifindex, hook).await?;
+            let (main, extra) = Self::ours(&filters, priority, program);
+            match main {
+                None => drift(object, expected, "absent".into()),
+                Some(f) if f.name.as_deref() != Some(program) => drift(
+                    object,
+                    expected,
+                    format!("bpf {} at our priority", f.name.as_deref().unwrap_or("?")),
+                ),
+                Some(f) => {
+                    if maps_present
+                        && !f
+                            .prog_id
+                            .is_some_and(|id| uses_pinned_maps(id, pinned.as_ref(), config_id))
+                    {
+                        drift(
+                            object.clone(),
+                            format!("uses the maps pinned in {}", pin_dir.display()),
+                            "uses other maps".into(),
+                        );
+                    }
+                    if !extra.is_empty() {
+                        drift(
+                            object,
+                            "one filter".into(),
+                            format!("{} filters", extra.len() + 1),
+                        );
+                    }
+                }
+            }
+        }
+
+        let counters = read_counter_slots(&pin_dir)
+            .ok()
+            .map(|slots| maps::counters_from_slots(&slots));
+        Ok(Observation { drifts, counters })
+    }
+
+    async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
+        self.stop_refresher(&plan.network_id);
+        let mut errors = Errors::new();
+        let priority = tc_priority(plan.index)?;
+        let pin_dir = self.pin_dir(plan)?;
+        let config = read_config(&pin_dir);
+        let nl = Netlink::new()?;
+
+        errors.record(tunnel::delete_route(&nl, plan).await);
+
+        // Decap filter on the underlay: the plan's device and the one the
+        // config recorded (in case it was renamed).
+        let mut underlay_indexes = Vec::new();
+        if let Some(Some(link)) = errors.record(nl.link_by_name(&plan.underlay_interface).await) {
+            underlay_indexes.push(link.index);
+        }
+        if let Some(c) = config {
+            if c.underlay_ifindex != 0 && !underlay_indexes.contains(&c.underlay_ifindex) {
+                underlay_indexes.push(c.underlay_ifindex);
+            }
+        }
+        for ifindex in underlay_indexes {
+            let Some(filters) =
+                errors.record(tc::list_filters(nl.handle(), ifindex, Hook::Ingress).await)
+            else {
+                continue;
+            };
+            let (main, extra) = Self::ours(&filters, priority, DECAP_PROGRAM);
+            for f in main.into_iter().chain(extra) {
+                errors.record(
+                    tc::delete_filter(nl.handle(), ifindex, Hook::Ingress, f.priority, f.handle)
+                        .await,
+                );
+            }
+            // The qdisc only if we created it and nothing else uses it now.
+            if config.is_some_and(|c| c.agent_flags & AGENT_OWNS_UNDERLAY_CLSACT != 0) {
+                let ingress =
+                    errors.record(tc::list_filters(nl.handle(), ifindex, Hook::Ingress).await);
+                let egress =
+                    errors.record(tc::list_filters(nl.handle(), ifindex, Hook::Egress).await);
+                if let (Some(i), Some(e)) = (ingress, egress) {
+                    if i.is_empty() && e.is_empty() {
+                        errors.record(tc::delete_clsact(nl.handle(), ifindex).await);
+                    } else {
+                        debug!(ifindex, "clsact still has filters of others; kept");
+                    }
+                }
+            }
+        }
+
+        // The tunnel pair (its qdisc and encap filter go with it).
+        match tunnel::owned_tunnel(&nl, plan).await {
+            Ok(Some(link)) => {
+                errors.record(nl.delete_link(link.index).await);
+                info!(tunnel = %link.name, network = %plan.network_id, "deleted tunnel device");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Someone else's device with our name: not ours to delete.
+                warn!(error = %e, "tunnel device name taken by another device; left alone");
+            }
+        }
+
+        errors.record(pin::remove_dir(&pin_dir));
+        errors.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(tag: Option<u64>, prog_id: Option<u32>) -> tc::Filter {
+        tc::Filter {
+            priority: 0xfa00,
+            handle: TC_HANDLE,
+            kind: "bpf".into(),
+            name: Some(ENCAP_PROGRAM.into()),
+            prog_id,
+            tag,
+        }
+    }
+
+    #[test]
+    fn adoption_decisions() {
+        assert_eq!(decide(None, 7, |_| true), AttachAction::Create);
+        assert_eq!(
+            decide(Some(&filter(Some(7), Some(1))), 7, |_| true),
+            AttachAction::Keep
+        );
+        assert_eq!(
+            decide(Some(&filter(Some(8), Some(1))), 7, |_| true),
+            AttachAction::Replace
+        );
+        // Same code but other maps (pins lost): must be replaced.
+        assert_eq!(
+            decide(Some(&filter(Some(7), Some(1))), 7, |_| false),
+            AttachAction::Replace
+        );
+    }
+
+    #[test]
+    fn priorities_and_names() {
+        assert_eq!(tc_priority(0).unwrap(), 0xfa00);
+        assert_eq!(tc_priority(MAX_NETWORK_INDEX).unwrap(), 0xfeff);
+        assert!(tc_priority(MAX_NETWORK_INDEX + 1).is_err());
+        assert_eq!(tunnel_name(65535), "fantun65535");
+        assert!(tunnel_peer_name(65535).len() <= 15);
+    }
+
+    #[test]
+    fn duplicates_are_found() {
+        let mut dup = filter(Some(1), Some(2));
+        dup.handle = 1;
+        let other_prio = tc::Filter {
+            priority: 1,
+            ..filter(Some(1), Some(2))
+        };
+        let filters = vec![filter(Some(1), Some(2)), dup, other_prio];
+        let (main, extra) = EbpfBackend::ours(&filters, 0xfa00, ENCAP_PROGRAM);
+        assert_eq!(main.unwrap().handle, TC_HANDLE);
+        assert_eq!(extra.len(), 1);
+    }
+}
