@@ -1,1 +1,19 @@
-//! fan agent
+//! The fan agent: one per host.
+//!
+//! It stores fan networks and container address allocations durably, programs
+//! the kernel data plane (host part + IPIP encapsulation) for each network, and
+//! serves the `fan.agent.v1` gRPC API on a unix socket.
+//!
+//! Modules, from the middle out: [`model`] (domain records), [`validate`] (request
+//! rules), [`state`] (redb, group commit), [`agent`] (the operations), [`api`]
+//! (protobuf conversion and the one error-to-status map), [`server`] (listeners,
+//! health, reflection, readiness). Pure fan arithmetic and the allocator live in
+//! `fan-core`; kernel side effects in `fan-dataplane`.
+
+pub mod agent;
+pub mod api;
+pub mod error;
+pub mod model;
+pub mod server;
+pub mod state;
+pub mod validate;

@@ -1,1 +1,87 @@
-fn main() {}
+//! `fan-agent`: flags → `server::run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fan_agent::server::{self, ServerConfig};
+
+/// The fan agent: deterministic container networking, one agent per host.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Example:\n  fan-agent --socket /run/fan/agent.sock --state-dir /var/lib/fan"
+)]
+struct Flags {
+    /// Unix socket to serve the gRPC API on (mode 0660).
+    #[arg(long, default_value = "/run/fan/agent.sock", env = "FAN_AGENT_SOCKET")]
+    socket: PathBuf,
+    /// Group that owns the socket, so its members may call the agent.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Directory of the durable state (networks and allocations).
+    #[arg(long, default_value = "/var/lib/fan", env = "FAN_AGENT_STATE_DIR")]
+    state_dir: PathBuf,
+    /// bpffs directory under which the eBPF backend pins its maps.
+    #[arg(long, default_value = "/sys/fs/bpf/fan", env = "FAN_AGENT_BPFFS_DIR")]
+    bpffs_dir: PathBuf,
+    /// Seconds between drift checks that repair the kernel state; 0 disables.
+    #[arg(long, default_value_t = 30)]
+    reconcile_interval: u64,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    init_logging(&flags.log_format);
+    let backends: Vec<Box<dyn fan_dataplane::Encapsulation>> = vec![Box::new(
+        fan_dataplane::ebpf::EbpfBackend::new(flags.bpffs_dir.clone()),
+    )];
+    let dataplane =
+        fan_dataplane::KernelDataplane::new(backends).context("opening the kernel data plane")?;
+    let config = ServerConfig {
+        socket: flags.socket,
+        socket_group: flags.socket_group,
+        state_dir: flags.state_dir,
+        reconcile_interval: Duration::from_secs(flags.reconcile_interval),
+    };
+    server::run(config, Arc::new(dataplane), shutdown_signal())
+        .await
+        .context("fan-agent")?;
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,1 +1,599 @@
-//! e2e harness
+//! End-to-end harness: real hosts as network namespaces on an underlay bridge,
+//! a real `fan-agent` process per host, containers as namespaces plugged into the
+//! fan bridge with addresses from the agent.
+//!
+//! Everything a [`Testbed`] creates carries its unique prefix (`fe<id>`), and is
+//! removed when the testbed drops, also when the test panics. Leftovers of a
+//! killed test run (whose process no longer exists) are swept at the next start.
+//!
+//! Agents run under `nsenter --net`, not `ip netns exec`: they share the root
+//! mount namespace, so the bpffs they pin maps in outlives an agent process and
+//! a restarted agent finds (and adopts) what its predecessor attached.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use fan_proto::v1 as pb;
+use fan_proto::v1::fan_agent_service_client::FanAgentServiceClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The generated gRPC client over a unix socket.
+pub type Client = FanAgentServiceClient<Channel>;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawn {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// `ip ARGS...`
+pub fn ip(args: &[&str]) -> Result<String> {
+    Ok(String::from_utf8_lossy(&run("ip", args)?.stdout).into_owned())
+}
+
+/// Where the workspace's binaries are (`target/<profile>/`), from the test executable's path.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FAN_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, failing clearly when it was not built.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with loopback up.
+    pub fn new(name: &str) -> Result<Netns> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside the namespace (net namespace only).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
+    /// Runs a command in the namespace, failing on a non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let output = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("spawn {program}"))?;
+        if !output.status.success() {
+            bail!(
+                "{program} {} in {} failed: {}{}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(output)
+    }
+
+    /// Pings `target` `count` times (fails when any is lost... ping's own rule: any reply succeeds).
+    pub fn ping(&self, target: Ipv4Addr, count: u32) -> Result<()> {
+        self.exec(
+            "ping",
+            &[
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &target.to_string(),
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A running (or stopped) agent on a host.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its bpffs pin root.
+    pub bpffs_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    netns: String,
+}
+
+impl AgentProcess {
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(binary("fan-agent")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("FAN_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn fan-agent")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("fan-agent exited with {status}: {}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "fan-agent did not open {} in 20 s: {}",
+            self.socket.display(),
+            self.log_tail()
+        )
+    }
+
+    /// The agent's process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        run("kill", &["-TERM", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        bail!("fan-agent ignored SIGTERM for 10 s")
+    }
+
+    /// Connects a gRPC client over the unix socket.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(FanAgentServiceClient::new(
+            unix_channel(&self.socket).await?,
+        ))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// A tonic channel over a unix socket.
+pub async fn unix_channel(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_owned();
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+/// One host: a namespace with an underlay address and an agent.
+#[derive(Debug)]
+pub struct Host {
+    /// Short name ("h1").
+    pub name: String,
+    /// Underlay address.
+    pub address: Ipv4Addr,
+    /// The agent.
+    pub agent: AgentProcess,
+    /// The host namespace (dropped after the agent).
+    pub netns: Netns,
+}
+
+impl Host {
+    /// A gRPC client to this host's agent.
+    pub async fn client(&self) -> Result<Client> {
+        self.agent.client().await
+    }
+
+    /// Starts the agent again (after kill9/terminate).
+    pub fn start_agent(&mut self) -> Result<()> {
+        self.agent.start()
+    }
+}
+
+/// A container: a namespace with `eth0` plugged into a fan bridge.
+#[derive(Debug)]
+pub struct Container {
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The owner id used for the allocation.
+    pub owner: String,
+    /// The namespace.
+    pub netns: Netns,
+}
+
+/// A set of hosts on one underlay bridge; tears everything down on drop.
+#[derive(Debug)]
+pub struct Testbed {
+    /// The unique prefix of every object ("fe1a2b3").
+    pub id: String,
+    /// Hosts, in creation order.
+    pub hosts: Vec<Host>,
+    /// Containers, in creation order (dropped before hosts).
+    pub containers: Vec<Container>,
+    /// The underlay namespace holding the bridge.
+    pub underlay: Netns,
+    /// Scratch directory (sockets, state, logs).
+    pub dir: PathBuf,
+    underlay_prefix: u8,
+}
+
+impl Testbed {
+    /// Creates the underlay (a bridge in its own namespace) for `prefix`-long underlay addresses.
+    pub fn new(underlay_prefix: u8) -> Result<Testbed> {
+        sweep_leftovers();
+        ensure_bpffs()?;
+        let id = format!(
+            "fe{}{:x}",
+            pid_tag(std::process::id()),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("fan-e2e-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let underlay = Netns::new(&format!("{id}-ul"))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        Ok(Testbed {
+            id,
+            hosts: Vec::new(),
+            containers: Vec::new(),
+            underlay,
+            dir,
+            underlay_prefix,
+        })
+    }
+
+    /// Adds a host with `address` on the underlay and starts its agent.
+    pub fn add_host(&mut self, name: &str, address: Ipv4Addr) -> Result<&mut Host> {
+        let netns = Netns::new(&format!("{}-{name}", self.id))?;
+        let outside = format!("{}{name}", self.id);
+        // The veth is created inside the host namespace and its peer moved to the underlay.
+        netns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", &outside,
+        ])?;
+        netns.ip(&["link", "set", &outside, "netns", &self.underlay.name])?;
+        self.underlay
+            .ip(&["link", "set", &outside, "master", "br0", "up"])?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{address}/{}", self.underlay_prefix),
+            "dev",
+            "eth0",
+        ])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        let host_dir = self.dir.join(name);
+        std::fs::create_dir_all(&host_dir)?;
+        let mut agent = AgentProcess {
+            child: None,
+            socket: host_dir.join("agent.sock"),
+            state_dir: host_dir.join("state"),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}-{name}", self.id)),
+            log: host_dir.join("agent.log"),
+            netns: netns.name.clone(),
+        };
+        agent.start()?;
+        self.hosts.push(Host {
+            name: name.to_owned(),
+            address,
+            agent,
+            netns,
+        });
+        Ok(self.hosts.last_mut().expect("just pushed"))
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .expect("no such host")
+    }
+
+    /// The host called `name`, mutable.
+    pub fn host_mut(&mut self, name: &str) -> &mut Host {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .expect("no such host")
+    }
+
+    /// Plugs a new container into `network` on `host`: allocates its address
+    /// from the agent, creates the namespace and a veth on the fan bridge.
+    pub async fn add_container(
+        &mut self,
+        host: &str,
+        network: &str,
+        name: &str,
+    ) -> Result<&Container> {
+        let owner = format!("{}-{name}", self.id);
+        let host = self.host(host);
+        let mut client = host.client().await?;
+        let allocation = client
+            .allocate_address(pb::AllocateAddressRequest {
+                network_id: network.into(),
+                owner: Some(pb::Owner {
+                    container_id: owner.clone(),
+                    interface: "eth0".into(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow!("allocate: {s}"))?
+            .into_inner()
+            .allocation
+            .ok_or_else(|| anyhow!("no allocation returned"))?;
+        let bridge = client
+            .get_network(pb::GetNetworkRequest {
+                network_id: network.into(),
+            })
+            .await
+            .map_err(|s| anyhow!("get network: {s}"))?
+            .into_inner()
+            .network
+            .and_then(|n| n.status)
+            .map(|s| s.bridge)
+            .ok_or_else(|| anyhow!("network without status"))?;
+        let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
+        let index = self.containers.len();
+        let outside = format!("{}c{index}", self.id);
+        host.netns.ip(&[
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ])?;
+        let mtu = allocation.mtu.to_string();
+        host.netns.ip(&[
+            "link", "set", &outside, "mtu", &mtu, "master", &bridge, "up",
+        ])?;
+        let cidr = format!("{}/{}", allocation.address, allocation.prefix_length);
+        netns.ip(&["addr", "add", &cidr, "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        netns.ip(&["route", "add", "default", "via", &allocation.gateway])?;
+        let address = allocation.address.parse()?;
+        self.containers.push(Container {
+            address,
+            owner,
+            netns,
+        });
+        Ok(self.containers.last().expect("just pushed"))
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Containers first (their veths live in host namespaces), then agents, then hosts.
+        self.containers.clear();
+        for host in &mut self.hosts {
+            let _ = host.agent.kill9();
+        }
+        let pin_dirs: Vec<PathBuf> = self
+            .hosts
+            .iter()
+            .map(|h| h.agent.bpffs_dir.clone())
+            .collect();
+        self.hosts.clear();
+        for dir in pin_dirs {
+            remove_pin_dir(&dir);
+        }
+        if std::env::var_os("FAN_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Unmounts (if mounted) and removes a bpffs pin directory.
+fn remove_pin_dir(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Mounts bpffs on /sys/fs/bpf when nothing is mounted there, as systemd does on boot.
+pub fn ensure_bpffs() -> Result<()> {
+    // Tests run in parallel threads and processes: mount at most once, or a
+    // second bpffs would stack on the first and hide its pins.
+    let lock = std::fs::File::create("/run/fan-e2e-bpffs.lock")?;
+    lock.lock()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf")?;
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()?;
+    if !status.success() {
+        bail!("mount -t bpf bpf /sys/fs/bpf failed");
+    }
+    Ok(())
+}
+
+/// The 4 hex digits of a process id that prefix its testbeds' names.
+fn pid_tag(pid: u32) -> String {
+    format!("{:04x}", pid % 0x10000)
+}
+
+/// Removes namespaces of earlier test processes that no longer run
+/// (`fe<pid tag>...`), so a killed run does not leave hosts behind.
+fn sweep_leftovers() {
+    let live: std::collections::HashSet<String> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+                .map(pid_tag)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(tag) = name.strip_prefix("fe").and_then(|rest| rest.get(..4)) else {
+            continue;
+        };
+        if tag.chars().all(|c| c.is_ascii_hexdigit()) && !live.contains(tag) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The gRPC status of a failed call, with its ErrorInfo reason.
+pub fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns Ok or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

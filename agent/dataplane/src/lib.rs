@@ -67,7 +67,10 @@ pub struct NetworkPlan {
 
 /// A concrete encapsulation backend. All produce the same wire format:
 /// outer IPv4 with protocol 4 (RFC 2003), inner packet unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// Ubuntu's kernel fan map on an ipip device.
     KernelFan,

@@ -1,0 +1,655 @@
+//! The agent core: domain operations over the state store and the data plane.
+//!
+//! One path from desired state to the kernel: every mutation persists the
+//! desired state first, then applies it; `apply` is idempotent, so the
+//! reconcile pass (at start, on a timer, on request) heals a crash between the
+//! two. No protobuf types here: `api` converts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use fan_core::fan::FanMap;
+use fan_core::underlay::HostInterfaceAddress;
+use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
+use ipnetwork::Ipv4Network;
+use tokio::sync::watch;
+
+use crate::error::{AgentError, Result};
+use crate::model::{
+    AllocationRecord, BackendChoice, NetworkRecord, Owner, Selector, IPIP_OVERHEAD,
+};
+use crate::state::{Created, Store};
+use crate::validate::{self, SpecInput};
+
+/// The observed state of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkState {
+    /// Programmed and matching the desired state.
+    Ready,
+    /// Stored, but the kernel differs.
+    Degraded,
+    /// Cannot be programmed on this host.
+    Failed,
+}
+
+/// What the agent reports about a network besides its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkStatus {
+    /// Lifecycle state.
+    pub state: NetworkState,
+    /// Why it is not ready; empty when ready.
+    pub reason: String,
+    /// Allocated addresses.
+    pub allocated: u32,
+    /// Assignable addresses in total.
+    pub capacity: u32,
+    /// Data-plane counters, if the backend keeps them.
+    pub counters: Option<Counters>,
+}
+
+/// A network with its observed status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkView {
+    /// The persisted record.
+    pub record: NetworkRecord,
+    /// The observed status.
+    pub status: NetworkStatus,
+}
+
+/// An allocation with what a container needs to configure its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationView {
+    /// The network id.
+    pub network_id: String,
+    /// The persisted allocation.
+    pub record: AllocationRecord,
+    /// Prefix length of the slice.
+    pub prefix_len: u8,
+    /// The container's gateway.
+    pub gateway: Ipv4Addr,
+    /// The container interface MTU.
+    pub mtu: u32,
+}
+
+impl AllocationView {
+    fn new(network: &NetworkRecord, record: AllocationRecord) -> Self {
+        AllocationView {
+            network_id: network.id.clone(),
+            record,
+            prefix_len: network.slice.prefix(),
+            gateway: network.gateway(),
+            mtu: network.effective_mtu(),
+        }
+    }
+}
+
+/// How an address resolves in one fan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The network id; empty for an ad hoc fan.
+    pub network_id: String,
+    /// Whether the address is in the overlay.
+    pub is_overlay: bool,
+    /// The underlay host owning the slice.
+    pub underlay_host: Ipv4Addr,
+    /// The slice.
+    pub slice: Ipv4Network,
+}
+
+/// What `GetAgentInfo` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Agent version.
+    pub version: String,
+    /// Host name.
+    pub hostname: String,
+    /// Kernel release.
+    pub kernel_release: String,
+    /// Host IPv4 addresses.
+    pub addresses: Vec<HostAddress>,
+    /// Backend availability.
+    pub backends: Vec<Availability>,
+    /// What `auto` picks here.
+    pub auto_backend: Option<BackendKind>,
+}
+
+/// A page of results and the token of the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Empty when this is the last page.
+    pub next_page_token: String,
+}
+
+/// The agent: one per host.
+pub struct Agent {
+    store: Store,
+    dataplane: Arc<dyn Dataplane>,
+    backends: Vec<Availability>,
+    /// Last apply failure per network; a network is ready when absent here.
+    apply_failures: Mutex<HashMap<String, String>>,
+    /// Serializes network create/delete/reconcile so they never interleave on the kernel.
+    network_ops: tokio::sync::Mutex<()>,
+    ready: watch::Sender<bool>,
+}
+
+impl Agent {
+    /// Builds the agent and probes which backends this host can run.
+    pub async fn new(store: Store, dataplane: Arc<dyn Dataplane>) -> Agent {
+        let mut backends = dataplane.availability().await;
+        // Report every backend, also those this build does not register.
+        for kind in BackendKind::ALL {
+            if !backends.iter().any(|a| a.backend == kind) {
+                backends.push(Availability {
+                    backend: kind,
+                    available: false,
+                    reason: "not built into this agent".to_owned(),
+                });
+            }
+        }
+        backends.sort_by_key(|a| a.backend);
+        for availability in &backends {
+            tracing::info!(backend = %availability.backend, available = availability.available, reason = %availability.reason, "backend probe");
+        }
+        let (ready, _) = watch::channel(false);
+        Agent {
+            store,
+            dataplane,
+            backends,
+            apply_failures: Mutex::new(HashMap::new()),
+            network_ops: tokio::sync::Mutex::new(()),
+            ready,
+        }
+    }
+
+    /// Becomes true once every persisted network's data path is programmed,
+    /// false again while one is degraded.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.apply_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_apply(&self, id: &str, result: &Result<()>) {
+        let mut failures = self.failures();
+        match result {
+            Ok(()) => {
+                failures.remove(id);
+            }
+            Err(err) => {
+                failures.insert(id.to_owned(), err.to_string());
+            }
+        }
+        let ready = failures.is_empty();
+        drop(failures);
+        self.ready.send_replace(ready);
+    }
+
+    async fn apply(&self, record: &NetworkRecord) -> Result<()> {
+        let result = self
+            .dataplane
+            .apply(&record.plan())
+            .await
+            .map_err(AgentError::from);
+        if let Err(err) = &result {
+            tracing::warn!(network = %record.id, error = %err, "apply failed");
+        }
+        self.record_apply(&record.id, &result);
+        result
+    }
+
+    /// Applies every persisted network (at start and on a timer): the one
+    /// path from stored desired state to the kernel. Returns how many failed.
+    pub async fn reconcile_all(&self) -> Result<usize> {
+        let _guard = self.network_ops.lock().await;
+        let mut failed = 0;
+        let records = self.store.networks().await?;
+        for record in &records {
+            if self.apply(record).await.is_err() {
+                failed += 1;
+            }
+        }
+        if records.is_empty() {
+            self.ready.send_replace(true);
+        }
+        Ok(failed)
+    }
+
+    /// Describes the agent and its host.
+    pub async fn info(&self) -> Result<AgentInfo> {
+        Ok(AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            hostname: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            addresses: self.dataplane.host_addresses().await?,
+            backends: self.backends.clone(),
+            auto_backend: self.auto_backend(),
+        })
+    }
+
+    fn auto_backend(&self) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|kind| {
+            self.backends
+                .iter()
+                .any(|a| a.backend == *kind && a.available)
+        })
+    }
+
+    fn choose_backend(&self, choice: BackendChoice) -> Result<BackendKind> {
+        let Some(kind) = choice.concrete() else {
+            return self.auto_backend().ok_or_else(|| {
+                let why: Vec<String> = self
+                    .backends
+                    .iter()
+                    .map(|a| format!("{}: {}", a.backend, a.reason))
+                    .collect();
+                AgentError::precondition(
+                    "NO_BACKEND_AVAILABLE",
+                    format!(
+                        "spec.backend: auto found no usable data-plane backend ({})",
+                        why.join("; ")
+                    ),
+                )
+            });
+        };
+        match self.backends.iter().find(|a| a.backend == kind) {
+            Some(a) if a.available => Ok(kind),
+            Some(a) => Err(AgentError::precondition(
+                "BACKEND_UNAVAILABLE",
+                format!(
+                    "spec.backend: {kind} is not available on this host: {}",
+                    a.reason
+                ),
+            )),
+            None => Err(AgentError::precondition(
+                "BACKEND_UNAVAILABLE",
+                format!("spec.backend: {kind} is not built into this agent"),
+            )),
+        }
+    }
+
+    async fn host_interfaces(&self) -> Result<(Vec<HostInterfaceAddress>, Option<String>)> {
+        let addresses = self.dataplane.host_addresses().await?;
+        let interfaces = addresses
+            .into_iter()
+            .map(|a| HostInterfaceAddress {
+                interface: a.interface,
+                address: a.address.ip(),
+                prefix_len: a.address.prefix(),
+                mtu: a.mtu,
+            })
+            .collect();
+        Ok((interfaces, self.dataplane.default_route_interface().await?))
+    }
+
+    /// Creates a network (idempotent for the same spec) and programs it.
+    pub async fn create_network(&self, id: &str, input: &SpecInput) -> Result<NetworkView> {
+        validate::network_id("network_id", id)?;
+        let (spec, underlay) = validate::spec(input)?;
+        if let Some(warning) = fan_core::fan::routed_overlap_warning(spec.overlay) {
+            tracing::warn!(network = %id, overlay = %spec.overlay, "{warning}");
+        }
+        let (interfaces, default_interface) = self.host_interfaces().await?;
+        let resolved = underlay
+            .resolve(&interfaces, default_interface.as_deref())
+            .map_err(|e| {
+                AgentError::precondition("UNDERLAY_NOT_FOUND", format!("spec.underlay: {e}"))
+            })?;
+        let fan = FanMap::new(spec.overlay, resolved.network).map_err(|e| {
+            AgentError::invalid(
+                "spec.overlay",
+                format!("{e} (underlay {})", resolved.network),
+            )
+        })?;
+        let slice = fan
+            .slice_of(resolved.address)
+            .map_err(|e| AgentError::invalid("spec.underlay", e))?;
+        let max_mtu = resolved.mtu.saturating_sub(IPIP_OVERHEAD);
+        if spec.mtu > max_mtu {
+            return Err(AgentError::invalid(
+                "spec.mtu",
+                format!(
+                    "must be at most the underlay MTU minus {IPIP_OVERHEAD} ({max_mtu} on {}), got {}",
+                    resolved.interface, spec.mtu
+                ),
+            ));
+        }
+        fan_core::ipam::SlicePool::new(slice, spec.host_reserve)
+            .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
+        let backend = self.choose_backend(spec.backend)?;
+        let record = NetworkRecord {
+            id: id.to_owned(),
+            index: 0,
+            spec,
+            underlay_network: resolved.network,
+            underlay_address: resolved.address,
+            underlay_interface: resolved.interface,
+            underlay_mtu: resolved.mtu,
+            slice,
+            backend,
+            create_time_ms: crate::model::now_ms(),
+        };
+
+        let _guard = self.network_ops.lock().await;
+        match self.store.create_network(record).await? {
+            Created::New(record) => {
+                tracing::info!(network = %record.id, slice = %record.slice, backend = %record.backend, "network created");
+                if let Err(err) = self.apply(&record).await {
+                    // A network that cannot be programmed is not created: undo
+                    // whatever part was made and forget it.
+                    let _ = self.dataplane.remove(&record.plan()).await;
+                    let _ = self.store.delete_network(&record.id, true).await;
+                    self.record_apply(&record.id, &Ok(()));
+                    return Err(AgentError::precondition(
+                        "DATAPLANE_FAILED",
+                        format!("programming network {:?} failed: {err}", record.id),
+                    ));
+                }
+                self.view(record).await
+            }
+            Created::Existing(record) => {
+                // Re-creating repairs: apply is idempotent.
+                let _ = self.apply(&record).await;
+                self.view(record).await
+            }
+        }
+    }
+
+    async fn view(&self, record: NetworkRecord) -> Result<NetworkView> {
+        let (allocated, capacity) = self.store.usage(&record.id).await?;
+        let (state, reason, counters) = match self.dataplane.observe(&record.plan()).await {
+            Ok(observation) if observation.drifts.is_empty() => {
+                (NetworkState::Ready, String::new(), observation.counters)
+            }
+            Ok(observation) => (
+                NetworkState::Degraded,
+                format!(
+                    "kernel differs from the desired state: {}",
+                    describe_drifts(&observation.drifts)
+                ),
+                observation.counters,
+            ),
+            Err(err) => (
+                NetworkState::Degraded,
+                format!("observing the data plane failed: {err}"),
+                None,
+            ),
+        };
+        let (state, reason) = match self.failures().get(&record.id) {
+            Some(failure) => (NetworkState::Failed, failure.clone()),
+            None => (state, reason),
+        };
+        Ok(NetworkView {
+            record,
+            status: NetworkStatus {
+                state,
+                reason,
+                allocated,
+                capacity,
+                counters,
+            },
+        })
+    }
+
+    /// One network with its observed status.
+    pub async fn get_network(&self, id: &str) -> Result<NetworkView> {
+        validate::network_id("network_id", id)?;
+        let record = self.store.network(id).await?;
+        self.view(record).await
+    }
+
+    /// Networks in id order, paginated; the token is the last id of the previous page.
+    pub async fn list_networks(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<NetworkView>> {
+        let limit = validate::page_size("page_size", page_size)?;
+        if !page_token.is_empty() {
+            validate::network_id("page_token", page_token)?;
+        }
+        let records = self.store.networks().await?;
+        let mut rest = records
+            .into_iter()
+            .filter(|r| page_token.is_empty() || r.id.as_str() > page_token);
+        let mut items = Vec::new();
+        for record in rest.by_ref().take(limit) {
+            items.push(self.view(record).await?);
+        }
+        let next_page_token = match (rest.next(), items.last()) {
+            (Some(_), Some(last)) => last.record.id.clone(),
+            _ => String::new(),
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Deletes a network and everything the agent made for it.
+    /// Returns (deleted, released allocations).
+    pub async fn delete_network(
+        &self,
+        id: &str,
+        force: bool,
+        allow_missing: bool,
+    ) -> Result<(bool, u32)> {
+        validate::network_id("network_id", id)?;
+        let _guard = self.network_ops.lock().await;
+        let record = match self.store.network(id).await {
+            Ok(record) => record,
+            Err(AgentError::NotFound { .. }) if allow_missing => return Ok((false, 0)),
+            Err(err) => return Err(err),
+        };
+        let (allocated, _) = self.store.usage(id).await?;
+        if allocated > 0 && !force {
+            return Err(AgentError::precondition(
+                "NETWORK_IN_USE",
+                format!("network {id:?} still has {allocated} allocation(s); release them first or delete with force"),
+            ));
+        }
+        // Kernel first: if removal fails the network stays known and can be retried.
+        self.dataplane.remove(&record.plan()).await?;
+        match self.store.delete_network(id, force).await {
+            Ok((_, released)) => {
+                self.record_apply(id, &Ok(()));
+                tracing::info!(network = %id, released, "network deleted");
+                Ok((true, released))
+            }
+            Err(err) => {
+                // An allocation raced in: put the data path back.
+                let _ = self.apply(&record).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Differences between the kernel and the desired state, without repairing.
+    pub async fn check_network(&self, id: &str) -> Result<Vec<Drift>> {
+        validate::network_id("network_id", id)?;
+        let record = self.store.network(id).await?;
+        Ok(self.dataplane.observe(&record.plan()).await?.drifts)
+    }
+
+    /// Allocates an address for one container interface.
+    pub async fn allocate(
+        &self,
+        network_id: &str,
+        owner: Owner,
+        requested: Option<Ipv4Addr>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(AllocationView, bool)> {
+        validate::network_id("network_id", network_id)?;
+        validate::labels("labels", &labels)?;
+        let allocated = self
+            .store
+            .allocate(network_id, owner, requested, labels)
+            .await?;
+        let network = self.store.network(network_id).await?;
+        Ok((
+            AllocationView::new(&network, allocated.record),
+            allocated.newly_allocated,
+        ))
+    }
+
+    /// One allocation.
+    pub async fn get_allocation(
+        &self,
+        network_id: &str,
+        selector: Selector,
+    ) -> Result<AllocationView> {
+        validate::network_id("network_id", network_id)?;
+        let record = self.store.allocation(network_id, selector).await?;
+        let network = self.store.network(network_id).await?;
+        Ok(AllocationView::new(&network, record))
+    }
+
+    /// Releases an allocation; `Ok(None)` when there was none and `allow_missing`.
+    pub async fn release(
+        &self,
+        network_id: &str,
+        selector: Selector,
+        allow_missing: bool,
+    ) -> Result<Option<AllocationView>> {
+        validate::network_id("network_id", network_id)?;
+        let network = self.store.network(network_id).await?;
+        match self.store.release(network_id, selector.clone()).await? {
+            Some(record) => Ok(Some(AllocationView::new(&network, record))),
+            None if allow_missing => Ok(None),
+            None => Err(AgentError::NotFound {
+                resource: format!("allocation with {selector} in network {network_id:?}"),
+            }),
+        }
+    }
+
+    /// Allocations in address order, paginated; the token is the last address.
+    pub async fn list_allocations(
+        &self,
+        network_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<AllocationView>> {
+        validate::network_id("network_id", network_id)?;
+        let limit = validate::page_size("page_size", page_size)?;
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(validate::address("page_token", page_token)?)
+        };
+        let network = self.store.network(network_id).await?;
+        let (records, more) = self
+            .store
+            .allocations_page(network_id, after, limit)
+            .await?;
+        let items: Vec<AllocationView> = records
+            .into_iter()
+            .map(|r| AllocationView::new(&network, r))
+            .collect();
+        let next_page_token = match (more, items.last()) {
+            (true, Some(last)) => last.record.address.to_string(),
+            _ => String::new(),
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Releases (or lists, with `dry_run`) allocations whose owner is not valid.
+    pub async fn garbage_collect(
+        &self,
+        network_id: &str,
+        valid: BTreeSet<Owner>,
+        dry_run: bool,
+    ) -> Result<Vec<AllocationView>> {
+        validate::network_id("network_id", network_id)?;
+        let network = self.store.network(network_id).await?;
+        let released = self
+            .store
+            .garbage_collect(network_id, valid, dry_run)
+            .await?;
+        Ok(released
+            .into_iter()
+            .map(|r| AllocationView::new(&network, r))
+            .collect())
+    }
+
+    /// Resolves an address in the agent's networks, or in an ad hoc fan.
+    pub async fn resolve(
+        &self,
+        address: Ipv4Addr,
+        network_id: &str,
+        adhoc: Option<(Ipv4Network, Ipv4Network)>,
+    ) -> Result<Vec<Resolution>> {
+        let fans: Vec<(String, FanMap)> = match adhoc {
+            Some((overlay, underlay)) => {
+                let fan = FanMap::new(overlay, underlay)
+                    .map_err(|e| AgentError::invalid("overlay", e))?;
+                vec![(String::new(), fan)]
+            }
+            None => {
+                let records = if network_id.is_empty() {
+                    self.store.networks().await?
+                } else {
+                    validate::network_id("network_id", network_id)?;
+                    vec![self.store.network(network_id).await?]
+                };
+                records
+                    .into_iter()
+                    .filter_map(|r| {
+                        FanMap::new(r.spec.overlay, r.underlay_network)
+                            .ok()
+                            .map(|f| (r.id, f))
+                    })
+                    .collect()
+            }
+        };
+        Ok(fans
+            .into_iter()
+            .filter_map(|(id, fan)| resolve_in(&id, &fan, address))
+            .collect())
+    }
+}
+
+/// Pure: how `address` resolves in one fan, if it belongs to it.
+fn resolve_in(network_id: &str, fan: &FanMap, address: Ipv4Addr) -> Option<Resolution> {
+    let (is_overlay, host) = if fan.contains_overlay(address) {
+        (true, fan.owner_of(address).ok()?)
+    } else if fan.contains_underlay(address) {
+        (false, address)
+    } else {
+        return None;
+    };
+    let slice = fan.slice_of(host).ok()?;
+    Some(Resolution {
+        network_id: network_id.to_owned(),
+        is_overlay,
+        underlay_host: host,
+        slice,
+    })
+}
+
+/// One line listing drifts, for a status reason.
+pub fn describe_drifts(drifts: &[Drift]) -> String {
+    drifts
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: expected {}, found {}",
+                d.object, d.expected, d.observed
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,211 @@
+//! Listeners, health, reflection, readiness and shutdown around the agent.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fan_dataplane::Dataplane;
+use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::agent::Agent;
+use crate::api::FanAgentApi;
+use crate::state::Store;
+
+/// Largest request the agent decodes: a GC request with many owners fits; more is refused.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The identity of a TCP peer (its client-certificate subject), attached to requests.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub String);
+
+/// How the agent serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Group owning the socket (mode 0660); None keeps the process group.
+    pub socket_group: Option<String>,
+    /// Directory of the state database.
+    pub state_dir: PathBuf,
+    /// How often the kernel is compared with the desired state and repaired;
+    /// zero disables the timer (start-up reconcile still runs).
+    pub reconcile_interval: Duration,
+}
+
+/// Failures that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::error::AgentError),
+    /// The socket could not be prepared.
+    #[error("socket {path}: {message}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    dataplane: Arc<dyn Dataplane>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = Store::open(&config.state_dir)?;
+    tracing::info!(path = %store.path().display(), "state opened");
+    let agent = Arc::new(Agent::new(store, dataplane).await);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<FanAgentServiceServer<FanAgentApi>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let listener = bind_unix(&config.socket, config.socket_group.as_deref())?;
+    tracing::info!(socket = %config.socket.display(), "serving");
+
+    // Readiness follows the data path: SERVING only while every network is programmed.
+    let mut ready = agent.readiness();
+    let readiness_health = health.clone();
+    tokio::spawn(async move {
+        let mut notified = false;
+        loop {
+            let is_ready = *ready.borrow_and_update();
+            let status = if is_ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            readiness_health.set_service_status("", status).await;
+            if is_ready {
+                readiness_health
+                    .set_serving::<FanAgentServiceServer<FanAgentApi>>()
+                    .await;
+            } else {
+                readiness_health
+                    .set_not_serving::<FanAgentServiceServer<FanAgentApi>>()
+                    .await;
+            }
+            if is_ready && !notified {
+                notified = true;
+                notify_systemd("READY=1\nSTATUS=every network programmed");
+            }
+            if ready.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let reconciler = agent.clone();
+    let interval = config.reconcile_interval;
+    tokio::spawn(async move {
+        loop {
+            match reconciler.reconcile_all().await {
+                Ok(0) => tracing::debug!("reconcile: every network matches"),
+                Ok(failed) => {
+                    tracing::warn!(failed, "reconcile: some networks could not be programmed")
+                }
+                Err(err) => tracing::error!(error = %err, "reconcile failed"),
+            }
+            if interval.is_zero() {
+                break;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+
+    let service = FanAgentServiceServer::new(FanAgentApi::new(agent))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    notify_systemd("STOPPING=1");
+    // Leave no socket file behind for the next start to trip over.
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("stopped");
+    Ok(result?)
+}
+
+/// Binds the unix socket: refuses when another agent is live on it, removes a
+/// stale socket file, sets mode 0660 and the group.
+fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerError> {
+    let fail = |message: String| ServerError::Socket {
+        path: path.to_owned(),
+        message,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| fail(format!("create parent directory: {e}")))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(fail("another process is serving on this socket".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| fail(format!("chmod 0660: {e}")))?;
+    if let Some(group) = group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(|e| fail(format!("look up group {group}: {e}")))?
+            .ok_or_else(|| fail(format!("no group named {group}")))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| fail(format!("chown to group {group}: {e}")))?;
+    }
+    Ok(listener)
+}
+
+/// Sends a state line to systemd when started with `Type=notify`.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = PathBuf::from(socket);
+    let result = std::os::unix::net::UnixDatagram::unbound().and_then(|s| {
+        // An '@' prefix names an abstract socket.
+        let bytes = socket.as_os_str().as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            s.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            s.send_to(state.as_bytes(), &socket)
+        }
+    });
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "sd_notify failed");
+    }
+}

@@ -1,0 +1,153 @@
+//! Request validation that needs no host state: every rule names its field.
+//! Host-dependent checks (underlay resolution, MTU bound) live in `agent`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use fan_core::names;
+use fan_core::underlay::UnderlaySpec;
+
+use crate::error::{AgentError, Result};
+use crate::model::{BackendChoice, NetworkSpec, Owner, DEFAULT_INTERFACE};
+
+/// Smallest MTU accepted for a fan network (RFC 791 minimum datagram all hosts accept).
+pub const MIN_MTU: u32 = 576;
+/// Largest page a list call returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Page size when the request says 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Most owners one garbage-collection request may name.
+pub const MAX_VALID_OWNERS: usize = 100_000;
+
+/// A create request's spec as received, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecInput {
+    /// Overlay CIDR (or a bare first octet).
+    pub overlay: String,
+    /// Underlay spec.
+    pub underlay: String,
+    /// Host reserve; None means 1.
+    pub host_reserve: Option<u32>,
+    /// Bridge name; empty means the default.
+    pub bridge: String,
+    /// MTU; 0 means underlay MTU − 20.
+    pub mtu: u32,
+    /// Backend; None means auto.
+    pub backend: Option<BackendChoice>,
+    /// Masquerade; None means true.
+    pub masquerade: Option<bool>,
+    /// Anti-spoofing; None means true.
+    pub anti_spoofing: Option<bool>,
+}
+
+/// Checks a network id.
+pub fn network_id(field: &str, id: &str) -> Result<()> {
+    names::validate_network_id(id).map_err(|e| AgentError::invalid(field, e))
+}
+
+/// Validates a spec and fills in defaults; also returns the parsed underlay.
+pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
+    if input.overlay.is_empty() {
+        return Err(AgentError::invalid(
+            "spec.overlay",
+            "is required (e.g. 250.0.0.0/8)",
+        ));
+    }
+    let overlay = fan_core::fan::parse_overlay(&input.overlay)
+        .map_err(|e| AgentError::invalid("spec.overlay", e))?;
+    if input.underlay.is_empty() {
+        return Err(AgentError::invalid(
+            "spec.underlay",
+            "is required (e.g. 172.30.0.0/16)",
+        ));
+    }
+    let underlay = UnderlaySpec::parse(&input.underlay)
+        .map_err(|e| AgentError::invalid("spec.underlay", e))?;
+    let bridge = if input.bridge.is_empty() {
+        names::default_bridge_name(overlay)
+    } else {
+        names::validate_device_name(&input.bridge)
+            .map_err(|e| AgentError::invalid("spec.bridge", e))?;
+        input.bridge.clone()
+    };
+    if input.mtu != 0 && !(MIN_MTU..=65535).contains(&input.mtu) {
+        return Err(AgentError::invalid(
+            "spec.mtu",
+            format!(
+                "must be 0 (underlay MTU − 20) or between {MIN_MTU} and 65535, got {}",
+                input.mtu
+            ),
+        ));
+    }
+    let spec = NetworkSpec {
+        overlay,
+        underlay: underlay.to_string(),
+        host_reserve: input.host_reserve.unwrap_or(1),
+        bridge,
+        mtu: input.mtu,
+        backend: input.backend.unwrap_or(BackendChoice::Auto),
+        masquerade: input.masquerade.unwrap_or(true),
+        anti_spoofing: input.anti_spoofing.unwrap_or(true),
+    };
+    Ok((spec, underlay))
+}
+
+/// Validates an owner; an empty interface means "eth0".
+pub fn owner(field: &str, container_id: &str, interface: &str) -> Result<Owner> {
+    if container_id.is_empty() {
+        return Err(AgentError::invalid(
+            format!("{field}.container_id"),
+            "is required",
+        ));
+    }
+    names::validate_container_id(container_id)
+        .map_err(|e| AgentError::invalid(format!("{field}.container_id"), e))?;
+    let interface = if interface.is_empty() {
+        DEFAULT_INTERFACE
+    } else {
+        interface
+    };
+    names::validate_device_name(interface)
+        .map_err(|e| AgentError::invalid(format!("{field}.interface"), e))?;
+    Ok(Owner {
+        container_id: container_id.to_owned(),
+        interface: interface.to_owned(),
+    })
+}
+
+/// Parses a dotted-quad IPv4 address.
+pub fn address(field: &str, text: &str) -> Result<Ipv4Addr> {
+    text.parse().map_err(|_| {
+        AgentError::invalid(
+            field,
+            format!("must be an IPv4 address like 250.0.28.5, got {text:?}"),
+        )
+    })
+}
+
+/// Checks allocation labels.
+pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > names::MAX_LABELS {
+        return Err(AgentError::invalid(
+            field,
+            format!("at most {} labels, got {}", names::MAX_LABELS, labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        names::validate_label(key, value)
+            .map_err(|e| AgentError::invalid(format!("{field}[{key:?}]"), e))?;
+    }
+    Ok(())
+}
+
+/// Resolves a page size: 0 means the default; above the maximum is refused.
+pub fn page_size(field: &str, size: u32) -> Result<usize> {
+    match size {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        n => Err(AgentError::invalid(
+            field,
+            format!("must be at most {MAX_PAGE_SIZE}, got {n}"),
+        )),
+    }
+}
