@@ -1,0 +1,40 @@
+# fan — the two commands a newcomer needs:
+#   make demo   two hosts, their agents, a fan, containers pinging each other over it
+#   make test   everything CI runs: format, lint, unit, property, netns and e2e tests
+# Both install missing Debian/PyPI packages first (as root).
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all deps build build-release test check-style unit demo bench test-kernels fuzz clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --bins --examples
+
+build-release: deps
+	$(CARGO) build --release --workspace --bins
+
+check-style:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Namespace tests create real hosts; two at a time fit this 2-core machine.
+test: build check-style
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+demo: build
+	scripts/demo.sh
+
+bench: build-release
+	scripts/bench.sh
+
+test-kernels: build
+	tests/vm/run-kernel-suite.sh
+
+clean:
+	$(CARGO) clean
