@@ -287,6 +287,19 @@ impl fmt::Debug for FanClient {
     }
 }
 
+/// Whether a status is tonic's own client-side deadline (the grpc-timeout
+/// of the request expired before the answer came).
+fn timed_out(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The error chain of a transport error, one line.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut parts = vec![err.to_string()];
@@ -429,7 +442,17 @@ impl FanClient {
                 .map_err(|_| Error::Timeout {
                     after: self.timeout,
                 })
-                .and_then(|r| r.map_err(Error::from));
+                .and_then(|r| {
+                    r.map_err(|status| {
+                        if timed_out(&status) {
+                            Error::Timeout {
+                                after: self.timeout,
+                            }
+                        } else {
+                            Error::from(status)
+                        }
+                    })
+                });
             match result {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(err) if attempt < attempts && err.is_retryable() => {
