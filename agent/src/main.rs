@@ -1,5 +1,7 @@
 //! `fan-agent`: flags → `server::run`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -290,7 +290,7 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
             ));
         };
     }
-    let mut net = |id: &str, overlay: &str, underlay: &str| pb::CreateNetworkRequest {
+    let net = |id: &str, overlay: &str, underlay: &str| pb::CreateNetworkRequest {
         network_id: id.into(),
         spec: Some(spec(overlay, underlay)),
     };
