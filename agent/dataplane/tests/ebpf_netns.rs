@@ -203,7 +203,10 @@ impl World {
                 anti_spoofing: true,
                 backend: BackendKind::Ebpf,
             };
-            let pin_root = PathBuf::from(format!("/run/{id}-h{}-bpf", i + 1));
+            // FHC_PIN_BASE=/sys/fs/bpf (in a private mount namespace:
+            // `unshare -m`) exercises the standard bpffs location.
+            let base = std::env::var("FHC_PIN_BASE").unwrap_or_else(|_| "/run".into());
+            let pin_root = PathBuf::from(format!("{base}/{id}-h{}-bpf", i + 1));
             world.hosts.push(Host {
                 ns,
                 container_ns,

@@ -31,23 +31,42 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
 }
 
 /// Makes sure `root` exists and is on bpffs, mounting a private bpffs
-/// instance (mode 0700) on it when it is not.
+/// instance (mode 0700) on it when it is not. A root under /sys/fs/bpf gets
+/// the standard bpffs mounted on /sys/fs/bpf instead when that is missing.
 pub fn ensure_bpffs(root: &Path) -> Result<()> {
     let context = || format!("bpffs at {}", root.display());
+    // Under the standard location, make sure the standard mount exists
+    // first (hosts without systemd, or /sys fresh from `ip netns exec`):
+    // sysfs itself refuses mkdir.
+    let standard = Path::new(STANDARD_BPFFS);
+    if root.starts_with(standard) && root != standard && standard.is_dir() {
+        if !is_bpffs(standard).map_err(|e| DataplaneError::other(context(), e))? {
+            mount_bpffs(standard, "")?;
+        }
+    }
     std::fs::create_dir_all(root).map_err(|e| DataplaneError::other(context(), e))?;
     if is_bpffs(root).map_err(|e| DataplaneError::other(context(), e))? {
         return Ok(());
     }
-    let target = CString::new(root.as_os_str().as_bytes())
+    mount_bpffs(root, "mode=0700")
+}
+
+/// The conventional bpffs mount point.
+pub const STANDARD_BPFFS: &str = "/sys/fs/bpf";
+
+fn mount_bpffs(target: &Path, options: &str) -> Result<()> {
+    let context = || format!("bpffs at {}", target.display());
+    let c_target = CString::new(target.as_os_str().as_bytes())
         .map_err(|e| DataplaneError::other(context(), e))?;
+    let c_options = CString::new(options).map_err(|e| DataplaneError::other(context(), e))?;
     // SAFETY: plain mount(2) with NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
-            target.as_ptr(),
+            c_target.as_ptr(),
             c"bpf".as_ptr(),
             0,
-            c"mode=0700".as_ptr().cast(),
+            c_options.as_ptr().cast(),
         )
     };
     if rc != 0 {
@@ -56,7 +75,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
             format!("mount -t bpf failed: {}", io::Error::last_os_error()),
         ));
     }
-    info!(root = %root.display(), "mounted bpffs for pinned maps");
+    info!(target = %target.display(), "mounted bpffs");
     Ok(())
 }
 
