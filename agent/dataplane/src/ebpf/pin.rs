@@ -39,10 +39,12 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     // first (hosts without systemd, or /sys fresh from `ip netns exec`):
     // sysfs itself refuses mkdir.
     let standard = Path::new(STANDARD_BPFFS);
-    if root.starts_with(standard) && root != standard && standard.is_dir() {
-        if !is_bpffs(standard).map_err(|e| DataplaneError::other(context(), e))? {
-            mount_bpffs(standard, "")?;
-        }
+    if root.starts_with(standard)
+        && root != standard
+        && standard.is_dir()
+        && !is_bpffs(standard).map_err(|e| DataplaneError::other(context(), e))?
+    {
+        mount_bpffs(standard, "")?;
     }
     std::fs::create_dir_all(root).map_err(|e| DataplaneError::other(context(), e))?;
     if is_bpffs(root).map_err(|e| DataplaneError::other(context(), e))? {
