@@ -78,6 +78,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub struct Netns {
     /// Its name under /run/netns.
     pub name: String,
+    /// Whether dropping this handle deletes the namespace.
+    owned: bool,
 }
 
 impl Netns {
@@ -86,9 +88,19 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Netns {
             name: name.to_owned(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on a namespace someone else owns (not deleted on drop),
+    /// e.g. to use one from another thread.
+    pub fn existing(name: &str) -> Netns {
+        Netns {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     /// `ip -n NS ARGS...`
@@ -147,6 +159,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
@@ -596,4 +611,127 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) ->
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+impl Testbed {
+    /// Creates network `id` on every host (same spec everywhere, as a fan needs).
+    pub async fn create_network_everywhere(
+        &self,
+        id: &str,
+        overlay: &str,
+        underlay: &str,
+    ) -> Result<()> {
+        for host in &self.hosts {
+            let mut client = host.client().await?;
+            client
+                .create_network(pb::CreateNetworkRequest {
+                    network_id: id.into(),
+                    spec: Some(pb::NetworkSpec {
+                        overlay: overlay.into(),
+                        underlay: underlay.into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(|s| anyhow!("create {id} on {}: {s}", host.name))?;
+        }
+        Ok(())
+    }
+
+    /// The container called `name` (as given to `add_container`).
+    pub fn container(&self, name: &str) -> &Container {
+        self.containers
+            .iter()
+            .find(|c| c.owner == format!("{}-{name}", self.id))
+            .expect("no such container")
+    }
+}
+
+/// A running iperf3 server in a namespace; killed on drop.
+#[derive(Debug)]
+pub struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    /// Starts `iperf3 -s -1` (one test, then exit) on `port` in `netns`.
+    pub fn start(netns: &Netns, port: u16) -> Result<IperfServer> {
+        let child = netns
+            .command("iperf3")
+            .args(["-s", "-1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn iperf3 -s")?;
+        // Wait until it listens.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let out = netns.exec("ss", &["-Htln", &format!("sport = :{port}")])?;
+            if !out.stdout.is_empty() {
+                return Ok(IperfServer { child });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("iperf3 server did not listen on {port}")
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Result of one iperf3 TCP run.
+#[derive(Debug, Clone)]
+pub struct IperfResult {
+    /// Received bits per second over the whole run.
+    pub bits_per_second: f64,
+    /// Bits per second of each interval (one per second).
+    pub intervals: Vec<f64>,
+}
+
+/// Runs an iperf3 TCP client in `netns` towards `server` (a server must listen on `port`).
+pub fn iperf(
+    netns: &Netns,
+    server: Ipv4Addr,
+    port: u16,
+    seconds: u32,
+    reverse: bool,
+) -> Result<IperfResult> {
+    let mut args = vec![
+        "-c".to_owned(),
+        server.to_string(),
+        "-p".to_owned(),
+        port.to_string(),
+        "-t".to_owned(),
+        seconds.to_string(),
+        "-J".to_owned(),
+    ];
+    if reverse {
+        args.push("-R".to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = netns.exec("iperf3", &args)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(error) = json["error"].as_str() {
+        bail!("iperf3: {error}");
+    }
+    let bits_per_second = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("iperf3 output without end.sum_received"))?;
+    let intervals = json["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(IperfResult {
+        bits_per_second,
+        intervals,
+    })
 }

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use fan_e2e::Testbed;
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The venv `scripts/install-deps.sh` makes (or FAN_PYTHON).
@@ -17,7 +20,10 @@ fn python() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
     if !python.exists() {
-        bail!("{} not found: run scripts/install-deps.sh (make test does)", python.display());
+        bail!(
+            "{} not found: run scripts/install-deps.sh (make test does)",
+            python.display()
+        );
     }
     Ok(python)
 }
@@ -45,11 +51,18 @@ fn python_client_generated_from_the_proto_creates_allocates_and_lists() -> Resul
         .arg("py")
         .output()?;
     let _ = std::fs::remove_dir_all(&generated);
-    assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(result["slice"], "250.0.28.0/24");
     assert_eq!(result["gateway"], "250.0.28.1");
-    assert_eq!(result["allocated"], serde_json::json!(["250.0.28.2", "250.0.28.3"]));
+    assert_eq!(
+        result["allocated"],
+        serde_json::json!(["250.0.28.2", "250.0.28.3"])
+    );
     assert_eq!(result["listed"], result["allocated"]);
     assert_eq!(result["labels"][0]["client"], "python");
     assert_eq!(result["missing"], "NOT_FOUND");
