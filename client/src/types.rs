@@ -529,8 +529,9 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
-/// Formats a time as RFC 3339 UTC with seconds (and nanoseconds when not
-/// zero): `2025-01-31T12:00:00Z`. Times before 1970 print as the epoch.
+/// Formats a time as RFC 3339 UTC with seconds, and the fraction of a
+/// second without trailing zeros when there is one: `2025-01-31T12:00:00Z`,
+/// `2025-01-31T12:00:00.131Z`. Times before 1970 print as the epoch.
 pub fn format_rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
@@ -542,7 +543,9 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     if nanos == 0 {
         format!("{y:04}-{m:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}Z")
     } else {
-        format!("{y:04}-{m:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}.{nanos:09}Z")
+        let frac = format!("{nanos:09}");
+        let frac = frac.trim_end_matches('0');
+        format!("{y:04}-{m:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}.{frac}Z")
     }
 }
 
@@ -635,5 +638,7 @@ mod tests {
         assert_eq!(format_rfc3339(t), "2000-02-29T00:00:00Z");
         let t = UNIX_EPOCH + Duration::new(1_735_689_599, 5); // 2024-12-31T23:59:59
         assert_eq!(format_rfc3339(t), "2024-12-31T23:59:59.000000005Z");
+        let t = UNIX_EPOCH + Duration::new(1_735_689_599, 131_000_000);
+        assert_eq!(format_rfc3339(t), "2024-12-31T23:59:59.131Z");
     }
 }
