@@ -393,7 +393,7 @@ fn prog_id(line: &str) -> u32 {
 fn start_capture(ns: &str, filter: &str, count: usize) -> Child {
     let mut child = Command::new("ip")
         .args([
-            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-l", "-i", UPLINK, "-c",
+            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-v", "-l", "-i", UPLINK, "-c",
         ])
         .arg(count.to_string())
         .arg(filter)
@@ -525,6 +525,13 @@ fn two_hosts_ping_both_ways_with_kernel_wire_format() {
         dump.contains("172.30.0.28 > 172.30.0.27") && dump.contains(&format!("{c1} > {c2}")),
         "outer 172.30.0.28 > 172.30.0.27 around the untouched inner packet:\n{dump}"
     );
+    // Outer header as the kernel's ipip writes it: protocol 4, TTL 64, DF
+    // copied from the (DF) inner packet, valid checksum (tcpdump -v checks).
+    assert!(
+        dump.contains("ttl 64") && dump.contains("flags [DF], proto IPIP (4)"),
+        "{dump}"
+    );
+    assert!(!dump.contains("bad cksum"), "{dump}");
     w.must_ping(1, c1);
     // The remote gateway is reached through the slow path (stack), with strict rp_filter.
     w.must_ping(0, w.hosts[1].plan.gateway);
