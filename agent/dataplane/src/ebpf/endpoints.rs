@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use futures::{StreamExt, TryStreamExt};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::{LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 use tracing::{debug, warn};
 
@@ -39,7 +40,7 @@ use crate::{DataplaneError, NetworkPlan, Result};
 /// How often the endpoint map is re-synced even without netlink events.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Events arriving within this window are handled with one sync.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 struct PortInfo {
@@ -228,6 +229,23 @@ pub async fn refresh(nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result
     Ok(desired.len())
 }
 
+/// IPv4 neighbour events of devices other than our bridge are noise (busy
+/// hosts see many); FDB and link events may concern our ports.
+fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridge: Option<u32>) -> bool {
+    match payload {
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+        ) if n.header.family == AddressFamily::Inet => Some(n.header.ifindex) == bridge,
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(_)
+            | RouteNetlinkMessage::DelNeighbour(_)
+            | RouteNetlinkMessage::NewLink(_)
+            | RouteNetlinkMessage::DelLink(_),
+        ) => true,
+        _ => false,
+    }
+}
+
 /// Spawns the task keeping the endpoint map in sync: on every neighbour or
 /// link event (debounced) and every [`RESYNC_INTERVAL`]. Sockets are opened
 /// here, in the caller's network namespace.
@@ -241,12 +259,21 @@ pub fn spawn_refresher(
             .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
+            let mut bridge = nl
+                .link_by_name(&plan.bridge)
+                .await
+                .ok()
+                .flatten()
+                .map(|l| l.index);
             loop {
                 tokio::select! {
                     event = events.next() => {
-                        if event.is_none() {
+                        let Some((event, _)) = event else {
                             warn!(network = %plan.network_id, "netlink event stream ended; endpoint sync stops");
                             return;
+                        };
+                        if !relevant(&event.payload, bridge) {
+                            continue;
                         }
                         // Coalesce a burst (a container start is several events).
                         let deadline = tokio::time::sleep(DEBOUNCE);
@@ -263,6 +290,12 @@ pub fn spawn_refresher(
                 if let Err(e) = refresh(&nl, &plan, &pin_dir).await {
                     warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
                 }
+                bridge = nl
+                    .link_by_name(&plan.bridge)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|l| l.index);
             }
         };
         // The connection runs inside this task so aborting it closes the socket.
