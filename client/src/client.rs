@@ -300,6 +300,24 @@ fn timed_out(status: &tonic::Status) -> bool {
     false
 }
 
+/// When a status was made by tonic's transport rather than sent by the
+/// agent (no ErrorInfo, a transport error in its source chain): that
+/// error's chain, one line.
+fn transport_failure(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    if status.get_error_details().error_info().is_some() {
+        return None;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return Some(chain(e));
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// The error chain of a transport error, one line.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut parts = vec![err.to_string()];
@@ -434,6 +452,7 @@ impl FanClient {
             Idempotency::Once => 1,
         };
         let mut attempt = 1;
+        let mut first_transport_error: Option<Error> = None;
         loop {
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(self.timeout);
@@ -448,6 +467,11 @@ impl FanClient {
                             Error::Timeout {
                                 after: self.timeout,
                             }
+                        } else if let Some(detail) = transport_failure(&status) {
+                            Error::Transport {
+                                target: self.target.clone(),
+                                detail,
+                            }
                         } else {
                             Error::from(status)
                         }
@@ -456,8 +480,17 @@ impl FanClient {
             match result {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(err) if attempt < attempts && err.is_retryable() => {
+                    if matches!(err, Error::Transport { .. }) && first_transport_error.is_none() {
+                        first_transport_error = Some(err);
+                    }
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     attempt += 1;
+                }
+                // When every attempt broke the connection, the first break
+                // usually names the cause (a TLS alert); later ones only
+                // say the pipe is broken.
+                Err(err @ Error::Transport { .. }) => {
+                    return Err(first_transport_error.unwrap_or(err))
                 }
                 Err(err) => return Err(err),
             }

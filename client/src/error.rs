@@ -39,6 +39,16 @@ pub enum Error {
         /// The underlying cause, one line.
         detail: String,
     },
+    /// The connection to the agent broke or was refused during a call (the
+    /// agent went away, TLS was rejected, …). The call may or may not have
+    /// been carried out.
+    #[error("connection to the agent at {target} failed: {detail} (AGENT_UNREACHABLE)")]
+    Transport {
+        /// The target as given.
+        target: String,
+        /// The underlying cause, one line.
+        detail: String,
+    },
     /// The call did not finish within the per-call timeout.
     #[error("no answer from the agent within {}s (DEADLINE_EXCEEDED)", .after.as_secs_f64())]
     Timeout {
@@ -77,7 +87,7 @@ impl Error {
         match self {
             Error::InvalidTarget { .. } => Code::InvalidArgument,
             Error::TlsUnsupported { .. } => Code::Unimplemented,
-            Error::Connect { .. } => Code::Unavailable,
+            Error::Connect { .. } | Error::Transport { .. } => Code::Unavailable,
             Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::Rpc { code, .. } => *code,
             Error::BadResponse { .. } => Code::Internal,
@@ -90,7 +100,7 @@ impl Error {
         match self {
             Error::InvalidTarget { .. } => "INVALID_TARGET",
             Error::TlsUnsupported { .. } => "TLS_UNSUPPORTED",
-            Error::Connect { .. } => "AGENT_UNREACHABLE",
+            Error::Connect { .. } | Error::Transport { .. } => "AGENT_UNREACHABLE",
             Error::Timeout { .. } => "DEADLINE_EXCEEDED",
             Error::Rpc { code, reason, .. } => reason.as_deref().unwrap_or(code_name(*code)),
             Error::BadResponse { .. } => "BAD_RESPONSE",
@@ -112,7 +122,10 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. } | Error::Timeout { .. } | Error::TlsUnsupported { .. }
+            Error::Connect { .. }
+                | Error::Transport { .. }
+                | Error::Timeout { .. }
+                | Error::TlsUnsupported { .. }
         ) || matches!(
             self,
             Error::Rpc {
@@ -290,6 +303,13 @@ mod tests {
                     detail: "No such file or directory (os error 2)".into(),
                 },
                 "cannot connect to the agent at unix:///run/fan/agent.sock: No such file or directory (os error 2) (AGENT_UNREACHABLE)",
+            ),
+            (
+                Error::Transport {
+                    target: "https://10.0.0.5:7946".into(),
+                    detail: "connection error: received fatal alert: CertificateRequired".into(),
+                },
+                "connection to the agent at https://10.0.0.5:7946 failed: connection error: received fatal alert: CertificateRequired (AGENT_UNREACHABLE)",
             ),
             (
                 Error::Timeout {

@@ -329,3 +329,34 @@ fn fanctl_config_file_against_a_real_agent() -> anyhow::Result<()> {
     assert_eq!(ok(&h1, &["show"]), "Bridge  Underlay  Overlay  Flags\n");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_survives_an_agent_restart() -> anyhow::Result<()> {
+    use fan_client::{AllocationRequest, FanClient, NetworkSpec, Owner};
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h1", "172.30.0.28".parse()?)?;
+    let client = FanClient::connect(&target_of(&bed, 0)).await?;
+    let net = client
+        .create_network("fan-250", &NetworkSpec::new("250", "172.30.0.0/16"))
+        .await?;
+    let first = client
+        .allocate_address(&net.id, &AllocationRequest::new(Owner::new("c1")))
+        .await?;
+
+    // The agent is down: the same client reports it as unreachable.
+    bed.hosts[0].agent.kill9()?;
+    let err = client.get_agent_info().await.unwrap_err();
+    assert!(err.is_unreachable(), "{err:?}");
+    assert_eq!(err.reason(), "AGENT_UNREACHABLE", "{err}");
+    assert!(!err.to_string().contains('\n'));
+
+    // The agent is back: the same client reconnects, and the owner keeps
+    // its address (state is durable, allocation idempotent).
+    bed.hosts[0].start_agent()?;
+    let again = client
+        .allocate_address(&net.id, &AllocationRequest::new(Owner::new("c1")))
+        .await?;
+    assert_eq!(again.address, first.address);
+    assert_eq!(client.list_allocations(&net.id).await?.len(), 1);
+    Ok(())
+}

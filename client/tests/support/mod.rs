@@ -702,3 +702,47 @@ impl Drop for FakeAgent {
         self.task.abort();
     }
 }
+
+/// A running fake agent on TCP 127.0.0.1 with TLS; stops when dropped.
+#[cfg(feature = "tls")]
+pub struct TlsFakeAgent {
+    /// The state handle.
+    pub fake: Fake,
+    /// `https://127.0.0.1:PORT`.
+    pub target: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "tls")]
+impl TlsFakeAgent {
+    /// Starts a fake agent that presents `cert`/`key` and, with `client_ca`,
+    /// requires client certificates signed by it (mutual TLS).
+    pub async fn start(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> TlsFakeAgent {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let fake = Fake::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        let svc = FanAgentServiceServer::new(fake.clone());
+        let mut server = tonic::transport::Server::builder().tls_config(tls).unwrap();
+        let task = tokio::spawn(async move {
+            let _ = server.add_service(svc).serve_with_incoming(incoming).await;
+        });
+        TlsFakeAgent {
+            fake,
+            target: format!("https://127.0.0.1:{port}"),
+            task,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Drop for TlsFakeAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

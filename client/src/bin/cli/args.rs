@@ -20,8 +20,9 @@ Examples:
   fan-client up -o 250 -u 172.30.0.28/16
   FAN_AGENT=http://10.0.0.5:7946 fan-client show
 
-Targets: unix:///run/fan/agent.sock (default), unix:PATH, http://HOST:PORT, https://HOST:PORT.
-Options -o/--agent/--timeout go before the command. Exit codes: 0 ok, 1 refused by the agent
+Targets: unix:///run/fan/agent.sock (default), unix:PATH, http://HOST:PORT, https://HOST:PORT
+(https needs fan-client built with the `tls` feature; --tls-ca/--tls-cert/--tls-key for mTLS).
+Options -o/--agent/--timeout/--tls-* go before the command. Exit codes: 0 ok, 1 refused by the agent
 or agent unreachable, 2 usage error.";
 
 /// fan-client: talk to the fan agent (deterministic container networking).
@@ -40,9 +41,37 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
 
+    /// TLS: PEM file of the CA that signs the agent's certificate (https://
+    /// targets; default: the system roots).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// mTLS: PEM file of this client's certificate (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// mTLS: PEM file of this client's private key (with --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS: the name to verify the agent's certificate against, when it is
+    /// not the target's host.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Whether any --tls-* option was given.
+    pub fn wants_tls(&self) -> bool {
+        self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_server_name.is_some()
+    }
 }
 
 /// How results are printed.
@@ -563,6 +592,29 @@ mod tests {
         usage(&["frobnicate"]);
         let e = usage(&["info", "extra"]);
         assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn tls_options() {
+        let cli = ok(&[
+            "--agent",
+            "https://10.0.0.5:7946",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "c.key",
+            "--tls-server-name",
+            "agent.fan",
+            "info",
+        ]);
+        assert!(cli.wants_tls());
+        assert_eq!(cli.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.tls_server_name.as_deref(), Some("agent.fan"));
+        assert!(!ok(&["info"]).wants_tls());
+        usage(&["--tls-cert", "c.pem", "info"]);
+        usage(&["--tls-key", "c.key", "info"]);
     }
 
     #[test]

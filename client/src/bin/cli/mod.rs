@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::CommandFactory;
 use fan_client::{
     AllocationRequest, ConnectOptions, DeleteNetworkOptions, FanClient, NetworkSpec, ResolveScope,
+    TlsConfig,
 };
 
 use args::{AddressCommand, Cli, ClusterCommand, Command, NetworkCommand, OutputFormat};
@@ -22,6 +23,7 @@ use output::Render;
 /// Checks what clap cannot: flags we know but do not support yet are
 /// refused by name (exit 2), never ignored. Runs before any connection.
 pub fn validate(cli: &Cli) -> Result<(), UsageError> {
+    tls_config(cli)?;
     if let Command::Up(up) = &cli.command {
         if up.dhcp {
             return Err(UsageError::unsupported(
@@ -45,8 +47,43 @@ fn emit(out: &mut dyn Write, format: OutputFormat, r: &dyn Render) -> anyhow::Re
     Ok(())
 }
 
+/// The TLS settings of the --tls-* options; unreadable files are usage
+/// errors.
+fn tls_config(cli: &Cli) -> Result<Option<TlsConfig>, UsageError> {
+    if !cli.wants_tls() {
+        return Ok(None);
+    }
+    if !cli.agent.starts_with("https://") {
+        return Err(UsageError::new(
+            format!("--tls-* options need an https:// agent, not {}", cli.agent),
+            "USAGE",
+        ));
+    }
+    let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, UsageError> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| {
+                    UsageError::new(
+                        format!("cannot read {}: {e}", p.display()),
+                        "TLS_FILE_UNREADABLE",
+                    )
+                })
+            })
+            .transpose()
+    };
+    let mut tls = TlsConfig::default();
+    tls.ca_certificate_pem = read(&cli.tls_ca)?;
+    tls.client_certificate_pem = read(&cli.tls_cert)?;
+    tls.client_key_pem = read(&cli.tls_key)?;
+    tls.domain_name = cli.tls_server_name.clone();
+    Ok(Some(tls))
+}
+
 async fn connect(cli: &Cli) -> anyhow::Result<FanClient> {
-    let options = ConnectOptions::default().with_timeout(cli.timeout);
+    let mut options = ConnectOptions::default().with_timeout(cli.timeout);
+    if let Some(tls) = tls_config(cli)? {
+        options = options.with_tls(tls);
+    }
     Ok(FanClient::connect_with(&cli.agent, options).await?)
 }
 
@@ -447,6 +484,25 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v[0]["reachable"], serde_json::json!(false));
+    }
+
+    #[tokio::test]
+    async fn tls_options_need_https_and_readable_files() {
+        let (r, _) = run_offline(&["--tls-ca", "/etc/hostname", "info"]).await;
+        let (code, line) = error::report(&r.unwrap_err());
+        assert_eq!(code, 2);
+        assert!(line.contains("need an https:// agent"), "{line}");
+        let c = cli(&[
+            "--agent",
+            "https://127.0.0.1:1",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+            "info",
+        ]);
+        let err = run(c, &mut Vec::new()).await.unwrap_err();
+        let (code, line) = error::report(&err);
+        assert_eq!(code, 2);
+        assert!(line.ends_with("(TLS_FILE_UNREADABLE)"), "{line}");
     }
 
     #[tokio::test]
