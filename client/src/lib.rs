@@ -35,6 +35,15 @@
 //! Idempotent calls are retried when the agent is `UNAVAILABLE`; see
 //! [`RetryPolicy`] for the exact rule. Release, delete and garbage
 //! collection are never retried.
+//!
+//! # Features
+//!
+//! - `tls` (off by default): `https://` targets with TLS or mutual TLS
+//!   (rustls with ring), configured by [`TlsConfig`]. Without it such a
+//!   target fails with [`Error::TlsUnsupported`].
+//!
+//! The JSON shapes that the `fan-client` binary prints from these types are
+//! documented in the crate README.
 
 #![warn(missing_docs)]
 
