@@ -101,7 +101,10 @@ pub async fn query(target: &str, budget: Duration) -> AgentStatus {
         .with_retry(RetryPolicy::none());
     let work = async {
         let client = FanClient::connect_with(target, options).await?;
-        let (info, nets) = tokio::try_join!(client.get_agent_info(), client.list_networks())?;
+        // One call after the other: agents run concurrently, calls to one
+        // agent need not (and one agent's work is small).
+        let info = client.get_agent_info().await?;
+        let nets = client.list_networks().await?;
         Ok::<_, fan_client::Error>(summarize(target, info, &nets))
     };
     match tokio::time::timeout(budget, work).await {
