@@ -849,3 +849,56 @@ struct ServiceResponse {
     #[prost(string, tag = "1")]
     name: String,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_all_succeed() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h1", "172.30.0.28".parse()?)?;
+    let mut client = bed.hosts[0].client().await?;
+    create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
+    // Status reads observe the kernel (netlink dumps); allocations commit to disk.
+    // Many at once must neither fail nor make a ready network look degraded.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => client
+                    .get_agent_info(pb::GetAgentInfoRequest {})
+                    .await
+                    .map(|_| ()),
+                1 => client
+                    .list_networks(pb::ListNetworksRequest::default())
+                    .await
+                    .map(|_| ()),
+                2 => allocate(&mut client, "fan", &format!("par{i}"))
+                    .await
+                    .map(|_| ()),
+                _ => {
+                    let n = client
+                        .get_network(pb::GetNetworkRequest {
+                            network_id: "fan".into(),
+                        })
+                        .await?;
+                    let status = n
+                        .into_inner()
+                        .network
+                        .and_then(|n| n.status)
+                        .expect("status");
+                    assert_eq!(
+                        status.state,
+                        pb::NetworkState::Ready as i32,
+                        "{}",
+                        status.reason
+                    );
+                    Ok(())
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    assert_eq!(all_allocations(&mut client, "fan").await.len(), 6);
+    Ok(())
+}

@@ -48,12 +48,24 @@ apt_update() {
     apt-get update -qq >&2 || die "apt-get update failed"
     apt_updated=1
 }
+apt_install() { apt-get install -y -qq --no-install-recommends "$@" >&2; }
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
-    log "installing: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2; then
+    # Trap: this machine kind ships qemu-utils (qemu-img) 10.x from bookworm-backports, which
+    # Breaks Debian 12's qemu-system-x86 7.2; a plain install silently REMOVES qemu-utils.
+    # Ask for the matching qemu-utils (a downgrade) so qemu-img stays available.
+    extra=()
+    if [[ " ${need_pkgs[*]} " == *" qemu-system-x86 "* ]] && dpkg -s qemu-utils >/dev/null 2>&1; then
+        cand="$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ {print $2}')"
+        inst="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)"
+        if [ -n "$cand" ] && [ "$cand" != "(none)" ] && [ "$inst" != "$cand" ]; then
+            extra=("qemu-utils=$cand" --allow-downgrades)
+        fi
+    fi
+    log "installing: ${need_pkgs[*]} ${extra[*]}"
+    if ! apt_install "${need_pkgs[@]}" "${extra[@]}"; then
         apt_update
-        apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 \
+        apt_install "${need_pkgs[@]}" "${extra[@]}" || apt_install "${need_pkgs[@]}" \
             || die "apt-get install ${need_pkgs[*]} failed"
     fi
 fi

@@ -16,6 +16,10 @@ pub struct KernelDataplane {
     netlink: Netlink,
     host: HostSetup,
     backends: Vec<Box<dyn Encapsulation>>,
+    /// Serializes every operation: the kernel allows one netlink dump at a time
+    /// per socket (a second gets EBUSY), and apply/observe of one network must
+    /// not interleave with another's anyway.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KernelDataplane {
@@ -52,6 +56,7 @@ impl KernelDataplane {
             netlink,
             host,
             backends,
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -88,6 +93,7 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn host_addresses(&self) -> Result<Vec<HostAddress>> {
+        let _serial = self.serial.lock().await;
         Ok(self
             .netlink
             .all_ipv4_addresses()
@@ -103,10 +109,12 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn default_route_interface(&self) -> Result<Option<String>> {
+        let _serial = self.serial.lock().await;
         self.netlink.default_route_interface().await
     }
 
     async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
+        let _serial = self.serial.lock().await;
         // Check the backend first: no point building a bridge we cannot feed.
         let backend = self.backend(plan.backend)?;
         debug!(network = %plan.network_id, backend = %plan.backend, "apply");
@@ -115,6 +123,7 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
+        let _serial = self.serial.lock().await;
         let backend = self.backend(plan.backend)?;
         let mut observation = self.host.observe(plan).await?;
         observation.merge(backend.observe(plan).await?);
@@ -122,6 +131,7 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
+        let _serial = self.serial.lock().await;
         debug!(network = %plan.network_id, backend = %plan.backend, "remove");
         let mut errors = Errors::new();
         // An unregistered backend is reported, but the host part still goes.

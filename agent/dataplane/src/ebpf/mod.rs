@@ -54,8 +54,8 @@ use tc::{error_chain, Hook};
 pub use tc::TC_HANDLE;
 pub use tunnel::{tunnel_name, tunnel_peer_name};
 
-/// Route protocol number marking the agent's routes (`ip route ... proto 250`).
-pub const ROUTE_PROTOCOL: u8 = 250;
+/// Route protocol number marking the agent's routes (re-exported from the crate root).
+pub use crate::ROUTE_PROTOCOL;
 
 /// The default pin root of a host agent.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/fan";
@@ -92,6 +92,10 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> DataplaneErro
 /// both programs loaded (verified) but not attached.
 fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    // The programs use only the stable __sk_buff context and packet data, so no
+    // CO-RE relocation needs the kernel's BTF: parsing /sys/kernel/btf/vmlinux
+    // on every load would cost ~20 MiB of agent RSS and tens of milliseconds.
+    loader.btf(None);
     if let Some(dir) = pin_dir {
         for name in maps::ALL_MAPS {
             loader.map_pin_path(name, dir.join(name));
