@@ -496,9 +496,8 @@ impl Agent {
             .store
             .allocate(network_id, owner, requested, labels)
             .await?;
-        let network = self.store.network(network_id).await?;
         Ok((
-            AllocationView::new(&network, allocated.record),
+            AllocationView::new(&allocated.network, allocated.record),
             allocated.newly_allocated,
         ))
     }

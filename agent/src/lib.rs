@@ -10,7 +10,10 @@
 //! health, reflection, readiness). Pure fan arithmetic and the allocator live in
 //! `fan-core`; kernel side effects in `fan-dataplane`.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod agent;
 pub mod api;

@@ -42,9 +42,14 @@ struct Flags {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(&flags.log_format);
-    let backends: Vec<Box<dyn fan_dataplane::Encapsulation>> = vec![Box::new(
-        fan_dataplane::ebpf::EbpfBackend::new(flags.bpffs_dir.clone()),
-    )];
+    // In the order `auto` prefers them (BackendKind::ALL).
+    let backends: Vec<Box<dyn fan_dataplane::Encapsulation>> = vec![
+        Box::new(fan_dataplane::kernel_fan::KernelFanBackend::new()),
+        Box::new(fan_dataplane::ebpf::EbpfBackend::new(
+            flags.bpffs_dir.clone(),
+        )),
+        Box::new(fan_dataplane::ipip::IpipBackend::new()),
+    ];
     let dataplane =
         fan_dataplane::KernelDataplane::new(backends).context("opening the kernel data plane")?;
     let config = ServerConfig {

@@ -112,6 +112,8 @@ pub struct Allocated {
     pub record: AllocationRecord,
     /// Whether this call allocated it.
     pub newly_allocated: bool,
+    /// The network it belongs to (returned with it to save a second round trip).
+    pub network: NetworkRecord,
 }
 
 /// Handle to the state store; cheap to clone.
@@ -287,10 +289,20 @@ impl Store {
                 .allocate(owner.clone(), requested)
                 .map_err(|e| ipam_error(&network, e))?;
             if !outcome.newly_allocated {
-                let record = state.allocations[&outcome.address].clone();
+                let record = state
+                    .allocations
+                    .get(&outcome.address)
+                    .cloned()
+                    .ok_or_else(|| {
+                        AgentError::Storage(format!(
+                            "network {network:?}: allocator and records disagree on {}",
+                            outcome.address
+                        ))
+                    })?;
                 return Ok(Allocated {
                     record,
                     newly_allocated: false,
+                    network: state.record.clone(),
                 });
             }
             let record = AllocationRecord {
@@ -308,6 +320,7 @@ impl Store {
             Ok(Allocated {
                 record,
                 newly_allocated: true,
+                network: state.record.clone(),
             })
         })
         .await

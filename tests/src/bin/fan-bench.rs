@@ -285,6 +285,18 @@ async fn main() -> Result<()> {
 
 async fn run(scratch: &Path) -> Result<()> {
     println!("fan-bench: figures are printed, not asserted; baselines measured in this run.\n");
+    // `fan-bench control` or `fan-bench dataplane` runs one half.
+    let only = std::env::args().nth(1).unwrap_or_default();
+    if only != "dataplane" {
+        control_plane(scratch).await?;
+    }
+    if only != "control" {
+        data_plane().await?;
+    }
+    Ok(())
+}
+
+async fn control_plane(scratch: &Path) -> Result<()> {
     println!("== Control plane: AllocateAddress over the unix socket, durable commits");
     let mut bed = Testbed::new(24)?;
     bed.add_host("h7", "10.1.2.7".parse()?)?;
@@ -322,8 +334,10 @@ async fn run(scratch: &Path) -> Result<()> {
         idle as f64 / 1024.0,
         loaded as f64 / 1024.0
     );
-    drop(bed);
+    Ok(())
+}
 
+async fn data_plane() -> Result<()> {
     println!("\n== Data plane: two hosts on an underlay bridge (veth), eBPF backend");
     let mut bed = Testbed::new(16)?;
     let h28: Ipv4Addr = "172.30.0.28".parse()?;
@@ -380,11 +394,21 @@ async fn run(scratch: &Path) -> Result<()> {
     bed.add_container("h28", "fan", "a").await?;
     let a = &bed.container("a").netns;
     let b_ns = &bed.container("b").netns;
-    let control = build_control(&bed, [("h28", 28, h27), ("h27", 27, h28)])?;
+    let control = build_control(&bed, [("h28", 28, h28), ("h27", 27, h27)])?;
 
     let seconds = 3;
     let underlay_bps = throughput(&bed.host("h28").netns, &bed.host("h27").netns, h27, seconds)
         .context("underlay throughput")?;
+    if std::env::var_os("FAN_BENCH_DEBUG").is_some() {
+        let hosts = [("h28", &bed.host("h28").netns), ("h27", &bed.host("h27").netns)];
+        for (name, ns) in hosts.into_iter().chain([("c28", &control[0]), ("c27", &control[1])]) {
+            for args in [&["route"][..], &["neigh"][..], &["-br", "addr"][..]] {
+                eprintln!("{name} ip {args:?}:\n{}", ns.ip(args).unwrap_or_else(|e| e.to_string()));
+            }
+        }
+        eprintln!("ping: {:?}", control[0].ping("10.200.27.2".parse()?, 1));
+        eprintln!("ping h27: {:?}", control[0].ping(h27, 1));
+    }
     let control_bps = throughput(&control[0], &control[1], "10.200.27.2".parse()?, seconds)
         .context("control throughput")?;
     let fan_bps = throughput(a, b_ns, b, seconds).context("fan throughput")?;
