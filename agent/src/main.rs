@@ -38,8 +38,29 @@ struct Flags {
     log_format: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    keep_heap_small();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?
+        .block_on(run())
+}
+
+/// Loading eBPF objects (aya parses the kernel's BTF each time) makes
+/// short-lived multi-MiB allocations. glibc's dynamic mmap threshold would
+/// move them into a thread arena that never shrinks, doubling the agent's
+/// RSS after one network is created; a fixed threshold keeps such blocks in
+/// their own mappings, returned on free.
+fn keep_heap_small() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(&flags.log_format);
     // In the order `auto` prefers them (BackendKind::ALL).
