@@ -400,10 +400,19 @@ async fn data_plane() -> Result<()> {
     let underlay_bps = throughput(&bed.host("h28").netns, &bed.host("h27").netns, h27, seconds)
         .context("underlay throughput")?;
     if std::env::var_os("FAN_BENCH_DEBUG").is_some() {
-        let hosts = [("h28", &bed.host("h28").netns), ("h27", &bed.host("h27").netns)];
-        for (name, ns) in hosts.into_iter().chain([("c28", &control[0]), ("c27", &control[1])]) {
+        let hosts = [
+            ("h28", &bed.host("h28").netns),
+            ("h27", &bed.host("h27").netns),
+        ];
+        for (name, ns) in hosts
+            .into_iter()
+            .chain([("c28", &control[0]), ("c27", &control[1])])
+        {
             for args in [&["route"][..], &["neigh"][..], &["-br", "addr"][..]] {
-                eprintln!("{name} ip {args:?}:\n{}", ns.ip(args).unwrap_or_else(|e| e.to_string()));
+                eprintln!(
+                    "{name} ip {args:?}:\n{}",
+                    ns.ip(args).unwrap_or_else(|e| e.to_string())
+                );
             }
         }
         eprintln!("ping: {:?}", control[0].ping("10.200.27.2".parse()?, 1));
