@@ -183,6 +183,10 @@ pub struct AgentProcess {
     pub bpffs_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Extra command-line arguments (e.g. `--reconcile-interval 1`).
+    pub extra_args: Vec<String>,
+    /// Extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub extra_env: Vec<(String, String)>,
     netns: String,
 }
 
@@ -202,6 +206,8 @@ impl AgentProcess {
             .arg(&self.state_dir)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
+            .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("FAN_E2E_LOG").unwrap_or_else(|_| "info".into()),
@@ -380,6 +386,17 @@ impl Testbed {
 
     /// Adds a host with `address` on the underlay and starts its agent.
     pub fn add_host(&mut self, name: &str, address: Ipv4Addr) -> Result<&mut Host> {
+        self.add_host_with(name, address, &[], &[])
+    }
+
+    /// Adds a host whose agent gets extra arguments and environment variables.
+    pub fn add_host_with(
+        &mut self,
+        name: &str,
+        address: Ipv4Addr,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Result<&mut Host> {
         let netns = Netns::new(&format!("{}-{name}", self.id))?;
         let outside = format!("{}{name}", self.id);
         // The veth is created inside the host namespace and its peer moved to the underlay.
@@ -405,6 +422,11 @@ impl Testbed {
             state_dir: host_dir.join("state"),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}-{name}", self.id)),
             log: host_dir.join("agent.log"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             netns: netns.name.clone(),
         };
         agent.start()?;
