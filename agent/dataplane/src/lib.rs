@@ -21,11 +21,17 @@ use ipnetwork::Ipv4Network;
 
 pub mod ebpf;
 pub mod host;
+pub mod ipip;
 pub mod kernel;
+pub mod kernel_fan;
 pub mod netlink;
 pub mod sysctl;
 
 pub use kernel::KernelDataplane;
+
+/// Route protocol number marking the agent's routes (`ip route ... proto 250`),
+/// shared by every backend.
+pub const ROUTE_PROTOCOL: u8 = 250;
 
 /// Everything the data plane needs to program one fan network on this host.
 ///

@@ -303,6 +303,10 @@ fn parse_route(msg: RouteMessage) -> Option<Route4> {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// A second NETLINK_ROUTE socket of the same namespace for
+    /// [`Netlink::change_routes`] (opened here, so it is in the namespace
+    /// of the thread that called [`Netlink::new`]).
+    batch: std::sync::Arc<std::sync::Mutex<batch::BatchSocket>>,
 }
 
 impl Netlink {
@@ -314,8 +318,13 @@ impl Netlink {
             .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
         let (connection, handle, _) = rtnetlink::new_connection()
             .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
+        let batch = batch::BatchSocket::open()
+            .map_err(|e| DataplaneError::other("open rtnetlink batch socket", e))?;
         runtime.spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
+        })
     }
 
     /// The raw rtnetlink handle, for requests these helpers do not cover (tc, neighbours).
@@ -708,6 +717,482 @@ impl Netlink {
     }
 }
 
+// ------------------------------------------------- batches, raw links, stats
+
+/// One change in a [`Netlink::change_routes`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Add the route (NLM_F_EXCL); a route with the same key already there
+    /// counts as [`RouteBatchReport::already`], not as a failure.
+    Add(Route4),
+    /// Add or overwrite the route with the same key (NLM_F_REPLACE).
+    Replace(Route4),
+    /// Delete the route; already absent counts as [`RouteBatchReport::already`].
+    Delete(Route4),
+}
+
+impl RouteChange {
+    fn route(&self) -> &Route4 {
+        match self {
+            RouteChange::Add(r) | RouteChange::Replace(r) | RouteChange::Delete(r) => r,
+        }
+    }
+
+    fn verb(&self) -> &'static str {
+        match self {
+            RouteChange::Add(_) => "add",
+            RouteChange::Replace(_) => "replace",
+            RouteChange::Delete(_) => "delete",
+        }
+    }
+}
+
+/// What a [`Netlink::change_routes`] batch did.
+#[derive(Debug, Default)]
+pub struct RouteBatchReport {
+    /// Changes the kernel applied.
+    pub done: usize,
+    /// Adds whose key already existed (EEXIST) and deletes of routes
+    /// already gone: nothing to do.
+    pub already: usize,
+    /// Changes that failed, with the kernel's answer (at most
+    /// [`RouteBatchReport::MAX_ERRORS`] kept; `failed` counts them all).
+    pub errors: Vec<DataplaneError>,
+    /// Number of failed changes.
+    pub failed: usize,
+}
+
+impl RouteBatchReport {
+    /// How many errors are kept in [`RouteBatchReport::errors`].
+    pub const MAX_ERRORS: usize = 8;
+
+    /// Ok when nothing failed; otherwise one error naming the count and
+    /// the first failures.
+    pub fn into_result(self, context: &str) -> Result<()> {
+        if self.failed == 0 {
+            return Ok(());
+        }
+        let examples = self
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(DataplaneError::other(
+            context.to_string(),
+            format!(
+                "{} of {} route changes failed (first: {examples})",
+                self.failed,
+                self.done + self.already + self.failed
+            ),
+        ))
+    }
+}
+
+/// Packet counters of a device (IFLA_STATS64).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Transmit errors (for ip tunnels: no route, loops, no fan map).
+    pub tx_errors: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on transmit.
+    pub tx_dropped: u64,
+    /// For ip tunnels: packets whose outer route pointed back into the tunnel.
+    pub collisions: u64,
+}
+
+/// Default number of route requests [`Netlink::change_routes`] sends per
+/// system call (their acknowledgements must fit the receive buffer).
+pub const ROUTE_BATCH_SIZE: usize = 128;
+
+/// The raw socket behind [`Netlink::change_routes`].
+mod batch {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+        NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    use super::RouteChange;
+
+    const NLMSG_HDRLEN: usize = 16;
+    const NLMSG_ERROR: u16 = 2;
+    const SOL_NETLINK: libc::c_int = 270;
+    const NETLINK_CAP_ACK: libc::c_int = 10;
+    /// How long to wait for acknowledgements the kernel owes us.
+    const ACK_TIMEOUT_SECS: libc::time_t = 30;
+
+    #[derive(Debug)]
+    pub(super) struct BatchSocket {
+        fd: OwnedFd,
+        seq: u32,
+    }
+
+    fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    fn set_int(
+        fd: &OwnedFd,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: a valid fd and a c_int option of the right size.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map(|_| ())
+    }
+
+    impl BatchSocket {
+        pub(super) fn open() -> io::Result<Self> {
+            // SAFETY: plain socket(2); the fd is owned right away.
+            let raw = check(unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_ROUTE,
+                )
+            })?;
+            // SAFETY: raw is a fresh fd nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // Acks without a copy of the request; room for a batch of them.
+            let _ = set_int(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
+            if set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20).is_err() {
+                let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
+            }
+            let timeout = libc::timeval {
+                tv_sec: ACK_TIMEOUT_SECS,
+                tv_usec: 0,
+            };
+            // SAFETY: a valid fd and a timeval of the right size.
+            check(unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &timeout as *const libc::timeval as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            })?;
+            // SAFETY: zeroed sockaddr_nl is valid; pid 0 lets the kernel pick.
+            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            // SAFETY: addr is a valid sockaddr_nl of the given size.
+            check(unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            })?;
+            Ok(BatchSocket { fd, seq: 0 })
+        }
+
+        /// Encodes `change` exactly as rtnetlink's requests do.
+        pub(super) fn encode(change: &RouteChange, seq: u32, out: &mut Vec<u8>) {
+            let (payload, flags) = match change {
+                RouteChange::Add(r) => (
+                    RouteNetlinkMessage::NewRoute(r.to_message(false)),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE,
+                ),
+                RouteChange::Replace(r) => (
+                    RouteNetlinkMessage::NewRoute(r.to_message(false)),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+                ),
+                RouteChange::Delete(r) => (
+                    RouteNetlinkMessage::DelRoute(r.to_message(true)),
+                    NLM_F_REQUEST | NLM_F_ACK,
+                ),
+            };
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            header.sequence_number = seq;
+            let mut message = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+            message.finalize();
+            let start = out.len();
+            out.resize(start + message.buffer_len(), 0);
+            message.serialize(&mut out[start..]);
+            // Messages in one datagram start at 4-byte boundaries.
+            out.resize((out.len() + 3) & !3, 0);
+        }
+
+        /// Sends every change; returns the errno of each (0: done).
+        pub(super) fn run(
+            &mut self,
+            changes: &[RouteChange],
+            batch: usize,
+            mut progress: impl FnMut(usize, usize),
+        ) -> Vec<i32> {
+            let total = changes.len();
+            let mut results = vec![0i32; total];
+            let mut finished = 0;
+            let mut out = Vec::with_capacity(batch * 128);
+            let mut buf = vec![0u8; 1 << 16];
+            for (chunk_index, chunk) in changes.chunks(batch).enumerate() {
+                let first = chunk_index * batch;
+                let base = self.seq;
+                self.seq = self.seq.wrapping_add(chunk.len() as u32);
+                out.clear();
+                for (i, change) in chunk.iter().enumerate() {
+                    Self::encode(change, base.wrapping_add(i as u32), &mut out);
+                }
+                let mut pending = vec![true; chunk.len()];
+                let mut waiting = chunk.len();
+                let failure = match self.send(&out) {
+                    Err(e) => Some(e),
+                    Ok(()) => loop {
+                        if waiting == 0 {
+                            break None;
+                        }
+                        match self.recv(&mut buf) {
+                            Err(e) => break Some(e),
+                            Ok(n) => {
+                                for (seq, errno) in acks(&buf[..n]) {
+                                    let i = seq.wrapping_sub(base) as usize;
+                                    if i < chunk.len() && pending[i] {
+                                        pending[i] = false;
+                                        waiting -= 1;
+                                        results[first + i] = errno;
+                                        finished += 1;
+                                        progress(finished, total);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                };
+                if let Some(e) = failure {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    for (i, p) in pending.iter().enumerate() {
+                        if *p {
+                            results[first + i] = errno;
+                            finished += 1;
+                            progress(finished, total);
+                        }
+                    }
+                    // The socket may hold stale acks now: start afresh.
+                    if let Ok(fresh) = BatchSocket::open() {
+                        *self = BatchSocket {
+                            seq: self.seq,
+                            ..fresh
+                        };
+                    }
+                }
+            }
+            results
+        }
+
+        fn send(&self, data: &[u8]) -> io::Result<()> {
+            // SAFETY: zeroed sockaddr_nl is valid; pid 0 is the kernel.
+            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            loop {
+                // SAFETY: data and addr are valid for the given lengths.
+                let rc = unsafe {
+                    libc::sendto(
+                        self.fd.as_raw_fd(),
+                        data.as_ptr() as *const libc::c_void,
+                        data.len(),
+                        0,
+                        &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                    )
+                };
+                if rc >= 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+
+        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            loop {
+                // SAFETY: buf is valid for its length.
+                let rc = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
+                if rc >= 0 {
+                    return Ok(rc as usize);
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// (sequence number, errno) of every NLMSG_ERROR (ack) in a datagram.
+    pub(super) fn acks(data: &[u8]) -> Vec<(u32, i32)> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset + NLMSG_HDRLEN <= data.len() {
+            let h = &data[offset..];
+            let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let kind = u16::from_ne_bytes([h[4], h[5]]);
+            if len < NLMSG_HDRLEN || offset + len > data.len() {
+                break;
+            }
+            // struct nlmsgerr: int error; struct nlmsghdr msg (the request's).
+            if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
+                let p = &h[NLMSG_HDRLEN..];
+                let error = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                let seq = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
+                out.push((seq, error.saturating_abs()));
+            }
+            offset += (len + 3) & !3;
+        }
+        out
+    }
+}
+
+impl Netlink {
+    /// Applies many route changes quickly: the requests go to the kernel
+    /// `batch` at a time in one `sendmsg` on a socket of their own (the
+    /// kernel handles each in that call and queues one acknowledgement per
+    /// request), then the acknowledgements are read back, so a whole /16
+    /// worth of routes costs a few hundred system calls. Runs on tokio's
+    /// blocking pool. Carries on after failures and reports them all;
+    /// `progress(finished, total)` is called after every change.
+    pub async fn change_routes(
+        &self,
+        changes: Vec<RouteChange>,
+        batch: usize,
+        progress: impl FnMut(usize, usize) + Send + 'static,
+    ) -> RouteBatchReport {
+        let socket = self.batch.clone();
+        let total = changes.len();
+        let task = tokio::task::spawn_blocking(move || {
+            // A panic elsewhere must not make the socket unusable.
+            let mut socket = socket.lock().unwrap_or_else(|p| p.into_inner());
+            let results = socket.run(&changes, batch.max(1), progress);
+            let mut report = RouteBatchReport::default();
+            for (change, errno) in changes.iter().zip(results) {
+                match (change, errno) {
+                    (_, 0) => report.done += 1,
+                    (RouteChange::Add(_), EEXIST) => report.already += 1,
+                    (RouteChange::Delete(_), ESRCH | ENOENT | ENODEV) => report.already += 1,
+                    (change, errno) => {
+                        report.failed += 1;
+                        if report.errors.len() < RouteBatchReport::MAX_ERRORS {
+                            report.errors.push(DataplaneError::Netlink {
+                                context: format!("{} {}", change.verb(), change.route().describe()),
+                                message: std::io::Error::from_raw_os_error(errno).to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+            report
+        });
+        match task.await {
+            Ok(report) => report,
+            Err(e) => RouteBatchReport {
+                failed: total,
+                errors: vec![DataplaneError::other("route batch", e)],
+                ..RouteBatchReport::default()
+            },
+        }
+    }
+
+    /// The raw RTM_GETLINK answer for device `index` (for attributes the
+    /// [`Link`] summary leaves out, e.g. tunnel parameters), or `None`.
+    pub async fn link_message(&self, index: u32) -> Result<Option<LinkMessage>> {
+        let mut stream = self.handle.link().get().match_index(index).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(netlink_error(format!("get link #{index}"), e)),
+        }
+    }
+
+    /// Every device of the namespace as raw RTM_GETLINK answers, with the
+    /// [`Link`] summary of each.
+    pub async fn link_messages(&self) -> Result<Vec<(Link, LinkMessage)>> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(|msg| (parse_link(msg.clone()), msg))
+            .try_collect()
+            .await
+            .map_err(|e| netlink_error("list links", e))
+    }
+
+    /// Creates a device from a complete RTM_NEWLINK message (kinds the
+    /// helpers above do not cover). `Ok(false)` when the kernel answers
+    /// EEXIST: the name is taken, or the kind refuses a duplicate (an ip
+    /// tunnel with the same local, remote and underlay device).
+    pub async fn add_link_message(&self, message: LinkMessage, context: &str) -> Result<bool> {
+        match self.handle.link().add(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+            Err(e) => Err(netlink_error(context, e)),
+        }
+    }
+
+    /// Changes an existing device with RTM_NEWLINK without NLM_F_CREATE, so
+    /// that the kind's own `changelink` sees IFLA_LINKINFO (RTM_SETLINK
+    /// ignores it).
+    pub async fn change_link_message(&self, message: LinkMessage, context: &str) -> Result<()> {
+        self.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|e| netlink_error(context, e))
+    }
+
+    /// The packet counters of device `index`, when it exists and reports them.
+    pub async fn link_stats(&self, index: u32) -> Result<Option<LinkStats>> {
+        let Some(message) = self.link_message(index).await? else {
+            return Ok(None);
+        };
+        Ok(message.attributes.into_iter().find_map(|attr| match attr {
+            LinkAttribute::Stats64(s) => Some(LinkStats {
+                rx_packets: s.rx_packets,
+                tx_packets: s.tx_packets,
+                rx_errors: s.rx_errors,
+                tx_errors: s.tx_errors,
+                rx_dropped: s.rx_dropped,
+                tx_dropped: s.tx_dropped,
+                collisions: s.collisions,
+            }),
+            _ => None,
+        }))
+    }
+}
+
 fn expect_kind(link: Link, kind: &str, context: &str) -> Result<Link> {
     if link.kind.as_deref() == Some(kind) {
         Ok(link)
@@ -764,6 +1249,49 @@ mod tests {
     fn new_outside_a_runtime_is_an_error() {
         let err = Netlink::new().unwrap_err();
         assert!(err.to_string().contains("open rtnetlink socket"), "{err}");
+    }
+
+    #[test]
+    fn batch_messages_are_whole_and_acks_parse() {
+        let route = Route4 {
+            oif: Some(7),
+            via: Some(Ipv4Addr::new(172, 30, 0, 27)),
+            src: Some(Ipv4Addr::new(250, 0, 28, 1)),
+            protocol: 250,
+            onlink: true,
+            metric: Some(27),
+            ..Route4::new("250.0.27.0/24".parse().unwrap())
+        };
+        let mut out = Vec::new();
+        batch::BatchSocket::encode(&RouteChange::Add(route.clone()), 41, &mut out);
+        let first = out.len();
+        batch::BatchSocket::encode(&RouteChange::Delete(route), 42, &mut out);
+        assert_eq!(first % 4, 0);
+        let len = u32::from_ne_bytes(out[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, first);
+        assert_eq!(u16::from_ne_bytes([out[4], out[5]]), 24); // RTM_NEWROUTE
+        assert_eq!(u16::from_ne_bytes([out[6], out[7]]), 0x0605); // REQUEST|ACK|EXCL|CREATE
+        assert_eq!(u32::from_ne_bytes(out[8..12].try_into().unwrap()), 41);
+        assert_eq!(u16::from_ne_bytes([out[first + 4], out[first + 5]]), 25); // RTM_DELROUTE
+        assert_eq!(u16::from_ne_bytes([out[first + 6], out[first + 7]]), 0x0005);
+
+        // Two acks as the kernel sends them with NETLINK_CAP_ACK: an error
+        // header, the errno, the request's header.
+        let ack = |seq: u32, error: i32| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&36u32.to_ne_bytes());
+            m.extend_from_slice(&2u16.to_ne_bytes());
+            m.extend_from_slice(&[0; 10]);
+            m.extend_from_slice(&error.to_ne_bytes());
+            m.extend_from_slice(&[0; 8]);
+            m.extend_from_slice(&seq.to_ne_bytes());
+            m.extend_from_slice(&[0; 4]);
+            m
+        };
+        let mut data = ack(41, 0);
+        data.extend(ack(42, -17));
+        assert_eq!(batch::acks(&data), vec![(41, 0), (42, 17)]);
+        assert_eq!(batch::acks(&data[..30]), vec![]);
     }
 
     #[test]
