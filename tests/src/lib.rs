@@ -662,6 +662,35 @@ impl Testbed {
         Ok(())
     }
 
+    /// Creates network `id` on the host called `host` with `backend`
+    /// (hosts of one fan may use different backends: the wire format is
+    /// the same); returns the network as the agent reports it.
+    pub async fn create_network_on(
+        &self,
+        host: &str,
+        id: &str,
+        overlay: &str,
+        underlay: &str,
+        backend: pb::Backend,
+    ) -> Result<pb::Network> {
+        let mut client = self.host(host).client().await?;
+        client
+            .create_network(pb::CreateNetworkRequest {
+                network_id: id.into(),
+                spec: Some(pb::NetworkSpec {
+                    overlay: overlay.into(),
+                    underlay: underlay.into(),
+                    backend: backend as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| anyhow!("create {id} on {host}: {s}"))?
+            .into_inner()
+            .network
+            .ok_or_else(|| anyhow!("create {id} on {host}: no network in the response"))
+    }
+
     /// The container called `name` (as given to `add_container`).
     pub fn container(&self, name: &str) -> &Container {
         self.containers
@@ -758,4 +787,39 @@ pub fn iperf(
         bits_per_second,
         intervals,
     })
+}
+
+/// The agent's overall health (`grpc.health.v1`, service ""): SERVING only
+/// while every network's data path is programmed.
+pub async fn serving(socket: &Path) -> Result<bool> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    let mut health = HealthClient::new(unix_channel(socket).await?);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow!("health check: {s}"))?
+        .into_inner()
+        .status;
+    Ok(status == ServingStatus::Serving as i32)
+}
+
+/// Polls an async condition until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

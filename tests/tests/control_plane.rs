@@ -676,7 +676,6 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
 async fn health_reflection_and_resolve() -> Result<()> {
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let channel = fan_e2e::unix_channel(&bed.hosts[0].agent.socket).await?;
     let mut client = bed.hosts[0].client().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     // Resolve: overlay → owner host and slice; underlay → its slice. Any host, pure arithmetic.
@@ -725,17 +724,11 @@ async fn health_reflection_and_resolve() -> Result<()> {
     assert_eq!(info.backends.len(), 3, "every backend is reported");
 
     // Health is served (SERVING once the network is programmed).
-    let mut health = tonic_health_client(channel.clone());
-    let status = fan_e2e::eventually(std::time::Duration::from_secs(5), || {
-        let rt = tokio::runtime::Handle::current();
-        let s = tokio::task::block_in_place(|| rt.block_on(health_check(&mut health)))?;
-        if s == 1 {
-            Ok(s)
-        } else {
-            anyhow::bail!("health {s}")
-        }
-    })?;
-    assert_eq!(status, 1);
+    let socket = bed.hosts[0].agent.socket.clone();
+    fan_e2e::wait_until(std::time::Duration::from_secs(5), "SERVING", || {
+        fan_e2e::serving(&socket)
+    })
+    .await?;
     // grpcurl-style reflection works without the proto: v1 and v1alpha list our service.
     for version in ["v1", "v1alpha"] {
         let services = reflection_services(&bed, version)?;
@@ -745,42 +738,6 @@ async fn health_reflection_and_resolve() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn tonic_health_client(
-    channel: tonic::transport::Channel,
-) -> tonic::client::Grpc<tonic::transport::Channel> {
-    tonic::client::Grpc::new(channel)
-}
-
-/// grpc.health.v1.Health/Check with an empty service name, decoded by hand
-/// (field 1 = status) to keep the harness free of extra generated code.
-async fn health_check(grpc: &mut tonic::client::Grpc<tonic::transport::Channel>) -> Result<i32> {
-    grpc.ready().await?;
-    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-    let response = grpc
-        .unary(
-            tonic::Request::new(HealthCheckRequest {
-                service: String::new(),
-            }),
-            path,
-            codec,
-        )
-        .await?;
-    Ok(response.into_inner().status)
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckRequest {
-    #[prost(string, tag = "1")]
-    service: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckResponse {
-    #[prost(int32, tag = "1")]
-    status: i32,
 }
 
 /// Lists services through server reflection (v1 or v1alpha), as grpcurl does
