@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod cni;
 mod convert;
 mod error;
 mod types;
