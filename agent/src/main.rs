@@ -2,20 +2,25 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use fan_agent::server::{self, ServerConfig};
+use fan_agent::server::{self, tls::TcpFlags, ServerConfig};
 
 /// The fan agent: deterministic container networking, one agent per host.
 #[derive(Debug, Parser)]
 #[command(
     version,
     about,
-    after_help = "Example:\n  fan-agent --socket /run/fan/agent.sock --state-dir /var/lib/fan"
+    after_help = "Examples:\n  fan-agent --socket /run/fan/agent.sock --state-dir /var/lib/fan\n  \
+                  fan-agent --listen 172.30.0.28:7443 --tls-cert agent.pem --tls-key agent.key \\\n    \
+                  --tls-client-ca clients-ca.pem\n\n\
+                  TCP is served with mutual TLS only: there is no plaintext TCP mode, not even on \
+                  loopback."
 )]
 struct Flags {
     /// Unix socket to serve the gRPC API on (mode 0660).
@@ -24,6 +29,20 @@ struct Flags {
     /// Group that owns the socket, so its members may call the agent.
     #[arg(long)]
     socket_group: Option<String>,
+    /// Also serve the API on this TCP address, with mutual TLS only: needs
+    /// --tls-cert, --tls-key and --tls-client-ca (no plaintext TCP mode).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// PEM certificate (chain) the agent presents on --listen.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates on --listen must chain
+    /// to; clients without such a certificate are refused.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// Directory of the durable state (networks and allocations).
     #[arg(long, default_value = "/var/lib/fan", env = "FAN_AGENT_STATE_DIR")]
     state_dir: PathBuf,
@@ -63,6 +82,14 @@ fn keep_heap_small() {
 async fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(&flags.log_format);
+    // Checked first: a TCP listener that cannot be secured stops the start-up.
+    let tcp = TcpFlags {
+        listen: flags.listen,
+        tls_cert: flags.tls_cert,
+        tls_key: flags.tls_key,
+        tls_client_ca: flags.tls_client_ca,
+    }
+    .load()?;
     // In the order `auto` prefers them (BackendKind::ALL).
     let backends: Vec<Box<dyn fan_dataplane::Encapsulation>> = vec![
         Box::new(fan_dataplane::kernel_fan::KernelFanBackend::new()),
@@ -78,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
         socket_group: flags.socket_group,
         state_dir: flags.state_dir,
         reconcile_interval: Duration::from_secs(flags.reconcile_interval),
+        tcp,
     };
     server::run(config, Arc::new(dataplane), shutdown_signal())
         .await

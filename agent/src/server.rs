@@ -1,4 +1,7 @@
 //! Listeners, health, reflection, readiness and shutdown around the agent.
+//! The optional TCP listener (mutual TLS only) lives in [`tls`].
+
+pub mod tls;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -8,6 +11,7 @@ use std::time::Duration;
 
 use fan_dataplane::Dataplane;
 use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
+use futures::FutureExt;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
@@ -35,6 +39,8 @@ pub struct ServerConfig {
     /// How often the kernel is compared with the desired state and repaired;
     /// zero disables the timer (start-up reconcile still runs).
     pub reconcile_interval: Duration,
+    /// TCP listener with mutual TLS, in addition to the socket; None serves the socket only.
+    pub tcp: Option<tls::TcpConfig>,
 }
 
 /// Failures that stop the server.
@@ -54,6 +60,9 @@ pub enum ServerError {
     /// Reflection could not be built from the descriptor set.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The TCP listener could not be opened.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -88,6 +97,8 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    // TCP first: a taken port then stops the start-up before the socket exists.
+    let tcp = config.tcp.as_ref().map(tls::TcpConfig::bind).transpose()?;
     let listener = bind_unix(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(socket = %config.socket.display(), "serving");
 
@@ -143,13 +154,23 @@ pub async fn run(
 
     let service = FanAgentServiceServer::new(FanAgentApi::new(agent))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(service);
+    // Both listeners serve the same routes and stop on the same signal.
+    let shutdown = shutdown.shared();
+    let unix = tonic::transport::Server::builder()
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone());
+    let tcp = async move {
+        match tcp {
+            Some(tcp) => tcp.serve(routes, shutdown).await,
+            None => Ok(()),
+        }
+    };
+    let (result, tcp_result) = futures::join!(unix, tcp);
+    let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
     // Leave no socket file behind for the next start to trip over.
     let _ = std::fs::remove_file(&config.socket);
