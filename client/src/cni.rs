@@ -35,6 +35,10 @@
 //! larger than the network's, `ADD` fails (error 7) instead of leaving
 //! containers that silently drop large packets, and `CHECK` reports it.
 //!
+//! [`conflist`] builds the configuration list a runtime needs (bridge +
+//! fan-ipam + portmap) from the bridge name and MTU the agent reports;
+//! `fan-ipam conflist NETWORK` prints it.
+//!
 //! Every function here except [`run`] is pure; [`run`] is the one that
 //! talks to the agent.
 
@@ -657,6 +661,55 @@ pub fn version_json() -> Value {
     json!({
         "cniVersion": LATEST_VERSION,
         "supportedVersions": SUPPORTED_VERSIONS,
+    })
+}
+
+/// What goes into a CNI network configuration list for a fan network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflistOptions {
+    /// The CNI network name (`name` of the list).
+    pub name: String,
+    /// The `cniVersion` of the list. `1.0.0` works with every plugin
+    /// release since 1.0; `1.1.0` (GC, STATUS) needs plugins 1.4 or newer.
+    pub cni_version: String,
+    /// The fan network id.
+    pub network: String,
+    /// The agent target fan-ipam connects to.
+    pub agent: String,
+    /// The fan bridge, as the agent reports it (`fan-250`).
+    pub bridge: String,
+    /// The fan network's MTU, as the agent reports it.
+    pub mtu: u32,
+    /// Append the `portmap` plugin (host ports, `hostPort` of pods).
+    pub portmap: bool,
+}
+
+/// The configuration list: the `bridge` plugin on the agent's bridge with
+/// fan-ipam, optionally followed by `portmap`. The bridge plugin must not
+/// be the gateway (the agent owns the bridge address) nor masquerade (the
+/// agent does, and never between overlay addresses); its `mtu` is the fan
+/// network's.
+pub fn conflist(o: &ConflistOptions) -> Value {
+    let mut plugins = vec![json!({
+        "type": "bridge",
+        "bridge": o.bridge,
+        "isGateway": false,
+        "isDefaultGateway": false,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "mtu": o.mtu,
+        "ipam": {"type": "fan-ipam", "network": o.network, "agent": o.agent},
+    })];
+    if o.portmap {
+        plugins.push(json!({
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+        }));
+    }
+    json!({
+        "cniVersion": o.cni_version,
+        "name": o.name,
+        "plugins": plugins,
     })
 }
 
@@ -1325,6 +1378,41 @@ mod tests {
             e.to_string(),
             "the fan agent is unreachable (CNI error 11): no socket"
         );
+    }
+
+    #[test]
+    fn conflist_uses_the_agents_bridge_and_mtu() {
+        let mut o = ConflistOptions {
+            name: "fan".into(),
+            cni_version: "1.0.0".into(),
+            network: "fan".into(),
+            agent: DEFAULT_TARGET.into(),
+            bridge: "fan-250".into(),
+            mtu: 1430,
+            portmap: true,
+        };
+        let v = conflist(&o);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["name"], "fan");
+        let bridge = &v["plugins"][0];
+        assert_eq!(bridge["type"], "bridge");
+        assert_eq!(bridge["bridge"], "fan-250");
+        assert_eq!(bridge["mtu"], 1430);
+        assert_eq!(bridge["isGateway"], false);
+        assert_eq!(bridge["ipMasq"], false);
+        assert_eq!(
+            bridge["ipam"],
+            json!({"type": "fan-ipam", "network": "fan", "agent": "unix:///run/fan/agent.sock"})
+        );
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+        o.portmap = false;
+        assert_eq!(conflist(&o)["plugins"].as_array().unwrap().len(), 1);
+        // What the bridge plugin is given parses as fan-ipam's configuration.
+        let mut plugin = bridge.clone();
+        plugin["cniVersion"] = v["cniVersion"].clone();
+        plugin["name"] = v["name"].clone();
+        let c = parse_config(plugin.to_string().as_bytes(), Command::Add).unwrap();
+        assert_eq!((c.mtu, c.ipam.network.as_str()), (Some(1430), "fan"));
     }
 
     #[test]

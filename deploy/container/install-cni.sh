@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs fan-ipam into the host's CNI plugin directory, and the standard
+# plugins the fan configuration list uses (bridge, portmap, loopback) where
+# the host has none. Never overwrites a plugin the host already has, except
+# fan-ipam itself, which is replaced atomically (a running plugin keeps its
+# old inode; no "text file busy").
+#
+#   CNI_BIN_DIR       where plugins go            (default /host/opt/cni/bin)
+#   FAN_IPAM          the fan-ipam to install     (default /usr/local/bin/fan-ipam)
+#   CNI_PLUGINS_SRC   standard plugins to copy    (default /usr/lib/cni, Debian's package)
+set -eu
+
+dest="${CNI_BIN_DIR:-/host/opt/cni/bin}"
+src_ipam="${FAN_IPAM:-/usr/local/bin/fan-ipam}"
+src_std="${CNI_PLUGINS_SRC:-/usr/lib/cni}"
+
+mkdir -p "$dest"
+tmp="$dest/.fan-ipam.$$"
+cp "$src_ipam" "$tmp"
+chmod 0755 "$tmp"
+mv -f "$tmp" "$dest/fan-ipam"
+echo "install-cni: fan-ipam -> $dest/fan-ipam"
+
+for plugin in bridge portmap loopback; do
+    if [ -e "$dest/$plugin" ]; then
+        echo "install-cni: $dest/$plugin exists, kept"
+    elif [ -x "$src_std/$plugin" ]; then
+        tmp="$dest/.$plugin.$$"
+        cp "$src_std/$plugin" "$tmp"
+        chmod 0755 "$tmp"
+        mv -f "$tmp" "$dest/$plugin"
+        echo "install-cni: $plugin -> $dest/$plugin"
+    else
+        echo "install-cni: warning: no $plugin in $dest or $src_std" >&2
+    fi
+done
