@@ -823,7 +823,11 @@ mod batch {
     };
     use netlink_packet_route::RouteNetlinkMessage;
 
-    use super::RouteChange;
+    use std::net::Ipv4Addr;
+
+    use ipnetwork::Ipv4Network;
+
+    use super::{Route4, RouteChange, RouteScope};
 
     const NLMSG_HDRLEN: usize = 16;
     const NLMSG_ERROR: u16 = 2;
@@ -1052,6 +1056,120 @@ mod batch {
         }
     }
 
+    impl BatchSocket {
+        /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
+        /// and parses them straight from the bytes.
+        pub(super) fn dump_ipv4_routes(&mut self) -> io::Result<Vec<Route4>> {
+            const RTM_GETROUTE: u16 = 26;
+            const NLMSG_DONE: u16 = 3;
+            const NLM_F_DUMP: u16 = 0x300;
+            let seq = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            // nlmsghdr + struct rtmsg { family AF_INET, rest 0 }.
+            let mut request = Vec::with_capacity(NLMSG_HDRLEN + 12);
+            request.extend_from_slice(&((NLMSG_HDRLEN + 12) as u32).to_ne_bytes());
+            request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+            request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+            request.extend_from_slice(&seq.to_ne_bytes());
+            request.extend_from_slice(&0u32.to_ne_bytes());
+            request.push(libc::AF_INET as u8);
+            request.extend_from_slice(&[0; 11]);
+            self.send(&request)?;
+            let mut routes = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = self.recv(&mut buf)?;
+                let mut offset = 0;
+                while offset + NLMSG_HDRLEN <= n {
+                    let h = &buf[offset..n];
+                    let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                    let kind = u16::from_ne_bytes([h[4], h[5]]);
+                    let msg_seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+                    if len < NLMSG_HDRLEN || len > h.len() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "truncated netlink message",
+                        ));
+                    }
+                    if msg_seq == seq {
+                        match kind {
+                            NLMSG_DONE => return Ok(routes),
+                            NLMSG_ERROR => {
+                                let p = &h[NLMSG_HDRLEN..len];
+                                let error = p
+                                    .get(0..4)
+                                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                                    .unwrap_or(-libc::EIO);
+                                if error != 0 {
+                                    return Err(io::Error::from_raw_os_error(
+                                        error.saturating_abs(),
+                                    ));
+                                }
+                            }
+                            _ => routes.extend(parse_route_bytes(&h[NLMSG_HDRLEN..len])),
+                        }
+                    }
+                    offset += (len + 3) & !3;
+                }
+            }
+        }
+    }
+
+    /// A route from the payload of an RTM_NEWROUTE (struct rtmsg and its
+    /// attributes), with the same rules as `parse_route`: IPv4 unicast only.
+    pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
+        const RTA_DST: u16 = 1;
+        const RTA_OIF: u16 = 4;
+        const RTA_GATEWAY: u16 = 5;
+        const RTA_PRIORITY: u16 = 6;
+        const RTA_PREFSRC: u16 = 7;
+        const RTA_MULTIPATH: u16 = 9;
+        const RTA_TABLE: u16 = 15;
+        const RTN_UNICAST: u8 = 1;
+        const RTNH_F_ONLINK: u32 = 4;
+        if p.len() < 12 || p[0] != libc::AF_INET as u8 || p[7] != RTN_UNICAST {
+            return None;
+        }
+        let ip = |v: &[u8]| (v.len() == 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+        let int = |v: &[u8]| (v.len() >= 4).then(|| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+        let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let mut route = Route4 {
+            destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?,
+            oif: None,
+            via: None,
+            src: None,
+            table: u32::from(p[4]),
+            protocol: p[5],
+            scope: Some(RouteScope::from(p[6])),
+            onlink: flags & RTNH_F_ONLINK != 0,
+            metric: None,
+        };
+        let mut offset = 12;
+        while offset + 4 <= p.len() {
+            let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+            let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+            if len < 4 || offset + len > p.len() {
+                break;
+            }
+            let v = &p[offset + 4..offset + len];
+            match kind {
+                RTA_DST => destination = ip(v).unwrap_or(destination),
+                RTA_TABLE => route.table = int(v).unwrap_or(route.table),
+                RTA_OIF => route.oif = int(v).or(route.oif),
+                RTA_GATEWAY => route.via = ip(v).or(route.via),
+                RTA_PREFSRC => route.src = ip(v).or(route.src),
+                RTA_PRIORITY => route.metric = int(v).or(route.metric),
+                // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
+                RTA_MULTIPATH if route.oif.is_none() => route.oif = v.get(4..8).and_then(int),
+                _ => {}
+            }
+            offset += (len + 3) & !3;
+        }
+        route.destination = Ipv4Network::new(destination, p[1]).ok()?;
+        Some(route)
+    }
+
     /// (sequence number, errno) of every NLMSG_ERROR (ack) in a datagram.
     pub(super) fn acks(data: &[u8]) -> Vec<(u32, i32)> {
         let mut out = Vec::new();
@@ -1123,6 +1241,24 @@ impl Netlink {
                 ..RouteBatchReport::default()
             },
         }
+    }
+
+    /// Like [`Netlink::ipv4_routes`] (same routes, same fields) for tables
+    /// with tens of thousands of routes: dumped on the batch socket and
+    /// parsed straight from the bytes, several times faster.
+    pub async fn ipv4_routes_bulk(&self, table: Option<u32>) -> Result<Vec<Route4>> {
+        let socket = self.batch.clone();
+        let routes = tokio::task::spawn_blocking(move || {
+            let mut socket = socket.lock().unwrap_or_else(|p| p.into_inner());
+            socket.dump_ipv4_routes()
+        })
+        .await
+        .map_err(|e| DataplaneError::other("list routes", e))?
+        .map_err(|e| DataplaneError::other("list routes", e))?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
     }
 
     /// The raw RTM_GETLINK answer for device `index` (for attributes the

@@ -148,7 +148,7 @@ impl Encapsulation for IpipBackend {
             device::ensure(&nl, plan, Role::Ipip).await?
         };
         let desired = routes::desired_routes(plan, dev.link.index)?;
-        let current = nl.ipv4_routes(Some(TABLE_MAIN)).await?;
+        let current = nl.ipv4_routes_bulk(Some(TABLE_MAIN)).await?;
         let diff = routes::diff(desired, &current, dev.link.index, plan.overlay);
         if !diff.conflicts.is_empty() {
             warn!(
@@ -206,7 +206,7 @@ impl Encapsulation for IpipBackend {
 
         let desired = routes::desired_routes(plan, dev.link.index)?;
         let want = desired.len();
-        let current = nl.ipv4_routes(Some(TABLE_MAIN)).await?;
+        let current = nl.ipv4_routes_bulk(Some(TABLE_MAIN)).await?;
         let diff = routes::diff(desired, &current, dev.link.index, plan.overlay);
         if !diff.is_clean() {
             drifts.push(Drift {
@@ -245,7 +245,7 @@ impl Encapsulation for IpipBackend {
         for dev in devices {
             if !dev.sole_owner(&plan.network_id) {
                 // Shared: take exactly our routes off it.
-                if let Some(current) = errors.record(nl.ipv4_routes(Some(TABLE_MAIN)).await) {
+                if let Some(current) = errors.record(nl.ipv4_routes_bulk(Some(TABLE_MAIN)).await) {
                     let ours: Vec<RouteChange> = current
                         .iter()
                         .filter(|r| routes::is_ours(r, dev.link.index, plan.overlay))

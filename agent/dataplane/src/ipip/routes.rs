@@ -29,7 +29,7 @@
 //! in other overlays). A route of anyone else to the same destination is
 //! never replaced: it is reported as a conflict.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use fan_core::fan::FanMap;
@@ -129,7 +129,8 @@ pub struct RouteDiff {
     pub wrong: Vec<Route4>,
     /// Our routes the map no longer implies (to be deleted).
     pub stale: Vec<Route4>,
-    /// Desired routes blocked by someone else's route to the same destination.
+    /// Desired routes shadowed by someone else's route to the same
+    /// destination with a lower or equal metric.
     pub conflicts: Vec<Route4>,
     /// Desired routes present and right.
     pub ok: usize,
@@ -189,7 +190,7 @@ impl RouteDiff {
         }
         if !self.conflicts.is_empty() {
             parts.push(format!(
-                "{} blocked by routes not made by fan{}",
+                "{} shadowed by routes not made by fan{}",
                 self.conflicts.len(),
                 example(&self.conflicts)
             ));
@@ -208,18 +209,26 @@ pub fn diff(
     overlay: Ipv4Network,
 ) -> RouteDiff {
     let mut ours: HashMap<(u32, u8), Vec<&Route4>> = HashMap::new();
-    let mut foreign: HashSet<(u32, u8)> = HashSet::new();
+    // Lowest metric of someone else's routes per destination.
+    let mut foreign: HashMap<(u32, u8), u32> = HashMap::new();
     let mut result = RouteDiff::default();
     for route in current.iter().filter(|r| in_overlay(r, overlay)) {
         if is_ours(route, tunnel_index, overlay) {
             ours.entry(key(route)).or_default().push(route);
         } else {
-            foreign.insert(key(route));
+            let lowest = foreign.entry(key(route)).or_insert(u32::MAX);
+            *lowest = (*lowest).min(metric(route));
         }
     }
     for want in desired {
         let k = key(&want);
         let mut have = ours.remove(&k).unwrap_or_default();
+        if foreign.get(&k).is_some_and(|m| *m <= metric(&want)) {
+            // Someone else's route wins over ours (present or not): report
+            // it, and leave ours as they are.
+            result.conflicts.push(want);
+            continue;
+        }
         if let Some(i) = have.iter().position(|h| same(h, &want)) {
             have.swap_remove(i);
             result.ok += 1;
@@ -227,8 +236,6 @@ pub fn diff(
             // Same kernel key (destination, metric): replace in place.
             have.swap_remove(i);
             result.wrong.push(want);
-        } else if have.is_empty() && foreign.contains(&k) {
-            result.conflicts.push(want);
         } else {
             // Absent, or ours under another metric (deleted below).
             result.missing.push(want);
@@ -303,7 +310,8 @@ mod tests {
             .unwrap();
         assert_eq!(far.metric, Some(65_534));
         assert_eq!(routes[0].metric, None);
-        let metrics: HashSet<Option<u32>> = routes.iter().map(|r| r.metric).collect();
+        let metrics: std::collections::HashSet<Option<u32>> =
+            routes.iter().map(|r| r.metric).collect();
         assert_eq!(
             metrics.len(),
             routes.len(),
@@ -369,7 +377,7 @@ mod tests {
         assert_eq!(d.ok, 1);
         assert_eq!(d.wrong, vec![desired[2].clone()]);
         assert_eq!(d.stale, vec![delete_form(&stale)]);
-        // The other device's route to the same slice is someone else's: a conflict too.
+        // A route through another device is someone else's: a conflict too.
         assert_eq!(d.conflicts, vec![desired[3].clone(), desired[4].clone()]);
         assert_eq!(d.missing.len(), desired.len() - 4);
         let changes = d.changes();
@@ -380,6 +388,25 @@ mod tests {
             "{}",
             d.summary()
         );
+
+        // Someone else's route with a higher metric loses to ours: no conflict.
+        let loser = Route4 {
+            protocol: 4,
+            metric: Some(100_000),
+            ..desired[5].clone()
+        };
+        let d3 = diff(desired.clone(), &[loser], 9, p.overlay);
+        assert!(d3.conflicts.is_empty());
+        assert!(d3.missing.contains(&desired[5]));
+        // Ours present but shadowed by a better foreign route: a conflict, ours kept.
+        let winner = Route4 {
+            protocol: 4,
+            metric: None,
+            ..desired[5].clone()
+        };
+        let d4 = diff(desired.clone(), &[desired[5].clone(), winner], 9, p.overlay);
+        assert_eq!(d4.conflicts, vec![desired[5].clone()]);
+        assert!(d4.stale.is_empty());
 
         // Applied: clean.
         let d2 = diff(desired.clone(), &desired, 9, p.overlay);

@@ -148,7 +148,7 @@ impl KernelFanBackend {
     async fn ensure_route(nl: &Netlink, plan: &NetworkPlan, tunnel_index: u32) -> Result<()> {
         let want = routes::overlay_route(plan, tunnel_index);
         let current: Vec<Route4> = nl
-            .ipv4_routes(Some(TABLE_MAIN))
+            .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
             .into_iter()
             .filter(|r| r.destination == plan.overlay && r.metric.unwrap_or(0) == 0)
@@ -261,7 +261,7 @@ impl Encapsulation for KernelFanBackend {
 
         let route = routes::overlay_route(plan, dev.link.index);
         let present = nl
-            .ipv4_routes(Some(TABLE_MAIN))
+            .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
             .into_iter()
             .any(|r| {
