@@ -267,6 +267,21 @@ async fn the_bridge_plugin_with_fan_ipam_plugs_containers_that_ping_across_hosts
         assert!(found.is_empty(), "{}: {found:?}", host.name);
     }
 
+    // Without "mtu" the main plugin picks its own (Debian's bridge 1.1.1:
+    // 1500, more than the fan carries); fan-ipam warns through it.
+    let c = Netns::new(&format!("{}-cnic", bed.id))?;
+    let mut no_mtu = conf28.clone();
+    no_mtu.as_object_mut().unwrap().remove("mtu");
+    let r = bridge(&h28.netns, "ADD", &c, &no_mtu)?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("sets no \"mtu\""), "{r:?}");
+    eprintln!(
+        "bridge without mtu: {}",
+        c.ip(&["-o", "link", "show", "eth0"])?
+    );
+    bridge(&h28.netns, "DEL", &c, &no_mtu)?.quiet_success("DEL c");
+    drop(c);
+
     // The agent holds the allocation under the CNI owner, labelled with the CNI network.
     let mut client28 = h28.client().await?;
     let list = allocations(&mut client28, "fan").await?;
@@ -499,6 +514,40 @@ async fn fan_ipam_gc_status_version_and_errors() -> Result<()> {
     let r = ipam(&ns, "ADD", Some(("c9", "eth0")), &conf)?;
     assert_eq!(r.code, 0, "{r:?}");
     let mut client = bed.host("h28").client().await?;
+    assert_eq!(
+        owners(&allocations(&mut client, "fan").await?),
+        all(&["c4/eth0", "c7/eth0", "c9/eth0", "manual/eth0"])
+    );
+
+    // Concurrent ADDs, as a runtime starting many pods makes them: every one
+    // succeeds with its own address; GC then collects them all.
+    let results: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (ns, conf) = (&ns, &conf);
+                scope.spawn(move || ipam(ns, "ADD", Some((&format!("p{i}"), "eth0")), conf))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("run fan-ipam"))
+            .collect()
+    });
+    let mut seen = BTreeSet::new();
+    for r in &results {
+        assert_eq!(r.code, 0, "{r:?}");
+        let address = r.json()["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(seen.insert(address.clone()), "{address} given twice");
+    }
+    let gc = with(
+        conf.clone(),
+        "cni.dev/valid-attachments",
+        json!([{"containerID": "c7", "ifname": "eth0"}, {"containerID": "c9", "ifname": "eth0"}]),
+    );
+    ipam(&ns, "GC", None, &gc)?.quiet_success("GC of the concurrent ones");
     assert_eq!(
         owners(&allocations(&mut client, "fan").await?),
         all(&["c4/eth0", "c7/eth0", "c9/eth0", "manual/eth0"])
