@@ -670,7 +670,8 @@ pub struct ConflistOptions {
     /// The CNI network name (`name` of the list).
     pub name: String,
     /// The `cniVersion` of the list. `1.0.0` works with every plugin
-    /// release since 1.0; `1.1.0` (GC, STATUS) needs plugins 1.4 or newer.
+    /// release since 1.0; `1.1.0` (GC, STATUS) needs main plugins that
+    /// speak spec 1.1.0 (`CNI_COMMAND=VERSION bridge` lists it).
     pub cni_version: String,
     /// The fan network id.
     pub network: String,

@@ -14,7 +14,7 @@
 #   FAN_AGENT          agent target                   (default unix:///run/fan/agent.sock)
 #   CNI_CONF_DIR       where the list goes            (default /host/etc/cni/net.d)
 #   CNI_CONF_NAME      its file name                  (default 10-fan.conflist)
-#   CNI_VERSION        the list's cniVersion          (default 1.0.0; 1.1.0 needs CNI plugins >= 1.4)
+#   CNI_VERSION        the list's cniVersion          (default 1.0.0; 1.1.0 needs plugins speaking spec 1.1.0)
 #   FAN_SYNC_INTERVAL  seconds between passes (a failed pass is retried after 2 s);
 #                      0 = one pass, exit status = its success (default 60)
 set -u

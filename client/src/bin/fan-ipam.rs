@@ -40,8 +40,8 @@ enum Tool {
         /// The CNI network name; default: the fan network id.
         #[arg(long)]
         name: Option<String>,
-        /// The list's cniVersion (1.1.0 enables GC and STATUS; needs CNI
-        /// plugins 1.4 or newer).
+        /// The list's cniVersion (1.1.0 enables GC and STATUS; needs main
+        /// plugins that speak spec 1.1.0: see `CNI_COMMAND=VERSION bridge`).
         #[arg(long, default_value = "1.0.0")]
         cni_version: String,
         /// Leave out the portmap plugin.
