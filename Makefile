@@ -24,8 +24,9 @@ check-style:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Namespace tests create real hosts; two at a time fit this 2-core machine.
+# fan-client/tls: the mTLS e2e tests run the CLI against the agent's TCP listener.
 test: build check-style
-	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+	$(CARGO) test --workspace --features fan-client/tls --no-fail-fast -- --test-threads=2
 
 demo: build
 	scripts/demo.sh
