@@ -291,3 +291,54 @@ async fn deleting_the_network_leaves_nothing_of_ours() -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_this_kernel_lacks_is_refused_naming_what_is_missing() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", addr("172.30.0.28"))?;
+    let mut client = bed.host("h28").client().await?;
+    let info = client
+        .get_agent_info(pb::GetAgentInfoRequest {})
+        .await?
+        .into_inner();
+    let ipip = info
+        .backends
+        .iter()
+        .find(|b| b.backend == pb::Backend::Ipip as i32)
+        .expect("ipip listed");
+    if ipip.available {
+        // A kernel with ipip.ko (the VM suite covers that case).
+        return Ok(());
+    }
+    let refused = client
+        .create_network(pb::CreateNetworkRequest {
+            network_id: "fan".into(),
+            spec: Some(pb::NetworkSpec {
+                overlay: OVERLAY.into(),
+                underlay: UNDERLAY.into(),
+                backend: pb::Backend::Ipip as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("ipip must be refused on a kernel without it");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(fan_e2e::reason_of(&refused), "BACKEND_UNAVAILABLE");
+    assert!(
+        refused.message().contains("spec.backend"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains(&ipip.reason),
+        "{} / {}",
+        refused.message(),
+        ipip.reason
+    );
+    // Nothing was made.
+    let links = bed.host("h28").netns.ip(&["-o", "link", "show"])?;
+    assert_eq!(links.lines().count(), 2, "{links}");
+    // auto picks ebpf here, and says so.
+    assert_eq!(info.auto_backend, pb::Backend::Ebpf as i32);
+    Ok(())
+}
