@@ -68,7 +68,7 @@ set -e
 
 echo
 echo "== kernel suite figures"
-grep -h '^BENCH\|^route batch\|^shared device' "$out" || echo "(none printed)"
+grep -ho 'BENCH.*' "$out" || echo "(none printed)"
 counts="$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
     END { printf "%d passed, %d failed", p, f }' "$out")"
 echo "== kernel suite: $counts;" \
