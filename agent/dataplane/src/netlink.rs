@@ -468,6 +468,15 @@ impl Netlink {
             .await
     }
 
+    /// Sets the hardware address of device `index`.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.set_link(index, |l| format!("set MAC address on {l}"), message)
+            .await
+    }
+
     /// Sets device `index` administratively up or down.
     pub async fn set_up(&self, index: u32, up: bool) -> Result<()> {
         let builder = LinkUnspec::new_with_index(index);

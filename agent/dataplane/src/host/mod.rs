@@ -175,6 +175,13 @@ impl HostSetup {
         let bridge = self.ensure_bridge(plan).await?;
         let index = bridge.index;
 
+        // A bridge without a set address takes its lowest port's MAC, so the
+        // containers' gateway MAC would change whenever that container left.
+        let mac = bridge_mac(plan);
+        if bridge.mac != Some(mac) {
+            self.netlink.set_mac(index, mac).await?;
+        }
+
         if bridge.mtu != plan.mtu {
             info!(bridge = %plan.bridge, from = bridge.mtu, to = plan.mtu, "setting bridge MTU");
             self.netlink.set_mtu(index, plan.mtu).await?;
@@ -411,4 +418,11 @@ mod tests {
         assert!(matches!(&err, DataplaneError::Many(v) if v.len() == 2));
         assert_eq!(err.to_string(), "a: b; c: d");
     }
+}
+
+/// The bridge's fixed MAC: locally administered (02), our mark (fa), then the
+/// gateway address, so it is stable for the network's life and unique per slice.
+pub fn bridge_mac(plan: &NetworkPlan) -> [u8; 6] {
+    let [a, b, c, d] = plan.gateway.octets();
+    [0x02, 0xfa, a, b, c, d]
 }
