@@ -168,7 +168,8 @@ async fn create_allocate_exhaust_survive_kill9_and_delete() -> Result<()> {
     let bridge_index = bridge["ifindex"].clone();
     // A fixed MAC (02:fa + the gateway address): the containers' gateway MAC
     // does not change when the container whose port lent its MAC leaves.
-    assert_eq!(bridge["address"], "02:fa:fa:00:1c:01");
+    let link = ip_json(&bed, &["link", "show", "dev", "fan-250"]);
+    assert_eq!(link[0]["address"], "02:fa:fa:00:1c:01");
 
     // 253 owners: all distinct, none of .0/.1/.255.
     let mut seen = BTreeSet::new();
