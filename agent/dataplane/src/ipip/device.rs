@@ -400,7 +400,7 @@ async fn create(
     if let Some((link, _, _)) = devices.iter().find(|(_, _, p)| p.same_tunnel(want)) {
         return Err(DataplaneError::other(
             context,
-            conflict_message(role, plan, &link.name, link.alias.as_deref(), want),
+            conflict_message(role, plan, &link.name, link.alias.as_deref()),
         ));
     }
     let names = nl.links().await?;
@@ -439,13 +439,7 @@ async fn create(
     })
 }
 
-fn conflict_message(
-    role: Role,
-    plan: &NetworkPlan,
-    name: &str,
-    alias: Option<&str>,
-    want: &TunnelParams,
-) -> String {
+fn conflict_message(role: Role, plan: &NetworkPlan, name: &str, alias: Option<&str>) -> String {
     let whose = match owners_of(alias) {
         Some(owners) => format!(
             "used by fan network(s) {} of another backend",
@@ -454,11 +448,13 @@ fn conflict_message(
         None => "not managed by fan".to_string(),
     };
     format!(
-        "ipip device {name} ({whose}) already is the tunnel with local {} on {} and no remote; the kernel allows one such device, so the {} backend cannot create its own: remove {name}, or use the same backend for every network on this underlay address",
+        "ipip device {name} ({whose}) already is the tunnel with local {} on {} and no remote; \
+         the kernel allows one such device, so the {} backend cannot create its own: \
+         remove {name}, or use the same backend for every network on this underlay address",
         plan.local_underlay,
         plan.underlay_interface,
         role.backend(),
-    ) + &format!(" ({})", want.describe())
+    )
 }
 
 fn disable_ipv6(dev: &str) {

@@ -517,6 +517,28 @@ fn ipip_refuses_a_foreign_tunnel_in_the_way() {
             fan_devices(Role::Ipip).await,
             vec![("fanipip5".to_string(), None)]
         );
+
+        // The kernel-fan backend's device of another network is in the way
+        // too (the two backends cannot share a device): said so, untouched.
+        let mut other = p.clone();
+        other.network_id = "other".into();
+        other.index = 6;
+        {
+            let _guard = device::lock().await;
+            device::ensure(&nl, &other, Role::KernelFan).await.unwrap();
+        }
+        let err = apply_all(&backend, &p).await.unwrap_err().to_string();
+        assert!(
+            err.contains("ipip device fanmap6 (used by fan network(s) other of another backend)"),
+            "{err}"
+        );
+        assert_eq!(
+            fan_devices(Role::KernelFan).await,
+            vec![("fanmap6".to_string(), Some("fan:other".to_string()))]
+        );
+        KernelFanBackend::new().remove(&other).await.unwrap();
+        remove_all(&backend, &p).await.unwrap();
+        assert!(fan_devices(Role::KernelFan).await.is_empty());
     });
 }
 
