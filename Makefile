@@ -34,6 +34,13 @@ demo: build
 bench: build-release
 	scripts/bench.sh
 
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the config parser, the
+# underlay/overlay/name parsers and the agent's request validation, from
+# protobuf bytes too: FUZZ_SECONDS in all (default 60), fails on any panic.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) agent/fuzz/run.sh
+
 test-kernels: build
 	tests/vm/run-kernel-suite.sh
 
