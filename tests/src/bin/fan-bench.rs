@@ -102,6 +102,34 @@ async fn agent_allocations(
     })
 }
 
+/// The floor under every call: a unary RPC over the same socket that does
+/// pure arithmetic (no disk, no kernel), to read the allocation figures against.
+async fn round_trip_floor(socket: &Path, calls: usize) -> Result<Run> {
+    let mut client = fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+        fan_e2e::unix_channel(socket).await?,
+    );
+    let request = pb::ResolveAddressRequest {
+        address: "250.0.28.9".into(),
+        overlay: OVERLAY.into(),
+        underlay: "172.30.0.0/16".into(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        client
+            .resolve_address(request.clone())
+            .await
+            .map_err(|s| anyhow!("resolve: {s}"))?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Run {
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// CNI host-local, one exec per ADD, as runtimes call it.
 fn host_local_allocations(clients: usize, per_client: usize, dir: &Path, tag: &str) -> Result<Run> {
     let plugin = Path::new("/usr/lib/cni/host-local");
@@ -305,6 +333,9 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         .await?;
     let socket = bed.host("h7").agent.socket.clone();
     agent_allocations(&socket, "bench", 1, 200, "warm").await?;
+    round_trip_floor(&socket, 2000)
+        .await?
+        .report("gRPC round trip, no I/O (ResolveAddress)");
     let agent_1 = agent_allocations(&socket, "bench", 1, 2000, "one")
         .await?
         .report("fan-agent, 1 client");
