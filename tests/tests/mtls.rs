@@ -534,31 +534,37 @@ async fn oversize_request_is_refused_and_the_agent_keeps_serving() -> Result<()>
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", HOST.parse()?)?;
     let mut client = bed.host("h1").client().await?;
-    let limit = fan_agent_max_message_bytes();
+    // A garbage collection naming many owners is the largest request by design.
+    let gc = |owners: usize| pb::GarbageCollectAllocationsRequest {
+        network_id: "no-such-net".into(),
+        valid_owners: (0..owners)
+            .map(|i| pb::Owner {
+                container_id: format!("{i:08}-{}", "c".repeat(247)),
+                interface: String::new(),
+            })
+            .collect(),
+        dry_run: true,
+    };
+    // 262 bytes per owner on the wire.
+    let (under, over) = (MAX_MESSAGE_BYTES / 262 - 100, MAX_MESSAGE_BYTES / 262 + 100);
 
-    // Just under the limit: decoded, then refused by validation.
+    // Just under the limit: decoded, validated, then NOT_FOUND for the network.
     let status = client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "n".repeat(limit - 1024),
-            spec: None,
-        })
+        .garbage_collect_allocations(gc(under))
         .await
-        .expect_err("a 8 MiB network id is invalid");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        .expect_err("the network does not exist");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     // Over the limit: refused before decoding.
     let status = client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "n".repeat(limit + 1),
-            spec: None,
-        })
+        .garbage_collect_allocations(gc(over))
         .await
         .expect_err("an oversize request is refused");
     assert!(
         matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{status:?}"
     );
-    eprintln!("oversize request: {status:?}");
+    eprintln!("oversize request: {}", status.message());
 
     // The same connection and the agent go on serving.
     client
@@ -569,6 +575,4 @@ async fn oversize_request_is_refused_and_the_agent_keeps_serving() -> Result<()>
 }
 
 /// `fan_agent::server::MAX_MESSAGE_BYTES` (this crate does not link the agent).
-fn fan_agent_max_message_bytes() -> usize {
-    8 * 1024 * 1024
-}
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
