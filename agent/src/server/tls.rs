@@ -26,6 +26,9 @@ use crate::server::PeerIdentity;
 
 /// A peer that connects and stalls the handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before TCP keepalive probes, so a peer host that vanished
+/// (power loss, partition) does not hold its connection forever.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The TCP flags as given on the command line, before they are checked.
 #[derive(Debug, Clone, Default)]
@@ -177,7 +180,8 @@ impl TcpConfig {
         };
         let incoming = TcpIncoming::bind(self.listen)
             .map_err(bind_error)?
-            .with_nodelay(Some(true));
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(TCP_KEEPALIVE));
         let local = incoming.local_addr().map_err(bind_error)?;
         Ok(TcpListener {
             incoming,
