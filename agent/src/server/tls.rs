@@ -233,7 +233,7 @@ fn attach_identity(mut request: http::Request<Body>) -> http::Request<Body> {
 }
 
 /// The subject of a DER certificate, with its subject alternative names:
-/// `CN=ops,O=fan [DNS:ops.example]`.
+/// `O=fan, CN=ops [DNS:ops.example]` (RDNs in certificate order).
 pub fn describe_certificate(der: &[u8]) -> String {
     let cert = match X509Certificate::from_der(der) {
         Ok((_, cert)) => cert,
