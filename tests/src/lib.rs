@@ -492,28 +492,17 @@ impl Testbed {
             .map(|s| s.bridge)
             .ok_or_else(|| anyhow!("network without status"))?;
         let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
-        let index = self.containers.len();
-        let outside = format!("{}c{index}", self.id);
-        host.netns.ip(&[
-            "link",
-            "add",
-            &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns.name,
-        ])?;
-        let mtu = allocation.mtu.to_string();
-        host.netns.ip(&[
-            "link", "set", &outside, "mtu", &mtu, "master", &bridge, "up",
-        ])?;
+        let outside = format!("{}c{}", self.id, self.containers.len());
         let cidr = format!("{}/{}", allocation.address, allocation.prefix_length);
-        netns.ip(&["addr", "add", &cidr, "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
-        netns.ip(&["route", "add", "default", "via", &allocation.gateway])?;
+        plug(
+            &host.netns,
+            &bridge,
+            &outside,
+            &netns,
+            &cidr,
+            &allocation.gateway,
+            allocation.mtu,
+        )?;
         let address = allocation.address.parse()?;
         self.containers.push(Container {
             address,
@@ -522,6 +511,38 @@ impl Testbed {
         });
         Ok(self.containers.last().expect("just pushed"))
     }
+}
+
+/// Plugs `container` into `bridge` of `host` the way a CNI bridge plugin does:
+/// a veth named `outside` on the host side, `eth0` with `cidr` inside, MTU on
+/// both ends, default route via `gateway`.
+pub fn plug(
+    host: &Netns,
+    bridge: &str,
+    outside: &str,
+    container: &Netns,
+    cidr: &str,
+    gateway: &str,
+    mtu: u32,
+) -> Result<()> {
+    let mtu = mtu.to_string();
+    host.ip(&[
+        "link",
+        "add",
+        outside,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &container.name,
+    ])?;
+    host.ip(&["link", "set", outside, "mtu", &mtu, "master", bridge, "up"])?;
+    container.ip(&["addr", "add", cidr, "dev", "eth0"])?;
+    container.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
+    container.ip(&["route", "add", "default", "via", gateway])?;
+    Ok(())
 }
 
 impl Drop for Testbed {

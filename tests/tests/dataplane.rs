@@ -16,6 +16,19 @@ fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
 }
 
+/// The common shape: hosts .28 and .27, the fan 250/8 over 172.30/16 on both,
+/// container "a" on .28 and "b" on .27.
+async fn two_hosts_one_container_each() -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", addr("172.30.0.28"))?;
+    bed.add_host("h27", addr("172.30.0.27"))?;
+    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
+        .await?;
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
 /// TCP both ways between two namespaces: a short iperf3 run forward and reversed.
 fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<()> {
     for reverse in [false, true] {
@@ -86,13 +99,7 @@ async fn three_hosts_ping_and_tcp_across_and_within_hosts() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_underlay_carries_ipip_between_the_computed_hosts() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
+    let bed = two_hosts_one_container_each().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
 
     let host = &bed.host("h28").netns;
@@ -159,13 +166,7 @@ async fn an_8_over_24_fan_gives_each_host_a_16() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_stream_survives_kill9_and_restart_of_both_agents() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
+    let mut bed = two_hosts_one_container_each().await?;
     let b_address = bed.container("b").address;
     let server = IperfServer::start(&bed.container("b").netns, 5201)?;
     let client_ns = bed.container("a").netns.name.clone();
@@ -220,13 +221,7 @@ async fn a_tcp_stream_survives_kill9_and_restart_of_both_agents() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_network_leaves_nothing_of_ours() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
+    let mut bed = two_hosts_one_container_each().await?;
     bed.container("a")
         .netns
         .ping(bed.container("b").address, 1)?;

@@ -267,36 +267,16 @@ fn build_control(bed: &Testbed, hosts: [(&str, u8, Ipv4Addr); 2]) -> Result<Vec<
         ])?;
         let netns = Netns::new(&format!("{}-ctl{octet}", bed.id))?;
         let outside = format!("{}k{octet}", bed.id);
-        host.ip(&[
-            "link",
-            "add",
+        let cidr = format!("10.200.{octet}.2/24");
+        fan_e2e::plug(
+            host,
+            "ctl0",
             &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns.name,
-        ])?;
-        host.ip(&[
-            "link", "set", &outside, "mtu", "1480", "master", "ctl0", "up",
-        ])?;
-        netns.ip(&[
-            "addr",
-            "add",
-            &format!("10.200.{octet}.2/24"),
-            "dev",
-            "eth0",
-        ])?;
-        netns.ip(&["link", "set", "eth0", "mtu", "1480", "up"])?;
-        netns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
+            &netns,
+            &cidr,
             &format!("10.200.{octet}.1"),
-        ])?;
+            1480,
+        )?;
         containers.push(netns);
     }
     Ok(containers)
