@@ -398,6 +398,13 @@ fn rp_filter_text(value: u32) -> String {
     }
 }
 
+/// The bridge's fixed MAC: locally administered (02), our mark (fa), then the
+/// gateway address, so it is stable for the network's life and unique per slice.
+pub fn bridge_mac(plan: &NetworkPlan) -> [u8; 6] {
+    let [a, b, c, d] = plan.gateway.octets();
+    [0x02, 0xfa, a, b, c, d]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,11 +425,4 @@ mod tests {
         assert!(matches!(&err, DataplaneError::Many(v) if v.len() == 2));
         assert_eq!(err.to_string(), "a: b; c: d");
     }
-}
-
-/// The bridge's fixed MAC: locally administered (02), our mark (fa), then the
-/// gateway address, so it is stable for the network's life and unique per slice.
-pub fn bridge_mac(plan: &NetworkPlan) -> [u8; 6] {
-    let [a, b, c, d] = plan.gateway.octets();
-    [0x02, 0xfa, a, b, c, d]
 }
