@@ -5,6 +5,8 @@
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
+FEATURES ?= --features fan-client/tls
 
 .PHONY: all deps build build-release test check-style unit demo bench test-kernels fuzz clean
 
@@ -14,19 +16,18 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --workspace --bins --examples
+	$(CARGO) build --workspace $(FEATURES) --bins --examples
 
 build-release: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace $(FEATURES) --bins
 
 check-style:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace $(FEATURES) --all-targets -- -D warnings
 
 # Namespace tests create real hosts; two at a time fit this 2-core machine.
-# fan-client/tls: the mTLS e2e tests run the CLI against the agent's TCP listener.
 test: build check-style
-	$(CARGO) test --workspace --features fan-client/tls --no-fail-fast -- --test-threads=2
+	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 
 demo: build
 	scripts/demo.sh
