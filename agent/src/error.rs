@@ -86,5 +86,39 @@ impl From<fan_dataplane::DataplaneError> for AgentError {
     }
 }
 
+/// Longest error text or audit field the agent repeats back: errors quote the
+/// offending value, and a request can carry megabytes of it.
+pub const MAX_ECHO_BYTES: usize = 512;
+
+/// `text` cut to [`MAX_ECHO_BYTES`] on a character boundary, saying how much was cut.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ECHO_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} more bytes)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
 /// The result type of agent operations.
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_ECHO_BYTES);
+        let clipped = clip(&long);
+        assert!(clipped.len() < MAX_ECHO_BYTES + 40, "{}", clipped.len());
+        assert!(clipped.ends_with(&format!("({} more bytes)", long.len() - MAX_ECHO_BYTES)));
+    }
+}

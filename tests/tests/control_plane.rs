@@ -668,6 +668,22 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
         all_allocations(&mut client, "fan").await,
         "allocations changed"
     );
+    // A huge value is refused without being echoed back or logged in full.
+    let huge = "x".repeat(1 << 20);
+    let err = create(&mut client, &huge, spec("251.0.0.0/8", UNDERLAY))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().len() < 1024,
+        "message of {} bytes",
+        err.message().len()
+    );
+    let log = std::fs::read_to_string(&bed.hosts[0].agent.log)?;
+    assert!(
+        log.lines().all(|l| l.len() < 4096),
+        "an audit line echoed the whole value"
+    );
     // Nothing half-made on the host either: only the one bridge.
     let links = bed.hosts[0]
         .netns

@@ -12,7 +12,7 @@ use fan_proto::v1::fan_agent_service_server::FanAgentService;
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
-use crate::error::{AgentError, Result};
+use crate::error::{clip, AgentError, Result};
 use crate::validate;
 
 /// The tonic service over one [`Agent`].
@@ -56,10 +56,13 @@ pub fn caller<T>(request: &Request<T>) -> String {
 
 /// Logs one audit line for a mutating call and converts the result.
 fn audited<T>(who: &str, what: &str, target: &str, result: Result<T>) -> Result<T, Status> {
+    // Request fields can be megabytes long; an audit line must stay a line.
+    let target = clip(target);
+    let target = target.as_ref();
     match &result {
         Ok(_) => tracing::info!(target: "audit", who, what, target, result = "ok"),
         Err(err) => {
-            tracing::info!(target: "audit", who, what, target, result = "error", error = %err)
+            tracing::info!(target: "audit", who, what, target, result = "error", error = %clip(&err.to_string()))
         }
     }
     result.map_err(Status::from)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::AgentError;
+use crate::error::{clip, AgentError};
 
 /// The `ErrorInfo.domain` of every error this agent returns.
 pub const ERROR_DOMAIN: &str = "fan.agent.v1";
@@ -28,9 +28,9 @@ pub fn to_status(err: &AgentError) -> Status {
     };
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
     if let AgentError::InvalidArgument { field, rule } = err {
-        details.add_bad_request_violation(field.clone(), rule.clone());
+        details.add_bad_request_violation(field.clone(), clip(rule));
     }
-    Status::with_error_details(code, err.to_string(), details)
+    Status::with_error_details(code, clip(&err.to_string()), details)
 }
 
 impl From<AgentError> for Status {
