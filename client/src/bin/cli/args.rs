@@ -18,10 +18,10 @@ Examples:
   fan-client network create fan-250 --overlay 250.0.0.0/8 --underlay eth0/16
   fan-client -o json address allocate fan-250 --owner web-1
   fan-client up -o 250 -u 172.30.0.28/16
-  FAN_AGENT=http://10.0.0.5:7946 fan-client show
+  FAN_AGENT=https://10.0.0.5:7443 fan-client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key show
 
-Targets: unix:///run/fan/agent.sock (default), unix:PATH, http://HOST:PORT, https://HOST:PORT
-(https needs fan-client built with the `tls` feature; --tls-ca/--tls-cert/--tls-key for mTLS).
+Targets: unix:///run/fan/agent.sock (default), unix:PATH, https://HOST:PORT (agents serve TCP
+only with mutual TLS: --tls-ca/--tls-cert/--tls-key), http://HOST:PORT (plaintext, e.g. via a proxy).
 Options -o/--agent/--timeout/--tls-* go before the command. Exit codes: 0 ok, 1 refused by the agent
 or agent unreachable, 2 usage error.";
 
@@ -134,7 +134,7 @@ pub enum Command {
     /// Commands over many agents.
     #[command(
         subcommand,
-        after_help = "Example:\n  fan-client cluster status --agents http://10.0.0.5:7946,http://10.0.0.6:7946"
+        after_help = "Example:\n  fan-client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key \\\n    cluster status --agents https://10.0.0.5:7443,https://10.0.0.6:7443"
     )]
     Cluster(ClusterCommand),
 
@@ -450,7 +450,7 @@ pub struct DownArgs {
 pub enum ClusterCommand {
     /// Query many agents at once, one row per agent.
     #[command(
-        after_help = "Example:\n  fan-client cluster status --agents http://10.0.0.5:7946,http://10.0.0.6:7946 --strict\n\n\
+        after_help = "Example:\n  fan-client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key \\\n    cluster status --agents https://10.0.0.5:7443,https://10.0.0.6:7443 --strict\n\n\
                             Exit status is 0 even when agents are unreachable or not ready, unless --strict."
     )]
     Status(ClusterStatusArgs),
