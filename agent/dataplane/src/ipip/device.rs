@@ -251,6 +251,27 @@ impl TunnelDevice {
     pub fn sole_owner(&self, network_id: &str) -> bool {
         self.owners.len() == 1 && self.owners[0] == network_id
     }
+
+    /// The device's packet counters as the network's, when `network_id` is
+    /// alone on it (on a shared device they would mix networks).
+    pub async fn counters(
+        &self,
+        nl: &Netlink,
+        network_id: &str,
+    ) -> Result<Option<crate::Counters>> {
+        if !self.sole_owner(network_id) {
+            return Ok(None);
+        }
+        Ok(nl
+            .link_stats(self.link.index)
+            .await?
+            .map(|s| crate::Counters {
+                encapsulated: s.tx_packets,
+                decapsulated: s.rx_packets,
+                dropped_other: s.tx_errors + s.tx_dropped + s.rx_errors + s.rx_dropped,
+                ..crate::Counters::default()
+            }))
+    }
 }
 
 /// Serialises joins and leaves of shared devices within this process

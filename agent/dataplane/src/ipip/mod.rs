@@ -53,8 +53,8 @@ use tracing::{info, warn};
 use crate::host::Errors;
 use crate::netlink::{Netlink, RouteChange, ROUTE_BATCH_SIZE, TABLE_MAIN};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
-    Observation, Result,
+    Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
+    Result,
 };
 
 use device::Role;
@@ -221,17 +221,7 @@ impl Encapsulation for IpipBackend {
             });
         }
 
-        // Device counters describe this network only when it is alone on it.
-        let counters = if dev.sole_owner(&plan.network_id) {
-            nl.link_stats(dev.link.index).await?.map(|s| Counters {
-                encapsulated: s.tx_packets,
-                decapsulated: s.rx_packets,
-                dropped_other: s.tx_errors + s.tx_dropped + s.rx_errors + s.rx_dropped,
-                ..Counters::default()
-            })
-        } else {
-            None
-        };
+        let counters = dev.counters(&nl, &plan.network_id).await?;
         Ok(Observation { drifts, counters })
     }
 

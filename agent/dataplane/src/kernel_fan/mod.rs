@@ -59,8 +59,8 @@ use crate::ipip::device::{self, Role, TunnelDevice};
 use crate::ipip::{probe, routes};
 use crate::netlink::{Netlink, Route4, TABLE_MAIN};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
-    Observation, Result, ROUTE_PROTOCOL,
+    Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
+    Result, ROUTE_PROTOCOL,
 };
 
 use abi::FanMapping;
@@ -281,16 +281,7 @@ impl Encapsulation for KernelFanBackend {
             });
         }
 
-        let counters = if dev.sole_owner(&plan.network_id) {
-            nl.link_stats(dev.link.index).await?.map(|s| Counters {
-                encapsulated: s.tx_packets,
-                decapsulated: s.rx_packets,
-                dropped_other: s.tx_errors + s.tx_dropped + s.rx_errors + s.rx_dropped,
-                ..Counters::default()
-            })
-        } else {
-            None
-        };
+        let counters = dev.counters(&nl, &plan.network_id).await?;
         Ok(Observation { drifts, counters })
     }
 
