@@ -1353,6 +1353,18 @@ fn expect_kind(link: Link, kind: &str, context: &str) -> Result<Link> {
     }
 }
 
+/// The overlay's catch-all route through a tunnel device (`overlay dev TUNNEL
+/// src GATEWAY proto 250`), the same for every backend that routes into a tunnel.
+pub fn overlay_route(plan: &crate::NetworkPlan, tunnel_index: u32) -> Route4 {
+    Route4 {
+        oif: Some(tunnel_index),
+        src: Some(plan.gateway),
+        protocol: crate::ROUTE_PROTOCOL,
+        scope: Some(RouteScope::Link),
+        ..Route4::new(plan.overlay)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

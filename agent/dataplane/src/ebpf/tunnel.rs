@@ -7,7 +7,7 @@
 //! ARP off the kernel hands packets to the veth's egress at once; the
 //! program then redirects them, so the peer never sees traffic.
 
-use crate::netlink::{Link, Netlink, Route4, RouteScope};
+use crate::netlink::{Link, Netlink, Route4};
 use crate::{sysctl, DataplaneError, NetworkPlan, Result};
 
 use super::ROUTE_PROTOCOL;
@@ -27,16 +27,7 @@ pub fn tunnel_peer_name(index: u16) -> String {
     format!("fantun{index}p")
 }
 
-/// The overlay route the plan wants.
-pub fn overlay_route(plan: &NetworkPlan, tunnel_index: u32) -> Route4 {
-    Route4 {
-        oif: Some(tunnel_index),
-        src: Some(plan.gateway),
-        protocol: ROUTE_PROTOCOL,
-        scope: Some(RouteScope::Link),
-        ..Route4::new(plan.overlay)
-    }
-}
+pub use crate::netlink::overlay_route;
 
 /// The tunnel device if it exists and carries our mark; an error when a
 /// device of that name belongs to someone else.

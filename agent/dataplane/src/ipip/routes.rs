@@ -44,16 +44,7 @@ pub fn fan_map(plan: &NetworkPlan) -> Result<FanMap> {
         .map_err(|e| DataplaneError::other(format!("fan map of network {}", plan.network_id), e))
 }
 
-/// The catch-all route of the overlay through the tunnel.
-pub fn overlay_route(plan: &NetworkPlan, tunnel_index: u32) -> Route4 {
-    Route4 {
-        oif: Some(tunnel_index),
-        src: Some(plan.gateway),
-        protocol: ROUTE_PROTOCOL,
-        scope: Some(RouteScope::Link),
-        ..Route4::new(plan.overlay)
-    }
-}
+pub use crate::netlink::overlay_route;
 
 /// The route to one remote slice; its metric is the owner's host number
 /// in the underlay (see the module docs for why).
