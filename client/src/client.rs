@@ -571,19 +571,7 @@ impl FanClient {
 
     /// Returns every network, following all pages.
     pub async fn list_networks(&self) -> Result<Vec<Network>, Error> {
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.list_networks_page(0, token.as_deref()).await?;
-            all.extend(page.items);
-            match page.next_page_token {
-                Some(next) if Some(&next) == token.as_ref() => {
-                    return Err(Error::bad_response("the same page token twice"));
-                }
-                Some(next) => token = Some(next),
-                None => return Ok(all),
-            }
-        }
+        all_pages(|token| async move { self.list_networks_page(0, token.as_deref()).await }).await
     }
 
     /// Deletes a network. Refused with `FAILED_PRECONDITION` while
@@ -710,21 +698,11 @@ impl FanClient {
 
     /// Returns every allocation of a network, following all pages.
     pub async fn list_allocations(&self, network_id: &str) -> Result<Vec<Allocation>, Error> {
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .list_allocations_page(network_id, 0, token.as_deref())
-                .await?;
-            all.extend(page.items);
-            match page.next_page_token {
-                Some(next) if Some(&next) == token.as_ref() => {
-                    return Err(Error::bad_response("the same page token twice"));
-                }
-                Some(next) => token = Some(next),
-                None => return Ok(all),
-            }
-        }
+        all_pages(|token| async move {
+            self.list_allocations_page(network_id, 0, token.as_deref())
+                .await
+        })
+        .await
     }
 
     /// Releases every allocation of the network whose owner is not in
@@ -807,6 +785,28 @@ fn tls_endpoint(_endpoint: Endpoint, _tls: TlsConfig, target: &str) -> Result<En
     Err(Error::TlsUnsupported {
         target: target.to_string(),
     })
+}
+
+/// Follows pages from the first to the last; a token that repeats would loop
+/// forever, so it is refused as a bad response.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Error>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, Error>>,
+{
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = fetch(token.clone()).await?;
+        all.extend(page.items);
+        match page.next_page_token {
+            Some(next) if Some(&next) == token.as_ref() => {
+                return Err(Error::bad_response("the same page token twice"));
+            }
+            Some(next) => token = Some(next),
+            None => return Ok(all),
+        }
+    }
 }
 
 #[cfg(test)]
