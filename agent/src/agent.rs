@@ -133,6 +133,9 @@ pub struct Agent {
     /// Serializes network create/delete/reconcile so they never interleave on the kernel.
     network_ops: tokio::sync::Mutex<()>,
     ready: watch::Sender<bool>,
+    /// Set once the start-up pass has applied every stored network: until
+    /// then the agent is not ready, however many networks already succeeded.
+    start_pass_done: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -161,6 +164,7 @@ impl Agent {
             apply_failures: Mutex::new(HashMap::new()),
             network_ops: tokio::sync::Mutex::new(()),
             ready,
+            start_pass_done: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -189,7 +193,16 @@ impl Agent {
         }
         let ready = failures.is_empty();
         drop(failures);
-        self.ready.send_replace(ready);
+        self.publish_readiness(ready);
+    }
+
+    /// Ready means every stored network is programmed: never before the
+    /// start-up pass has been through all of them.
+    fn publish_readiness(&self, no_failures: bool) {
+        let started = self
+            .start_pass_done
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.ready.send_replace(started && no_failures);
     }
 
     async fn apply(&self, record: &NetworkRecord) -> Result<()> {
@@ -208,17 +221,32 @@ impl Agent {
     /// Applies every persisted network (at start and on a timer): the one
     /// path from stored desired state to the kernel. Returns how many failed.
     pub async fn reconcile_all(&self) -> Result<usize> {
-        let _guard = self.network_ops.lock().await;
         let mut failed = 0;
-        let records = self.store.networks().await?;
-        for record in &records {
-            if self.apply(record).await.is_err() {
+        let ids: Vec<String> = self
+            .store
+            .networks()
+            .await?
+            .into_iter()
+            .map(|record| record.id)
+            .collect();
+        for id in &ids {
+            // One network at a time under the lock, so a create or delete
+            // waits for one apply, not for the whole pass; the record is read
+            // again under the lock because it may have changed or gone since.
+            let _guard = self.network_ops.lock().await;
+            let record = match self.store.network(id).await {
+                Ok(record) => record,
+                Err(AgentError::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            if self.apply(&record).await.is_err() {
                 failed += 1;
             }
         }
-        if records.is_empty() {
-            self.ready.send_replace(true);
-        }
+        self.start_pass_done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let no_failures = self.failures().is_empty();
+        self.publish_readiness(no_failures);
         Ok(failed)
     }
 

@@ -1,10 +1,11 @@
 //! Listeners, health, reflection, readiness and shutdown around the agent.
 //! The optional TCP listener (mutual TLS only) lives in [`tls`].
 
+pub mod connections;
 pub mod tls;
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use fan_dataplane::Dataplane;
 use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
 use futures::FutureExt;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::agent::Agent;
@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub reconcile_interval: Duration,
     /// TCP listener with mutual TLS, in addition to the socket; None serves the socket only.
     pub tcp: Option<tls::TcpConfig>,
+    /// Most connections open at once on each listener (lowered to fit the
+    /// descriptor limit); at the cap the quietest connection is closed.
+    pub max_connections: usize,
 }
 
 /// Failures that stop the server.
@@ -74,6 +77,14 @@ pub async fn run(
     dataplane: Arc<dyn Dataplane>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let nofile = connections::raise_descriptor_limit();
+    let limits =
+        connections::ConnectionLimits::for_descriptor_limit(config.max_connections, nofile);
+    tracing::info!(
+        descriptor_limit = nofile,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let store = Store::open(&config.state_dir)?;
     tracing::info!(path = %store.path().display(), "state opened");
     let agent = Arc::new(Agent::new(store, dataplane).await);
@@ -162,7 +173,10 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let unix = tonic::transport::Server::builder()
         .add_routes(routes.clone())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone());
+        .serve_with_incoming_shutdown(
+            connections::admit(listener, limits, "unix"),
+            shutdown.clone(),
+        );
     let tcp = async move {
         match tcp {
             Some(tcp) => tcp.serve(routes, shutdown).await,
@@ -173,7 +187,9 @@ pub async fn run(
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
     // Leave no socket file behind for the next start to trip over.
-    let _ = std::fs::remove_file(&config.socket);
+    if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     tracing::info!("stopped");
     Ok(result?)
 }
@@ -189,11 +205,25 @@ fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerErr
         std::fs::create_dir_all(parent)
             .map_err(|e| fail(format!("create parent directory: {e}")))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(fail("another process is serving on this socket".into()));
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => {
+            // Only a socket may be replaced: a typo such as the database path
+            // must stop the start-up, never delete what is there.
+            if !metadata.file_type().is_socket() {
+                return Err(fail(format!(
+                    "{} is in the way: refusing to replace it with the agent's socket \
+                     (only a stale socket is removed); choose another --socket path",
+                    describe_file(&metadata)
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another process is serving on this socket".into()));
+            }
+            tracing::info!(socket = %path.display(), "removing a stale socket nobody answers on");
+            std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
         }
-        std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(fail(format!("inspect: {err}"))),
     }
     let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
@@ -207,6 +237,24 @@ fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerErr
             .map_err(|e| fail(format!("chown to group {group}: {e}")))?;
     }
     Ok(listener)
+}
+
+/// Names what a non-socket file at the socket path is, for the refusal.
+fn describe_file(metadata: &std::fs::Metadata) -> String {
+    let file_type = metadata.file_type();
+    if file_type.is_file() {
+        format!("a regular file of {} bytes", metadata.len())
+    } else if file_type.is_dir() {
+        "a directory".to_owned()
+    } else if file_type.is_symlink() {
+        "a symbolic link".to_owned()
+    } else if file_type.is_fifo() {
+        "a FIFO".to_owned()
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device node".to_owned()
+    } else {
+        "a file that is not a socket".to_owned()
+    }
 }
 
 /// Sends a state line to systemd when started with `Type=notify`.
