@@ -85,6 +85,8 @@ enum Mutation {
         network: String,
         cursor: Ipv4Addr,
     },
+    /// The network moved to another slice: new record, old cursor dropped.
+    MoveNetwork(NetworkRecord),
 }
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -273,6 +275,45 @@ impl Store {
         .await
     }
 
+    /// Moves a network to another slice (its host's underlay address
+    /// changed): stores `moved` durably and rebuilds the allocator from the
+    /// allocations inside the new slice. The others stay recorded as stale;
+    /// they are never handed out again while the network is on this slice.
+    pub async fn move_network(&self, moved: NetworkRecord) -> Result<NetworkRecord> {
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&moved.id)?;
+            let pool = SlicePool::new(moved.slice, moved.spec.host_reserve)
+                .map_err(|e| AgentError::Storage(format!("network {:?}: {e}", moved.id)))?;
+            let allocator = Allocator::restore(
+                pool,
+                state
+                    .allocations
+                    .values()
+                    .filter(|a| moved.slice.contains(a.address))
+                    .map(|a| (a.address, a.owner.clone())),
+                None,
+            )
+            .map_err(|e| {
+                AgentError::Storage(format!("network {:?}: inconsistent allocations: {e}", moved.id))
+            })?;
+            state.allocator = allocator;
+            state.record = moved.clone();
+            mutations.push(Mutation::MoveNetwork(moved.clone()));
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// How many of a network's allocations are stale (outside its slice).
+    pub async fn stale_count(&self, id: &str) -> Result<u32> {
+        let id = id.to_owned();
+        self.read(move |m| {
+            m.network(&id)
+                .map(|n| (n.allocations.len() - n.allocator.len()) as u32)
+        })
+        .await?
+    }
+
     /// Allocates an address for `owner` (its existing one if it has one).
     pub async fn allocate(
         &self,
@@ -339,11 +380,32 @@ impl Store {
                 Selector::Owner(owner) => state.allocator.address_of(owner),
                 Selector::Address(address) => state.allocator.owner_of(*address).map(|_| *address),
             };
+            // Stale allocations (outside the slice, not in the allocator) go
+            // too: by address, or every one of the owner's.
+            let stale: Vec<Ipv4Addr> = state
+                .allocations
+                .values()
+                .filter(|a| !state.record.slice.contains(a.address))
+                .filter(|a| match &selector {
+                    Selector::Owner(owner) => a.owner == *owner,
+                    Selector::Address(address) => a.address == *address,
+                })
+                .map(|a| a.address)
+                .collect();
+            let mut record = None;
+            for address in &stale {
+                let removed = state.allocations.remove(address);
+                record = record.or(removed);
+                mutations.push(Mutation::DeleteAllocation {
+                    network: network.clone(),
+                    address: *address,
+                });
+            }
             let Some(address) = address else {
-                return Ok(None);
+                return Ok(record);
             };
             state.allocator.release_address(address);
-            let record = state.allocations.remove(&address);
+            let record = state.allocations.remove(&address).or(record);
             mutations.push(Mutation::DeleteAllocation {
                 network: network.clone(),
                 address,
@@ -394,7 +456,14 @@ impl Store {
         self.read(move |m| {
             let state = m.network(&network)?;
             let address = match &selector {
-                Selector::Owner(owner) => state.allocator.address_of(owner),
+                // The owner's valid address, else a stale one it still holds.
+                Selector::Owner(owner) => state.allocator.address_of(owner).or_else(|| {
+                    state
+                        .allocations
+                        .values()
+                        .find(|a| a.owner == *owner)
+                        .map(|a| a.address)
+                }),
                 Selector::Address(address) => Some(*address),
             };
             address
@@ -555,10 +624,15 @@ fn load(db: &Database) -> Result<Memory> {
             .map(|v| Ipv4Addr::from(v.value()));
         let pool = SlicePool::new(record.slice, record.spec.host_reserve)
             .map_err(|e| AgentError::Storage(format!("network {id:?}: {e}")))?;
+        // Allocations outside the current slice are stale (the host's
+        // underlay moved): kept and listed, never in the allocator.
         let allocator = Allocator::restore(
             pool,
-            details.values().map(|a| (a.address, a.owner.clone())),
-            cursor,
+            details
+                .values()
+                .filter(|a| record.slice.contains(a.address))
+                .map(|a| (a.address, a.owner.clone())),
+            cursor.filter(|c| record.slice.contains(*c)),
         )
         .map_err(|e| {
             AgentError::Storage(format!("network {id:?}: inconsistent allocations: {e}"))
@@ -624,6 +698,16 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
                     allocations
                         .remove((network.as_str(), u32::from(*address)))
                         .map_err(|e| storage("delete allocation")(e.into()))?;
+                }
+                Mutation::MoveNetwork(record) => {
+                    let bytes = serde_json::to_vec(record)
+                        .map_err(|e| AgentError::Storage(format!("encode network: {e}")))?;
+                    networks
+                        .insert(record.id.as_str(), bytes.as_slice())
+                        .map_err(|e| storage("write network")(e.into()))?;
+                    cursors
+                        .remove(record.id.as_str())
+                        .map_err(|e| storage("delete cursor")(e.into()))?;
                 }
                 Mutation::PutCursor { network, cursor } => {
                     cursors
@@ -701,6 +785,7 @@ mod tests {
                 backend: BackendChoice::Auto,
                 masquerade: true,
                 anti_spoofing: true,
+                allow_overlap: false,
             },
             underlay_network: "172.30.0.0/16".parse().unwrap(),
             underlay_address: "172.30.0.28".parse().unwrap(),
@@ -709,6 +794,7 @@ mod tests {
             slice: "250.0.28.0/24".parse().unwrap(),
             backend: BackendKind::Ebpf,
             create_time_ms: 1,
+            former_slices: Vec::new(),
         }
     }
 

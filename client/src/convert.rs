@@ -104,6 +104,7 @@ pub(crate) fn spec_to_pb(s: &NetworkSpec) -> pb::NetworkSpec {
         backend: backend_to_pb(s.backend) as i32,
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
+        allow_overlap: s.allow_overlap,
     }
 }
 
@@ -168,6 +169,7 @@ pub(crate) fn spec_from_pb(s: pb::NetworkSpec) -> NetworkSpec {
         backend: backend_from_pb(s.backend),
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
+        allow_overlap: s.allow_overlap,
     }
 }
 
