@@ -316,8 +316,10 @@ async fn overlay_overlapping_the_host_is_refused_unless_allowed_and_later_overla
     let mut bed = Testbed::new(16)?;
     bed.add_host_with("h28", "172.30.0.28".parse()?, &["--reconcile-interval", "0"], &[])?;
     let ns = &bed.host("h28").netns;
-    ns.ip(&["link", "add", "lan0", "type", "dummy"])?;
+    // A LAN on 10.0.50.0/24 (a veth: this kernel may have no dummy module).
+    ns.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"])?;
     ns.ip(&["addr", "add", "10.0.50.2/24", "dev", "lan0"])?;
+    ns.ip(&["link", "set", "lan0p", "up"])?;
     ns.ip(&["link", "set", "lan0", "up"])?;
     let mut client = bed.host("h28").client().await?;
 
