@@ -515,7 +515,10 @@ impl Agent {
             for conflict in self.overlay_conflicts(record.spec.overlay).await? {
                 drifts.push(Drift {
                     object: conflict.to_string(),
-                    expected: format!("outside overlay {} (or spec.allow_overlap)", record.spec.overlay),
+                    expected: format!(
+                        "outside overlay {} (or spec.allow_overlap)",
+                        record.spec.overlay
+                    ),
                     observed: "overlaps it".to_owned(),
                 });
             }

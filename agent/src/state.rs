@@ -294,7 +294,10 @@ impl Store {
                 None,
             )
             .map_err(|e| {
-                AgentError::Storage(format!("network {:?}: inconsistent allocations: {e}", moved.id))
+                AgentError::Storage(format!(
+                    "network {:?}: inconsistent allocations: {e}",
+                    moved.id
+                ))
             })?;
             state.allocator = allocator;
             state.record = moved.clone();

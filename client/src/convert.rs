@@ -333,6 +333,7 @@ mod tests {
                 backend: pb::Backend::Auto as i32,
                 masquerade: Some(true),
                 anti_spoofing: Some(false),
+                allow_overlap: true,
             }),
             status: Some(pb::NetworkStatus {
                 underlay_address: "172.30.0.28".into(),
@@ -353,6 +354,7 @@ mod tests {
                     dropped_fragment: 0,
                     dropped_other: 2,
                 }),
+                ..Default::default()
             }),
             create_time: Some(prost_types::Timestamp {
                 seconds: 1_735_689_600,
@@ -443,6 +445,7 @@ mod tests {
             backend: Backend::KernelFan,
             masquerade: Some(false),
             anti_spoofing: None,
+            allow_overlap: true,
         };
         let p = spec_to_pb(&spec);
         assert_eq!(p.backend, pb::Backend::KernelFan as i32);
@@ -480,6 +483,7 @@ mod tests {
             mtu: 1480,
             labels: p.labels.clone(),
             create_time: None,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(a.owner, Owner::new("c1"));

@@ -237,10 +237,7 @@ async fn underlay_address_changed_while_the_agent_was_down() -> Result<()> {
 }
 
 fn bridges_with_gateway(bed: &Testbed) -> Result<Vec<String>> {
-    let text = bed
-        .host("h28")
-        .netns
-        .ip(&["-o", "-4", "addr", "show"])?;
+    let text = bed.host("h28").netns.ip(&["-o", "-4", "addr", "show"])?;
     Ok(text
         .lines()
         .filter(|l| l.contains("inet 250.0.28.1/"))
@@ -289,7 +286,9 @@ async fn renamed_bridge_is_drift_repaired_to_one_bridge_and_deleted_with_force()
     );
 
     // Repair (re-create with the same spec) names it back: one bridge, one gateway.
-    client.create_network(create_request("fan", OVERLAY, false)).await?;
+    client
+        .create_network(create_request("fan", OVERLAY, false))
+        .await?;
     assert_eq!(bridges(&bed)?, vec!["fan-250".to_string()]);
     assert_eq!(bridges_with_gateway(&bed)?, vec!["fan-250".to_string()]);
     assert!(drifts(&mut client, "fan").await?.is_empty());
@@ -314,10 +313,17 @@ async fn renamed_bridge_is_drift_repaired_to_one_bridge_and_deleted_with_force()
 async fn overlay_overlapping_the_host_is_refused_unless_allowed_and_later_overlap_is_drift(
 ) -> Result<()> {
     let mut bed = Testbed::new(16)?;
-    bed.add_host_with("h28", "172.30.0.28".parse()?, &["--reconcile-interval", "0"], &[])?;
+    bed.add_host_with(
+        "h28",
+        "172.30.0.28".parse()?,
+        &["--reconcile-interval", "0"],
+        &[],
+    )?;
     let ns = &bed.host("h28").netns;
     // A LAN on 10.0.50.0/24 (a veth: this kernel may have no dummy module).
-    ns.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"])?;
+    ns.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ])?;
     ns.ip(&["addr", "add", "10.0.50.2/24", "dev", "lan0"])?;
     ns.ip(&["link", "set", "lan0p", "up"])?;
     ns.ip(&["link", "set", "lan0", "up"])?;

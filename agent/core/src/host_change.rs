@@ -163,7 +163,8 @@ pub fn overlay_conflicts(overlay: Ipv4Network, host: &[HostPrefix]) -> Vec<HostP
             PrefixKind::Address => overlay.contains(p.prefix.ip()),
             PrefixKind::Route => {
                 p.prefix.prefix() > 0
-                    && (overlay.contains(p.prefix.network()) || p.prefix.contains(overlay.network()))
+                    && (overlay.contains(p.prefix.network())
+                        || p.prefix.contains(overlay.network()))
             }
         })
         .cloned()
@@ -236,7 +237,10 @@ mod tests {
     fn stale_addresses_name_their_former_slice() {
         let current: Ipv4Network = "250.0.29.0/24".parse().unwrap();
         let old: Ipv4Network = "250.0.28.0/24".parse().unwrap();
-        assert_eq!(stale_slice("250.0.29.5".parse().unwrap(), current, &[old]), None);
+        assert_eq!(
+            stale_slice("250.0.29.5".parse().unwrap(), current, &[old]),
+            None
+        );
         assert_eq!(
             stale_slice("250.0.28.5".parse().unwrap(), current, &[old]),
             Some(old)
@@ -254,7 +258,10 @@ mod tests {
         let after_first = former_slices_after_move(&[], a, b);
         assert_eq!(after_first, vec![a]);
         assert_eq!(former_slices_after_move(&after_first, b, a), vec![b]);
-        assert_eq!(former_slices_after_move(&[a], a, a), Vec::<Ipv4Network>::new());
+        assert_eq!(
+            former_slices_after_move(&[a], a, a),
+            Vec::<Ipv4Network>::new()
+        );
     }
 
     #[test]
@@ -285,7 +292,10 @@ mod tests {
         let text: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
-            vec!["address 10.0.50.2/24 dev eth1", "route 10.0.50.0/24 dev eth1"]
+            vec![
+                "address 10.0.50.2/24 dev eth1",
+                "route 10.0.50.0/24 dev eth1"
+            ]
         );
         assert!(overlay_conflicts("250.0.0.0/8".parse().unwrap(), &host).is_empty());
         // A broader route the overlay would shadow part of is a conflict too.

@@ -162,10 +162,7 @@ pub fn allocation(view: &AllocationView) -> pb::Allocation {
             .collect(),
         create_time: Some(timestamp(r.create_time_ms)),
         stale: view.stale_slice.is_some(),
-        stale_slice: view
-            .stale_slice
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        stale_slice: view.stale_slice.map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 

@@ -168,7 +168,9 @@ impl HostSetup {
         let links = self.netlink.links().await?;
         for duplicate in duplicates {
             for port in links.iter().filter(|l| l.master == Some(duplicate.index)) {
-                self.netlink.set_master(port.index, Some(bridge.index)).await?;
+                self.netlink
+                    .set_master(port.index, Some(bridge.index))
+                    .await?;
             }
             info!(bridge = %plan.bridge, duplicate = %duplicate.name, network = %plan.network_id, "deleting a second bridge of this network");
             self.netlink.delete_link(duplicate.index).await?;
@@ -318,7 +320,10 @@ impl HostSetup {
         )) {
             drifts.push(drift(
                 format!("bridge {}", extra.name),
-                format!("absent (network {} has one bridge, {})", plan.network_id, plan.bridge),
+                format!(
+                    "absent (network {} has one bridge, {})",
+                    plan.network_id, plan.bridge
+                ),
                 "present with the network's mark",
             ));
         }
