@@ -4,7 +4,10 @@
 //!
 //! Ownership mark: the bridge's ifalias is `fan:<network_id>`. A device with
 //! the bridge's name but without that mark belongs to someone else: `apply`
-//! refuses to touch it and `remove` leaves it alone.
+//! refuses to touch it and `remove` leaves it alone. The mark is the
+//! bridge's identity, not its name: a marked bridge renamed by hand is
+//! reported as drift, renamed back by `apply` (never duplicated) and deleted
+//! by `remove` under whatever name it has.
 
 pub mod nft;
 
