@@ -861,6 +861,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_moved_network_keeps_old_allocations_stale_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_slice: ipnetwork::Ipv4Network = "250.0.28.0/24".parse().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let created = match store
+                .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+                .await
+                .unwrap()
+            {
+                Created::New(r) => r,
+                other => panic!("{other:?}"),
+            };
+            for i in 1..=2 {
+                store
+                    .allocate("fan", owner(i), None, BTreeMap::new())
+                    .await
+                    .unwrap();
+            }
+            let moved = NetworkRecord {
+                underlay_address: "172.30.0.29".parse().unwrap(),
+                slice: "250.0.29.0/24".parse().unwrap(),
+                former_slices: vec![old_slice],
+                ..created
+            };
+            store.move_network(moved).await.unwrap();
+            assert_eq!(store.stale_count("fan").await.unwrap(), 2);
+            assert_eq!(store.usage("fan").await.unwrap().0, 0);
+            drop(store);
+            for _ in 0..100 {
+                if Database::create(dir.path().join(DB_FILE)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let network = store.network("fan").await.unwrap();
+        assert_eq!(network.slice, "250.0.29.0/24".parse().unwrap());
+        assert_eq!(network.former_slices, vec![old_slice]);
+        assert_eq!(store.stale_count("fan").await.unwrap(), 2);
+        // The owner of a stale address gets a new one from the new slice.
+        let fresh = store
+            .allocate("fan", owner(1), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(fresh.newly_allocated);
+        assert_eq!(
+            fresh.record.address,
+            "250.0.29.2".parse::<Ipv4Addr>().unwrap()
+        );
+        // Release by owner takes the valid and the stale allocation; by address, a stale one.
+        store
+            .release("fan", Selector::Owner(owner(1)))
+            .await
+            .unwrap();
+        let stale = store
+            .release("fan", Selector::Address("250.0.28.3".parse().unwrap()))
+            .await
+            .unwrap()
+            .expect("stale allocation released");
+        assert_eq!(stale.owner, owner(2));
+        assert_eq!(store.stale_count("fan").await.unwrap(), 0);
+        assert_eq!(
+            store.allocations_page("fan", None, 10).await.unwrap().0,
+            vec![]
+        );
+    }
+
+    #[tokio::test]
     async fn concurrent_allocations_never_collide() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
