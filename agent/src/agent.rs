@@ -149,6 +149,10 @@ pub struct Agent {
     /// Networks whose underlay address is gone from the host, with the
     /// reason: not programmed, allocations refused (SLICE_NOT_OWNED).
     underlay_lost: Mutex<HashMap<String, String>>,
+    /// Host addresses and routes each network's overlay overlaps, as last
+    /// seen (by the host check and `check_network`): one netlink dump per
+    /// pass instead of one per status read.
+    overlaps: Mutex<HashMap<String, Vec<HostPrefix>>>,
     ready: watch::Sender<bool>,
 }
 
@@ -178,6 +182,7 @@ impl Agent {
             apply_failures: Mutex::new(HashMap::new()),
             network_ops: tokio::sync::Mutex::new(()),
             underlay_lost: Mutex::new(HashMap::new()),
+            overlaps: Mutex::new(HashMap::new()),
             ready,
         }
     }
@@ -320,7 +325,8 @@ impl Agent {
                 }
             }
         }
-        Ok(())
+        // Overlaps with the host's addresses or routes, for the status.
+        self.refresh_overlaps(&self.store.networks().await?).await
     }
 
     fn set_lost(&self, id: &str, reason: Option<String>) {
@@ -499,7 +505,7 @@ impl Agent {
 
     /// What the host part of the data plane cannot see: a lost underlay
     /// address, and host addresses or routes the overlay overlaps.
-    async fn host_drifts(&self, record: &NetworkRecord) -> Result<Vec<Drift>> {
+    fn host_drifts(&self, record: &NetworkRecord) -> Vec<Drift> {
         let mut drifts = Vec::new();
         if self.lost_reason(&record.id).is_some() {
             drifts.push(Drift {
@@ -511,8 +517,9 @@ impl Agent {
                 observed: "absent".to_owned(),
             });
         }
-        if !record.spec.allow_overlap {
-            for conflict in self.overlay_conflicts(record.spec.overlay).await? {
+        let overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conflicts) = overlaps.get(&record.id) {
+            for conflict in conflicts {
                 drifts.push(Drift {
                     object: conflict.to_string(),
                     expected: format!(
@@ -523,21 +530,42 @@ impl Agent {
                 });
             }
         }
-        Ok(drifts)
+        drifts
+    }
+
+    /// Re-reads the host's addresses and routes and records which of
+    /// `records` overlap them (networks with `allow_overlap` never do).
+    async fn refresh_overlaps(&self, records: &[NetworkRecord]) -> Result<()> {
+        let host = self.dataplane.host_prefixes().await?;
+        let mut overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            let found = if record.spec.allow_overlap {
+                Vec::new()
+            } else {
+                fan_core::host_change::overlay_conflicts(record.spec.overlay, &host)
+            };
+            if found.is_empty() {
+                overlaps.remove(&record.id);
+                continue;
+            }
+            if overlaps.get(&record.id) != Some(&found) {
+                let named: Vec<String> = found.iter().map(ToString::to_string).collect();
+                tracing::warn!(network = %record.id, overlay = %record.spec.overlay, conflicts = %named.join(", "), "overlay overlaps the host's addresses or routes");
+            }
+            overlaps.insert(record.id.clone(), found);
+        }
+        Ok(())
     }
 
     async fn view(&self, record: NetworkRecord) -> Result<NetworkView> {
         let (allocated, capacity) = self.store.usage(&record.id).await?;
         let stale_allocations = self.store.stale_count(&record.id).await?;
         let observed = match self.dataplane.observe(&record.plan()).await {
-            Ok(mut observation) => match self.host_drifts(&record).await {
-                Ok(extra) => {
-                    observation.drifts.extend(extra);
-                    Ok(observation)
-                }
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err.into()),
+            Ok(mut observation) => {
+                observation.drifts.extend(self.host_drifts(&record));
+                Ok(observation)
+            }
+            Err(err) => Err(err),
         };
         let (state, reason, counters) = match observed {
             Ok(observation) if observation.drifts.is_empty() && stale_allocations > 0 => (
@@ -649,6 +677,11 @@ impl Agent {
         self.dataplane.remove(&record.plan()).await?;
         match self.store.delete_network(id, force).await {
             Ok((_, released)) => {
+                self.set_lost(id, None);
+                self.overlaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
                 self.record_apply(id, &Ok(()));
                 tracing::info!(network = %id, released, "network deleted");
                 Ok((true, released))
@@ -666,7 +699,8 @@ impl Agent {
         validate::network_id("network_id", id)?;
         let record = self.store.network(id).await?;
         let mut drifts = self.dataplane.observe(&record.plan()).await?.drifts;
-        drifts.extend(self.host_drifts(&record).await?);
+        self.refresh_overlaps(std::slice::from_ref(&record)).await?;
+        drifts.extend(self.host_drifts(&record));
         Ok(drifts)
     }
 
