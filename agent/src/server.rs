@@ -87,6 +87,14 @@ pub async fn run(
     );
     let store = Store::open(&config.state_dir)?;
     tracing::info!(path = %store.path().display(), "state opened");
+    // Subscribe before the first check, so no change slips in between.
+    let address_changes = match dataplane.watch_addresses().await {
+        Ok(changes) => changes,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch address changes; relying on the reconcile timer");
+            None
+        }
+    };
     let agent = Arc::new(Agent::new(store, dataplane).await);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -145,10 +153,30 @@ pub async fn run(
         }
     });
 
+    if let Some(mut changes) = address_changes {
+        let watcher = agent.clone();
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                // Let a burst settle (`ip addr flush`, an address replaced).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changes.try_recv().is_ok() {}
+                if let Err(err) = watcher.check_host().await {
+                    tracing::error!(error = %err, "checking the host's addresses failed");
+                }
+            }
+            tracing::warn!("address-change watch ended; relying on the reconcile timer");
+        });
+    }
+
     let reconciler = agent.clone();
     let interval = config.reconcile_interval;
     tokio::spawn(async move {
         loop {
+            // The underlay may have changed while the agent was down or
+            // between two passes: settle each network's slice first.
+            if let Err(err) = reconciler.check_host().await {
+                tracing::error!(error = %err, "checking the host's addresses failed");
+            }
             match reconciler.reconcile_all().await {
                 Ok(0) => tracing::debug!("reconcile: every network matches"),
                 Ok(failed) => {
