@@ -1,15 +1,26 @@
 //! The gRPC service: decodes requests, calls the agent core, encodes replies.
 //! Every mutating call writes one structured audit line: who, what, result.
 
+pub mod codec;
 pub mod convert;
 pub mod status;
+
+/// The `FanAgentService` server glue generated for the agent (see build.rs):
+/// `fan_proto::v1`'s service, decoding requests with [`codec::RequestCodec`].
+pub mod generated {
+    #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+    include!(concat!(env!("OUT_DIR"), "/fan.agent.v1.rs"));
+}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fan_proto::v1 as pb;
-use fan_proto::v1::fan_agent_service_server::FanAgentService;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
+
+use generated::fan_agent_service_server::{FanAgentService, FanAgentServiceServer};
 
 use crate::agent::Agent;
 use crate::error::{clip, AgentError, Result};
@@ -28,13 +39,59 @@ impl FanAgentApi {
     }
 }
 
+/// The agent's service, ready to route: requests that do not decode are
+/// answered INVALID_ARGUMENT and audited with their caller.
+pub fn service(agent: Arc<Agent>, max_decoding_message_size: usize) -> Audited {
+    Audited(
+        FanAgentServiceServer::new(FanAgentApi::new(agent))
+            .max_decoding_message_size(max_decoding_message_size),
+    )
+}
+
+/// [`FanAgentServiceServer`] with each call's caller and method in scope
+/// ([`codec::CALL`]), so request decoding can audit what it refuses.
+#[derive(Clone)]
+pub struct Audited(FanAgentServiceServer<FanAgentApi>);
+
+impl<B> Service<http::Request<B>> for Audited
+where
+    FanAgentServiceServer<FanAgentApi>: Service<http::Request<B>>,
+    <FanAgentServiceServer<FanAgentApi> as Service<http::Request<B>>>::Future: Send + 'static,
+{
+    type Response = <FanAgentServiceServer<FanAgentApi> as Service<http::Request<B>>>::Response;
+    type Error = <FanAgentServiceServer<FanAgentApi> as Service<http::Request<B>>>::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let context = codec::CallContext {
+            who: caller_of(request.extensions()),
+            method: request.uri().path().to_owned(),
+        };
+        let call = self.0.call(request);
+        Box::pin(codec::CALL.scope(context, call))
+    }
+}
+
+impl NamedService for Audited {
+    const NAME: &'static str = <FanAgentServiceServer<FanAgentApi> as NamedService>::NAME;
+}
+
 /// Who made a request: unix peer credentials, or the TCP peer and its
 /// client-certificate subject when mutual TLS is on.
 pub fn caller<T>(request: &Request<T>) -> String {
-    if let Some(info) = request
-        .extensions()
-        .get::<tonic::transport::server::UdsConnectInfo>()
-    {
+    caller_of(request.extensions())
+}
+
+/// [`caller`], from the request's extensions.
+pub fn caller_of(extensions: &http::Extensions) -> String {
+    if let Some(info) = extensions.get::<tonic::transport::server::UdsConnectInfo>() {
         if let Some(cred) = info.peer_cred {
             return format!(
                 "unix:uid={},gid={},pid={}",
@@ -45,10 +102,13 @@ pub fn caller<T>(request: &Request<T>) -> String {
         }
         return "unix:unknown".to_owned();
     }
-    if let Some(subject) = request.extensions().get::<crate::server::PeerIdentity>() {
+    if let Some(subject) = extensions.get::<crate::server::PeerIdentity>() {
         return subject.0.clone();
     }
-    match request.remote_addr() {
+    match extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
         Some(addr) => format!("tcp:{addr}"),
         None => "unknown".to_owned(),
     }
