@@ -482,11 +482,12 @@ fn ipam_error(network: &str, err: IpamError) -> AgentError {
             message: format!("network {network:?}: {err}"),
             metadata: Metadata::from([("network_id", network.to_owned())]),
         },
-        IpamError::Taken { address } | IpamError::OwnerHasAddress { requested: address, .. } => {
-            AgentError::precondition(Reason::AddressTaken, format!("address: {err}"))
-                .with("network_id", network)
-                .with("address", address)
-        }
+        IpamError::Taken { address }
+        | IpamError::OwnerHasAddress {
+            requested: address, ..
+        } => AgentError::precondition(Reason::AddressTaken, format!("address: {err}"))
+            .with("network_id", network)
+            .with("address", address),
         other => AgentError::invalid("address", other),
     }
 }

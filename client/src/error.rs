@@ -70,7 +70,7 @@ pub enum Error {
         /// ("network_id", "address", "container_id", …).
         metadata: BTreeMap<String, String>,
         /// The other `google.rpc` details the agent sent.
-        details: RpcDetails,
+        details: Box<RpcDetails>,
     },
     /// The agent's answer does not make sense (a missing message, an
     /// address that does not parse).
@@ -378,7 +378,7 @@ impl From<tonic::Status> for Error {
             reason,
             domain,
             metadata,
-            details: rpc_details,
+            details: Box::new(rpc_details),
         }
     }
 }
@@ -455,7 +455,11 @@ mod tests {
         use fan_proto::v1::ErrorReason;
         let proto: Vec<String> = (1..1000)
             .filter_map(|n| ErrorReason::try_from(n).ok())
-            .map(|r| r.as_str_name().trim_start_matches("ERROR_REASON_").to_owned())
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("ERROR_REASON_")
+                    .to_owned()
+            })
             .collect();
         assert_eq!(proto, reason::ALL);
     }
@@ -476,14 +480,27 @@ mod tests {
             details,
         ));
         assert_eq!(err.reason(), reason::FIELD_INVALID);
-        let fields: Vec<&str> = err.field_violations().iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<&str> = err
+            .field_violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["network_id", "address"]);
         assert_eq!(err.metadata()["network_id"], "Bad");
 
         let mut details =
             ErrorDetails::with_error_info(reason::NETWORK_NOT_FOUND, "fan.agent.v1", []);
-        details.set_resource_info("fan.agent.v1.Network", "networks/x", "", "network \"x\" not found");
-        let err = Error::from(tonic::Status::with_error_details(Code::NotFound, "m", details));
+        details.set_resource_info(
+            "fan.agent.v1.Network",
+            "networks/x",
+            "",
+            "network \"x\" not found",
+        );
+        let err = Error::from(tonic::Status::with_error_details(
+            Code::NotFound,
+            "m",
+            details,
+        ));
         let info = err.resource_info().expect("ResourceInfo");
         assert_eq!(info.resource_name, "networks/x");
         assert_eq!(info.resource_type, "fan.agent.v1.Network");

@@ -50,8 +50,7 @@ async fn create(client: &mut Client, id: &str) -> Result<pb::Network, tonic::Sta
 }
 
 #[tokio::test]
-async fn network_ids_up_to_63_characters_work_and_longer_ones_are_refused_by_field() -> Result<()>
-{
+async fn network_ids_up_to_63_characters_work_and_longer_ones_are_refused_by_field() -> Result<()> {
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", HOST.parse()?)?;
     let mut client = bed.host("h1").client().await?;
@@ -63,12 +62,7 @@ async fn network_ids_up_to_63_characters_work_and_longer_ones_are_refused_by_fie
         .await
         .map_err(|s| anyhow::anyhow!("a 63-character id must work: {s:?}"))?;
     let status = network.status.expect("status");
-    assert_eq!(
-        status.state(),
-        pb::NetworkState::Ready,
-        "{}",
-        status.reason
-    );
+    assert_eq!(status.state(), pb::NetworkState::Ready, "{}", status.reason);
     client
         .delete_network(pb::DeleteNetworkRequest {
             network_id: longest.clone(),
@@ -110,7 +104,8 @@ async fn invalid_utf8_is_invalid_argument_and_audited() -> Result<()> {
     let socket = bed.host("h1").agent.socket.clone();
     let mut grpc = tonic::client::Grpc::new(unix_channel(&socket).await?);
     grpc.ready().await?;
-    let codec = tonic_prost::ProstCodec::<RawAllocateRequest, pb::AllocateAddressResponse>::default();
+    let codec =
+        tonic_prost::ProstCodec::<RawAllocateRequest, pb::AllocateAddressResponse>::default();
     let err = grpc
         .unary(
             tonic::Request::new(RawAllocateRequest {

@@ -8,8 +8,8 @@ use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
-use tonic_prost::ProstCodec;
 use tonic::Status;
+use tonic_prost::ProstCodec;
 
 /// Who is calling which method, set around each call by [`super::Audited`]
 /// so the decoder can audit what it refuses.

@@ -396,7 +396,9 @@ impl FanAgentService for FanAgentApi {
                 .valid_owners
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, o)| checks.check(convert::owner(&format!("valid_owners[{i}]"), Some(o))))
+                .filter_map(|(i, o)| {
+                    checks.check(convert::owner(&format!("valid_owners[{i}]"), Some(o)))
+                })
                 .collect();
             checks.finish()?;
             self.agent
@@ -439,7 +441,11 @@ impl FanAgentService for FanAgentApi {
                 overlay.zip(underlay).map(Some)
             }
             (overlay, _) => {
-                let missing = if overlay.is_empty() { "overlay" } else { "underlay" };
+                let missing = if overlay.is_empty() {
+                    "overlay"
+                } else {
+                    "underlay"
+                };
                 checks.check::<()>(Err(AgentError::invalid(
                     missing,
                     "overlay and underlay must be given together",

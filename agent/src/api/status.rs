@@ -179,7 +179,13 @@ mod tests {
             let status = to_status(&err);
             let reason = status.get_details_error_info().unwrap().reason;
             let code = *seen
-                .entry(Reason::ALL.iter().find(|r| r.as_str() == reason).unwrap().as_str())
+                .entry(
+                    Reason::ALL
+                        .iter()
+                        .find(|r| r.as_str() == reason)
+                        .unwrap()
+                        .as_str(),
+                )
                 .or_insert(status.code());
             assert_eq!(code, status.code(), "{reason} leaves with two codes");
         }
@@ -196,8 +202,16 @@ mod tests {
     fn table() -> Vec<(AgentError, Code, &'static str)> {
         let pre = |r| AgentError::precondition(r, "m").with("network_id", "fan");
         vec![
-            (AgentError::invalid("spec.mtu", "too small"), Code::InvalidArgument, "FIELD_INVALID"),
-            (AgentError::network_not_found("fan"), Code::NotFound, "NETWORK_NOT_FOUND"),
+            (
+                AgentError::invalid("spec.mtu", "too small"),
+                Code::InvalidArgument,
+                "FIELD_INVALID",
+            ),
+            (
+                AgentError::network_not_found("fan"),
+                Code::NotFound,
+                "NETWORK_NOT_FOUND",
+            ),
             (
                 AgentError::allocation_not_found("fan", &Selector::Owner(owner())),
                 Code::NotFound,
@@ -212,14 +226,46 @@ mod tests {
                 Code::AlreadyExists,
                 "NETWORK_EXISTS",
             ),
-            (pre(Reason::NetworkInUse), Code::FailedPrecondition, "NETWORK_IN_USE"),
-            (pre(Reason::BridgeInUse), Code::FailedPrecondition, "BRIDGE_IN_USE"),
-            (pre(Reason::OverlayInUse), Code::FailedPrecondition, "OVERLAY_IN_USE"),
-            (pre(Reason::AddressTaken), Code::FailedPrecondition, "ADDRESS_TAKEN"),
-            (pre(Reason::UnderlayNotFound), Code::FailedPrecondition, "UNDERLAY_NOT_FOUND"),
-            (pre(Reason::BackendUnavailable), Code::FailedPrecondition, "BACKEND_UNAVAILABLE"),
-            (pre(Reason::NoBackendAvailable), Code::FailedPrecondition, "NO_BACKEND_AVAILABLE"),
-            (pre(Reason::TooManyNetworks), Code::FailedPrecondition, "TOO_MANY_NETWORKS"),
+            (
+                pre(Reason::NetworkInUse),
+                Code::FailedPrecondition,
+                "NETWORK_IN_USE",
+            ),
+            (
+                pre(Reason::BridgeInUse),
+                Code::FailedPrecondition,
+                "BRIDGE_IN_USE",
+            ),
+            (
+                pre(Reason::OverlayInUse),
+                Code::FailedPrecondition,
+                "OVERLAY_IN_USE",
+            ),
+            (
+                pre(Reason::AddressTaken),
+                Code::FailedPrecondition,
+                "ADDRESS_TAKEN",
+            ),
+            (
+                pre(Reason::UnderlayNotFound),
+                Code::FailedPrecondition,
+                "UNDERLAY_NOT_FOUND",
+            ),
+            (
+                pre(Reason::BackendUnavailable),
+                Code::FailedPrecondition,
+                "BACKEND_UNAVAILABLE",
+            ),
+            (
+                pre(Reason::NoBackendAvailable),
+                Code::FailedPrecondition,
+                "NO_BACKEND_AVAILABLE",
+            ),
+            (
+                pre(Reason::TooManyNetworks),
+                Code::FailedPrecondition,
+                "TOO_MANY_NETWORKS",
+            ),
             (
                 pre(Reason::NetworkProgrammingFailed),
                 Code::FailedPrecondition,
@@ -233,8 +279,16 @@ mod tests {
                 Code::ResourceExhausted,
                 "SLICE_EXHAUSTED",
             ),
-            (AgentError::Storage("disk".into()), Code::Internal, "STATE_STORE_FAILED"),
-            (AgentError::Dataplane("nl".into()), Code::Internal, "DATAPLANE_FAILED"),
+            (
+                AgentError::Storage("disk".into()),
+                Code::Internal,
+                "STATE_STORE_FAILED",
+            ),
+            (
+                AgentError::Dataplane("nl".into()),
+                Code::Internal,
+                "DATAPLANE_FAILED",
+            ),
             (AgentError::ShuttingDown, Code::Unavailable, "SHUTTING_DOWN"),
         ]
     }
@@ -276,7 +330,10 @@ mod tests {
                     | AgentError::Dataplane(_)
                     | AgentError::ShuttingDown
             ) {
-                assert_eq!(info.metadata.get("network_id").map(String::as_str), Some("fan"));
+                assert_eq!(
+                    info.metadata.get("network_id").map(String::as_str),
+                    Some("fan")
+                );
             }
         }
         // The table covers every reason but MALFORMED_REQUEST, tested below.
@@ -300,7 +357,12 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            ["network_id", "owner.container_id", "owner.interface", "address"]
+            [
+                "network_id",
+                "owner.container_id",
+                "owner.interface",
+                "address"
+            ]
         );
     }
 
@@ -316,7 +378,10 @@ mod tests {
             status.get_details_resource_info().unwrap().resource_name,
             "networks/fan/allocations/250.0.28.5"
         );
-        let status = to_status(&AgentError::allocation_not_found("fan", &Selector::Owner(owner())));
+        let status = to_status(&AgentError::allocation_not_found(
+            "fan",
+            &Selector::Owner(owner()),
+        ));
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.metadata["container_id"], "c1");
         assert_eq!(info.metadata["interface"], "eth0");
@@ -330,6 +395,10 @@ mod tests {
             status.get_details_error_info().unwrap().reason,
             "MALFORMED_REQUEST"
         );
-        assert!(status.message().contains("not UTF-8"), "{}", status.message());
+        assert!(
+            status.message().contains("not UTF-8"),
+            "{}",
+            status.message()
+        );
     }
 }
