@@ -191,8 +191,7 @@ pub async fn run(
         }
     });
 
-    let service = FanAgentServiceServer::new(FanAgentApi::new(agent))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = crate::api::service(agent, MAX_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1462,6 +1462,7 @@ mod tests {
             reason: Some(reason.into()),
             domain: String::new(),
             metadata: BTreeMap::new(),
+            details: Default::default(),
         };
         let unreachable = Error::Connect {
             target: "unix:///run/fan/agent.sock".into(),
@@ -1489,7 +1490,7 @@ mod tests {
             101
         );
         assert_eq!(
-            agent_error(&rpc(Code::InvalidArgument, "INVALID_ARGUMENT"), "x").code,
+            agent_error(&rpc(Code::InvalidArgument, "FIELD_INVALID"), "x").code,
             7
         );
         let e = agent_error(&rpc(Code::Internal, "STATE_STORE_FAILED"), "x");

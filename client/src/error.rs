@@ -66,8 +66,11 @@ pub enum Error {
         reason: Option<String>,
         /// The `google.rpc.ErrorInfo` domain, empty when none.
         domain: String,
-        /// The `google.rpc.ErrorInfo` metadata.
+        /// The `google.rpc.ErrorInfo` metadata: names the resource
+        /// ("network_id", "address", "container_id", …).
         metadata: BTreeMap<String, String>,
+        /// The other `google.rpc` details the agent sent.
+        details: Box<RpcDetails>,
     },
     /// The agent's answer does not make sense (a missing message, an
     /// address that does not parse).
@@ -76,6 +79,124 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+}
+
+/// Reasons the agent sends in `google.rpc.ErrorInfo.reason` (domain
+/// `fan.agent.v1`): one constant per value of the proto's `ErrorReason`
+/// enum, named as on the wire (the enum value without `ERROR_REASON_`).
+/// Each comes with exactly one gRPC code, given first below. Compare with
+/// [`Error::reason`]; a newer agent may send reasons not listed here, so
+/// fall back to [`Error::code`].
+pub mod reason {
+    /// INVALID_ARGUMENT: request fields break rules; see [`super::Error::field_violations`].
+    pub const FIELD_INVALID: &str = "FIELD_INVALID";
+    /// INVALID_ARGUMENT: the request bytes are not a valid protobuf message
+    /// (for example a string that is not UTF-8).
+    pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
+    /// NOT_FOUND: no network has the id.
+    pub const NETWORK_NOT_FOUND: &str = "NETWORK_NOT_FOUND";
+    /// NOT_FOUND: the network has no such allocation.
+    pub const ALLOCATION_NOT_FOUND: &str = "ALLOCATION_NOT_FOUND";
+    /// ALREADY_EXISTS: the network exists with a different spec.
+    pub const NETWORK_EXISTS: &str = "NETWORK_EXISTS";
+    /// FAILED_PRECONDITION: the network still has allocations.
+    pub const NETWORK_IN_USE: &str = "NETWORK_IN_USE";
+    /// FAILED_PRECONDITION: another network uses the bridge.
+    pub const BRIDGE_IN_USE: &str = "BRIDGE_IN_USE";
+    /// FAILED_PRECONDITION: the overlay overlaps another network's.
+    pub const OVERLAY_IN_USE: &str = "OVERLAY_IN_USE";
+    /// FAILED_PRECONDITION: the address belongs to another owner, or the
+    /// owner holds a different one.
+    pub const ADDRESS_TAKEN: &str = "ADDRESS_TAKEN";
+    /// FAILED_PRECONDITION: the underlay matches nothing on the agent's host.
+    pub const UNDERLAY_NOT_FOUND: &str = "UNDERLAY_NOT_FOUND";
+    /// FAILED_PRECONDITION: the requested backend cannot run on the host.
+    pub const BACKEND_UNAVAILABLE: &str = "BACKEND_UNAVAILABLE";
+    /// FAILED_PRECONDITION: auto found no backend that can run on the host.
+    pub const NO_BACKEND_AVAILABLE: &str = "NO_BACKEND_AVAILABLE";
+    /// FAILED_PRECONDITION: the agent holds the most networks it can number.
+    pub const TOO_MANY_NETWORKS: &str = "TOO_MANY_NETWORKS";
+    /// FAILED_PRECONDITION: the kernel refused to program a new network; it
+    /// was not created.
+    pub const NETWORK_PROGRAMMING_FAILED: &str = "NETWORK_PROGRAMMING_FAILED";
+    /// RESOURCE_EXHAUSTED: the slice has no free address.
+    pub const SLICE_EXHAUSTED: &str = "SLICE_EXHAUSTED";
+    /// INTERNAL: the agent's state store failed; nothing was changed.
+    pub const STATE_STORE_FAILED: &str = "STATE_STORE_FAILED";
+    /// INTERNAL: the data plane of an existing network could not be changed or read.
+    pub const DATAPLANE_FAILED: &str = "DATAPLANE_FAILED";
+    /// UNAVAILABLE: the agent is shutting down.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// FAILED_PRECONDITION: the host no longer owns the network's slice (its underlay
+    pub const SLICE_NOT_OWNED: &str = "SLICE_NOT_OWNED";
+    /// FAILED_PRECONDITION: the overlay overlaps this host's own addresses or routes
+    pub const OVERLAY_OVERLAPS_HOST: &str = "OVERLAY_OVERLAPS_HOST";
+
+    /// Every reason above, in proto order.
+    pub const ALL: [&str; 20] = [
+        FIELD_INVALID,
+        MALFORMED_REQUEST,
+        NETWORK_NOT_FOUND,
+        ALLOCATION_NOT_FOUND,
+        NETWORK_EXISTS,
+        NETWORK_IN_USE,
+        BRIDGE_IN_USE,
+        OVERLAY_IN_USE,
+        ADDRESS_TAKEN,
+        UNDERLAY_NOT_FOUND,
+        BACKEND_UNAVAILABLE,
+        NO_BACKEND_AVAILABLE,
+        TOO_MANY_NETWORKS,
+        NETWORK_PROGRAMMING_FAILED,
+        SLICE_EXHAUSTED,
+        STATE_STORE_FAILED,
+        DATAPLANE_FAILED,
+        SHUTTING_DOWN,
+        OVERLAY_OVERLAPS_HOST,
+        SLICE_NOT_OWNED,
+    ];
+}
+
+/// The `google.rpc` details of an agent error besides ErrorInfo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RpcDetails {
+    /// `google.rpc.BadRequest`: every invalid request field.
+    pub field_violations: Vec<FieldViolation>,
+    /// `google.rpc.ResourceInfo`: the resource that is missing or exists.
+    pub resource: Option<ResourceInfo>,
+    /// `google.rpc.PreconditionFailure`: what state stood in the way.
+    pub precondition_violations: Vec<PreconditionViolation>,
+}
+
+/// One invalid request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field path, e.g. "spec.overlay" or "owner.container_id".
+    pub field: String,
+    /// The rule it breaks, with the offending value.
+    pub description: String,
+}
+
+/// The resource a NOT_FOUND or ALREADY_EXISTS error is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// The proto type, e.g. "fan.agent.v1.Network".
+    pub resource_type: String,
+    /// The resource name, e.g. "networks/fan".
+    pub resource_name: String,
+    /// In words.
+    pub description: String,
+}
+
+/// One failed precondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreconditionViolation {
+    /// The reason, e.g. "NETWORK_IN_USE".
+    pub kind: String,
+    /// The resource, e.g. "networks/fan".
+    pub subject: String,
+    /// What is wrong and what to do.
+    pub description: String,
 }
 
 impl Error {
@@ -154,6 +275,38 @@ impl Error {
         self.code() == Code::Unavailable && !matches!(self, Error::TlsUnsupported { .. })
     }
 
+    /// The agent's `google.rpc.ErrorInfo.metadata` (empty for client-side errors).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        match self {
+            Error::Rpc { metadata, .. } => metadata.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Every invalid request field the agent listed (INVALID_ARGUMENT).
+    pub fn field_violations(&self) -> &[FieldViolation] {
+        match self {
+            Error::Rpc { details, .. } => &details.field_violations,
+            _ => &[],
+        }
+    }
+
+    /// The missing or existing resource (NOT_FOUND, ALREADY_EXISTS).
+    pub fn resource_info(&self) -> Option<&ResourceInfo> {
+        match self {
+            Error::Rpc { details, .. } => details.resource.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The failed preconditions (FAILED_PRECONDITION).
+    pub fn precondition_violations(&self) -> &[PreconditionViolation] {
+        match self {
+            Error::Rpc { details, .. } => &details.precondition_violations,
+            _ => &[],
+        }
+    }
+
     pub(crate) fn bad_response(detail: impl Into<String>) -> Self {
         Error::BadResponse {
             detail: detail.into(),
@@ -193,12 +346,45 @@ impl From<tonic::Status> for Error {
         if message.is_empty() {
             message = format!("the agent answered {}", code_name(status.code()));
         }
+        let rpc_details = RpcDetails {
+            field_violations: details
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| FieldViolation {
+                            field: v.field.clone(),
+                            description: v.description.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            resource: details.resource_info().map(|r| ResourceInfo {
+                resource_type: r.resource_type.clone(),
+                resource_name: r.resource_name.clone(),
+                description: r.description.clone(),
+            }),
+            precondition_violations: details
+                .precondition_failure()
+                .map(|p| {
+                    p.violations
+                        .iter()
+                        .map(|v| PreconditionViolation {
+                            kind: v.r#type.clone(),
+                            subject: v.subject.clone(),
+                            description: v.description.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         Error::Rpc {
             code: status.code(),
             message: one_line(&message),
             reason,
             domain,
             metadata,
+            details: Box::new(rpc_details),
         }
     }
 }
@@ -268,6 +454,79 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_reason_constants_are_the_proto_enum() {
+        use fan_proto::v1::ErrorReason;
+        let proto: Vec<String> = (1..1000)
+            .filter_map(|n| ErrorReason::try_from(n).ok())
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("ERROR_REASON_")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(proto, reason::ALL);
+    }
+
+    #[test]
+    fn bad_request_resource_info_and_precondition_failure_are_decoded() {
+        let mut details = ErrorDetails::with_error_info(
+            reason::FIELD_INVALID,
+            "fan.agent.v1",
+            [("network_id".to_string(), "Bad".to_string())],
+        );
+        details
+            .add_bad_request_violation("network_id", "must start with a letter")
+            .add_bad_request_violation("address", "must be an IPv4 address");
+        let err = Error::from(tonic::Status::with_error_details(
+            Code::InvalidArgument,
+            "m",
+            details,
+        ));
+        assert_eq!(err.reason(), reason::FIELD_INVALID);
+        let fields: Vec<&str> = err
+            .field_violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["network_id", "address"]);
+        assert_eq!(err.metadata()["network_id"], "Bad");
+
+        let mut details =
+            ErrorDetails::with_error_info(reason::NETWORK_NOT_FOUND, "fan.agent.v1", []);
+        details.set_resource_info(
+            "fan.agent.v1.Network",
+            "networks/x",
+            "",
+            "network \"x\" not found",
+        );
+        let err = Error::from(tonic::Status::with_error_details(
+            Code::NotFound,
+            "m",
+            details,
+        ));
+        let info = err.resource_info().expect("ResourceInfo");
+        assert_eq!(info.resource_name, "networks/x");
+        assert_eq!(info.resource_type, "fan.agent.v1.Network");
+
+        let mut details = ErrorDetails::with_error_info(reason::NETWORK_IN_USE, "fan.agent.v1", []);
+        details.add_precondition_failure_violation(reason::NETWORK_IN_USE, "networks/x", "has 2");
+        let err = Error::from(tonic::Status::with_error_details(
+            Code::FailedPrecondition,
+            "m",
+            details,
+        ));
+        assert_eq!(
+            err.precondition_violations(),
+            [PreconditionViolation {
+                kind: reason::NETWORK_IN_USE.into(),
+                subject: "networks/x".into(),
+                description: "has 2".into(),
+            }]
+        );
+        assert!(err.field_violations().is_empty());
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub use client::{
     ConnectOptions, DeleteNetworkOptions, FanClient, RetryPolicy, Target, TlsConfig,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TARGET, DEFAULT_TIMEOUT,
 };
-pub use error::{code_name, Error};
+pub use error::{
+    code_name, reason, Error, FieldViolation, PreconditionViolation, ResourceInfo, RpcDetails,
+};
 pub use tonic::Code;
 pub use types::*;

@@ -116,7 +116,7 @@ fn cli_against_real_agents() -> anyhow::Result<()> {
     let check = ok_json(&h1, &["network", "check", "fan-250"]);
     assert_eq!(check, json!({"network": "fan-250", "drifts": []}));
     let line = refused(&h1, &["network", "show", "nope"]);
-    assert!(line.ends_with("(NOT_FOUND)"), "{line}");
+    assert!(line.ends_with("(NETWORK_NOT_FOUND)"), "{line}");
     let line = refused(
         &h1,
         &[
@@ -129,7 +129,7 @@ fn cli_against_real_agents() -> anyhow::Result<()> {
             "eth0/16",
         ],
     );
-    assert!(line.ends_with("(INVALID_ARGUMENT)"), "{line}");
+    assert!(line.ends_with("(FIELD_INVALID)"), "{line}");
 
     // addresses
     let a = ok_json(

@@ -163,7 +163,10 @@ async fn networks() {
     assert_eq!(v, json!({"network": "fan-250", "drifts": []}));
 
     let line = fails(Some(&agent.target), &["network", "show", "nope"], 1).await;
-    assert_eq!(line, "fan-client: network \"nope\" not found (NOT_FOUND)");
+    assert_eq!(
+        line,
+        "fan-client: network \"nope\" not found (NETWORK_NOT_FOUND)"
+    );
     let line = fails(
         Some(&agent.target),
         &[
@@ -179,7 +182,7 @@ async fn networks() {
     )
     .await;
     assert!(line.starts_with("fan-client: spec.overlay: "), "{line}");
-    assert!(line.ends_with("(INVALID_ARGUMENT)"), "{line}");
+    assert!(line.ends_with("(FIELD_INVALID)"), "{line}");
 
     let out = ok(&agent, &["network", "delete", "fan-10"]).await;
     assert_eq!(
@@ -389,7 +392,10 @@ async fn addresses() {
         1,
     )
     .await;
-    assert_eq!(line, "fan-client: allocation not found (NOT_FOUND)");
+    assert_eq!(
+        line,
+        "fan-client: allocation not found (ALLOCATION_NOT_FOUND)"
+    );
 
     let line = fails(Some(&agent.target), &["network", "delete", "fan-250"], 1).await;
     assert_eq!(

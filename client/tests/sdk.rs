@@ -99,12 +99,15 @@ async fn network_lifecycle() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(err.reason(), "ALREADY_EXISTS");
+    assert_eq!(err.reason(), fan_client::reason::NETWORK_EXISTS);
 
     assert_eq!(c.get_network("fan-250").await.unwrap(), n);
     let err = c.get_network("nope").await.unwrap_err();
     assert!(err.is_not_found());
-    assert_eq!(err.to_string(), "network \"nope\" not found (NOT_FOUND)");
+    assert_eq!(
+        err.to_string(),
+        "network \"nope\" not found (NETWORK_NOT_FOUND)"
+    );
 
     assert!(c.check_network("fan-250").await.unwrap().is_empty());
 

@@ -134,7 +134,7 @@ fn normalize(mut spec: pb::NetworkSpec) -> pb::NetworkSpec {
 /// A network as the fake agent reports it. Underlays written
 /// `A.B.C.D/N` resolve to that address; `IFACE/N` to 172.30.0.28.
 fn build_network(id: &str, spec: pb::NetworkSpec) -> Result<pb::Network, Status> {
-    let invalid = |m: String| status(Code::InvalidArgument, &m, "INVALID_ARGUMENT");
+    let invalid = |m: String| status(Code::InvalidArgument, &m, "FIELD_INVALID");
     let overlay = fan_core::parse_overlay(&spec.overlay)
         .map_err(|e| invalid(format!("spec.overlay: {e}")))?;
     let underlay = fan_core::UnderlaySpec::parse(&spec.underlay)
@@ -184,8 +184,14 @@ fn build_network(id: &str, spec: pb::NetworkSpec) -> Result<pb::Network, Status>
     })
 }
 
+/// NOT_FOUND as the agent sends it: a network or an allocation.
 fn not_found(what: &str) -> Status {
-    status(Code::NotFound, &format!("{what} not found"), "NOT_FOUND")
+    let reason = if what.starts_with("network") {
+        "NETWORK_NOT_FOUND"
+    } else {
+        "ALLOCATION_NOT_FOUND"
+    };
+    status(Code::NotFound, &format!("{what} not found"), reason)
 }
 
 fn page<T: Clone>(items: Vec<T>, size: u32, token: &str) -> Result<(Vec<T>, String), Status> {
@@ -199,7 +205,7 @@ fn page<T: Clone>(items: Vec<T>, size: u32, token: &str) -> Result<(Vec<T>, Stri
     } else {
         token
             .parse()
-            .map_err(|_| status(Code::InvalidArgument, "bad page token", "INVALID_ARGUMENT"))?
+            .map_err(|_| status(Code::InvalidArgument, "bad page token", "FIELD_INVALID"))?
     };
     let end = (start + size).min(items.len());
     let next = if end < items.len() {
@@ -230,13 +236,13 @@ fn find_allocation<'a>(
         Some(S::Address(a)) => {
             let a: Ipv4Addr = a
                 .parse()
-                .map_err(|_| status(Code::InvalidArgument, "bad address", "INVALID_ARGUMENT"))?;
+                .map_err(|_| status(Code::InvalidArgument, "bad address", "FIELD_INVALID"))?;
             Ok(allocs.get_key_value(&a))
         }
         None => Err(status(
             Code::InvalidArgument,
             "selector: required",
-            "INVALID_ARGUMENT",
+            "FIELD_INVALID",
         )),
     }
 }
@@ -290,7 +296,7 @@ impl FanAgentService for Fake {
             return Err(status(
                 Code::AlreadyExists,
                 &format!("network {:?} exists with another spec", req.network_id),
-                "ALREADY_EXISTS",
+                "NETWORK_EXISTS",
             ));
         }
         let n = build_network(&req.network_id, spec)?;
@@ -424,13 +430,10 @@ impl FanAgentService for Fake {
                 .find(|a| !allocs.contains_key(a))
                 .ok_or_else(|| status(Code::ResourceExhausted, "slice full", "SLICE_EXHAUSTED"))?
         } else {
-            let a: Ipv4Addr = req.address.parse().map_err(|_| {
-                status(
-                    Code::InvalidArgument,
-                    "address: not IPv4",
-                    "INVALID_ARGUMENT",
-                )
-            })?;
+            let a: Ipv4Addr = req
+                .address
+                .parse()
+                .map_err(|_| status(Code::InvalidArgument, "address: not IPv4", "FIELD_INVALID"))?;
             if allocs.contains_key(&a) {
                 return Err(status(
                     Code::AlreadyExists,
@@ -590,24 +593,20 @@ impl FanAgentService for Fake {
     ) -> Result<Response<pb::ResolveAddressResponse>, Status> {
         self.enter("ResolveAddress").await?;
         let req = req.into_inner();
-        let addr: Ipv4Addr = req.address.parse().map_err(|_| {
-            status(
-                Code::InvalidArgument,
-                "address: not IPv4",
-                "INVALID_ARGUMENT",
-            )
-        })?;
+        let addr: Ipv4Addr = req
+            .address
+            .parse()
+            .map_err(|_| status(Code::InvalidArgument, "address: not IPv4", "FIELD_INVALID"))?;
         let mut maps = Vec::new();
         if !req.overlay.is_empty() {
             let o = fan_core::parse_overlay(&req.overlay)
-                .map_err(|e| status(Code::InvalidArgument, &e.to_string(), "INVALID_ARGUMENT"))?;
+                .map_err(|e| status(Code::InvalidArgument, &e.to_string(), "FIELD_INVALID"))?;
             let u = fan_core::parse_network(&req.underlay)
-                .map_err(|e| status(Code::InvalidArgument, &e.to_string(), "INVALID_ARGUMENT"))?;
+                .map_err(|e| status(Code::InvalidArgument, &e.to_string(), "FIELD_INVALID"))?;
             maps.push((
                 String::new(),
-                fan_core::FanMap::new(o, u).map_err(|e| {
-                    status(Code::InvalidArgument, &e.to_string(), "INVALID_ARGUMENT")
-                })?,
+                fan_core::FanMap::new(o, u)
+                    .map_err(|e| status(Code::InvalidArgument, &e.to_string(), "FIELD_INVALID"))?,
             ));
         } else {
             let s = self.state.lock().unwrap();

@@ -31,6 +31,14 @@ pub fn table_object(network_id: &str) -> String {
     format!("nft table ip {}", table_name(network_id))
 }
 
+/// Longest nftables table name the kernel takes (NFT_NAME_MAXLEN 256 minus
+/// the NUL, Linux ≥ 4.14). This used to be 64 here, which refused network
+/// ids of 61 to 63 characters only when programming, with an nft message.
+pub const MAX_TABLE_NAME_LEN: usize = 255;
+
+// Every valid network id must give a usable table name.
+const _: () = assert!(4 + fan_core::names::MAX_NETWORK_ID_LEN <= MAX_TABLE_NAME_LEN);
+
 fn check_table_name(name: &str) -> Result<()> {
     // nft identifiers: a letter or '_' then letters, digits, '_'. Anything
     // else would need quoting and could inject into the script.
@@ -39,7 +47,7 @@ fn check_table_name(name: &str) -> Result<()> {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 64;
+        && name.len() <= MAX_TABLE_NAME_LEN;
     if ok {
         Ok(())
     } else {
@@ -314,6 +322,9 @@ mod tests {
         assert!(check_table_name("fan_prod_250").is_ok());
         assert!(check_table_name("fan_a;b").is_err());
         assert!(check_table_name("fan_a b").is_err());
+        // The longest valid network id gives a usable table name.
+        let longest = "a".repeat(fan_core::names::MAX_NETWORK_ID_LEN);
+        assert!(check_table_name(&table_name(&longest)).is_ok());
     }
 
     #[test]

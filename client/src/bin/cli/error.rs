@@ -101,6 +101,7 @@ mod tests {
             reason: Some("NETWORK_IN_USE".into()),
             domain: "fan.agent.v1".into(),
             metadata: BTreeMap::new(),
+            details: Default::default(),
         });
         assert_eq!(
             report(&err),

@@ -305,6 +305,7 @@ async fn down(cli: &Cli, a: &args::DownArgs, out: &mut dyn Write) -> anyhow::Res
                     reason: Some("FAN_NOT_FOUND".into()),
                     domain: String::new(),
                     metadata: Default::default(),
+                    details: Default::default(),
                 }
                 .into())
             }
