@@ -24,6 +24,8 @@ pub fn to_status(err: &AgentError) -> Status {
         AgentError::Exhausted { .. } => (Code::ResourceExhausted, "SLICE_EXHAUSTED"),
         AgentError::Storage(_) => (Code::Internal, "STATE_STORE_FAILED"),
         AgentError::Dataplane(_) => (Code::Internal, "DATAPLANE_FAILED"),
+        AgentError::StateCorrupt(_) => (Code::DataLoss, "STATE_CORRUPT"),
+        AgentError::Unavailable { reason, .. } => (Code::Unavailable, *reason),
         AgentError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
     };
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
