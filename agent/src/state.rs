@@ -1886,4 +1886,295 @@ mod tests {
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
+
+    #[test]
+    fn seal_round_trips_and_unseal_catches_damage() {
+        let payload = br#"{"address":"250.0.28.2"}"#;
+        let sealed = seal(payload);
+        assert_eq!(sealed.len(), payload.len() + 4);
+        assert_eq!(unseal(&sealed).unwrap(), payload);
+        for i in 0..sealed.len() {
+            let mut damaged = sealed.clone();
+            damaged[i] ^= 0x01;
+            assert!(
+                matches!(unseal(&damaged), Err(RecordError::Checksum { .. })),
+                "flip at byte {i} not detected"
+            );
+        }
+        assert_eq!(unseal(&[1, 2]), Err(RecordError::Truncated { len: 2 }));
+        assert_eq!(unseal(&seal(b"")).unwrap(), b"");
+        assert!(matches!(
+            decode_json::<AllocationRecord>(&seal(b"not json")),
+            Err(RecordError::Invalid(_))
+        ));
+        let cursor = Ipv4Addr::new(250, 0, 28, 7);
+        assert_eq!(decode_cursor(&seal(&cursor.octets())).unwrap(), cursor);
+    }
+
+    /// Writes a schema-1 database by hand: bare JSON values, u32 cursors.
+    fn write_v1(dir: &Path, network: &NetworkRecord, allocations: &[AllocationRecord]) {
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            txn.open_table(NETWORKS)
+                .unwrap()
+                .insert(
+                    network.id.as_str(),
+                    serde_json::to_vec(network).unwrap().as_slice(),
+                )
+                .unwrap();
+            let mut table = txn.open_table(ALLOCATIONS).unwrap();
+            for a in allocations {
+                table
+                    .insert(
+                        (network.id.as_str(), u32::from(a.address)),
+                        serde_json::to_vec(a).unwrap().as_slice(),
+                    )
+                    .unwrap();
+            }
+            txn.open_table(CURSORS_V1)
+                .unwrap()
+                .insert(network.id.as_str(), u32::from(Ipv4Addr::new(250, 0, 28, 3)))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn allocation(i: u8) -> AllocationRecord {
+        AllocationRecord {
+            address: Ipv4Addr::new(250, 0, 28, i),
+            owner: owner(i as usize),
+            labels: BTreeMap::from([("k".to_owned(), format!("v{i}"))]),
+            create_time_ms: 7,
+        }
+    }
+
+    async fn close(store: Store, dir: &Path) {
+        drop(store);
+        // The writer thread exits when the last handle drops; wait until the file is free.
+        for _ in 0..200 {
+            if Database::open(dir.join(DB_FILE)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("database still held");
+    }
+
+    #[tokio::test]
+    async fn schema_1_is_migrated_in_place_with_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut network = record("fan", "250.0.0.0/8", "fan-250");
+        network.index = 1;
+        write_v1(dir.path(), &network, &[allocation(2), allocation(3)]);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.network("fan").await.unwrap(), network);
+        assert_eq!(
+            store
+                .allocation("fan", Selector::Owner(owner(3)))
+                .await
+                .unwrap(),
+            allocation(3)
+        );
+        // The migrated cursor (.3) still orders the search: the next is .4.
+        let next = store
+            .allocate("fan", owner(9), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(next.record.address, Ipv4Addr::new(250, 0, 28, 4));
+        close(store, dir.path()).await;
+        let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(version, SCHEMA_VERSION);
+        let allocations = txn.open_table(ALLOCATIONS).unwrap();
+        let raw = allocations
+            .get(("fan", u32::from(Ipv4Addr::new(250, 0, 28, 2))))
+            .unwrap()
+            .unwrap();
+        let decoded: AllocationRecord = decode_json(raw.value()).unwrap();
+        assert_eq!(decoded, allocation(2));
+        assert!(
+            txn.open_table(CURSORS_V1).is_err(),
+            "the schema-1 cursor table is dropped"
+        );
+        assert!(dir.path().join(MARKER_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_is_refused_and_recover_reserves_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .allocate("fan", owner(i), None, BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        close(store, dir.path()).await;
+        let victim = Ipv4Addr::new(250, 0, 28, 3);
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(ALLOCATIONS).unwrap();
+                let mut raw = table
+                    .get(("fan", u32::from(victim)))
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec();
+                raw[10] ^= 0x20;
+                table
+                    .insert(("fan", u32::from(victim)), raw.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::StateCorrupt(_)), "{text}");
+        assert!(
+            text.contains("allocation 250.0.28.3 of network \"fan\": checksum mismatch"),
+            "{text}"
+        );
+        assert!(text.contains("--recover"), "{text}");
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(report[0].contains("250.0.28.3"), "{report:?}");
+        let held = store
+            .allocation("fan", Selector::Address(victim))
+            .await
+            .unwrap();
+        assert_eq!(
+            held.owner.container_id,
+            format!("{QUARANTINE_OWNER_PREFIX}{victim}")
+        );
+        // Every other address can be handed out; the quarantined one never is.
+        let mut got = BTreeSet::new();
+        for i in 100..400 {
+            match store.allocate("fan", owner(i), None, BTreeMap::new()).await {
+                Ok(a) => assert!(got.insert(a.record.address)),
+                Err(AgentError::Exhausted { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!got.contains(&victim));
+        assert_eq!(got.len(), 253 - 3);
+        close(store, dir.path()).await;
+        // The quarantine keeps the raw bytes, and a plain start is accepted again.
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_read().unwrap();
+            let quarantine = txn.open_table(QUARANTINE).unwrap();
+            assert_eq!(redb::ReadableTableMetadata::len(&quarantine).unwrap(), 1);
+        }
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_emptied_database_is_refused_once_initialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        close(store, dir.path()).await;
+        std::fs::File::create(dir.path().join(DB_FILE)).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("is empty (0 bytes)"), "{err}");
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("is missing"), "{err}");
+        let (_store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("EMPTY state"), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn state_is_private_and_a_loose_directory_is_tightened() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        let store = Store::open(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(MARKER_FILE)), 0o600);
+        close(store, &dir).await;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let _store = Store::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+    }
+
+    #[test]
+    fn undo_takes_a_failed_batch_back_out_of_memory() {
+        let mut memory = Memory::default();
+        let mut record = record("fan", "250.0.0.0/8", "fan-250");
+        record.index = 1;
+        let pool = SlicePool::new(record.slice, 1).unwrap();
+        let kept = allocation(2);
+        let mut allocator = Allocator::new(pool);
+        allocator.allocate(kept.owner.clone(), Some(kept.address)).unwrap();
+        memory.networks.insert(
+            "fan".into(),
+            NetworkState {
+                record: record.clone(),
+                allocator,
+                allocations: BTreeMap::from([(kept.address, kept.clone())]),
+            },
+        );
+        // The batch: release .2, allocate .3.
+        let state = memory.networks.get_mut("fan").unwrap();
+        state.allocator.release_address(kept.address);
+        state.allocations.remove(&kept.address);
+        let new = allocation(3);
+        state
+            .allocator
+            .allocate(new.owner.clone(), Some(new.address))
+            .unwrap();
+        state.allocations.insert(new.address, new.clone());
+        let mutations = vec![
+            Mutation::DeleteAllocation {
+                network: "fan".into(),
+                address: kept.address,
+                previous: Some(kept.clone()),
+            },
+            Mutation::PutAllocation {
+                network: "fan".into(),
+                record: new.clone(),
+            },
+        ];
+        undo(&mut memory, mutations);
+        let state = &memory.networks["fan"];
+        assert_eq!(state.allocations.len(), 1);
+        assert_eq!(state.allocator.owner_of(kept.address), Some(&kept.owner));
+        assert_eq!(state.allocator.owner_of(new.address), None);
+    }
 }
