@@ -1536,7 +1536,7 @@ impl Writer {
                 runtime.block_on(jobs.recv())
             } else {
                 let wait = self.next_retry.saturating_duration_since(Instant::now());
-                match runtime.block_on(tokio::time::timeout(wait, jobs.recv())) {
+                match runtime.block_on(async { tokio::time::timeout(wait, jobs.recv()).await }) {
                     Ok(job) => job,
                     Err(_) => {
                         self.try_recover();
