@@ -2141,7 +2141,9 @@ mod tests {
         let pool = SlicePool::new(record.slice, 1).unwrap();
         let kept = allocation(2);
         let mut allocator = Allocator::new(pool);
-        allocator.allocate(kept.owner.clone(), Some(kept.address)).unwrap();
+        allocator
+            .allocate(kept.owner.clone(), Some(kept.address))
+            .unwrap();
         memory.networks.insert(
             "fan".into(),
             NetworkState {

@@ -192,7 +192,9 @@ async fn a_damaged_allocation_is_refused_then_quarantined_and_never_handed_out()
     rot_label(&db_path(host), &victim, "xxxxxxxx")?;
     let said = refused_start(host)?;
     assert!(
-        said.contains(&format!("allocation {victim} of network \"fan\": checksum mismatch")),
+        said.contains(&format!(
+            "allocation {victim} of network \"fan\": checksum mismatch"
+        )),
         "the refusal names the record: {said}"
     );
     assert!(said.contains("fan-agent --recover"), "{said}");
@@ -201,7 +203,9 @@ async fn a_damaged_allocation_is_refused_then_quarantined_and_never_handed_out()
     host.start_agent()?;
     let log = log_of(host);
     assert!(
-        log.contains(&format!("quarantined allocation {victim} of network \"fan\"")),
+        log.contains(&format!(
+            "quarantined allocation {victim} of network \"fan\""
+        )),
         "--recover reports the quarantine: {log}"
     );
     let mut client = host.client().await?;
@@ -370,7 +374,9 @@ async fn a_full_disk_makes_the_agent_not_serving_until_space_is_back() -> Result
     host.start_agent()?;
     let mut client = host.client().await?;
     assert_eq!(allocations(&mut client).await?, acked);
-    let mode = std::fs::metadata(tmpfs.dir.join("state"))?.permissions().mode();
+    let mode = std::fs::metadata(tmpfs.dir.join("state"))?
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700);
     drop(bed);
     Ok(())
