@@ -292,6 +292,7 @@ impl Store {
     pub fn open_with(dir: &Path, options: OpenOptions) -> Result<(Store, Vec<String>)> {
         let mut report = Vec::new();
         secure_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
         let marker = read_marker(dir)?;
         let length = match std::fs::metadata(&path) {
@@ -397,6 +398,7 @@ impl Store {
         let (health_tx, health) = watch::channel(StoreHealth::Writable);
         let (jobs, rx) = mpsc::channel(4096);
         let writer = Writer {
+            _lock: lock,
             dir: dir.to_owned(),
             path: path.clone(),
             db: Some(db),
@@ -793,6 +795,24 @@ fn secure_dir(dir: &Path) -> Result<()> {
             .map_err(|e| fail("create", e))?;
     }
     tighten(dir, 0o700).map_err(|e| fail("secure", e))
+}
+
+/// Takes an exclusive lock on the state directory: one agent per directory.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let handle = std::fs::File::open(dir)
+        .map_err(|e| AgentError::Storage(format!("open {}: {e}", dir.display())))?;
+    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                AgentError::Storage(format!(
+                    "state directory {} is in use by another agent (only one agent may use a state directory)",
+                    dir.display()
+                ))
+            } else {
+                AgentError::Storage(format!("lock {}: {errno}", dir.display()))
+            }
+        },
+    )
 }
 
 /// Tightens an existing file to 0600.
@@ -1507,6 +1527,10 @@ fn probe(db: &Database) -> Result<()> {
 
 /// The writer thread: owns the database (while it is usable) and memory.
 struct Writer {
+    /// Held for the writer's life, also while the database is closed after a
+    /// failure, so no second agent opens the directory meanwhile. First field:
+    /// released before the database closes.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     dir: PathBuf,
     path: PathBuf,
     /// None while the database is closed after a failure.
@@ -2178,5 +2202,13 @@ mod tests {
         assert_eq!(state.allocations.len(), 1);
         assert_eq!(state.allocator.owner_of(kept.address), Some(&kept.owner));
         assert_eq!(state.allocator.owner_of(new.address), None);
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("in use by another agent"), "{err}");
     }
 }
