@@ -65,7 +65,8 @@ struct Flags {
     /// such an allocation stays reserved for owner
     /// `fan-quarantine-<address>/quarantine` until released by hand once no
     /// container uses it; a damaged network record takes the network and its
-    /// allocations to quarantine. An empty or missing database in an
+    /// allocations to quarantine (created again, it starts with their
+    /// addresses reserved). An empty or missing database in an
     /// initialized state directory is accepted as EMPTY state. Without
     /// --recover-move-aside, a database redb cannot open is left untouched.
     #[arg(long)]

@@ -152,6 +152,10 @@ pub struct NetworkState {
 pub struct Memory {
     /// Networks by id.
     pub networks: BTreeMap<String, NetworkState>,
+    /// Allocations quarantined with a network that no longer exists, by
+    /// network id: address → quarantine key. A network created again under
+    /// that id starts with these addresses reserved.
+    pub quarantined: BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
 }
 
 impl Memory {
@@ -524,15 +528,26 @@ impl Store {
                 .find(|i| !used.contains(i))
                 .ok_or_else(|| AgentError::precondition("TOO_MANY_NETWORKS", "no free network index"))?;
             let record = NetworkRecord { index, ..record };
-            memory.networks.insert(
-                record.id.clone(),
-                NetworkState {
-                    record: record.clone(),
-                    allocator: Allocator::new(pool),
-                    allocations: BTreeMap::new(),
-                },
-            );
+            let mut state = NetworkState {
+                record: record.clone(),
+                allocator: Allocator::new(pool),
+                allocations: BTreeMap::new(),
+            };
             mutations.push(Mutation::PutNetwork(record.clone()));
+            // Addresses quarantined with an earlier network of this id stay out of circulation.
+            for (address, key) in memory.quarantined.get(&record.id).into_iter().flatten() {
+                let reserved = reservation(*address, "quarantined with an earlier network of this id", key);
+                if pool.is_assignable(*address)
+                    && state.allocator.allocate(reserved.owner.clone(), Some(*address)).is_ok()
+                {
+                    state.allocations.insert(*address, reserved.clone());
+                    mutations.push(Mutation::PutAllocation {
+                        network: record.id.clone(),
+                        record: reserved,
+                    });
+                }
+            }
+            memory.networks.insert(record.id.clone(), state);
             Ok(Created::New(record))
         })
         .await
@@ -1224,6 +1239,30 @@ fn scan(db: &Database) -> Result<Scan> {
         }
     }
     let mut memory = Memory::default();
+    let quarantine = txn
+        .open_table(QUARANTINE)
+        .map_err(|e| storage("open quarantine")(e.into()))?;
+    for entry in quarantine
+        .iter()
+        .map_err(|e| storage("scan quarantine")(e.into()))?
+    {
+        let (key, _) = entry.map_err(|e| storage("scan quarantine")(e.into()))?;
+        let key = key.value();
+        // "<ms>/allocation/<network>/<address>"
+        let Some((network, address)) = key
+            .split_once("/allocation/")
+            .and_then(|(_, rest)| rest.rsplit_once('/'))
+        else {
+            continue;
+        };
+        if let (false, Ok(address)) = (good.contains_key(network), address.parse()) {
+            memory
+                .quarantined
+                .entry(network.to_owned())
+                .or_default()
+                .insert(address, key.to_owned());
+        }
+    }
     for (id, (record, pool)) in good {
         let allocations = details.remove(&id).unwrap_or_default();
         let allocator = Allocator::restore(
@@ -1324,8 +1363,8 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                     }
                     report.push(format!(
                         "recover: quarantined network {id:?} ({why}) with its {} allocation(s): \
-                         the network is gone from the agent; stop its containers before creating \
-                         it again",
+                         the network is gone from the agent; created again under this id, it \
+                         starts with those addresses reserved",
                         moved.len()
                     ));
                 }
@@ -2210,5 +2249,71 @@ mod tests {
         let _store = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("in use by another agent"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_network_is_quarantined_and_its_addresses_stay_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for i in 0..2 {
+            held.push(
+                store
+                    .allocate("fan", owner(i), None, BTreeMap::new())
+                    .await
+                    .unwrap()
+                    .record
+                    .address,
+            );
+        }
+        close(store, dir.path()).await;
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(NETWORKS)
+                .unwrap()
+                .insert("fan", b"garbage".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(
+            err.to_string()
+                .contains("network \"fan\": checksum mismatch"),
+            "{err}"
+        );
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("with its 2 allocation(s)"), "{report:?}");
+        assert!(store.network("fan").await.is_err());
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for address in held {
+            let reserved = store
+                .allocation("fan", Selector::Address(address))
+                .await
+                .unwrap();
+            assert!(reserved
+                .owner
+                .container_id
+                .starts_with(QUARANTINE_OWNER_PREFIX));
+        }
+        let next = store
+            .allocate("fan", owner(9), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(next.record.address, Ipv4Addr::new(250, 0, 28, 4));
     }
 }

@@ -272,17 +272,12 @@ impl Tmpfs {
             match file.write(&chunk) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(path)
     }
-}
-
-/// ENOSPC on Linux.
-fn libc_enospc() -> i32 {
-    28
 }
 
 impl Drop for Tmpfs {
