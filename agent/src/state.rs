@@ -2316,4 +2316,46 @@ mod tests {
             .unwrap();
         assert_eq!(next.record.address, Ipv4Addr::new(250, 0, 28, 4));
     }
+
+    #[tokio::test]
+    async fn an_unopenable_database_is_moved_aside_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        close(store, dir.path()).await;
+        std::fs::write(dir.path().join(DB_FILE), vec![0xab; 64 * 1024]).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("cannot be opened"), "{err}");
+        assert!(err.to_string().contains("--recover-move-aside"), "{err}");
+        let recover = OpenOptions {
+            recover: true,
+            ..Default::default()
+        };
+        assert!(Store::open_with(dir.path(), recover).is_err());
+        assert_eq!(
+            std::fs::read(dir.path().join(DB_FILE)).unwrap(),
+            vec![0xab; 64 * 1024],
+            "--recover alone leaves the file as it is"
+        );
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                move_aside_unopenable: true,
+                ..recover
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("MOVED"), "{report:?}");
+        assert!(store.networks().await.unwrap().is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.redb.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(aside[0].path()).unwrap().len(), 64 * 1024);
+    }
 }
