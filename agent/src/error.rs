@@ -83,6 +83,20 @@ pub enum AgentError {
     /// The kernel data plane could not be programmed.
     #[error("data plane: {0}")]
     Dataplane(String),
+    /// The state on disk cannot be trusted (empty although initialized,
+    /// unopenable, or a record that fails its checksum); the message names
+    /// what and the recovery command.
+    #[error("{0}")]
+    StateCorrupt(String),
+    /// A dependency (the state directory) is temporarily unusable; the
+    /// request changed nothing and may be retried.
+    #[error("{message}")]
+    Unavailable {
+        /// The reason, e.g. [`Reason::StateUnwritable`].
+        reason: Reason,
+        /// What is unusable, why (the OS error) and what still works.
+        message: String,
+    },
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use fan_agent::server::{self, tls::TcpFlags, ServerConfig};
+use fan_agent::state::OpenOptions;
 
 /// The fan agent: deterministic container networking, one agent per host.
 #[derive(Debug, Parser)]
@@ -20,7 +21,13 @@ use fan_agent::server::{self, tls::TcpFlags, ServerConfig};
                   fan-agent --listen 172.30.0.28:7443 --tls-cert agent.pem --tls-key agent.key \\\n    \
                   --tls-client-ca clients-ca.pem\n\n\
                   TCP is served with mutual TLS only: there is no plaintext TCP mode, not even on \
-                  loopback."
+                  loopback.\n\n\
+                  State: every record carries a checksum. An agent that finds an unreadable \
+                  record, or an empty database in an initialized state directory, refuses to \
+                  start and names it; stop the service, then run once\n  \
+                  fan-agent --recover --state-dir /var/lib/fan\n\
+                  to quarantine what cannot be read (its addresses stay reserved) and serve. \
+                  See \"State and recovery\" in the README."
 )]
 struct Flags {
     /// Unix socket to serve the gRPC API on (mode 0660).
@@ -57,6 +64,25 @@ struct Flags {
     /// process's descriptor limit.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Repair state the agent refuses to start with, report what was done,
+    /// then serve as usual. Records that fail their checksum or do not decode
+    /// move to the database's quarantine table (raw bytes kept); the address of
+    /// such an allocation stays reserved for owner
+    /// `fan-quarantine-<address>/quarantine` until released by hand once no
+    /// container uses it; a damaged network record takes the network and its
+    /// allocations to quarantine (created again, it starts with their
+    /// addresses reserved). An empty or missing database in an
+    /// initialized state directory is accepted as EMPTY state. Without
+    /// --recover-move-aside, a database redb cannot open is left untouched.
+    #[arg(long)]
+    recover: bool,
+    /// With --recover: move a database redb cannot open aside to
+    /// state.redb.corrupt-<unix seconds> and start with EMPTY state. Every
+    /// network and allocation in it is forgotten, and addresses held by
+    /// running containers may be handed out again: recreate the networks and
+    /// re-plug the containers.
+    #[arg(long, requires = "recover")]
+    recover_move_aside: bool,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -112,6 +138,10 @@ async fn run() -> anyhow::Result<()> {
         reconcile_interval: Duration::from_secs(flags.reconcile_interval),
         tcp,
         max_connections: flags.max_connections,
+        state_open: OpenOptions {
+            recover: flags.recover,
+            move_aside_unopenable: flags.recover_move_aside,
+        },
     };
     server::run(config, Arc::new(dataplane), shutdown_signal())
         .await

@@ -42,6 +42,10 @@ pub enum Reason {
     DataplaneFailed,
     /// The agent is stopping.
     ShuttingDown,
+    /// DATA_LOSS: the state on disk cannot be trusted (a record fails its
+    StateCorrupt,
+    /// UNAVAILABLE: the state directory takes no writes (disk full, I/O error);
+    StateUnwritable,
     /// FAILED_PRECONDITION: the host no longer owns the network's slice (its underlay
     SliceNotOwned,
     /// FAILED_PRECONDITION: the overlay overlaps this host's own addresses or routes
@@ -50,7 +54,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in proto order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::FieldInvalid,
         Reason::MalformedRequest,
         Reason::NetworkNotFound,
@@ -71,6 +75,8 @@ impl Reason {
         Reason::ShuttingDown,
         Reason::OverlayOverlapsHost,
         Reason::SliceNotOwned,
+        Reason::StateUnwritable,
+        Reason::StateCorrupt,
     ];
 
     /// The wire string: the proto value's name without `ERROR_REASON_`.
@@ -94,6 +100,8 @@ impl Reason {
             Reason::StateStoreFailed => "STATE_STORE_FAILED",
             Reason::DataplaneFailed => "DATAPLANE_FAILED",
             Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::StateCorrupt => "STATE_CORRUPT",
+            Reason::StateUnwritable => "STATE_UNWRITABLE",
             Reason::SliceNotOwned => "SLICE_NOT_OWNED",
             Reason::OverlayOverlapsHost => "OVERLAY_OVERLAPS_HOST",
         }

@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::agent::Agent;
 use crate::api::FanAgentApi;
-use crate::state::Store;
+use crate::state::{OpenOptions, Store, StoreHealth};
 
 /// Largest request the agent decodes: a GC request with many owners fits; more is refused.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// Most connections open at once on each listener (lowered to fit the
     /// descriptor limit); at the cap the quietest connection is closed.
     pub max_connections: usize,
+    /// How the state store treats state it cannot trust (`--recover`).
+    pub state_open: OpenOptions,
 }
 
 /// Failures that stop the server.
@@ -85,8 +87,16 @@ pub async fn run(
         max_connections = limits.max_connections,
         "connection limits"
     );
-    let store = Store::open(&config.state_dir)?;
+    let (store, report) = Store::open_with(&config.state_dir, config.state_open)?;
+    if config.state_open.recover {
+        if report.is_empty() {
+            tracing::info!(path = %store.path().display(), "recover: every record is readable; nothing to repair");
+        } else {
+            tracing::warn!(path = %store.path().display(), actions = report.len(), "recover: done (see the lines above); serving");
+        }
+    }
     tracing::info!(path = %store.path().display(), "state opened");
+    let mut store_health = store.health();
     // Subscribe before the first check, so no change slips in between.
     let address_changes = match dataplane.watch_addresses().await {
         Ok(changes) => changes,
@@ -121,13 +131,28 @@ pub async fn run(
     let listener = bind_unix(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(socket = %config.socket.display(), "serving");
 
-    // Readiness follows the data path: SERVING only while every network is programmed.
+    // Readiness follows the data path and the store: SERVING only while every
+    // network is programmed and the state store can write.
     let mut ready = agent.readiness();
     let readiness_health = health.clone();
     tokio::spawn(async move {
         let mut notified = false;
+        let mut store_was_writable = true;
         loop {
-            let is_ready = *ready.borrow_and_update();
+            let networks_ready = *ready.borrow_and_update();
+            let store_state = store_health.borrow_and_update().clone();
+            let is_ready = networks_ready && store_state.is_writable();
+            match &store_state {
+                StoreHealth::Unwritable { reason } => {
+                    tracing::warn!(reason = %reason, "health NOT_SERVING: the state store cannot write");
+                    notify_systemd(&format!("STATUS=state store not writable: {reason}"));
+                }
+                StoreHealth::Writable if !store_was_writable => {
+                    notify_systemd("STATUS=state store writable again");
+                }
+                StoreHealth::Writable => {}
+            }
+            store_was_writable = store_state.is_writable();
             let status = if is_ready {
                 ServingStatus::Serving
             } else {
@@ -147,7 +172,11 @@ pub async fn run(
                 notified = true;
                 notify_systemd("READY=1\nSTATUS=every network programmed");
             }
-            if ready.changed().await.is_err() {
+            let changed = tokio::select! {
+                changed = ready.changed() => changed,
+                changed = store_health.changed() => changed,
+            };
+            if changed.is_err() {
                 break;
             }
         }

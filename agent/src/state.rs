@@ -5,33 +5,136 @@
 //! waiting, applies them to memory, writes all their changes in ONE redb
 //! transaction with immediate durability, and only then answers. Concurrent
 //! clients therefore share one fsync instead of queueing for one each, and no
-//! request is acknowledged before its change is on disk. If a commit fails,
-//! memory is reloaded from disk and every request of the batch gets the error,
-//! so memory never runs ahead of what is durable.
+//! request is acknowledged before its change is on disk.
+//!
+//! Every stored value is framed with a CRC-32 of its payload ([`seal`]) and
+//! checked when loaded: a record that fails its check or does not decode stops
+//! the start-up (its address could otherwise go to a second owner) until
+//! `fan-agent --recover` quarantines it. A marker file written at first init
+//! ([`MARKER_FILE`]) tells a new state directory from one whose database was
+//! emptied or removed.
+//!
+//! If a commit fails (a full disk, an I/O error), the batch's changes are
+//! undone in memory and every request of the batch gets UNAVAILABLE; the writer
+//! then closes the database, reopens it, reloads memory from disk and probes
+//! with a small write, retrying with backoff until the disk takes writes again.
+//! Meanwhile changes fail fast with UNAVAILABLE, reads are served from memory,
+//! and [`Store::health`] says why the store cannot write.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fan_core::ipam::{Allocator, IpamError, SlicePool};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AgentError, Metadata, Reason, Resource, Result};
 use crate::model::{now_ms, AllocationRecord, NetworkRecord, Owner, Selector};
 
-/// The on-disk layout version this agent reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The on-disk layout version this agent writes. Version 1 (values without
+/// checksums, cursors as bare integers) is migrated at open.
+pub const SCHEMA_VERSION: u64 = 2;
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "state.redb";
+/// File written (and fsynced with the directory) once the state directory
+/// holds a database: with it present, an empty or missing database means
+/// lost state, not a new host.
+pub const MARKER_FILE: &str = "initialized";
+/// Container id prefix of the allocations that keep quarantined addresses
+/// reserved (`fan-quarantine-<address>`, interface [`QUARANTINE_INTERFACE`]).
+pub const QUARANTINE_OWNER_PREFIX: &str = "fan-quarantine-";
+/// Interface of the quarantine reservations.
+pub const QUARANTINE_INTERFACE: &str = "quarantine";
 /// Most requests committed together in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Bytes the writability probe writes (and then frees): enough new pages that
+/// ordinary commits fit after it succeeds.
+const PROBE_BYTES: usize = 256 * 1024;
+/// First and longest wait between attempts to make the store writable again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const ALLOCATIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("allocations");
-const CURSORS: TableDefinition<&str, u32> = TableDefinition::new("cursors");
+/// Schema 1's cursors: the address as a bare u32 (migrated to [`CURSORS`]).
+const CURSORS_V1: TableDefinition<&str, u32> = TableDefinition::new("cursors");
+const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors_v2");
+/// Raw bytes of records that failed their check, keyed `<ms>/<kind>/<key>`.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+
+/// Why a stored value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Shorter than its checksum frame.
+    #[error("value is {len} bytes, shorter than its 4-byte checksum")]
+    Truncated {
+        /// The value's length.
+        len: usize,
+    },
+    /// The checksum does not match the payload.
+    #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum {
+        /// CRC-32 stored with the value.
+        stored: u32,
+        /// CRC-32 of the payload as read.
+        computed: u32,
+    },
+    /// The payload passed its checksum but does not decode or contradicts its key.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Frames a payload for storage: its CRC-32 (IEEE, little-endian), then the payload.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(payload.len() + 4);
+    value.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+/// Checks a value framed by [`seal`] and returns its payload.
+pub fn unseal(value: &[u8]) -> std::result::Result<&[u8], RecordError> {
+    let Some((head, payload)) = value.split_first_chunk::<4>() else {
+        return Err(RecordError::Truncated { len: value.len() });
+    };
+    let stored = u32::from_le_bytes(*head);
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return Err(RecordError::Checksum { stored, computed });
+    }
+    Ok(payload)
+}
+
+fn encode_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map(|payload| seal(&payload))
+        .map_err(|e| AgentError::Storage(format!("encode {what}: {e}")))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+) -> std::result::Result<T, RecordError> {
+    serde_json::from_slice(unseal(value)?)
+        .map_err(|e| RecordError::Invalid(format!("does not decode: {e}")))
+}
+
+fn decode_cursor(value: &[u8]) -> std::result::Result<Ipv4Addr, RecordError> {
+    let payload = unseal(value)?;
+    let bytes: [u8; 4] = payload
+        .try_into()
+        .map_err(|_| RecordError::Invalid(format!("cursor is {} bytes, not 4", payload.len())))?;
+    Ok(Ipv4Addr::from(bytes))
+}
 
 /// One network in memory: its record, its allocator and the allocation details.
 #[derive(Debug)]
@@ -49,6 +152,10 @@ pub struct NetworkState {
 pub struct Memory {
     /// Networks by id.
     pub networks: BTreeMap<String, NetworkState>,
+    /// Allocations quarantined with a network that no longer exists, by
+    /// network id: address → quarantine key. A network created again under
+    /// that id starts with these addresses reserved.
+    pub quarantined: BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
 }
 
 impl Memory {
@@ -65,14 +172,13 @@ impl Memory {
     }
 }
 
-/// A change to write in the batch's transaction.
+/// A change to write in the batch's transaction. Each carries what undoing
+/// it in memory needs, should the commit fail.
 #[derive(Debug)]
 enum Mutation {
     PutNetwork(NetworkRecord),
-    DeleteNetwork {
-        id: String,
-        addresses: Vec<Ipv4Addr>,
-    },
+    /// The removed network, allocations included.
+    DeleteNetwork(Box<NetworkState>),
     PutAllocation {
         network: String,
         record: AllocationRecord,
@@ -80,22 +186,70 @@ enum Mutation {
     DeleteAllocation {
         network: String,
         address: Ipv4Addr,
+        previous: Option<AllocationRecord>,
     },
     PutCursor {
         network: String,
         cursor: Ipv4Addr,
     },
     /// The network moved to another slice: new record, old cursor dropped.
-    MoveNetwork(NetworkRecord),
+    MoveNetwork {
+        record: NetworkRecord,
+        previous: Box<NetworkRecord>,
+    },
 }
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-type WriteJob = Box<dyn FnOnce(&mut Memory, &mut Vec<Mutation>) -> Completion + Send>;
+/// A change request: given memory it applies itself and returns how to answer
+/// once the commit is known; given an error (the store cannot write) it only answers.
+type WriteJob = Box<
+    dyn FnOnce(std::result::Result<(&mut Memory, &mut Vec<Mutation>), AgentError>) -> Completion
+        + Send,
+>;
 type ReadJob = Box<dyn FnOnce(&Memory) + Send>;
 
 enum Job {
     Write(WriteJob),
     Read(ReadJob),
+}
+
+/// Whether the store can persist changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Commits succeed.
+    Writable,
+    /// The last commit or probe failed; changes are refused until one succeeds.
+    Unwritable {
+        /// The state directory and the error, e.g. "No space left on device (os error 28)".
+        reason: String,
+    },
+}
+
+impl StoreHealth {
+    /// True while changes can be persisted.
+    pub fn is_writable(&self) -> bool {
+        matches!(self, StoreHealth::Writable)
+    }
+}
+
+impl fmt::Display for StoreHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreHealth::Writable => f.write_str("writable"),
+            StoreHealth::Unwritable { reason } => write!(f, "not writable: {reason}"),
+        }
+    }
+}
+
+/// How [`Store::open_with`] treats state it cannot trust.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Quarantine unreadable records (their addresses stay reserved) and
+    /// accept an emptied database, instead of refusing to start.
+    pub recover: bool,
+    /// With `recover`: move a database redb cannot open aside
+    /// (`state.redb.corrupt-<unix seconds>`) and start with empty state.
+    pub move_aside_unopenable: bool,
 }
 
 /// The outcome of [`Store::create_network`].
@@ -123,33 +277,168 @@ pub struct Allocated {
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
+    dir: Arc<PathBuf>,
+    health: watch::Receiver<StoreHealth>,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts the writer thread.
-    /// Fails when another agent holds the database, or its schema is unknown.
+    /// Opens (or creates) the database in `dir` and starts the writer thread,
+    /// refusing state it cannot trust (see [`Store::open_with`]).
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| AgentError::Storage(format!("create {}: {e}", dir.display())))?;
+        Store::open_with(dir, OpenOptions::default()).map(|(store, _)| store)
+    }
+
+    /// Opens (or creates) the database in `dir` and starts the writer thread.
+    ///
+    /// The directory is made 0700 and the database and marker 0600 (looser
+    /// modes are tightened, with a warning). Fails when another agent holds
+    /// the database or its schema is unknown; without `options.recover`, also
+    /// when the database is empty or missing although the marker says the
+    /// directory was initialized, when redb cannot open it, or when a record
+    /// fails its checksum or does not decode. With `recover`, such records are
+    /// moved to the quarantine table (raw bytes kept) and the addresses they
+    /// name stay reserved; the returned lines say what was done.
+    pub fn open_with(dir: &Path, options: OpenOptions) -> Result<(Store, Vec<String>)> {
+        let mut report = Vec::new();
+        secure_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| AgentError::Storage(format!("open {}: {e}", path.display())))?;
+        let marker = read_marker(dir)?;
+        let length = match std::fs::metadata(&path) {
+            Ok(meta) => Some(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AgentError::Storage(format!("stat {}: {e}", path.display()))),
+        };
+        if let Some(id) = &marker {
+            if matches!(length, None | Some(0)) {
+                let what = if length.is_none() {
+                    "missing"
+                } else {
+                    "empty (0 bytes)"
+                };
+                if !options.recover {
+                    return Err(AgentError::StateCorrupt(format!(
+                        "state database {} is {what}, but {} says this state directory was \
+                         initialized (id {id}): every network and allocation it held is gone, and \
+                         starting empty could hand out addresses that containers still use. \
+                         Refusing to start. Restore the database from a backup, or run \
+                         `fan-agent --recover --state-dir {}` to start with empty state \
+                         (see \"State and recovery\" in the README).",
+                        path.display(),
+                        dir.join(MARKER_FILE).display(),
+                        dir.display()
+                    )));
+                }
+                let line = format!(
+                    "recover: state database {} was {what} although the directory was \
+                     initialized (id {id}); starting with EMPTY state: addresses held by running \
+                     containers are unknown to the agent, recreate its networks and re-plug them",
+                    path.display()
+                );
+                tracing::error!("{line}");
+                report.push(line);
+            }
+        }
+        if length.is_some() {
+            secure_file(&path)?;
+        }
+        let db = match open_database(&path) {
+            Ok(db) => db,
+            Err(OpenFailure::Other(err)) => return Err(err),
+            Err(OpenFailure::Unreadable(why)) => {
+                if !(options.recover && options.move_aside_unopenable) {
+                    return Err(AgentError::StateCorrupt(format!(
+                        "state database {} cannot be opened: {why}. Refusing to start. Restore it \
+                         from a backup, or run `fan-agent --recover --recover-move-aside \
+                         --state-dir {}` to move it aside (kept as {DB_FILE}.corrupt-<time>) and \
+                         start with EMPTY state (see \"State and recovery\" in the README).",
+                        path.display(),
+                        dir.display()
+                    )));
+                }
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_ms() / 1000));
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    AgentError::Storage(format!(
+                        "move {} to {}: {e}",
+                        path.display(),
+                        aside.display()
+                    ))
+                })?;
+                sync_dir(dir)?;
+                let line = format!(
+                    "recover: MOVED the unreadable state database aside to {} ({why}); starting \
+                     with EMPTY state: addresses held by running containers are unknown to the \
+                     agent, recreate its networks and re-plug them",
+                    aside.display()
+                );
+                tracing::error!("{line}");
+                report.push(line);
+                open_database(&path).map_err(OpenFailure::into_error)?
+            }
+        };
         init_schema(&db)?;
-        let memory = load(&db)?;
+        let mut scan = scan(&db)?;
+        if !scan.problems.is_empty() {
+            if !options.recover {
+                let listed: Vec<String> = scan.problems.iter().map(|p| p.to_string()).collect();
+                return Err(AgentError::StateCorrupt(format!(
+                    "state database {} has {} unreadable record(s): {}. Refusing to start, so \
+                     that no address whose record cannot be read is handed out again. Run \
+                     `fan-agent --recover --state-dir {}` to quarantine them (their addresses \
+                     stay reserved; see \"State and recovery\" in the README).",
+                    path.display(),
+                    scan.problems.len(),
+                    listed.join("; "),
+                    dir.display()
+                )));
+            }
+            report.extend(quarantine(&db, &scan.problems)?);
+            scan = self::scan(&db)?;
+            if let Some(problem) = scan.problems.first() {
+                return Err(AgentError::StateCorrupt(format!(
+                    "state database {}: still unreadable after quarantine: {problem}",
+                    path.display()
+                )));
+            }
+        }
+        if marker.is_none() {
+            write_marker(dir)?;
+        }
+        let (health_tx, health) = watch::channel(StoreHealth::Writable);
         let (jobs, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            _lock: lock,
+            dir: dir.to_owned(),
+            path: path.clone(),
+            db: Some(db),
+            memory: scan.memory,
+            health: health_tx,
+            retry_after: RETRY_FIRST,
+            next_retry: Instant::now(),
+        };
         std::thread::Builder::new()
             .name("fan-state".into())
-            .spawn(move || writer_loop(db, memory, rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| AgentError::Storage(format!("start writer thread: {e}")))?;
-        Ok(Store {
-            jobs,
-            path: Arc::new(path),
-        })
+        Ok((
+            Store {
+                jobs,
+                path: Arc::new(path),
+                dir: Arc::new(dir.to_owned()),
+                health,
+            },
+            report,
+        ))
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the store can write, and why not; changes whenever that does.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
     }
 
     async fn read<T: Send + 'static>(
@@ -169,14 +458,21 @@ impl Store {
 
     /// Runs `f` on the writer thread. `f` must either fail without touching
     /// memory or succeed having pushed every change it made to memory as a
-    /// mutation; the reply is sent once those mutations are durable.
+    /// mutation; the reply is sent once those mutations are durable. While the
+    /// store cannot write, fails at once with UNAVAILABLE and `f` never runs.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Memory, &mut Vec<Mutation>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if let StoreHealth::Unwritable { reason } = &*self.health.borrow() {
+            return Err(unwritable(&self.dir, reason));
+        }
         let (tx, rx) = oneshot::channel();
-        let job: WriteJob = Box::new(move |memory, mutations| {
-            let outcome = f(memory, mutations);
+        let job: WriteJob = Box::new(move |state| {
+            let outcome = match state {
+                Ok((memory, mutations)) => f(memory, mutations),
+                Err(err) => Err(err),
+            };
             Box::new(move |committed: Result<()>| {
                 let _ = tx.send(outcome.and_then(|value| committed.map(|()| value)));
             })
@@ -239,15 +535,26 @@ impl Store {
                 .find(|i| !used.contains(i))
                 .ok_or_else(|| AgentError::precondition(Reason::TooManyNetworks, "no free network index").with("network_id", &record.id))?;
             let record = NetworkRecord { index, ..record };
-            memory.networks.insert(
-                record.id.clone(),
-                NetworkState {
-                    record: record.clone(),
-                    allocator: Allocator::new(pool),
-                    allocations: BTreeMap::new(),
-                },
-            );
+            let mut state = NetworkState {
+                record: record.clone(),
+                allocator: Allocator::new(pool),
+                allocations: BTreeMap::new(),
+            };
             mutations.push(Mutation::PutNetwork(record.clone()));
+            // Addresses quarantined with an earlier network of this id stay out of circulation.
+            for (address, key) in memory.quarantined.get(&record.id).into_iter().flatten() {
+                let reserved = reservation(*address, "quarantined with an earlier network of this id", key);
+                if pool.is_assignable(*address)
+                    && state.allocator.allocate(reserved.owner.clone(), Some(*address)).is_ok()
+                {
+                    state.allocations.insert(*address, reserved.clone());
+                    mutations.push(Mutation::PutAllocation {
+                        network: record.id.clone(),
+                        record: reserved,
+                    });
+                }
+            }
+            memory.networks.insert(record.id.clone(), state);
             Ok(Created::New(record))
         })
         .await
@@ -269,11 +576,9 @@ impl Store {
                 .with("network_id", &id));
             }
             let network = memory.networks.remove(&id).ok_or_else(|| AgentError::network_not_found(&id))?;
-            mutations.push(Mutation::DeleteNetwork {
-                id,
-                addresses: network.allocations.keys().copied().collect(),
-            });
-            Ok((network.record, count as u32))
+            let record = network.record.clone();
+            mutations.push(Mutation::DeleteNetwork(Box::new(network)));
+            Ok((record, count as u32))
         })
         .await
     }
@@ -303,8 +608,11 @@ impl Store {
                 ))
             })?;
             state.allocator = allocator;
-            state.record = moved.clone();
-            mutations.push(Mutation::MoveNetwork(moved.clone()));
+            let previous = std::mem::replace(&mut state.record, moved.clone());
+            mutations.push(Mutation::MoveNetwork {
+                record: moved.clone(),
+                previous: Box::new(previous),
+            });
             Ok(moved)
         })
         .await
@@ -405,11 +713,12 @@ impl Store {
             let mut record = None;
             for address in &stale {
                 let removed = state.allocations.remove(address);
-                record = record.or(removed);
                 mutations.push(Mutation::DeleteAllocation {
                     network: network.clone(),
                     address: *address,
+                    previous: removed.clone(),
                 });
+                record = record.or(removed);
             }
             let Some(address) = address else {
                 return Ok(record);
@@ -419,6 +728,7 @@ impl Store {
             mutations.push(Mutation::DeleteAllocation {
                 network: network.clone(),
                 address,
+                previous: record.clone(),
             });
             // Releasing can move the next-fit cursor (so the freed address goes last in line).
             push_cursor(state, &network, mutations);
@@ -447,10 +757,11 @@ impl Store {
             if !dry_run {
                 for record in &stale {
                     state.allocator.release_address(record.address);
-                    state.allocations.remove(&record.address);
+                    let previous = state.allocations.remove(&record.address);
                     mutations.push(Mutation::DeleteAllocation {
                         network: network.clone(),
                         address: record.address,
+                        previous,
                     });
                 }
                 push_cursor(state, &network, mutations);
@@ -568,6 +879,185 @@ fn storage(context: &str) -> impl Fn(redb::Error) -> AgentError + '_ {
     move |e| AgentError::Storage(format!("{context}: {e}"))
 }
 
+/// The error of a change refused because the state directory takes no writes.
+fn unwritable(dir: &Path, reason: &str) -> AgentError {
+    AgentError::Unavailable {
+        reason: crate::reason::Reason::StateUnwritable,
+        message: format!(
+            "state directory {} is not writable ({reason}): changes are refused until it is \
+             (reads still work; the agent retries by itself), nothing was changed",
+            dir.display()
+        ),
+    }
+}
+
+/// Creates the state directory 0700, or tightens an existing looser one.
+fn secure_dir(dir: &Path) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        AgentError::Storage(format!("{what} state directory {}: {e}", dir.display()))
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail("create", e))?;
+    }
+    tighten(dir, 0o700).map_err(|e| fail("secure", e))
+}
+
+/// Takes an exclusive lock on the state directory: one agent per directory.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let handle = std::fs::File::open(dir)
+        .map_err(|e| AgentError::Storage(format!("open {}: {e}", dir.display())))?;
+    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                AgentError::Storage(format!(
+                    "state directory {} is in use by another agent (only one agent may use a state directory)",
+                    dir.display()
+                ))
+            } else {
+                AgentError::Storage(format!("lock {}: {errno}", dir.display()))
+            }
+        },
+    )
+}
+
+/// Tightens an existing file to 0600.
+fn secure_file(path: &Path) -> Result<()> {
+    tighten(path, 0o600).map_err(|e| AgentError::Storage(format!("secure {}: {e}", path.display())))
+}
+
+/// Sets `mode` when group or others have any access, saying so.
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "state path was mode {current:04o} (readable by other users); tightening it to {mode:04o}"
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AgentError::Storage(format!("fsync {}: {e}", dir.display())))
+}
+
+/// The id in the marker file, if the directory was initialized.
+fn read_marker(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(MARKER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            secure_file(&path)?;
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned();
+            Ok(Some(id))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::Storage(format!("read {}: {e}", path.display()))),
+    }
+}
+
+/// Writes the marker (0600) durably: temporary file, fsync, rename, fsync of the directory.
+fn write_marker(dir: &Path) -> Result<String> {
+    let path = dir.join(MARKER_FILE);
+    let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+    let mut random = [0u8; 8];
+    // A unique id is nice to have, not a security property: time and pid will do without urandom.
+    let id = match std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+    {
+        Ok(()) => format!("{:016x}", u64::from_le_bytes(random)),
+        Err(_) => format!("{:x}-{:x}", now_ms(), std::process::id()),
+    };
+    let text = format!(
+        "fan-agent state directory: with this file present, an empty or missing {DB_FILE} \
+         means lost state, and the agent refuses to start (see fan-agent --recover)\n\
+         id: {id}\ncreated_ms: {}\n",
+        now_ms()
+    );
+    let fail = |e: std::io::Error| AgentError::Storage(format!("write {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    sync_dir(dir)?;
+    Ok(id)
+}
+
+/// Why the database could not be opened.
+enum OpenFailure {
+    /// The file is not a database redb can read: corruption, not a passing condition.
+    Unreadable(String),
+    /// Held by another agent, permissions, I/O: reported as is.
+    Other(AgentError),
+}
+
+impl OpenFailure {
+    fn into_error(self) -> AgentError {
+        match self {
+            OpenFailure::Unreadable(why) => AgentError::StateCorrupt(why),
+            OpenFailure::Other(err) => err,
+        }
+    }
+}
+
+/// Opens (or creates, mode 0600) the database, checking every page's checksum.
+fn open_database(path: &Path) -> std::result::Result<Database, OpenFailure> {
+    let other = |e: String| {
+        OpenFailure::Other(AgentError::Storage(format!("open {}: {e}", path.display())))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| other(e.to_string()))?;
+    // redb may panic on a file altered outside it (debug builds assert); that
+    // is an unreadable database, not a crash of the agent.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .create_with_backend(redb::backends::FileBackend::new(file)?)
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => Err(other(
+            "another agent holds this database (only one agent may use a state directory)".into(),
+        )),
+        Ok(Err(DatabaseError::Storage(StorageError::Io(e))))
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Err(other(e.to_string()))
+        }
+        Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
+        Err(_) => Err(OpenFailure::Unreadable(
+            "redb failed while reading it (the file is damaged)".into(),
+        )),
+    }
+}
+
+/// Creates the tables of a new database, migrates schema 1, refuses other versions.
 fn init_schema(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
     {
@@ -579,17 +1069,23 @@ fn init_schema(db: &Database) -> Result<()> {
             .map_err(|e| storage("read schema version")(e.into()))?
             .map(|v| v.value());
         match version {
-            None => {
-                meta.insert("schema_version", SCHEMA_VERSION)
-                    .map_err(|e| storage("write schema version")(e.into()))?;
+            None | Some(SCHEMA_VERSION) => {}
+            Some(1) => {
+                migrate_v1(&txn)?;
+                tracing::info!(
+                    from = 1,
+                    to = SCHEMA_VERSION,
+                    "state migrated: every record now carries a checksum"
+                );
             }
-            Some(SCHEMA_VERSION) => {}
             Some(other) => {
                 return Err(AgentError::Storage(format!(
-                    "state schema version {other} is not supported by this agent (it reads version {SCHEMA_VERSION})"
+                    "state schema version {other} is not supported by this agent (it reads versions 1 and {SCHEMA_VERSION})"
                 )))
             }
         }
+        meta.insert("schema_version", SCHEMA_VERSION)
+            .map_err(|e| storage("write schema version")(e.into()))?;
         // Create the other tables so read transactions can open them.
         txn.open_table(NETWORKS)
             .map_err(|e| storage("open networks")(e.into()))?;
@@ -597,12 +1093,118 @@ fn init_schema(db: &Database) -> Result<()> {
             .map_err(|e| storage("open allocations")(e.into()))?;
         txn.open_table(CURSORS)
             .map_err(|e| storage("open cursors")(e.into()))?;
+        txn.open_table(QUARANTINE)
+            .map_err(|e| storage("open quarantine")(e.into()))?;
     }
     txn.commit().map_err(|e| storage("commit schema")(e.into()))
 }
 
-/// Reads everything durable into memory.
-fn load(db: &Database) -> Result<Memory> {
+/// Schema 1 → 2, inside the caller's transaction: every network and
+/// allocation value gets its checksum frame (the payload is kept byte for
+/// byte, so a record that was already damaged still fails to decode at load),
+/// and cursors move to a checksummed table.
+fn migrate_v1(txn: &redb::WriteTransaction) -> Result<()> {
+    {
+        let mut networks = txn
+            .open_table(NETWORKS)
+            .map_err(|e| storage("open networks")(e.into()))?;
+        let mut rows = Vec::new();
+        for entry in networks
+            .iter()
+            .map_err(|e| storage("scan networks")(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| storage("scan networks")(e.into()))?;
+            rows.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        for (key, payload) in rows {
+            networks
+                .insert(key.as_str(), seal(&payload).as_slice())
+                .map_err(|e| storage("migrate network")(e.into()))?;
+        }
+    }
+    {
+        let mut allocations = txn
+            .open_table(ALLOCATIONS)
+            .map_err(|e| storage("open allocations")(e.into()))?;
+        let mut rows = Vec::new();
+        for entry in allocations
+            .iter()
+            .map_err(|e| storage("scan allocations")(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| storage("scan allocations")(e.into()))?;
+            let (network, address) = key.value();
+            rows.push((network.to_owned(), address, value.value().to_vec()));
+        }
+        for (network, address, payload) in rows {
+            allocations
+                .insert((network.as_str(), address), seal(&payload).as_slice())
+                .map_err(|e| storage("migrate allocation")(e.into()))?;
+        }
+    }
+    {
+        let old = txn
+            .open_table(CURSORS_V1)
+            .map_err(|e| storage("open cursors")(e.into()))?;
+        let mut cursors = txn
+            .open_table(CURSORS)
+            .map_err(|e| storage("open cursors")(e.into()))?;
+        for entry in old.iter().map_err(|e| storage("scan cursors")(e.into()))? {
+            let (key, value) = entry.map_err(|e| storage("scan cursors")(e.into()))?;
+            cursors
+                .insert(key.value(), seal(&value.value().to_be_bytes()).as_slice())
+                .map_err(|e| storage("migrate cursor")(e.into()))?;
+        }
+    }
+    txn.delete_table(CURSORS_V1)
+        .map_err(|e| storage("drop old cursors")(e.into()))?;
+    Ok(())
+}
+
+/// A stored record that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    /// The network record: the network, its allocations and cursor go to quarantine.
+    Network { id: String, why: String },
+    /// One allocation; `reserve` keeps its (assignable) address out of circulation.
+    Allocation {
+        network: String,
+        address: u32,
+        why: String,
+        reserve: bool,
+    },
+    /// A next-fit cursor (only a search hint: dropped, nothing to reserve).
+    Cursor { network: String, why: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Network { id, why } => write!(f, "network {id:?}: {why}"),
+            Problem::Allocation {
+                network,
+                address,
+                why,
+                ..
+            } => write!(
+                f,
+                "allocation {} of network {network:?}: {why}",
+                Ipv4Addr::from(*address)
+            ),
+            Problem::Cursor { network, why } => {
+                write!(f, "next-fit cursor of network {network:?}: {why}")
+            }
+        }
+    }
+}
+
+/// Memory built from every readable record, and the records that were not.
+struct Scan {
+    memory: Memory,
+    problems: Vec<Problem>,
+}
+
+/// Reads everything durable, verifying every record.
+fn scan(db: &Database) -> Result<Scan> {
     let txn = db
         .begin_read()
         .map_err(|e| storage("begin read")(e.into()))?;
@@ -615,42 +1217,168 @@ fn load(db: &Database) -> Result<Memory> {
     let cursors = txn
         .open_table(CURSORS)
         .map_err(|e| storage("open cursors")(e.into()))?;
-    let mut memory = Memory::default();
+    let mut problems = Vec::new();
+    let mut bad_networks = BTreeSet::new();
+    let mut good: BTreeMap<String, (NetworkRecord, SlicePool)> = BTreeMap::new();
     for entry in networks
         .iter()
         .map_err(|e| storage("scan networks")(e.into()))?
     {
         let (key, value) = entry.map_err(|e| storage("scan networks")(e.into()))?;
         let id = key.value().to_owned();
-        let record: NetworkRecord = serde_json::from_slice(value.value())
-            .map_err(|e| AgentError::Storage(format!("network {id:?}: corrupt record: {e}")))?;
-        let mut details = BTreeMap::new();
-        let range = allocations
-            .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
-            .map_err(|e| storage("scan allocations")(e.into()))?;
-        for entry in range {
-            let (_, value) = entry.map_err(|e| storage("scan allocations")(e.into()))?;
-            let allocation: AllocationRecord =
-                serde_json::from_slice(value.value()).map_err(|e| {
-                    AgentError::Storage(format!("network {id:?}: corrupt allocation: {e}"))
-                })?;
-            details.insert(allocation.address, allocation);
+        let checked = decode_json::<NetworkRecord>(value.value()).and_then(|record| {
+            if record.id != id {
+                return Err(RecordError::Invalid(format!(
+                    "record names network {:?}",
+                    record.id
+                )));
+            }
+            let pool = SlicePool::new(record.slice, record.spec.host_reserve)
+                .map_err(|e| RecordError::Invalid(e.to_string()))?;
+            Ok((record, pool))
+        });
+        match checked {
+            Ok(network) => {
+                good.insert(id, network);
+            }
+            Err(why) => {
+                bad_networks.insert(id.clone());
+                problems.push(Problem::Network {
+                    id,
+                    why: why.to_string(),
+                });
+            }
         }
-        let cursor = cursors
-            .get(id.as_str())
-            .map_err(|e| storage("read cursor")(e.into()))?
-            .map(|v| Ipv4Addr::from(v.value()));
-        let pool = SlicePool::new(record.slice, record.spec.host_reserve)
-            .map_err(|e| AgentError::Storage(format!("network {id:?}: {e}")))?;
+    }
+    let mut details: BTreeMap<String, BTreeMap<Ipv4Addr, AllocationRecord>> = BTreeMap::new();
+    let mut owners: BTreeSet<(String, Owner)> = BTreeSet::new();
+    for entry in allocations
+        .iter()
+        .map_err(|e| storage("scan allocations")(e.into()))?
+    {
+        let (key, value) = entry.map_err(|e| storage("scan allocations")(e.into()))?;
+        let (network, address) = key.value();
+        if bad_networks.contains(network) {
+            continue; // quarantined with its network
+        }
+        let Some((network_record, pool)) = good.get(network) else {
+            problems.push(Problem::Allocation {
+                network: network.to_owned(),
+                address,
+                why: "its network has no record".into(),
+                reserve: false,
+            });
+            continue;
+        };
+        let keyed = Ipv4Addr::from(address);
+        let checked = decode_json::<AllocationRecord>(value.value()).and_then(|record| {
+            if record.address != keyed {
+                return Err(RecordError::Invalid(format!(
+                    "record names address {}",
+                    record.address
+                )));
+            }
+            // Outside the current slice, an allocation is valid only in a
+            // slice the network moved away from: it is stale, kept and listed.
+            let stale = network_record
+                .former_slices
+                .iter()
+                .any(|former| former.contains(keyed));
+            if stale {
+                return Ok(record);
+            }
+            pool.check_assignable(keyed)
+                .map_err(|e| RecordError::Invalid(e.to_string()))?;
+            if owners.contains(&(network.to_owned(), record.owner.clone())) {
+                return Err(RecordError::Invalid(format!(
+                    "owner {} holds another address too",
+                    record.owner
+                )));
+            }
+            Ok(record)
+        });
+        match checked {
+            Ok(record) => {
+                if network_record.slice.contains(keyed) {
+                    owners.insert((network.to_owned(), record.owner.clone()));
+                }
+                details
+                    .entry(network.to_owned())
+                    .or_default()
+                    .insert(keyed, record);
+            }
+            Err(why) => problems.push(Problem::Allocation {
+                network: network.to_owned(),
+                address,
+                why: why.to_string(),
+                reserve: pool.is_assignable(keyed),
+            }),
+        }
+    }
+    let mut cursor_of = BTreeMap::new();
+    for entry in cursors
+        .iter()
+        .map_err(|e| storage("scan cursors")(e.into()))?
+    {
+        let (key, value) = entry.map_err(|e| storage("scan cursors")(e.into()))?;
+        let network = key.value().to_owned();
+        if bad_networks.contains(&network) {
+            continue;
+        }
+        let checked = decode_cursor(value.value()).and_then(|cursor| match good.get(&network) {
+            Some((record, _)) if record.slice.contains(cursor) => Ok(cursor),
+            Some((record, _)) => Err(RecordError::Invalid(format!(
+                "cursor {cursor} is outside slice {}",
+                record.slice
+            ))),
+            None => Err(RecordError::Invalid("its network has no record".into())),
+        });
+        match checked {
+            Ok(cursor) => {
+                cursor_of.insert(network, cursor);
+            }
+            Err(why) => problems.push(Problem::Cursor {
+                network,
+                why: why.to_string(),
+            }),
+        }
+    }
+    let mut memory = Memory::default();
+    let quarantine = txn
+        .open_table(QUARANTINE)
+        .map_err(|e| storage("open quarantine")(e.into()))?;
+    for entry in quarantine
+        .iter()
+        .map_err(|e| storage("scan quarantine")(e.into()))?
+    {
+        let (key, _) = entry.map_err(|e| storage("scan quarantine")(e.into()))?;
+        let key = key.value();
+        // "<ms>/allocation/<network>/<address>"
+        let Some((network, address)) = key
+            .split_once("/allocation/")
+            .and_then(|(_, rest)| rest.rsplit_once('/'))
+        else {
+            continue;
+        };
+        if let (false, Ok(address)) = (good.contains_key(network), address.parse()) {
+            memory
+                .quarantined
+                .entry(network.to_owned())
+                .or_default()
+                .insert(address, key.to_owned());
+        }
+    }
+    for (id, (record, pool)) in good {
+        let allocations = details.remove(&id).unwrap_or_default();
         // Allocations outside the current slice are stale (the host's
         // underlay moved): kept and listed, never in the allocator.
         let allocator = Allocator::restore(
             pool,
-            details
+            allocations
                 .values()
                 .filter(|a| record.slice.contains(a.address))
                 .map(|a| (a.address, a.owner.clone())),
-            cursor.filter(|c| record.slice.contains(*c)),
+            cursor_of.get(&id).copied(),
         )
         .map_err(|e| {
             AgentError::Storage(format!("network {id:?}: inconsistent allocations: {e}"))
@@ -660,11 +1388,149 @@ fn load(db: &Database) -> Result<Memory> {
             NetworkState {
                 record,
                 allocator,
-                allocations: details,
+                allocations,
             },
         );
     }
-    Ok(memory)
+    Ok(Scan { memory, problems })
+}
+
+/// The reservation that keeps a quarantined allocation's address out of circulation.
+fn reservation(address: Ipv4Addr, why: &str, key: &str) -> AllocationRecord {
+    AllocationRecord {
+        address,
+        owner: Owner {
+            container_id: format!("{QUARANTINE_OWNER_PREFIX}{address}"),
+            interface: QUARANTINE_INTERFACE.into(),
+        },
+        labels: BTreeMap::from([
+            ("fan.quarantine.reason".to_owned(), why.to_owned()),
+            ("fan.quarantine.record".to_owned(), key.to_owned()),
+        ]),
+        create_time_ms: now_ms(),
+    }
+}
+
+/// Moves every unreadable record to the quarantine table (raw bytes kept) in
+/// one transaction, reserving the addresses of unreadable allocations.
+/// Returns one line per action.
+fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
+    let stamp = now_ms();
+    let mut report = Vec::new();
+    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    {
+        let mut networks = txn
+            .open_table(NETWORKS)
+            .map_err(|e| storage("open networks")(e.into()))?;
+        let mut allocations = txn
+            .open_table(ALLOCATIONS)
+            .map_err(|e| storage("open allocations")(e.into()))?;
+        let mut cursors = txn
+            .open_table(CURSORS)
+            .map_err(|e| storage("open cursors")(e.into()))?;
+        let mut quarantine = txn
+            .open_table(QUARANTINE)
+            .map_err(|e| storage("open quarantine")(e.into()))?;
+        let mut keep = |key: String, raw: Vec<u8>| -> Result<String> {
+            quarantine
+                .insert(key.as_str(), raw.as_slice())
+                .map_err(|e| storage("write quarantine")(e.into()))?;
+            Ok(key)
+        };
+        for problem in problems {
+            match problem {
+                Problem::Network { id, why } => {
+                    let raw = networks
+                        .remove(id.as_str())
+                        .map_err(|e| storage("move network")(e.into()))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    keep(format!("{stamp}/network/{id}"), raw)?;
+                    let mut moved = Vec::new();
+                    for entry in allocations
+                        .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
+                        .map_err(|e| storage("scan allocations")(e.into()))?
+                    {
+                        let (key, value) =
+                            entry.map_err(|e| storage("scan allocations")(e.into()))?;
+                        moved.push((key.value().1, value.value().to_vec()));
+                    }
+                    for (address, raw) in &moved {
+                        allocations
+                            .remove((id.as_str(), *address))
+                            .map_err(|e| storage("move allocation")(e.into()))?;
+                        keep(
+                            format!("{stamp}/allocation/{id}/{}", Ipv4Addr::from(*address)),
+                            raw.clone(),
+                        )?;
+                    }
+                    if let Some(raw) = cursors
+                        .remove(id.as_str())
+                        .map_err(|e| storage("move cursor")(e.into()))?
+                        .map(|v| v.value().to_vec())
+                    {
+                        keep(format!("{stamp}/cursor/{id}"), raw)?;
+                    }
+                    report.push(format!(
+                        "recover: quarantined network {id:?} ({why}) with its {} allocation(s): \
+                         the network is gone from the agent; created again under this id, it \
+                         starts with those addresses reserved",
+                        moved.len()
+                    ));
+                }
+                Problem::Allocation {
+                    network,
+                    address,
+                    why,
+                    reserve,
+                } => {
+                    let addr = Ipv4Addr::from(*address);
+                    let raw = allocations
+                        .remove((network.as_str(), *address))
+                        .map_err(|e| storage("move allocation")(e.into()))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    let key = keep(format!("{stamp}/allocation/{network}/{addr}"), raw)?;
+                    if *reserve {
+                        let record = reservation(addr, why, &key);
+                        allocations
+                            .insert(
+                                (network.as_str(), *address),
+                                encode_json("allocation", &record)?.as_slice(),
+                            )
+                            .map_err(|e| storage("write reservation")(e.into()))?;
+                        report.push(format!(
+                            "recover: quarantined allocation {addr} of network {network:?} ({why}); \
+                             the address stays reserved for owner {} until you release it \
+                             (once no container uses it)",
+                            record.owner
+                        ));
+                    } else {
+                        report.push(format!(
+                            "recover: quarantined allocation {addr} of network {network:?} ({why})"
+                        ));
+                    }
+                }
+                Problem::Cursor { network, why } => {
+                    let raw = cursors
+                        .remove(network.as_str())
+                        .map_err(|e| storage("move cursor")(e.into()))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    keep(format!("{stamp}/cursor/{network}"), raw)?;
+                    report.push(format!(
+                        "recover: quarantined the next-fit cursor of network {network:?} ({why})"
+                    ));
+                }
+            }
+        }
+    }
+    txn.commit()
+        .map_err(|e| storage("commit quarantine")(e.into()))?;
+    for line in &report {
+        tracing::warn!("{line}");
+    }
+    Ok(report)
 }
 
 /// Writes one batch of mutations in one durable transaction.
@@ -683,45 +1549,48 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
         for mutation in mutations {
             match mutation {
                 Mutation::PutNetwork(record) => {
-                    let bytes = serde_json::to_vec(record)
-                        .map_err(|e| AgentError::Storage(format!("encode network: {e}")))?;
                     networks
-                        .insert(record.id.as_str(), bytes.as_slice())
+                        .insert(
+                            record.id.as_str(),
+                            encode_json("network", record)?.as_slice(),
+                        )
                         .map_err(|e| storage("write network")(e.into()))?;
                 }
-                Mutation::DeleteNetwork { id, addresses } => {
+                Mutation::DeleteNetwork(network) => {
+                    let id = network.record.id.as_str();
                     networks
-                        .remove(id.as_str())
+                        .remove(id)
                         .map_err(|e| storage("delete network")(e.into()))?;
                     cursors
-                        .remove(id.as_str())
+                        .remove(id)
                         .map_err(|e| storage("delete cursor")(e.into()))?;
-                    for address in addresses {
+                    for address in network.allocations.keys() {
                         allocations
-                            .remove((id.as_str(), u32::from(*address)))
+                            .remove((id, u32::from(*address)))
                             .map_err(|e| storage("delete allocation")(e.into()))?;
                     }
                 }
                 Mutation::PutAllocation { network, record } => {
-                    let bytes = serde_json::to_vec(record)
-                        .map_err(|e| AgentError::Storage(format!("encode allocation: {e}")))?;
                     allocations
                         .insert(
                             (network.as_str(), u32::from(record.address)),
-                            bytes.as_slice(),
+                            encode_json("allocation", record)?.as_slice(),
                         )
                         .map_err(|e| storage("write allocation")(e.into()))?;
                 }
-                Mutation::DeleteAllocation { network, address } => {
+                Mutation::DeleteAllocation {
+                    network, address, ..
+                } => {
                     allocations
                         .remove((network.as_str(), u32::from(*address)))
                         .map_err(|e| storage("delete allocation")(e.into()))?;
                 }
-                Mutation::MoveNetwork(record) => {
-                    let bytes = serde_json::to_vec(record)
-                        .map_err(|e| AgentError::Storage(format!("encode network: {e}")))?;
+                Mutation::MoveNetwork { record, .. } => {
                     networks
-                        .insert(record.id.as_str(), bytes.as_slice())
+                        .insert(
+                            record.id.as_str(),
+                            encode_json("network", record)?.as_slice(),
+                        )
                         .map_err(|e| storage("write network")(e.into()))?;
                     cursors
                         .remove(record.id.as_str())
@@ -729,7 +1598,7 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
                 }
                 Mutation::PutCursor { network, cursor } => {
                     cursors
-                        .insert(network.as_str(), u32::from(*cursor))
+                        .insert(network.as_str(), seal(&cursor.octets()).as_slice())
                         .map_err(|e| storage("write cursor")(e.into()))?;
                 }
             }
@@ -738,49 +1607,261 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
     txn.commit().map_err(|e| storage("commit")(e.into()))
 }
 
-fn writer_loop(db: Database, mut memory: Memory, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// Takes a failed batch's changes back out of memory, newest first, so memory
+/// holds only what is durable even while the database cannot be reopened.
+/// Allocators of touched networks are rebuilt from their allocations (their
+/// next-fit cursor stays where the batch left it: it only orders the search).
+fn undo(memory: &mut Memory, mutations: Vec<Mutation>) {
+    let mut touched = BTreeSet::new();
+    for mutation in mutations.into_iter().rev() {
+        match mutation {
+            Mutation::PutNetwork(record) => {
+                memory.networks.remove(&record.id);
+                touched.remove(&record.id);
+            }
+            Mutation::DeleteNetwork(network) => {
+                memory.networks.insert(network.record.id.clone(), *network);
+            }
+            Mutation::PutAllocation { network, record } => {
+                if let Some(state) = memory.networks.get_mut(&network) {
+                    state.allocations.remove(&record.address);
+                    touched.insert(network);
+                }
+            }
+            Mutation::DeleteAllocation {
+                network, previous, ..
+            } => {
+                if let (Some(state), Some(previous)) = (memory.networks.get_mut(&network), previous)
+                {
+                    state.allocations.insert(previous.address, previous);
+                    touched.insert(network);
+                }
+            }
+            Mutation::PutCursor { .. } => {}
+            Mutation::MoveNetwork { previous, .. } => {
+                if let Some(state) = memory.networks.get_mut(&previous.id) {
+                    touched.insert(previous.id.clone());
+                    state.record = *previous;
+                }
             }
         }
+    }
+    for id in touched {
+        let Some(state) = memory.networks.get_mut(&id) else {
+            continue;
+        };
+        // The record's slice decides the pool: a move undone goes back to the old one.
+        let pool = SlicePool::new(state.record.slice, state.record.spec.host_reserve)
+            .unwrap_or(*state.allocator.pool());
+        let slice = state.record.slice;
+        match Allocator::restore(
+            pool,
+            state
+                .allocations
+                .values()
+                .filter(|a| slice.contains(a.address))
+                .map(|a| (a.address, a.owner.clone())),
+            state.allocator.cursor().filter(|c| slice.contains(*c)),
+        ) {
+            Ok(allocator) => state.allocator = allocator,
+            Err(err) => {
+                tracing::error!(network = %id, error = %err, "undoing a failed commit left an inconsistent allocator")
+            }
+        }
+    }
+}
+
+/// Writes (and frees) [`PROBE_BYTES`] in two durable transactions: the
+/// store is writable again when this succeeds.
+fn probe(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    {
+        let mut table = txn
+            .open_table(PROBE)
+            .map_err(|e| storage("open probe")(e.into()))?;
+        table
+            .insert("probe", vec![0x5a; PROBE_BYTES].as_slice())
+            .map_err(|e| storage("write probe")(e.into()))?;
+    }
+    txn.commit().map_err(|e| storage("commit")(e.into()))?;
+    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    {
+        let mut table = txn
+            .open_table(PROBE)
+            .map_err(|e| storage("open probe")(e.into()))?;
+        table
+            .remove("probe")
+            .map_err(|e| storage("clear probe")(e.into()))?;
+    }
+    txn.commit().map_err(|e| storage("commit")(e.into()))
+}
+
+/// The writer thread: owns the database (while it is usable) and memory.
+struct Writer {
+    /// Held for the writer's life, also while the database is closed after a
+    /// failure, so no second agent opens the directory meanwhile. First field:
+    /// released before the database closes.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    dir: PathBuf,
+    path: PathBuf,
+    /// None while the database is closed after a failure.
+    db: Option<Database>,
+    memory: Memory,
+    health: watch::Sender<StoreHealth>,
+    retry_after: Duration,
+    next_retry: Instant,
+}
+
+impl Writer {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        // A small runtime of its own so the wait for jobs can time out while
+        // the store is unwritable (retries run between batches).
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!(error = %err, "state writer: no runtime; stopping");
+                return;
+            }
+        };
+        loop {
+            let first = if self.health.borrow().is_writable() {
+                runtime.block_on(jobs.recv())
+            } else {
+                let wait = self.next_retry.saturating_duration_since(Instant::now());
+                match runtime.block_on(async { tokio::time::timeout(wait, jobs.recv()).await }) {
+                    Ok(job) => job,
+                    Err(_) => {
+                        self.try_recover();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+            if !self.health.borrow().is_writable() && Instant::now() >= self.next_retry {
+                self.try_recover();
+            }
+        }
+    }
+
+    fn refusal(&self) -> Option<AgentError> {
+        match &*self.health.borrow() {
+            StoreHealth::Writable => None,
+            StoreHealth::Unwritable { reason } => Some(unwritable(&self.dir, reason)),
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
         let mut mutations = Vec::new();
         let mut completions = Vec::new();
         let mut reads = Vec::new();
+        let refusal = self.refusal();
         for job in batch {
             match job {
-                Job::Write(write) => completions.push(write(&mut memory, &mut mutations)),
+                Job::Write(write) => match &refusal {
+                    None => completions.push(write(Ok((&mut self.memory, &mut mutations)))),
+                    Some(err) => completions.push(write(Err(err.clone()))),
+                },
                 // Reads run after the commit so they never see undurable changes.
                 Job::Read(read) => reads.push(read),
             }
         }
-        let committed = if mutations.is_empty() {
-            Ok(())
-        } else {
-            persist(&db, &mutations)
+        let committed = match (&self.db, mutations.is_empty()) {
+            (_, true) => Ok(()),
+            (Some(db), false) => persist(db, &mutations),
+            (None, false) => Err(AgentError::Storage("state database is closed".into())),
         };
-        if let Err(err) = &committed {
-            tracing::error!(error = %err, requests = completions.len(), "state commit failed; reloading from disk");
-            match load(&db) {
-                Ok(reloaded) => memory = reloaded,
-                Err(reload_err) => {
-                    tracing::error!(error = %reload_err, "reloading state failed; stopping the state writer");
-                    for completion in completions {
-                        completion(Err(err.clone()));
-                    }
-                    return;
-                }
+        let committed = match committed {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::error!(error = %err, requests = completions.len(), "state commit failed; undoing the batch and reopening the database");
+                undo(&mut self.memory, mutations);
+                self.set_unwritable(&err);
+                self.try_recover();
+                // Whatever the reopen found, this batch was not acknowledged.
+                Err(unwritable(&self.dir, &reason_of(&err)))
             }
-        }
+        };
         for completion in completions {
             completion(committed.clone());
         }
         for read in reads {
-            read(&memory);
+            read(&self.memory);
         }
+    }
+
+    fn set_unwritable(&mut self, err: &AgentError) {
+        let reason = reason_of(err);
+        let changed = self.health.send_if_modified(|health| {
+            let next = StoreHealth::Unwritable {
+                reason: reason.clone(),
+            };
+            let changed = *health != next;
+            *health = next;
+            changed
+        });
+        if changed {
+            tracing::error!(state_dir = %self.dir.display(), reason = %reason, "state store NOT WRITABLE: changes are refused until it is; reads are still served");
+        }
+    }
+
+    /// Closes the database, reopens it, reloads memory and probes with a
+    /// write; on success the store is writable again, else the next attempt
+    /// is scheduled with backoff.
+    fn try_recover(&mut self) {
+        // redb refuses every operation after an I/O error until the database is reopened.
+        self.db = None;
+        let attempt = (|| -> Result<Database> {
+            let db = Database::open(&self.path)
+                .map_err(|e| AgentError::Storage(format!("reopen {}: {e}", self.path.display())))?;
+            let scan = scan(&db)?;
+            if let Some(problem) = scan.problems.first() {
+                return Err(AgentError::Storage(format!(
+                    "reloading {}: {problem}",
+                    self.path.display()
+                )));
+            }
+            // Memory follows the disk: a commit reported failed may still have landed.
+            self.memory = scan.memory;
+            probe(&db)?;
+            Ok(db)
+        })();
+        match attempt {
+            Ok(db) => {
+                self.db = Some(db);
+                self.retry_after = RETRY_FIRST;
+                if !self.health.borrow().is_writable() {
+                    self.health.send_replace(StoreHealth::Writable);
+                    tracing::info!(state_dir = %self.dir.display(), "state store writable again: changes are accepted");
+                }
+            }
+            Err(err) => {
+                self.set_unwritable(&err);
+                tracing::debug!(error = %err, retry_in = ?self.retry_after, "state store still not writable");
+                self.next_retry = Instant::now() + self.retry_after;
+                self.retry_after = (self.retry_after * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The OS-level cause of a storage failure, for health and error messages.
+fn reason_of(err: &AgentError) -> String {
+    match err {
+        AgentError::Storage(message) => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -1071,5 +2152,414 @@ mod tests {
         }
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn seal_round_trips_and_unseal_catches_damage() {
+        let payload = br#"{"address":"250.0.28.2"}"#;
+        let sealed = seal(payload);
+        assert_eq!(sealed.len(), payload.len() + 4);
+        assert_eq!(unseal(&sealed).unwrap(), payload);
+        for i in 0..sealed.len() {
+            let mut damaged = sealed.clone();
+            damaged[i] ^= 0x01;
+            assert!(
+                matches!(unseal(&damaged), Err(RecordError::Checksum { .. })),
+                "flip at byte {i} not detected"
+            );
+        }
+        assert_eq!(unseal(&[1, 2]), Err(RecordError::Truncated { len: 2 }));
+        assert_eq!(unseal(&seal(b"")).unwrap(), b"");
+        assert!(matches!(
+            decode_json::<AllocationRecord>(&seal(b"not json")),
+            Err(RecordError::Invalid(_))
+        ));
+        let cursor = Ipv4Addr::new(250, 0, 28, 7);
+        assert_eq!(decode_cursor(&seal(&cursor.octets())).unwrap(), cursor);
+    }
+
+    /// Writes a schema-1 database by hand: bare JSON values, u32 cursors.
+    fn write_v1(dir: &Path, network: &NetworkRecord, allocations: &[AllocationRecord]) {
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            txn.open_table(NETWORKS)
+                .unwrap()
+                .insert(
+                    network.id.as_str(),
+                    serde_json::to_vec(network).unwrap().as_slice(),
+                )
+                .unwrap();
+            let mut table = txn.open_table(ALLOCATIONS).unwrap();
+            for a in allocations {
+                table
+                    .insert(
+                        (network.id.as_str(), u32::from(a.address)),
+                        serde_json::to_vec(a).unwrap().as_slice(),
+                    )
+                    .unwrap();
+            }
+            txn.open_table(CURSORS_V1)
+                .unwrap()
+                .insert(network.id.as_str(), u32::from(Ipv4Addr::new(250, 0, 28, 3)))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn allocation(i: u8) -> AllocationRecord {
+        AllocationRecord {
+            address: Ipv4Addr::new(250, 0, 28, i),
+            owner: owner(i as usize),
+            labels: BTreeMap::from([("k".to_owned(), format!("v{i}"))]),
+            create_time_ms: 7,
+        }
+    }
+
+    async fn close(store: Store, dir: &Path) {
+        drop(store);
+        // The writer thread exits when the last handle drops; wait until the file is free.
+        for _ in 0..200 {
+            if Database::open(dir.join(DB_FILE)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("database still held");
+    }
+
+    #[tokio::test]
+    async fn schema_1_is_migrated_in_place_with_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut network = record("fan", "250.0.0.0/8", "fan-250");
+        network.index = 1;
+        write_v1(dir.path(), &network, &[allocation(2), allocation(3)]);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.network("fan").await.unwrap(), network);
+        assert_eq!(
+            store
+                .allocation("fan", Selector::Owner(owner(3)))
+                .await
+                .unwrap(),
+            allocation(3)
+        );
+        // The migrated cursor (.3) still orders the search: the next is .4.
+        let next = store
+            .allocate("fan", owner(9), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(next.record.address, Ipv4Addr::new(250, 0, 28, 4));
+        close(store, dir.path()).await;
+        let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(version, SCHEMA_VERSION);
+        let allocations = txn.open_table(ALLOCATIONS).unwrap();
+        let raw = allocations
+            .get(("fan", u32::from(Ipv4Addr::new(250, 0, 28, 2))))
+            .unwrap()
+            .unwrap();
+        let decoded: AllocationRecord = decode_json(raw.value()).unwrap();
+        assert_eq!(decoded, allocation(2));
+        assert!(
+            txn.open_table(CURSORS_V1).is_err(),
+            "the schema-1 cursor table is dropped"
+        );
+        assert!(dir.path().join(MARKER_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_is_refused_and_recover_reserves_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .allocate("fan", owner(i), None, BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        close(store, dir.path()).await;
+        let victim = Ipv4Addr::new(250, 0, 28, 3);
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(ALLOCATIONS).unwrap();
+                let mut raw = table
+                    .get(("fan", u32::from(victim)))
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec();
+                raw[10] ^= 0x20;
+                table
+                    .insert(("fan", u32::from(victim)), raw.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::StateCorrupt(_)), "{text}");
+        assert!(
+            text.contains("allocation 250.0.28.3 of network \"fan\": checksum mismatch"),
+            "{text}"
+        );
+        assert!(text.contains("--recover"), "{text}");
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(report[0].contains("250.0.28.3"), "{report:?}");
+        let held = store
+            .allocation("fan", Selector::Address(victim))
+            .await
+            .unwrap();
+        assert_eq!(
+            held.owner.container_id,
+            format!("{QUARANTINE_OWNER_PREFIX}{victim}")
+        );
+        // Every other address can be handed out; the quarantined one never is.
+        let mut got = BTreeSet::new();
+        for i in 100..400 {
+            match store.allocate("fan", owner(i), None, BTreeMap::new()).await {
+                Ok(a) => assert!(got.insert(a.record.address)),
+                Err(AgentError::Exhausted { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!got.contains(&victim));
+        assert_eq!(got.len(), 253 - 3);
+        close(store, dir.path()).await;
+        // The quarantine keeps the raw bytes, and a plain start is accepted again.
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_read().unwrap();
+            let quarantine = txn.open_table(QUARANTINE).unwrap();
+            assert_eq!(redb::ReadableTableMetadata::len(&quarantine).unwrap(), 1);
+        }
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_emptied_database_is_refused_once_initialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        close(store, dir.path()).await;
+        std::fs::File::create(dir.path().join(DB_FILE)).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("is empty (0 bytes)"), "{err}");
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("is missing"), "{err}");
+        let (_store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("EMPTY state"), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn state_is_private_and_a_loose_directory_is_tightened() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        let store = Store::open(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(MARKER_FILE)), 0o600);
+        close(store, &dir).await;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let _store = Store::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+    }
+
+    #[test]
+    fn undo_takes_a_failed_batch_back_out_of_memory() {
+        let mut memory = Memory::default();
+        let mut record = record("fan", "250.0.0.0/8", "fan-250");
+        record.index = 1;
+        let pool = SlicePool::new(record.slice, 1).unwrap();
+        let kept = allocation(2);
+        let mut allocator = Allocator::new(pool);
+        allocator
+            .allocate(kept.owner.clone(), Some(kept.address))
+            .unwrap();
+        memory.networks.insert(
+            "fan".into(),
+            NetworkState {
+                record: record.clone(),
+                allocator,
+                allocations: BTreeMap::from([(kept.address, kept.clone())]),
+            },
+        );
+        // The batch: release .2, allocate .3.
+        let state = memory.networks.get_mut("fan").unwrap();
+        state.allocator.release_address(kept.address);
+        state.allocations.remove(&kept.address);
+        let new = allocation(3);
+        state
+            .allocator
+            .allocate(new.owner.clone(), Some(new.address))
+            .unwrap();
+        state.allocations.insert(new.address, new.clone());
+        let mutations = vec![
+            Mutation::DeleteAllocation {
+                network: "fan".into(),
+                address: kept.address,
+                previous: Some(kept.clone()),
+            },
+            Mutation::PutAllocation {
+                network: "fan".into(),
+                record: new.clone(),
+            },
+        ];
+        undo(&mut memory, mutations);
+        let state = &memory.networks["fan"];
+        assert_eq!(state.allocations.len(), 1);
+        assert_eq!(state.allocator.owner_of(kept.address), Some(&kept.owner));
+        assert_eq!(state.allocator.owner_of(new.address), None);
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("in use by another agent"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_network_is_quarantined_and_its_addresses_stay_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for i in 0..2 {
+            held.push(
+                store
+                    .allocate("fan", owner(i), None, BTreeMap::new())
+                    .await
+                    .unwrap()
+                    .record
+                    .address,
+            );
+        }
+        close(store, dir.path()).await;
+        {
+            let db = Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(NETWORKS)
+                .unwrap()
+                .insert("fan", b"garbage".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(
+            err.to_string()
+                .contains("network \"fan\": checksum mismatch"),
+            "{err}"
+        );
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("with its 2 allocation(s)"), "{report:?}");
+        assert!(store.network("fan").await.is_err());
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for address in held {
+            let reserved = store
+                .allocation("fan", Selector::Address(address))
+                .await
+                .unwrap();
+            assert!(reserved
+                .owner
+                .container_id
+                .starts_with(QUARANTINE_OWNER_PREFIX));
+        }
+        let next = store
+            .allocate("fan", owner(9), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(next.record.address, Ipv4Addr::new(250, 0, 28, 4));
+    }
+
+    #[tokio::test]
+    async fn an_unopenable_database_is_moved_aside_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        close(store, dir.path()).await;
+        std::fs::write(dir.path().join(DB_FILE), vec![0xab; 64 * 1024]).unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("cannot be opened"), "{err}");
+        assert!(err.to_string().contains("--recover-move-aside"), "{err}");
+        let recover = OpenOptions {
+            recover: true,
+            ..Default::default()
+        };
+        assert!(Store::open_with(dir.path(), recover).is_err());
+        assert_eq!(
+            std::fs::read(dir.path().join(DB_FILE)).unwrap(),
+            vec![0xab; 64 * 1024],
+            "--recover alone leaves the file as it is"
+        );
+        let (store, report) = Store::open_with(
+            dir.path(),
+            OpenOptions {
+                move_aside_unopenable: true,
+                ..recover
+            },
+        )
+        .unwrap();
+        assert!(report[0].contains("MOVED"), "{report:?}");
+        assert!(store.networks().await.unwrap().is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.redb.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(aside[0].path()).unwrap().len(), 64 * 1024);
     }
 }

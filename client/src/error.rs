@@ -127,13 +127,17 @@ pub mod reason {
     pub const DATAPLANE_FAILED: &str = "DATAPLANE_FAILED";
     /// UNAVAILABLE: the agent is shutting down.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// DATA_LOSS: the state on disk cannot be trusted (a record fails its
+    pub const STATE_CORRUPT: &str = "STATE_CORRUPT";
+    /// UNAVAILABLE: the state directory takes no writes (disk full, I/O error);
+    pub const STATE_UNWRITABLE: &str = "STATE_UNWRITABLE";
     /// FAILED_PRECONDITION: the host no longer owns the network's slice (its underlay
     pub const SLICE_NOT_OWNED: &str = "SLICE_NOT_OWNED";
     /// FAILED_PRECONDITION: the overlay overlaps this host's own addresses or routes
     pub const OVERLAY_OVERLAPS_HOST: &str = "OVERLAY_OVERLAPS_HOST";
 
     /// Every reason above, in proto order.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         FIELD_INVALID,
         MALFORMED_REQUEST,
         NETWORK_NOT_FOUND,
@@ -154,6 +158,8 @@ pub mod reason {
         SHUTTING_DOWN,
         OVERLAY_OVERLAPS_HOST,
         SLICE_NOT_OWNED,
+        STATE_UNWRITABLE,
+        STATE_CORRUPT,
     ];
 }
 

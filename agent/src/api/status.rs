@@ -35,6 +35,8 @@ pub fn code_of(reason: Reason) -> Code {
         Reason::SliceExhausted => Code::ResourceExhausted,
         Reason::StateStoreFailed | Reason::DataplaneFailed => Code::Internal,
         Reason::ShuttingDown => Code::Unavailable,
+        Reason::StateUnwritable => Code::Unavailable,
+        Reason::StateCorrupt => Code::DataLoss,
         Reason::SliceNotOwned => Code::FailedPrecondition,
         Reason::OverlayOverlapsHost => Code::FailedPrecondition,
     }
@@ -50,6 +52,8 @@ pub fn reason_of(err: &AgentError) -> Reason {
         AgentError::Exhausted { .. } => Reason::SliceExhausted,
         AgentError::Storage(_) => Reason::StateStoreFailed,
         AgentError::Dataplane(_) => Reason::DataplaneFailed,
+        AgentError::StateCorrupt(_) => Reason::StateCorrupt,
+        AgentError::Unavailable { reason, .. } => *reason,
         AgentError::ShuttingDown => Reason::ShuttingDown,
     }
 }
@@ -302,6 +306,19 @@ mod tests {
                 "DATAPLANE_FAILED",
             ),
             (AgentError::ShuttingDown, Code::Unavailable, "SHUTTING_DOWN"),
+            (
+                AgentError::Unavailable {
+                    reason: Reason::StateUnwritable,
+                    message: "disk full".into(),
+                },
+                Code::Unavailable,
+                "STATE_UNWRITABLE",
+            ),
+            (
+                AgentError::StateCorrupt("checksum".into()),
+                Code::DataLoss,
+                "STATE_CORRUPT",
+            ),
         ]
     }
 
@@ -341,6 +358,8 @@ mod tests {
                     | AgentError::Storage(_)
                     | AgentError::Dataplane(_)
                     | AgentError::ShuttingDown
+                    | AgentError::Unavailable { .. }
+                    | AgentError::StateCorrupt(_)
             ) {
                 assert_eq!(
                     info.metadata.get("network_id").map(String::as_str),
