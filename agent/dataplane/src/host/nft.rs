@@ -480,6 +480,85 @@ mod tests {
         assert!(check_table_name("fan_a b").is_err());
     }
 
+    fn ipip_plan() -> NetworkPlan {
+        NetworkPlan {
+            network_id: "x".into(),
+            index: 0,
+            overlay: "250.0.0.0/8".parse().unwrap(),
+            underlay: "172.30.0.0/16".parse().unwrap(),
+            local_underlay: "172.30.0.28".parse().unwrap(),
+            underlay_interface: "eth0".into(),
+            underlay_mtu: 1500,
+            slice: "250.0.28.0/24".parse().unwrap(),
+            gateway: "250.0.28.1".parse().unwrap(),
+            bridge: "fan-x".into(),
+            mtu: 1480,
+            masquerade: false,
+            anti_spoofing: true,
+            backend: BackendKind::Ipip,
+        }
+    }
+
+    #[test]
+    fn anti_spoofing_rules_only_where_no_program_checks() {
+        let mut plan = ipip_plan();
+        assert!(has_anti_spoofing(&plan) && needs_table(&plan));
+        let script = apply_script(&plan).unwrap();
+        assert!(script.contains(
+            "add rule ip fan_x forward iifname \"fan-x\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter drop"
+        ), "{script}");
+        assert!(script.contains(
+            "add rule ip fan_x prerouting ip protocol 4 ip saddr { 172.30.0.0, 172.30.255.255 } counter drop"
+        ), "{script}");
+        assert!(!script.contains("masquerade"), "{script}");
+        plan.backend = BackendKind::KernelFan;
+        assert!(has_anti_spoofing(&plan));
+        // eBPF checks in its programs; anti-spoofing off checks nowhere.
+        plan.backend = BackendKind::Ebpf;
+        assert!(!needs_table(&plan));
+        plan.backend = BackendKind::Ipip;
+        plan.anti_spoofing = false;
+        assert!(!needs_table(&plan));
+        // A /31 underlay: both addresses are hosts.
+        let mut plan = ipip_plan();
+        plan.underlay = "172.30.0.0/31".parse().unwrap();
+        assert!(bogus_outer_source_rule(&plan).is_none());
+        // A bridge name that would break out of the quotes is refused.
+        let mut plan = ipip_plan();
+        plan.bridge = "a\"b".into();
+        assert!(apply_script(&plan).is_err());
+    }
+
+    #[test]
+    fn anti_spoofing_listing_matches_expected_and_yields_counters() {
+        // As nft 1.0.6 lists the table apply_script makes for ipip_plan().
+        let json: Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "fan_x", "handle": 1}},
+            {"chain": {"family": "ip", "table": "fan_x", "name": "forward", "handle": 1,
+              "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "fan_x", "name": "prerouting", "handle": 3,
+              "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "fan_x", "chain": "forward", "handle": 2, "expr": [
+              {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "fan-x"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                         "right": {"prefix": {"addr": "250.0.0.0", "len": 8}}}},
+              {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": {"prefix": {"addr": "250.0.28.0", "len": 24}}}},
+              {"counter": {"packets": 7, "bytes": 588}}, {"drop": null}]}},
+            {"rule": {"family": "ip", "table": "fan_x", "chain": "prerouting", "handle": 5, "expr": [
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}},
+                         "right": "ipencap"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": {"set": ["172.30.0.0", "172.30.255.255"]}}},
+              {"counter": {"packets": 2, "bytes": 168}}, {"drop": null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(summarize(&json), expected_summary(&ipip_plan()));
+        let c = anti_spoofing_counters(&json);
+        assert_eq!((c.dropped_spoofed_egress, c.dropped_spoofed), (7, 2));
+    }
+
     #[test]
     fn summary_of_our_table_matches_expected_rule() {
         let json: Value = serde_json::from_str(
