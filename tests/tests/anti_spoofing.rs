@@ -16,121 +16,19 @@
 //! device: the spoofed packets are sent first, then a legitimate ping whose
 //! two packets end the capture, so a leaked packet would be in it.
 
-use std::io::BufRead;
 use std::net::Ipv4Addr;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{eventually, Netns, Testbed};
+use anyhow::{anyhow, bail, Result};
+use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
+use fan_e2e::{eventually, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_IPIP: u8 = 4;
 
 fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
-}
-
-// ------------------------------------------------------------ raw packets
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4 packet (DF, TTL 64) with `options` (a multiple of 4 bytes).
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
-    assert_eq!(options.len() % 4, 0, "IP options are 32-bit words");
-    let header_len = 20 + options.len();
-    let total = (header_len + payload.len()) as u16;
-    let mut ip = vec![0x40 | (header_len / 4) as u8, 0];
-    ip.extend(total.to_be_bytes());
-    ip.extend([0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    ip.extend(options);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend(payload);
-    ip
-}
-
-/// An ICMP echo request from `src` to `dst`.
-fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut icmp = vec![8u8, 0, 0, 0, 0xfa, 0x09, 0, 1];
-    icmp.extend(std::iter::repeat_n(0xab, 32));
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, IPPROTO_ICMP, &[], &icmp)
-}
-
-/// An IPIP packet (outer `outer_src` > `outer_dst`) around `inner`.
-fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, options: &[u8], inner: &[u8]) -> Vec<u8> {
-    ipv4(outer_src, outer_dst, IPPROTO_IPIP, options, inner)
-}
-
-/// Sends complete IPv4 packets (headers included, sources as written) from
-/// namespace `ns` through a raw IPPROTO_RAW socket, in order.
-fn send_raw(ns: &Netns, packets: &[Vec<u8>]) -> Result<()> {
-    const SENDER: &str = "import socket, sys\n\
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
-        for p in sys.argv[1:]:\n\
-        \x20   b = bytes.fromhex(p)\n\
-        \x20   s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))\n";
-    let hex: Vec<String> = packets
-        .iter()
-        .map(|p| p.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
-    let mut args = vec!["-c", SENDER];
-    args.extend(hex.iter().map(String::as_str));
-    ns.exec("python3", &args)
-        .context("send raw packets (python3)")?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------- capture
-
-/// tcpdump on `ns`'s eth0 until `count` packets matched `filter`; returned
-/// once it listens.
-fn start_capture(ns: &Netns, filter: &str, count: usize) -> Result<Child> {
-    let mut child = ns
-        .command("timeout")
-        .args(["20", "tcpdump", "-n", "-v", "-l", "-i", "eth0", "-c"])
-        .arg(count.to_string())
-        .arg(filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("tcpdump")?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("listening on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("tcpdump did not start"))?;
-    Ok(child)
-}
-
-fn finish_capture(child: Child) -> Result<String> {
-    let out = child.wait_with_output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 // ------------------------------------------------------------------ agents
@@ -189,12 +87,20 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
     let h28 = &bed.host("h28").netns;
     // With a default route, loose rp_filter lets any source in from the
     // bridge: the fan must still not carry it.
-    h28.ip(&["route", "add", "default", "via", "172.30.0.1", "dev", "eth0"])?;
+    h28.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "172.30.0.1",
+        "dev",
+        "eth0",
+    ])?;
     let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
 
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay altogether
-    let capture = start_capture(h28, "ip proto 4", 2)?;
+    let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
     send_raw(
         &a.netns,
         &[
@@ -239,7 +145,7 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
     let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
 
     let third_host = addr("250.0.26.9");
-    let capture = start_capture(h28, "ip proto 4", 1)?;
+    let capture = start_capture(h28, "eth0", "ip proto 4", 1)?;
     send_raw(&a.netns, &[icmp_echo(third_host, b.address)])?;
     let dump = finish_capture(capture)?;
     assert!(
@@ -280,7 +186,12 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     send_raw(
         h27,
         &[
-            ipip(network, h28_address, &[], &icmp_echo(addr("250.0.0.9"), a.address)),
+            ipip(
+                network,
+                h28_address,
+                &[],
+                &icmp_echo(addr("250.0.0.9"), a.address),
+            ),
             ipip(
                 broadcast,
                 h28_address,
@@ -310,7 +221,7 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     );
 
     // A real host's packet still goes through.
-    let capture = start_capture(h27, "ip proto 4 and src host 172.30.0.28", 1)?;
+    let capture = start_capture(h27, "eth0", "ip proto 4 and src host 172.30.0.28", 1)?;
     send_raw(
         h27,
         &[ipip(
@@ -344,6 +255,7 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     // ICMP unreachable. That answer proves h28 is done with the packet.
     let capture = start_capture(
         h27,
+        "eth0",
         "icmp[icmptype] == icmp-unreach and src host 172.30.0.28",
         1,
     )?;

@@ -79,14 +79,48 @@ impl World {
             "ip", "-n", &w.host, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0",
             "netns", &w.peer,
         ]);
-        sh(&["ip", "-n", &w.host, "addr", "add", "172.30.0.28/16", "dev", "ul0"]);
-        sh(&["ip", "-n", &w.peer, "addr", "add", "172.30.0.27/16", "dev", "ul0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.host,
+            "addr",
+            "add",
+            "172.30.0.28/16",
+            "dev",
+            "ul0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.peer,
+            "addr",
+            "add",
+            "172.30.0.27/16",
+            "dev",
+            "ul0",
+        ]);
         sh(&["ip", "-n", &w.host, "link", "set", "ul0", "up"]);
         sh(&["ip", "-n", &w.peer, "link", "set", "ul0", "up"]);
         // The peer answers for its slice (it stands for the remote host).
-        sh(&["ip", "-n", &w.peer, "addr", "add", "250.0.27.2/24", "dev", "lo"]);
         sh(&[
-            "ip", "-n", &w.peer, "route", "add", "250.0.28.0/24", "via", "172.30.0.28",
+            "ip",
+            "-n",
+            &w.peer,
+            "addr",
+            "add",
+            "250.0.27.2/24",
+            "dev",
+            "lo",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.peer,
+            "route",
+            "add",
+            "250.0.28.0/24",
+            "via",
+            "172.30.0.28",
         ]);
         Some(w)
     }
@@ -102,8 +136,19 @@ impl World {
         });
         if plug {
             sh(&[
-                "ip", "-n", &self.host, "link", "add", "c0", "type", "veth", "peer", "name",
-                "eth0", "netns", &self.container,
+                "ip",
+                "-n",
+                &self.host,
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &self.container,
             ]);
             sh(&[
                 "ip", "-n", &self.host, "link", "set", "c0", "master", BRIDGE, "up",
@@ -130,7 +175,14 @@ impl World {
                 "250.0.28.1",
             ]);
             sh(&[
-                "ip", "-n", &self.host, "route", "add", "250.0.0.0/8", "via", "172.30.0.27",
+                "ip",
+                "-n",
+                &self.host,
+                "route",
+                "add",
+                "250.0.0.0/8",
+                "via",
+                "172.30.0.27",
             ]);
         }
     }
@@ -337,7 +389,9 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
     assert_eq!(counters(&obs), Counters::default());
-    let listing = sh(&["ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE]);
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
     assert!(
         listing.contains(
             "iifname \"fhn-250\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter packets 0 bytes 0 drop"
@@ -362,7 +416,10 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
             && dump.contains("250.0.27.2 > 250.0.28.2: ICMP echo reply"),
         "{dump}"
     );
-    assert!(!dump.contains("250.0.26.9"), "no spoofed packet left: {dump}");
+    assert!(
+        !dump.contains("250.0.26.9"),
+        "no spoofed packet left: {dump}"
+    );
     let c = counters(&w.observe(&plan));
     assert_eq!(c.dropped_spoofed_egress, 2, "{c:?}");
 
@@ -370,7 +427,9 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
     assert!(w.observe(&plan).drifts.is_empty());
     w.remove(&plan);
     let listed = Command::new("ip")
-        .args(["netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE])
+        .args([
+            "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+        ])
         .output()
         .unwrap();
     assert!(!listed.status.success(), "table removed");
@@ -383,7 +442,9 @@ fn without_anti_spoofing_nft_lets_foreign_sources_through() {
     };
     let plan = plan(false);
     w.apply(&plan, true);
-    let listing = sh(&["ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE]);
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
     assert!(!listing.contains("drop"), "masquerade only: {listing}");
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
@@ -424,7 +485,9 @@ fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
     let dump = finish_capture(capture);
     assert!(dump.contains("unreachable"), "{dump}");
     assert_eq!(counters(&w.observe(&plan)).dropped_spoofed, 2);
-    let listing = sh(&["ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE]);
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
     assert!(
         listing.contains(
             "ip protocol ipencap ip saddr { 172.30.0.0, 172.30.255.255 } counter packets 2 "

@@ -76,8 +76,7 @@ pub fn masquerade_rule(slice: Ipv4Network, overlay: Ipv4Network) -> String {
 /// The chains' descriptions as [`summarize`] renders them.
 const POSTROUTING_CHAIN: &str =
     "chain postrouting { type nat hook postrouting priority 100; policy accept; }";
-const FORWARD_CHAIN: &str =
-    "chain forward { type filter hook forward priority 0; policy accept; }";
+const FORWARD_CHAIN: &str = "chain forward { type filter hook forward priority 0; policy accept; }";
 const PREROUTING_CHAIN: &str =
     "chain prerouting { type filter hook prerouting priority 0; policy accept; }";
 
@@ -299,16 +298,15 @@ fn render_expr(expr: &Value) -> String {
         if let (Some(payload), Some(right)) = (left, right) {
             let value = match right {
                 Value::String(addr) => Some(format!("{addr}/32")),
-                Value::Object(_) if right.get("set").is_some() => right
-                    .get("set")
-                    .and_then(Value::as_array)
-                    .map(|items| {
+                Value::Object(_) if right.get("set").is_some() => {
+                    right.get("set").and_then(Value::as_array).map(|items| {
                         let items: Vec<String> = items
                             .iter()
                             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
                             .collect();
                         format!("{{ {} }}", items.join(", "))
-                    }),
+                    })
+                }
                 Value::Object(_) => right.get("prefix").map(|p| {
                     format!(
                         "{}/{}",
