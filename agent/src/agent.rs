@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use fan_core::fan::FanMap;
+use fan_core::host_change::{HostPrefix, UnderlayCheck};
 use fan_core::underlay::HostInterfaceAddress;
 use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
 use ipnetwork::Ipv4Network;
@@ -46,6 +47,8 @@ pub struct NetworkStatus {
     pub capacity: u32,
     /// Data-plane counters, if the backend keeps them.
     pub counters: Option<Counters>,
+    /// Allocations from a former slice (not counted in `allocated`).
+    pub stale_allocations: u32,
 }
 
 /// A network with its observed status.
@@ -70,16 +73,27 @@ pub struct AllocationView {
     pub gateway: Ipv4Addr,
     /// The container interface MTU.
     pub mtu: u32,
+    /// The former slice of a stale allocation (the host's underlay moved);
+    /// `None` when the address is in the network's current slice.
+    pub stale_slice: Option<Ipv4Network>,
 }
 
 impl AllocationView {
     fn new(network: &NetworkRecord, record: AllocationRecord) -> Self {
+        let stale_slice = fan_core::host_change::stale_slice(
+            record.address,
+            network.slice,
+            &network.former_slices,
+        );
+        // A stale address keeps the netmask and gateway of its own slice.
+        let slice = stale_slice.unwrap_or(network.slice);
         AllocationView {
             network_id: network.id.clone(),
             record,
-            prefix_len: network.slice.prefix(),
-            gateway: network.gateway(),
+            prefix_len: slice.prefix(),
+            gateway: Ipv4Addr::from(u32::from(slice.network()).saturating_add(1)),
             mtu: network.effective_mtu(),
+            stale_slice,
         }
     }
 }
@@ -132,7 +146,17 @@ pub struct Agent {
     apply_failures: Mutex<HashMap<String, String>>,
     /// Serializes network create/delete/reconcile so they never interleave on the kernel.
     network_ops: tokio::sync::Mutex<()>,
+    /// Networks whose underlay address is gone from the host, with the
+    /// reason: not programmed, allocations refused (SLICE_NOT_OWNED).
+    underlay_lost: Mutex<HashMap<String, String>>,
+    /// Host addresses and routes each network's overlay overlaps, as last
+    /// seen (by the host check and `check_network`): one netlink dump per
+    /// pass instead of one per status read.
+    overlaps: Mutex<HashMap<String, Vec<HostPrefix>>>,
     ready: watch::Sender<bool>,
+    /// Set once the start-up pass has applied every stored network: until
+    /// then the agent is not ready, however many networks already succeeded.
+    start_pass_done: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -160,7 +184,10 @@ impl Agent {
             backends,
             apply_failures: Mutex::new(HashMap::new()),
             network_ops: tokio::sync::Mutex::new(()),
+            underlay_lost: Mutex::new(HashMap::new()),
+            overlaps: Mutex::new(HashMap::new()),
             ready,
+            start_pass_done: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -189,15 +216,37 @@ impl Agent {
         }
         let ready = failures.is_empty();
         drop(failures);
-        self.ready.send_replace(ready);
+        self.publish_readiness(ready);
+    }
+
+    /// Ready means every stored network is programmed: never before the
+    /// start-up pass has been through all of them.
+    fn publish_readiness(&self, no_failures: bool) {
+        let started = self
+            .start_pass_done
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.ready.send_replace(started && no_failures);
+    }
+
+    fn lost_reason(&self, id: &str) -> Option<String> {
+        self.underlay_lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     async fn apply(&self, record: &NetworkRecord) -> Result<()> {
-        let result = self
-            .dataplane
-            .apply(&record.plan())
-            .await
-            .map_err(AgentError::from);
+        // A slice the host no longer owns is not programmed: its traffic
+        // would carry an outer source address the host does not have.
+        let result = match self.lost_reason(&record.id) {
+            Some(reason) => Err(AgentError::precondition("SLICE_NOT_OWNED", reason)),
+            None => self
+                .dataplane
+                .apply(&record.plan())
+                .await
+                .map_err(AgentError::from),
+        };
         if let Err(err) = &result {
             tracing::warn!(network = %record.id, error = %err, "apply failed");
         }
@@ -208,18 +257,118 @@ impl Agent {
     /// Applies every persisted network (at start and on a timer): the one
     /// path from stored desired state to the kernel. Returns how many failed.
     pub async fn reconcile_all(&self) -> Result<usize> {
-        let _guard = self.network_ops.lock().await;
         let mut failed = 0;
-        let records = self.store.networks().await?;
-        for record in &records {
-            if self.apply(record).await.is_err() {
+        let ids: Vec<String> = self
+            .store
+            .networks()
+            .await?
+            .into_iter()
+            .map(|record| record.id)
+            .collect();
+        for id in &ids {
+            // One network at a time under the lock, so a create or delete
+            // waits for one apply, not for the whole pass; the record is read
+            // again under the lock because it may have changed or gone since.
+            let _guard = self.network_ops.lock().await;
+            let record = match self.store.network(id).await {
+                Ok(record) => record,
+                Err(AgentError::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            if self.apply(&record).await.is_err() {
                 failed += 1;
             }
         }
-        if records.is_empty() {
-            self.ready.send_replace(true);
-        }
+        self.start_pass_done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let no_failures = self.failures().is_empty();
+        self.publish_readiness(no_failures);
         Ok(failed)
+    }
+
+    /// Compares every network's recorded underlay address with the host's
+    /// addresses (on every address change the kernel reports, at start and
+    /// on the reconcile timer) and applies the slice-move rule of
+    /// [`fan_core::host_change`]: a lost address fails the network, a new
+    /// one moves it to its new slice (durably) and re-programs the data path.
+    pub async fn check_host(&self) -> Result<()> {
+        let _guard = self.network_ops.lock().await;
+        let records = self.store.networks().await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (interfaces, default_interface) = self.host_interfaces().await?;
+        for record in records {
+            let Ok(spec) = fan_core::underlay::UnderlaySpec::parse(&record.spec.underlay) else {
+                continue;
+            };
+            let check = fan_core::host_change::check_underlay(
+                &spec,
+                record.spec.overlay,
+                record.underlay_address,
+                &record.underlay_interface,
+                &interfaces,
+                default_interface.as_deref(),
+            );
+            let was_lost = self.lost_reason(&record.id).is_some();
+            match check {
+                UnderlayCheck::Owned => {
+                    if was_lost {
+                        self.set_lost(&record.id, None);
+                        tracing::info!(network = %record.id, address = %record.underlay_address, "underlay address is back");
+                        let _ = self.apply(&record).await;
+                    }
+                }
+                UnderlayCheck::Lost { reason } => {
+                    if !was_lost {
+                        tracing::warn!(network = %record.id, "{reason}");
+                        self.set_lost(&record.id, Some(reason));
+                        // Records the failure (readiness, status) without programming.
+                        let _ = self.apply(&record).await;
+                    }
+                }
+                UnderlayCheck::Moved { underlay, slice } => {
+                    let moved = NetworkRecord {
+                        former_slices: fan_core::host_change::former_slices_after_move(
+                            &record.former_slices,
+                            record.slice,
+                            slice,
+                        ),
+                        underlay_network: underlay.network,
+                        underlay_address: underlay.address,
+                        underlay_interface: underlay.interface,
+                        underlay_mtu: underlay.mtu,
+                        slice,
+                        ..record.clone()
+                    };
+                    // The old slice's gateway and routes go with the old plan
+                    // where they differ; apply then programs the new one.
+                    let moved = self.store.move_network(moved).await?;
+                    tracing::warn!(network = %record.id, from = %record.slice, to = %moved.slice, address = %moved.underlay_address, "underlay address changed: network moved to a new slice; allocations of the old slice are stale");
+                    self.set_lost(&record.id, None);
+                    // Same bridge and devices: apply replaces the old slice's
+                    // gateway, routes and parameters in place, so containers
+                    // stay plugged while they are re-addressed.
+                    let _ = self.apply(&moved).await;
+                }
+            }
+        }
+        // Overlaps with the host's addresses or routes, for the status.
+        self.refresh_overlaps(&self.store.networks().await?).await
+    }
+
+    fn set_lost(&self, id: &str, reason: Option<String>) {
+        let mut lost = self.underlay_lost.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(reason) => lost.insert(id.to_owned(), reason),
+            None => lost.remove(id),
+        };
+    }
+
+    /// Host addresses and routes (not the agent's) that `overlay` overlaps.
+    async fn overlay_conflicts(&self, overlay: Ipv4Network) -> Result<Vec<HostPrefix>> {
+        let host = self.dataplane.host_prefixes().await?;
+        Ok(fan_core::host_change::overlay_conflicts(overlay, &host))
     }
 
     /// Describes the agent and its host.
@@ -328,6 +477,21 @@ impl Agent {
         fan_core::ipam::SlicePool::new(slice, spec.host_reserve)
             .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
         let backend = self.choose_backend(spec.backend)?;
+        // Re-creating an existing network repairs it; only a new one is checked.
+        if !spec.allow_overlap && self.store.network(id).await.is_err() {
+            let conflicts = self.overlay_conflicts(spec.overlay).await?;
+            if !conflicts.is_empty() {
+                let named: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+                return Err(AgentError::precondition(
+                    "OVERLAY_OVERLAPS_HOST",
+                    format!(
+                        "spec.overlay: {} overlaps this host's {} (set spec.allow_overlap / --allow-overlap to accept it)",
+                        spec.overlay,
+                        named.join(", ")
+                    ),
+                ));
+            }
+        }
         let record = NetworkRecord {
             id: id.to_owned(),
             index: 0,
@@ -339,6 +503,7 @@ impl Agent {
             slice,
             backend,
             create_time_ms: crate::model::now_ms(),
+            former_slices: Vec::new(),
         };
 
         let _guard = self.network_ops.lock().await;
@@ -366,9 +531,85 @@ impl Agent {
         }
     }
 
+    /// What the host part of the data plane cannot see: a lost underlay
+    /// address, and host addresses or routes the overlay overlaps.
+    fn host_drifts(&self, record: &NetworkRecord) -> Vec<Drift> {
+        let mut drifts = Vec::new();
+        if self.lost_reason(&record.id).is_some() {
+            drifts.push(Drift {
+                object: format!(
+                    "underlay address {} on {}",
+                    record.underlay_address, record.underlay_interface
+                ),
+                expected: "present".to_owned(),
+                observed: "absent".to_owned(),
+            });
+        }
+        let overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conflicts) = overlaps.get(&record.id) {
+            for conflict in conflicts {
+                drifts.push(Drift {
+                    object: conflict.to_string(),
+                    expected: format!(
+                        "outside overlay {} (or spec.allow_overlap)",
+                        record.spec.overlay
+                    ),
+                    observed: "overlaps it".to_owned(),
+                });
+            }
+        }
+        drifts
+    }
+
+    /// Re-reads the host's addresses and routes and records which of
+    /// `records` overlap them (networks with `allow_overlap` never do).
+    async fn refresh_overlaps(&self, records: &[NetworkRecord]) -> Result<()> {
+        let host = self.dataplane.host_prefixes().await?;
+        let mut overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            let found = if record.spec.allow_overlap {
+                Vec::new()
+            } else {
+                fan_core::host_change::overlay_conflicts(record.spec.overlay, &host)
+            };
+            if found.is_empty() {
+                overlaps.remove(&record.id);
+                continue;
+            }
+            if overlaps.get(&record.id) != Some(&found) {
+                let named: Vec<String> = found.iter().map(ToString::to_string).collect();
+                tracing::warn!(network = %record.id, overlay = %record.spec.overlay, conflicts = %named.join(", "), "overlay overlaps the host's addresses or routes");
+            }
+            overlaps.insert(record.id.clone(), found);
+        }
+        Ok(())
+    }
+
     async fn view(&self, record: NetworkRecord) -> Result<NetworkView> {
         let (allocated, capacity) = self.store.usage(&record.id).await?;
-        let (state, reason, counters) = match self.dataplane.observe(&record.plan()).await {
+        let stale_allocations = self.store.stale_count(&record.id).await?;
+        let observed = match self.dataplane.observe(&record.plan()).await {
+            Ok(mut observation) => {
+                observation.drifts.extend(self.host_drifts(&record));
+                Ok(observation)
+            }
+            Err(err) => Err(err),
+        };
+        let (state, reason, counters) = match observed {
+            Ok(observation) if observation.drifts.is_empty() && stale_allocations > 0 => (
+                NetworkState::Degraded,
+                format!(
+                    "{stale_allocations} allocation(s) are stale: they belong to former slice(s) {} of this host, which now owns {}; re-address their containers and release them",
+                    record
+                        .former_slices
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    record.slice
+                ),
+                observation.counters,
+            ),
             Ok(observation) if observation.drifts.is_empty() => {
                 (NetworkState::Ready, String::new(), observation.counters)
             }
@@ -398,6 +639,7 @@ impl Agent {
                 allocated,
                 capacity,
                 counters,
+                stale_allocations,
             },
         })
     }
@@ -463,6 +705,11 @@ impl Agent {
         self.dataplane.remove(&record.plan()).await?;
         match self.store.delete_network(id, force).await {
             Ok((_, released)) => {
+                self.set_lost(id, None);
+                self.overlaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
                 self.record_apply(id, &Ok(()));
                 tracing::info!(network = %id, released, "network deleted");
                 Ok((true, released))
@@ -479,7 +726,10 @@ impl Agent {
     pub async fn check_network(&self, id: &str) -> Result<Vec<Drift>> {
         validate::network_id("network_id", id)?;
         let record = self.store.network(id).await?;
-        Ok(self.dataplane.observe(&record.plan()).await?.drifts)
+        let mut drifts = self.dataplane.observe(&record.plan()).await?.drifts;
+        self.refresh_overlaps(std::slice::from_ref(&record)).await?;
+        drifts.extend(self.host_drifts(&record));
+        Ok(drifts)
     }
 
     /// Allocates an address for one container interface.
@@ -492,6 +742,12 @@ impl Agent {
     ) -> Result<(AllocationView, bool)> {
         validate::network_id("network_id", network_id)?;
         validate::labels("labels", &labels)?;
+        if let Some(reason) = self.lost_reason(network_id) {
+            return Err(AgentError::precondition(
+                "SLICE_NOT_OWNED",
+                format!("network {network_id:?}: this host no longer owns its slice: {reason}"),
+            ));
+        }
         let allocated = self
             .store
             .allocate(network_id, owner, requested, labels)

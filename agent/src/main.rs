@@ -52,6 +52,11 @@ struct Flags {
     /// Seconds between drift checks that repair the kernel state; 0 disables.
     #[arg(long, default_value_t = 30)]
     reconcile_interval: u64,
+    /// Most connections open at once per listener; at the cap the connection
+    /// quiet the longest is closed for the newcomer. Lowered to fit the
+    /// process's descriptor limit.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -106,6 +111,7 @@ async fn run() -> anyhow::Result<()> {
         state_dir: flags.state_dir,
         reconcile_interval: Duration::from_secs(flags.reconcile_interval),
         tcp,
+        max_connections: flags.max_connections,
     };
     server::run(config, Arc::new(dataplane), shutdown_signal())
         .await

@@ -55,6 +55,9 @@ pub struct NetworkSpec {
     pub masquerade: bool,
     /// Drop decapsulated packets with a spoofed inner source.
     pub anti_spoofing: bool,
+    /// Accept an overlay that overlaps the host's own addresses or routes.
+    #[serde(default)]
+    pub allow_overlap: bool,
 }
 
 /// A persisted network: its spec plus what was resolved on this host at creation.
@@ -84,6 +87,10 @@ pub struct NetworkRecord {
     pub backend: BackendKind,
     /// Creation time, milliseconds since the Unix epoch.
     pub create_time_ms: u64,
+    /// Slices this host owned before its underlay address changed, oldest
+    /// first: allocations in them are stale (see `fan_core::host_change`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_slices: Vec<Ipv4Network>,
 }
 
 impl NetworkRecord {

@@ -1,10 +1,11 @@
 //! Listeners, health, reflection, readiness and shutdown around the agent.
 //! The optional TCP listener (mutual TLS only) lives in [`tls`].
 
+pub mod connections;
 pub mod tls;
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use fan_dataplane::Dataplane;
 use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
 use futures::FutureExt;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::agent::Agent;
@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub reconcile_interval: Duration,
     /// TCP listener with mutual TLS, in addition to the socket; None serves the socket only.
     pub tcp: Option<tls::TcpConfig>,
+    /// Most connections open at once on each listener (lowered to fit the
+    /// descriptor limit); at the cap the quietest connection is closed.
+    pub max_connections: usize,
 }
 
 /// Failures that stop the server.
@@ -74,8 +77,24 @@ pub async fn run(
     dataplane: Arc<dyn Dataplane>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let nofile = connections::raise_descriptor_limit();
+    let limits =
+        connections::ConnectionLimits::for_descriptor_limit(config.max_connections, nofile);
+    tracing::info!(
+        descriptor_limit = nofile,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let store = Store::open(&config.state_dir)?;
     tracing::info!(path = %store.path().display(), "state opened");
+    // Subscribe before the first check, so no change slips in between.
+    let address_changes = match dataplane.watch_addresses().await {
+        Ok(changes) => changes,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch address changes; relying on the reconcile timer");
+            None
+        }
+    };
     let agent = Arc::new(Agent::new(store, dataplane).await);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -134,10 +153,30 @@ pub async fn run(
         }
     });
 
+    if let Some(mut changes) = address_changes {
+        let watcher = agent.clone();
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                // Let a burst settle (`ip addr flush`, an address replaced).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changes.try_recv().is_ok() {}
+                if let Err(err) = watcher.check_host().await {
+                    tracing::error!(error = %err, "checking the host's addresses failed");
+                }
+            }
+            tracing::warn!("address-change watch ended; relying on the reconcile timer");
+        });
+    }
+
     let reconciler = agent.clone();
     let interval = config.reconcile_interval;
     tokio::spawn(async move {
         loop {
+            // The underlay may have changed while the agent was down or
+            // between two passes: settle each network's slice first.
+            if let Err(err) = reconciler.check_host().await {
+                tracing::error!(error = %err, "checking the host's addresses failed");
+            }
             match reconciler.reconcile_all().await {
                 Ok(0) => tracing::debug!("reconcile: every network matches"),
                 Ok(failed) => {
@@ -162,7 +201,10 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let unix = tonic::transport::Server::builder()
         .add_routes(routes.clone())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone());
+        .serve_with_incoming_shutdown(
+            connections::admit(listener, limits, "unix"),
+            shutdown.clone(),
+        );
     let tcp = async move {
         match tcp {
             Some(tcp) => tcp.serve(routes, shutdown).await,
@@ -173,7 +215,9 @@ pub async fn run(
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
     // Leave no socket file behind for the next start to trip over.
-    let _ = std::fs::remove_file(&config.socket);
+    if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     tracing::info!("stopped");
     Ok(result?)
 }
@@ -189,11 +233,25 @@ fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerErr
         std::fs::create_dir_all(parent)
             .map_err(|e| fail(format!("create parent directory: {e}")))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(fail("another process is serving on this socket".into()));
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => {
+            // Only a socket may be replaced: a typo such as the database path
+            // must stop the start-up, never delete what is there.
+            if !metadata.file_type().is_socket() {
+                return Err(fail(format!(
+                    "{} is in the way: refusing to replace it with the agent's socket \
+                     (only a stale socket is removed); choose another --socket path",
+                    describe_file(&metadata)
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another process is serving on this socket".into()));
+            }
+            tracing::info!(socket = %path.display(), "removing a stale socket nobody answers on");
+            std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
         }
-        std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(fail(format!("inspect: {err}"))),
     }
     let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
@@ -207,6 +265,24 @@ fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerErr
             .map_err(|e| fail(format!("chown to group {group}: {e}")))?;
     }
     Ok(listener)
+}
+
+/// Names what a non-socket file at the socket path is, for the refusal.
+fn describe_file(metadata: &std::fs::Metadata) -> String {
+    let file_type = metadata.file_type();
+    if file_type.is_file() {
+        format!("a regular file of {} bytes", metadata.len())
+    } else if file_type.is_dir() {
+        "a directory".to_owned()
+    } else if file_type.is_symlink() {
+        "a symbolic link".to_owned()
+    } else if file_type.is_fifo() {
+        "a FIFO".to_owned()
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device node".to_owned()
+    } else {
+        "a file that is not a socket".to_owned()
+    }
 }
 
 /// Sends a state line to systemd when started with `Type=notify`.

@@ -85,6 +85,8 @@ enum Mutation {
         network: String,
         cursor: Ipv4Addr,
     },
+    /// The network moved to another slice: new record, old cursor dropped.
+    MoveNetwork(NetworkRecord),
 }
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -273,6 +275,48 @@ impl Store {
         .await
     }
 
+    /// Moves a network to another slice (its host's underlay address
+    /// changed): stores `moved` durably and rebuilds the allocator from the
+    /// allocations inside the new slice. The others stay recorded as stale;
+    /// they are never handed out again while the network is on this slice.
+    pub async fn move_network(&self, moved: NetworkRecord) -> Result<NetworkRecord> {
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&moved.id)?;
+            let pool = SlicePool::new(moved.slice, moved.spec.host_reserve)
+                .map_err(|e| AgentError::Storage(format!("network {:?}: {e}", moved.id)))?;
+            let allocator = Allocator::restore(
+                pool,
+                state
+                    .allocations
+                    .values()
+                    .filter(|a| moved.slice.contains(a.address))
+                    .map(|a| (a.address, a.owner.clone())),
+                None,
+            )
+            .map_err(|e| {
+                AgentError::Storage(format!(
+                    "network {:?}: inconsistent allocations: {e}",
+                    moved.id
+                ))
+            })?;
+            state.allocator = allocator;
+            state.record = moved.clone();
+            mutations.push(Mutation::MoveNetwork(moved.clone()));
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// How many of a network's allocations are stale (outside its slice).
+    pub async fn stale_count(&self, id: &str) -> Result<u32> {
+        let id = id.to_owned();
+        self.read(move |m| {
+            m.network(&id)
+                .map(|n| (n.allocations.len() - n.allocator.len()) as u32)
+        })
+        .await?
+    }
+
     /// Allocates an address for `owner` (its existing one if it has one).
     pub async fn allocate(
         &self,
@@ -339,11 +383,32 @@ impl Store {
                 Selector::Owner(owner) => state.allocator.address_of(owner),
                 Selector::Address(address) => state.allocator.owner_of(*address).map(|_| *address),
             };
+            // Stale allocations (outside the slice, not in the allocator) go
+            // too: by address, or every one of the owner's.
+            let stale: Vec<Ipv4Addr> = state
+                .allocations
+                .values()
+                .filter(|a| !state.record.slice.contains(a.address))
+                .filter(|a| match &selector {
+                    Selector::Owner(owner) => a.owner == *owner,
+                    Selector::Address(address) => a.address == *address,
+                })
+                .map(|a| a.address)
+                .collect();
+            let mut record = None;
+            for address in &stale {
+                let removed = state.allocations.remove(address);
+                record = record.or(removed);
+                mutations.push(Mutation::DeleteAllocation {
+                    network: network.clone(),
+                    address: *address,
+                });
+            }
             let Some(address) = address else {
-                return Ok(None);
+                return Ok(record);
             };
             state.allocator.release_address(address);
-            let record = state.allocations.remove(&address);
+            let record = state.allocations.remove(&address).or(record);
             mutations.push(Mutation::DeleteAllocation {
                 network: network.clone(),
                 address,
@@ -394,7 +459,14 @@ impl Store {
         self.read(move |m| {
             let state = m.network(&network)?;
             let address = match &selector {
-                Selector::Owner(owner) => state.allocator.address_of(owner),
+                // The owner's valid address, else a stale one it still holds.
+                Selector::Owner(owner) => state.allocator.address_of(owner).or_else(|| {
+                    state
+                        .allocations
+                        .values()
+                        .find(|a| a.owner == *owner)
+                        .map(|a| a.address)
+                }),
                 Selector::Address(address) => Some(*address),
             };
             address
@@ -555,10 +627,15 @@ fn load(db: &Database) -> Result<Memory> {
             .map(|v| Ipv4Addr::from(v.value()));
         let pool = SlicePool::new(record.slice, record.spec.host_reserve)
             .map_err(|e| AgentError::Storage(format!("network {id:?}: {e}")))?;
+        // Allocations outside the current slice are stale (the host's
+        // underlay moved): kept and listed, never in the allocator.
         let allocator = Allocator::restore(
             pool,
-            details.values().map(|a| (a.address, a.owner.clone())),
-            cursor,
+            details
+                .values()
+                .filter(|a| record.slice.contains(a.address))
+                .map(|a| (a.address, a.owner.clone())),
+            cursor.filter(|c| record.slice.contains(*c)),
         )
         .map_err(|e| {
             AgentError::Storage(format!("network {id:?}: inconsistent allocations: {e}"))
@@ -624,6 +701,16 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
                     allocations
                         .remove((network.as_str(), u32::from(*address)))
                         .map_err(|e| storage("delete allocation")(e.into()))?;
+                }
+                Mutation::MoveNetwork(record) => {
+                    let bytes = serde_json::to_vec(record)
+                        .map_err(|e| AgentError::Storage(format!("encode network: {e}")))?;
+                    networks
+                        .insert(record.id.as_str(), bytes.as_slice())
+                        .map_err(|e| storage("write network")(e.into()))?;
+                    cursors
+                        .remove(record.id.as_str())
+                        .map_err(|e| storage("delete cursor")(e.into()))?;
                 }
                 Mutation::PutCursor { network, cursor } => {
                     cursors
@@ -701,6 +788,7 @@ mod tests {
                 backend: BackendChoice::Auto,
                 masquerade: true,
                 anti_spoofing: true,
+                allow_overlap: false,
             },
             underlay_network: "172.30.0.0/16".parse().unwrap(),
             underlay_address: "172.30.0.28".parse().unwrap(),
@@ -709,6 +797,7 @@ mod tests {
             slice: "250.0.28.0/24".parse().unwrap(),
             backend: BackendKind::Ebpf,
             create_time_ms: 1,
+            former_slices: Vec::new(),
         }
     }
 
@@ -768,6 +857,76 @@ mod tests {
         assert_eq!(
             next.record.address,
             "250.0.28.4".parse::<Ipv4Addr>().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_moved_network_keeps_old_allocations_stale_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_slice: ipnetwork::Ipv4Network = "250.0.28.0/24".parse().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let created = match store
+                .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+                .await
+                .unwrap()
+            {
+                Created::New(r) => r,
+                other => panic!("{other:?}"),
+            };
+            for i in 1..=2 {
+                store
+                    .allocate("fan", owner(i), None, BTreeMap::new())
+                    .await
+                    .unwrap();
+            }
+            let moved = NetworkRecord {
+                underlay_address: "172.30.0.29".parse().unwrap(),
+                slice: "250.0.29.0/24".parse().unwrap(),
+                former_slices: vec![old_slice],
+                ..created
+            };
+            store.move_network(moved).await.unwrap();
+            assert_eq!(store.stale_count("fan").await.unwrap(), 2);
+            assert_eq!(store.usage("fan").await.unwrap().0, 0);
+            drop(store);
+            for _ in 0..100 {
+                if Database::create(dir.path().join(DB_FILE)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let network = store.network("fan").await.unwrap();
+        assert_eq!(network.slice, "250.0.29.0/24".parse().unwrap());
+        assert_eq!(network.former_slices, vec![old_slice]);
+        assert_eq!(store.stale_count("fan").await.unwrap(), 2);
+        // The owner of a stale address gets a new one from the new slice.
+        let fresh = store
+            .allocate("fan", owner(1), None, BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(fresh.newly_allocated);
+        assert_eq!(
+            fresh.record.address,
+            "250.0.29.2".parse::<Ipv4Addr>().unwrap()
+        );
+        // Release by owner takes the valid and the stale allocation; by address, a stale one.
+        store
+            .release("fan", Selector::Owner(owner(1)))
+            .await
+            .unwrap();
+        let stale = store
+            .release("fan", Selector::Address("250.0.28.3".parse().unwrap()))
+            .await
+            .unwrap()
+            .expect("stale allocation released");
+        assert_eq!(stale.owner, owner(2));
+        assert_eq!(store.stale_count("fan").await.unwrap(), 0);
+        assert_eq!(
+            store.allocations_page("fan", None, 10).await.unwrap().0,
+            vec![]
         );
     }
 

@@ -38,6 +38,8 @@ pub struct SpecInput {
     pub masquerade: Option<bool>,
     /// Anti-spoofing; None means true.
     pub anti_spoofing: Option<bool>,
+    /// Accept an overlay overlapping the host's addresses or routes.
+    pub allow_overlap: bool,
 }
 
 /// Checks a network id.
@@ -88,6 +90,7 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
         backend: input.backend.unwrap_or(BackendChoice::Auto),
         masquerade: input.masquerade.unwrap_or(true),
         anti_spoofing: input.anti_spoofing.unwrap_or(true),
+        allow_overlap: input.allow_overlap,
     };
     Ok((spec, underlay))
 }

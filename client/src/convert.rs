@@ -104,6 +104,7 @@ pub(crate) fn spec_to_pb(s: &NetworkSpec) -> pb::NetworkSpec {
         backend: backend_to_pb(s.backend) as i32,
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
+        allow_overlap: s.allow_overlap,
     }
 }
 
@@ -168,6 +169,7 @@ pub(crate) fn spec_from_pb(s: pb::NetworkSpec) -> NetworkSpec {
         backend: backend_from_pb(s.backend),
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
+        allow_overlap: s.allow_overlap,
     }
 }
 
@@ -332,6 +334,7 @@ mod tests {
                 backend: pb::Backend::Auto as i32,
                 masquerade: Some(true),
                 anti_spoofing: Some(false),
+                allow_overlap: true,
             }),
             status: Some(pb::NetworkStatus {
                 underlay_address: "172.30.0.28".into(),
@@ -353,6 +356,7 @@ mod tests {
                     dropped_other: 2,
                     dropped_spoofed_egress: 3,
                 }),
+                ..Default::default()
             }),
             create_time: Some(prost_types::Timestamp {
                 seconds: 1_735_689_600,
@@ -445,6 +449,7 @@ mod tests {
             backend: Backend::KernelFan,
             masquerade: Some(false),
             anti_spoofing: None,
+            allow_overlap: true,
         };
         let p = spec_to_pb(&spec);
         assert_eq!(p.backend, pb::Backend::KernelFan as i32);
@@ -482,6 +487,7 @@ mod tests {
             mtu: 1480,
             labels: p.labels.clone(),
             create_time: None,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(a.owner, Owner::new("c1"));

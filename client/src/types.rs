@@ -208,6 +208,11 @@ pub struct NetworkSpec {
     pub masquerade: Option<bool>,
     /// Drop decapsulated packets whose inner source does not match the outer.
     pub anti_spoofing: Option<bool>,
+    /// Accept an overlay that overlaps the host's own addresses or routes
+    /// (refused with `OVERLAY_OVERLAPS_HOST` otherwise). Omitted from JSON
+    /// when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_overlap: bool,
 }
 
 impl NetworkSpec {

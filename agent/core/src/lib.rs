@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod fan;
+pub mod host_change;
 pub mod ipam;
 pub mod names;
 pub mod underlay;

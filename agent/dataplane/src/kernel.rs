@@ -1,11 +1,14 @@
 //! [`KernelDataplane`]: the real [`Dataplane`], composing the host setup with
 //! the registered encapsulation backends.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use fan_core::host_change::{HostPrefix, PrefixKind};
 use tracing::debug;
 
 use crate::host::{Errors, HostSetup};
-use crate::netlink::Netlink;
+use crate::netlink::{Link, Netlink, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, NetworkPlan,
     Observation, Result,
@@ -128,6 +131,53 @@ impl Dataplane for KernelDataplane {
         let mut observation = self.host.observe(plan).await?;
         observation.merge(backend.observe(plan).await?);
         Ok(observation)
+    }
+
+    async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
+        crate::netlink::watch_ipv4_addresses().map(Some)
+    }
+
+    async fn host_prefixes(&self) -> Result<Vec<HostPrefix>> {
+        let _serial = self.serial.lock().await;
+        let links: HashMap<u32, Link> = self
+            .netlink
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l))
+            .collect();
+        // The agent's own devices (bridges, tunnels) carry the fan mark.
+        let ours = |index: u32| {
+            links.get(&index).is_some_and(|l| {
+                l.loopback || l.alias.as_deref().is_some_and(|a| a.starts_with("fan:"))
+            })
+        };
+        let mut prefixes = Vec::new();
+        for address in self.netlink.all_ipv4_addresses().await? {
+            if address.loopback || ours(address.index) {
+                continue;
+            }
+            prefixes.push(HostPrefix {
+                kind: PrefixKind::Address,
+                prefix: address.address,
+                interface: address.interface,
+            });
+        }
+        for route in self.netlink.ipv4_routes(Some(TABLE_MAIN)).await? {
+            if route.protocol == crate::ROUTE_PROTOCOL || route.oif.is_some_and(ours) {
+                continue;
+            }
+            prefixes.push(HostPrefix {
+                kind: PrefixKind::Route,
+                prefix: route.destination,
+                interface: route
+                    .oif
+                    .and_then(|i| links.get(&i))
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(prefixes)
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {

@@ -282,4 +282,17 @@ pub trait Dataplane: Send + Sync {
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation>;
     /// Removes the whole network (encapsulation, then host part).
     async fn remove(&self, plan: &NetworkPlan) -> Result<()>;
+    /// Subscribes to changes of the host's IPv4 addresses (netlink
+    /// RTNLGRP_IPV4_IFADDR): the receiver wakes once per burst of changes.
+    /// `None` when this data plane cannot watch (fakes); the agent then
+    /// relies on its reconcile timer.
+    async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
+        Ok(None)
+    }
+    /// The host's addresses and main-table routes that the agent did not
+    /// make (loopback, devices marked `fan:…` and routes of protocol
+    /// [`ROUTE_PROTOCOL`] left out): what an overlay must not overlap.
+    async fn host_prefixes(&self) -> Result<Vec<fan_core::host_change::HostPrefix>> {
+        Ok(Vec::new())
+    }
 }

@@ -493,6 +493,16 @@ impl Netlink {
             .await
     }
 
+    /// Renames device `index` to `name` (the kernel refuses while it is up).
+    pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
+        check_ifname(name, &format!("rename #{index} to {name}"))?;
+        let message = LinkUnspec::new_with_index(index)
+            .name(name.to_owned())
+            .build();
+        self.set_link(index, |l| format!("rename {l} to {name}"), message)
+            .await
+    }
+
     /// Enslaves device `index` to `master`, or frees it with `None`.
     pub async fn set_master(&self, index: u32, master: Option<u32>) -> Result<()> {
         let builder = LinkUnspec::new_with_index(index);
@@ -1363,6 +1373,38 @@ pub fn overlay_route(plan: &crate::NetworkPlan, tunnel_index: u32) -> Route4 {
         scope: Some(RouteScope::Link),
         ..Route4::new(plan.overlay)
     }
+}
+
+/// Subscribes to the kernel's IPv4 address changes (RTNLGRP_IPV4_IFADDR) in
+/// the calling thread's network namespace. The receiver gets one `()` per
+/// burst of changes (coalesced: a full channel means a wake-up is pending
+/// already); it closes when the subscription socket fails. Must run inside a
+/// tokio runtime.
+pub fn watch_ipv4_addresses() -> Result<tokio::sync::mpsc::Receiver<()>> {
+    use futures::StreamExt;
+    use netlink_packet_core::NetlinkPayload;
+    use netlink_packet_route::RouteNetlinkMessage;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| DataplaneError::other("subscribe to address changes", e))?;
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])
+            .map_err(|e| DataplaneError::other("subscribe to address changes", e))?;
+    runtime.spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    runtime.spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
+            ) = message.payload
+            {
+                match tx.try_send(()) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => break,
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub fn spec_input(spec: Option<pb::NetworkSpec>) -> Result<SpecInput> {
         backend,
         masquerade: spec.masquerade,
         anti_spoofing: spec.anti_spoofing,
+        allow_overlap: spec.allow_overlap,
     })
 }
 
@@ -107,6 +108,7 @@ pub fn network(view: &NetworkView) -> pb::Network {
             backend: backend_choice_to_pb(r.spec.backend) as i32,
             masquerade: Some(r.spec.masquerade),
             anti_spoofing: Some(r.spec.anti_spoofing),
+            allow_overlap: r.spec.allow_overlap,
         }),
         status: Some(pb::NetworkStatus {
             underlay_address: r.underlay_address.to_string(),
@@ -125,6 +127,8 @@ pub fn network(view: &NetworkView) -> pb::Network {
             allocated: s.allocated,
             capacity: s.capacity,
             counters: s.counters.map(counters),
+            stale_allocations: s.stale_allocations,
+            former_slices: r.former_slices.iter().map(ToString::to_string).collect(),
         }),
         create_time: Some(timestamp(r.create_time_ms)),
     }
@@ -158,6 +162,8 @@ pub fn allocation(view: &AllocationView) -> pb::Allocation {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         create_time: Some(timestamp(r.create_time_ms)),
+        stale: view.stale_slice.is_some(),
+        stale_slice: view.stale_slice.map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 

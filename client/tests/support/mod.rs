@@ -174,6 +174,7 @@ fn build_network(id: &str, spec: pb::NetworkSpec) -> Result<pb::Network, Status>
             allocated: 0,
             capacity,
             counters: None,
+            ..Default::default()
         }),
         spec: Some(spec),
         create_time: Some(prost_types::Timestamp {
@@ -452,6 +453,7 @@ impl FanAgentService for Fake {
                 seconds: 1_735_689_700,
                 nanos: 0,
             }),
+            ..Default::default()
         };
         allocs.insert(address, a.clone());
         let count = allocs.len() as u32;

@@ -5,7 +5,10 @@
 //!
 //! Ownership mark: the bridge's ifalias is `fan:<network_id>`. A device with
 //! the bridge's name but without that mark belongs to someone else: `apply`
-//! refuses to touch it and `remove` leaves it alone.
+//! refuses to touch it and `remove` leaves it alone. The mark is the
+//! bridge's identity, not its name: a marked bridge renamed by hand is
+//! reported as drift, renamed back by `apply` (never duplicated) and deleted
+//! by `remove` under whatever name it has.
 
 pub mod nft;
 
@@ -140,10 +143,66 @@ impl HostSetup {
         Ok(Some(link))
     }
 
+    /// Bridges carrying this network's mark under another name than the
+    /// plan's: ours by identity (the mark survives a rename), oldest first.
+    async fn renamed_bridges(&self, plan: &NetworkPlan) -> Result<Vec<Link>> {
+        let mark = bridge_mark(&plan.network_id);
+        let mut found: Vec<Link> = self
+            .netlink
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                l.name != plan.bridge
+                    && l.kind.as_deref() == Some("bridge")
+                    && l.alias.as_deref() == Some(mark.as_str())
+            })
+            .collect();
+        found.sort_by_key(|l| l.index);
+        Ok(found)
+    }
+
+    /// Folds other bridges with this network's mark into `bridge`: their
+    /// ports move over, then they are deleted, so one bridge holds the gateway.
+    async fn absorb_duplicates(&self, plan: &NetworkPlan, bridge: &Link) -> Result<()> {
+        let duplicates = self.renamed_bridges(plan).await?;
+        if duplicates.is_empty() {
+            return Ok(());
+        }
+        let links = self.netlink.links().await?;
+        for duplicate in duplicates {
+            for port in links.iter().filter(|l| l.master == Some(duplicate.index)) {
+                self.netlink
+                    .set_master(port.index, Some(bridge.index))
+                    .await?;
+            }
+            info!(bridge = %plan.bridge, duplicate = %duplicate.name, network = %plan.network_id, "deleting a second bridge of this network");
+            self.netlink.delete_link(duplicate.index).await?;
+        }
+        Ok(())
+    }
+
     /// The plan's bridge: found with our mark, or created and marked.
     async fn ensure_bridge(&self, plan: &NetworkPlan) -> Result<Link> {
         if let Some(link) = self.owned_bridge(plan).await? {
+            self.absorb_duplicates(plan, &link).await?;
             return Ok(link);
+        }
+        // Our bridge renamed by hand keeps its mark: name it back instead of
+        // creating a second bridge that would hold the same gateway address.
+        if let Some(renamed) = self.renamed_bridges(plan).await?.into_iter().next() {
+            info!(bridge = %plan.bridge, found = %renamed.name, network = %plan.network_id, "bridge was renamed: renaming it back");
+            // The kernel refuses to rename a device that is up; apply brings it up again.
+            if renamed.up {
+                self.netlink.set_up(renamed.index, false).await?;
+            }
+            self.netlink.set_name(renamed.index, &plan.bridge).await?;
+            return self.owned_bridge(plan).await?.ok_or_else(|| {
+                DataplaneError::other(
+                    bridge_object(plan),
+                    format!("device {} vanished while being renamed back", renamed.name),
+                )
+            });
         }
         let Some(link) = self.netlink.add_bridge(&plan.bridge).await? else {
             // A device with this name appeared since we looked: usable only
@@ -229,8 +288,21 @@ impl HostSetup {
         let gateway = gateway_address(plan)?;
         let object = bridge_object(plan);
 
+        let renamed = self.renamed_bridges(plan).await?;
         match self.netlink.link_by_name(&plan.bridge).await? {
-            None => drifts.push(drift(&object, "present", "absent")),
+            None => match renamed.first() {
+                Some(link) => drifts.push(drift(
+                    &object,
+                    "present",
+                    format!(
+                        "renamed to {} (ifalias {:?}, mac {})",
+                        link.name,
+                        bridge_mark(&plan.network_id),
+                        link.mac.map(format_mac).unwrap_or_default()
+                    ),
+                )),
+                None => drifts.push(drift(&object, "present", "absent")),
+            },
             Some(link) => {
                 let mark = bridge_mark(&plan.network_id);
                 if link.alias.as_deref() != Some(mark.as_str()) {
@@ -244,6 +316,20 @@ impl HostSetup {
                         .await?;
                 }
             }
+        }
+
+        // A second bridge of this network (after a rename) is drift too.
+        for extra in renamed.iter().skip(usize::from(
+            self.netlink.link_by_name(&plan.bridge).await?.is_none(),
+        )) {
+            drifts.push(drift(
+                format!("bridge {}", extra.name),
+                format!(
+                    "absent (network {} has one bridge, {})",
+                    plan.network_id, plan.bridge
+                ),
+                "present with the network's mark",
+            ));
         }
 
         if !sysctl::ip_forward()? {
@@ -399,6 +485,17 @@ impl HostSetup {
                 errors.record::<()>(Err(e));
             }
         }
+        // Ours by identity even under another name (renamed by hand).
+        if let Some(renamed) = errors.record(self.renamed_bridges(plan).await) {
+            for link in renamed {
+                if errors
+                    .record(self.netlink.delete_link(link.index).await)
+                    .is_some()
+                {
+                    info!(bridge = %link.name, network = %plan.network_id, "deleted renamed bridge");
+                }
+            }
+        }
         errors.into_result()
     }
 }
@@ -410,6 +507,13 @@ fn rp_filter_text(value: u32) -> String {
         2 => "2 (loose)".to_string(),
         v => v.to_string(),
     }
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The bridge's fixed MAC: locally administered (02), our mark (fa), then the

@@ -240,6 +240,10 @@ pub struct NetworkCreateArgs {
     /// Do not drop decapsulated packets with a spoofed inner source.
     #[arg(long)]
     pub no_anti_spoofing: bool,
+    /// Accept an overlay that overlaps this host's own addresses or routes
+    /// (e.g. 10.0.0.0/8 next to a LAN on 10.0.50.0/24); refused otherwise.
+    #[arg(long)]
+    pub allow_overlap: bool,
 }
 
 /// `address …`

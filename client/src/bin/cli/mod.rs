@@ -189,6 +189,7 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                 backend: a.backend.into(),
                 masquerade: a.no_masquerade.then_some(false),
                 anti_spoofing: a.no_anti_spoofing.then_some(false),
+                allow_overlap: a.allow_overlap,
                 ..NetworkSpec::new(a.overlay.clone(), a.underlay.clone())
             };
             emit(out, fmt, &c.create_network(&a.name, &spec).await?)

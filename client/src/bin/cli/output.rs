@@ -412,6 +412,7 @@ mod tests {
                 backend: Backend::Auto,
                 masquerade: Some(true),
                 anti_spoofing: Some(true),
+                allow_overlap: false,
             },
             status: NetworkStatus {
                 underlay_address: Some(Ipv4Addr::new(172, 30, 0, 28)),
