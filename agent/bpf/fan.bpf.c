@@ -7,7 +7,9 @@
  *   fan_encap  egress of the network's tunnel device (the device the overlay
  *              route points at): adds the outer header, the outer destination
  *              computed from the inner one with the fan formula, and hands the
- *              packet to the underlay with bpf_redirect_neigh.
+ *              packet to the underlay with bpf_redirect_neigh. With
+ *              anti-spoofing on, an inner source outside our own slice is
+ *              dropped here, before it reaches the wire (egress check).
  *   fan_decap  ingress of the underlay device: strips the outer header of
  *              protocol-4 packets for our slice; everything else is left to
  *              the next filter and the stack (TC_ACT_UNSPEC).
@@ -78,6 +80,7 @@ enum {
 	FAN_C_DROPPED_FRAGMENT = 3,
 	FAN_C_DROPPED_OTHER = 4,
 	FAN_C_PEER_REDIRECTED = 5,
+	FAN_C_DROPPED_SPOOFED_EGRESS = 6,
 	FAN_C_MAX = 8,
 };
 
@@ -200,6 +203,15 @@ int fan_encap(struct __sk_buff *skb)
 	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
 		goto drop;
 
+	/* Egress anti-spoofing: only our own slice may leave this host. The
+	 * receiver's check alone is not enough: ipip/kernel-fan receivers and
+	 * receivers with anti-spoofing off accept whatever arrives. */
+	if ((cfg->flags & FAN_F_ANTI_SPOOF) &&
+	    (bpf_ntohl(inner->saddr) & cfg->slice_mask) != cfg->slice_net) {
+		count(FAN_C_DROPPED_SPOOFED_EGRESS, segs);
+		return TC_ACT_SHOT;
+	}
+
 	dst = bpf_ntohl(inner->daddr);
 	if ((dst & cfg->overlay_mask) != cfg->overlay_net ||
 	    (dst & cfg->slice_mask) == cfg->slice_net)
@@ -251,7 +263,7 @@ int fan_decap(struct __sk_buff *skb)
 	struct ethhdr *eth;
 	struct iphdr *outer, *inner;
 	struct fan_endpoint *ep;
-	__u32 idst, isrc, osrc, daddr_be;
+	__u32 idst, isrc, osrc, ohost, daddr_be;
 	__u64 segs = segments(skb);
 	__u8 outer_tos;
 	const __u32 need = ETH_HLEN + 2 * sizeof(struct iphdr);
@@ -277,11 +289,10 @@ int fan_decap(struct __sk_buff *skb)
 		count(FAN_C_DROPPED_FRAGMENT, segs);
 		return TC_ACT_SHOT;
 	}
-	if (outer->ihl != 5) {
-		/* Outer options: nobody sends them; let the stack decide. */
-		count(FAN_C_DROPPED_OTHER, segs);
+	/* Outer options: nobody sends them; let the stack decide (not counted:
+	 * we drop nothing). */
+	if (outer->ihl != 5)
 		return TC_ACT_UNSPEC;
-	}
 	inner = (void *)(outer + 1);
 	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
 		return TC_ACT_UNSPEC;
@@ -293,7 +304,13 @@ int fan_decap(struct __sk_buff *skb)
 	if (cfg->flags & FAN_F_ANTI_SPOOF) {
 		isrc = bpf_ntohl(inner->saddr);
 		osrc = bpf_ntohl(outer->saddr);
-		if ((isrc & cfg->overlay_mask) != cfg->overlay_net || owner_of(cfg, isrc) != osrc) {
+		ohost = osrc & ~cfg->underlay_mask;
+		/* The underlay's network and broadcast addresses are no host's
+		 * (encap never sends to their slices), though the formula maps
+		 * their slices back to them. */
+		if (ohost == 0 || ohost == ~cfg->underlay_mask ||
+		    (isrc & cfg->overlay_mask) != cfg->overlay_net ||
+		    owner_of(cfg, isrc) != osrc) {
 			count(FAN_C_DROPPED_SPOOFED, segs);
 			return TC_ACT_SHOT;
 		}

@@ -180,6 +180,7 @@ pub(crate) fn counters_from_pb(c: pb::DataplaneCounters) -> DataplaneCounters {
         dropped_spoofed: c.dropped_spoofed,
         dropped_fragment: c.dropped_fragment,
         dropped_other: c.dropped_other,
+        dropped_spoofed_egress: c.dropped_spoofed_egress,
     }
 }
 
@@ -353,6 +354,7 @@ mod tests {
                     dropped_spoofed: 1,
                     dropped_fragment: 0,
                     dropped_other: 2,
+                    dropped_spoofed_egress: 3,
                 }),
                 ..Default::default()
             }),
@@ -382,7 +384,9 @@ mod tests {
         assert_eq!(n.status.gateway, Some(Ipv4Addr::new(250, 0, 28, 1)));
         assert_eq!(n.status.backend, Some(Backend::Ebpf));
         assert_eq!(n.status.state, NetworkState::Ready);
-        assert_eq!(n.status.counters.unwrap().dropped_other, 2);
+        let counters = n.status.counters.unwrap();
+        assert_eq!(counters.dropped_other, 2);
+        assert_eq!(counters.dropped_spoofed_egress, 3);
         assert_eq!(
             n.create_time.map(format_rfc3339).as_deref(),
             Some("2025-01-01T00:00:00Z")

@@ -227,19 +227,26 @@ impl NetworkSpec {
     }
 }
 
-/// Data-plane packet counters of one network on one host.
+/// Data-plane packet counters of one network on one host (wire packets).
+/// Every `dropped_*` counter counts only packets the data plane discarded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DataplaneCounters {
     /// Packets encapsulated towards another host.
     pub encapsulated: u64,
     /// Packets decapsulated and delivered into the local slice.
     pub decapsulated: u64,
-    /// Decapsulated packets dropped by anti-spoofing.
+    /// Incoming packets dropped by anti-spoofing at decapsulation: inner
+    /// source not of the outer source's slice, or outer source the
+    /// underlay's network or broadcast address.
     pub dropped_spoofed: u64,
     /// Outer fragments, which cannot be decapsulated.
     pub dropped_fragment: u64,
-    /// Packets dropped for any other reason.
+    /// Packets dropped for any other reason (malformed, no remote host, no
+    /// room for the header; ipip/kernel-fan: the tunnel device's errors and drops).
     pub dropped_other: u64,
+    /// Outgoing packets dropped by anti-spoofing before encapsulation: their
+    /// source is not in this host's slice.
+    pub dropped_spoofed_egress: u64,
 }
 
 /// What the agent observes of a network on its host.

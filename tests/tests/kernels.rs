@@ -419,3 +419,91 @@ fn strip_ansi(text: &str) -> String {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ipip.ko: run make test-kernels"]
+async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
+    use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
+    if !kernel_suite() {
+        return Ok(());
+    }
+    // h7 runs ipip.ko (its anti-spoofing is the nft table), h9 eBPF.
+    let bed = two_hosts([pb::Backend::Ipip, pb::Backend::Ebpf]).await?;
+    assert_ready(&bed, "h7", "fan", pb::Backend::Ipip).await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let (h7, h9) = (&bed.host("h7").netns, &bed.host("h9").netns);
+    let mut client = bed.host("h7").client().await?;
+    let start = status(&mut client, "fan")
+        .await?
+        .counters
+        .expect("ipip counters");
+
+    // Egress: a source from 10.1.2.5's slice never leaves h7. The spoofed
+    // packets go first; the legitimate ping's request and reply end the capture.
+    let spoofed = addr("250.5.0.9");
+    let capture = start_capture(h7, "eth0", "ip proto 4", 2)?;
+    send_raw(
+        &a.netns,
+        &[icmp_echo(spoofed, b.address), icmp_echo(spoofed, b.address)],
+    )?;
+    a.netns.ping(b.address, 1)?;
+    let dump = finish_capture(capture)?;
+    assert!(
+        dump.contains(&format!("{} > {}", a.address, b.address)),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains(&spoofed.to_string()),
+        "nothing spoofed left: {dump}"
+    );
+    let mid = status(&mut client, "fan")
+        .await?
+        .counters
+        .expect("ipip counters");
+    assert_eq!(
+        mid.dropped_spoofed_egress - start.dropped_spoofed_egress,
+        2,
+        "{mid:?}"
+    );
+
+    // Decap: ipip.ko takes IPIP from any source; the nft rule drops the
+    // underlay's network and broadcast addresses first. A real host's
+    // packet, sent last, is decapsulated and answered: the answer ends the
+    // capture on h9.
+    let capture = start_capture(h9, "eth0", "ip proto 4 and src host 10.1.2.7", 1)?;
+    send_raw(
+        h9,
+        &[
+            ipip(
+                addr("10.1.2.0"),
+                addr("10.1.2.7"),
+                &[],
+                &icmp_echo(addr("250.0.0.9"), a.address),
+            ),
+            ipip(
+                addr("10.1.2.255"),
+                addr("10.1.2.7"),
+                &[],
+                &icmp_echo(addr("250.255.0.9"), a.address),
+            ),
+            ipip(
+                addr("10.1.2.9"),
+                addr("10.1.2.7"),
+                &[],
+                &icmp_echo(addr("250.9.0.77"), a.address),
+            ),
+        ],
+    )?;
+    let dump = finish_capture(capture)?;
+    assert!(
+        dump.contains(&format!("{} > 250.9.0.77", a.address)),
+        "{dump}"
+    );
+    let end = status(&mut client, "fan")
+        .await?
+        .counters
+        .expect("ipip counters");
+    assert_eq!(end.dropped_spoofed - mid.dropped_spoofed, 2, "{end:?}");
+    assert_eq!(end.decapsulated - mid.decapsulated, 1, "{end:?}");
+    Ok(())
+}

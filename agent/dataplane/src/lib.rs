@@ -129,19 +129,44 @@ pub struct Drift {
     pub observed: String,
 }
 
-/// Per-network data-plane packet counters.
+/// Per-network data-plane packet counters (wire packets: a GSO super-packet
+/// counts as its segments). Every `dropped_*` counter counts only packets
+/// the data plane itself discarded, never packets it left to the stack.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Packets encapsulated towards another host.
     pub encapsulated: u64,
     /// Packets decapsulated into the local slice.
     pub decapsulated: u64,
-    /// Dropped: inner source does not map to the outer source.
+    /// Dropped at decap (anti-spoofing): the inner source does not map to
+    /// the outer source, or the outer source is the underlay's network or
+    /// broadcast address.
     pub dropped_spoofed: u64,
-    /// Dropped: outer fragments (cannot be decapsulated at tc).
+    /// Dropped at decap: outer fragments (cannot be decapsulated at tc).
     pub dropped_fragment: u64,
-    /// Dropped for any other reason.
+    /// Dropped for any other reason: eBPF: not IPv4, a destination outside
+    /// the overlay, in our own slice or in the slice of the underlay's
+    /// network/broadcast address, no room for the header; ipip/kernel-fan:
+    /// the tunnel device's error and drop counts.
     pub dropped_other: u64,
+    /// Dropped at encap (egress anti-spoofing): a local packet for the
+    /// overlay whose source is not in this host's slice. eBPF: in the encap
+    /// program; ipip/kernel-fan: the nftables rule on the bridge.
+    pub dropped_spoofed_egress: u64,
+}
+
+impl Counters {
+    /// The field-by-field sum.
+    pub fn plus(&self, other: &Counters) -> Counters {
+        Counters {
+            encapsulated: self.encapsulated + other.encapsulated,
+            decapsulated: self.decapsulated + other.decapsulated,
+            dropped_spoofed: self.dropped_spoofed + other.dropped_spoofed,
+            dropped_fragment: self.dropped_fragment + other.dropped_fragment,
+            dropped_other: self.dropped_other + other.dropped_other,
+            dropped_spoofed_egress: self.dropped_spoofed_egress + other.dropped_spoofed_egress,
+        }
+    }
 }
 
 /// What `observe` found for one network.
@@ -154,12 +179,16 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// Appends another observation (host part + backend part).
+    /// Appends the backend's observation to the host part's. Counters are
+    /// the backend's, plus the host part's (its nftables anti-spoofing
+    /// rules) when the backend keeps counters: a host-part count alone would
+    /// read as a network that encapsulates nothing.
     pub fn merge(&mut self, other: Observation) {
         self.drifts.extend(other.drifts);
-        if other.counters.is_some() {
-            self.counters = other.counters;
-        }
+        self.counters = match (self.counters, other.counters) {
+            (Some(host), Some(backend)) => Some(backend.plus(&host)),
+            (_, backend) => backend,
+        };
     }
 }
 

@@ -141,6 +141,7 @@ fn counters(c: Counters) -> pb::DataplaneCounters {
         dropped_spoofed: c.dropped_spoofed,
         dropped_fragment: c.dropped_fragment,
         dropped_other: c.dropped_other,
+        dropped_spoofed_egress: c.dropped_spoofed_egress,
     }
 }
 

@@ -20,7 +20,10 @@ pub const ALL_MAPS: [&str; 3] = [CONFIG_MAP, COUNTERS_MAP, ENDPOINTS_MAP];
 
 /// `flags`: the programs act (config written by the agent).
 pub const FLAG_ENABLED: u32 = 1 << 0;
-/// `flags`: drop decapsulated packets whose inner source does not map to the outer source.
+/// `flags`: anti-spoofing. At decap, drop packets whose inner source does not
+/// map to the outer source (or whose outer source is the underlay's network or
+/// broadcast address); at encap, drop packets whose inner source is not in
+/// this host's slice.
 pub const FLAG_ANTI_SPOOF: u32 = 1 << 1;
 /// `flags`: deliver decapsulated packets with `bpf_redirect_peer` when the
 /// destination is in the endpoint map.
@@ -36,14 +39,16 @@ pub mod slot {
     pub const ENCAPSULATED: u32 = 0;
     /// Packets decapsulated.
     pub const DECAPSULATED: u32 = 1;
-    /// Dropped by anti-spoofing.
+    /// Dropped at decap by anti-spoofing.
     pub const DROPPED_SPOOFED: u32 = 2;
     /// Outer fragments dropped.
     pub const DROPPED_FRAGMENT: u32 = 3;
-    /// Dropped for another reason.
+    /// Dropped for another reason (never counts packets left to the stack).
     pub const DROPPED_OTHER: u32 = 4;
     /// Decapsulated packets delivered by the peer fast path.
     pub const PEER_REDIRECTED: u32 = 5;
+    /// Dropped at encap by anti-spoofing: inner source outside our slice.
+    pub const DROPPED_SPOOFED_EGRESS: u32 = 6;
     /// Number of slots in the map.
     pub const COUNT: u32 = 8;
 }
@@ -182,6 +187,7 @@ pub fn counters_from_slots(slots: &[u64]) -> Counters {
         dropped_spoofed: get(slot::DROPPED_SPOOFED),
         dropped_fragment: get(slot::DROPPED_FRAGMENT),
         dropped_other: get(slot::DROPPED_OTHER),
+        dropped_spoofed_egress: get(slot::DROPPED_SPOOFED_EGRESS),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The host part of a fan network, shared by every backend: the bridge with
 //! the slice gateway address and MTU, the forwarding sysctls, and the
-//! outbound masquerade table.
+//! nftables table (outbound masquerade; anti-spoofing for the backends that
+//! have no program of their own to do it, see [`nft`]).
 //!
 //! Ownership mark: the bridge's ifalias is `fan:<network_id>`. A device with
 //! the bridge's name but without that mark belongs to someone else: `apply`
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::netlink::{Link, Netlink};
 use crate::sysctl;
-use crate::{DataplaneError, Drift, NetworkPlan, Observation, Result};
+use crate::{Counters, DataplaneError, Drift, NetworkPlan, Observation, Result};
 
 pub use nft::Nft;
 
@@ -273,8 +274,8 @@ impl HostSetup {
         // sources: strict rp_filter would drop them.
         sysctl::set_rp_filter(&plan.underlay_interface, sysctl::RP_FILTER_LOOSE)?;
 
-        if plan.masquerade {
-            self.nft.apply_masquerade(plan).await?;
+        if nft::needs_table(plan) {
+            self.nft.apply_table(plan).await?;
         } else {
             self.nft.delete_table(&plan.network_id).await?;
         }
@@ -356,11 +357,8 @@ impl HostSetup {
             }
         }
 
-        self.observe_nft(plan, &mut drifts).await?;
-        Ok(Observation {
-            drifts,
-            counters: None,
-        })
+        let counters = self.observe_nft(plan, &mut drifts).await?;
+        Ok(Observation { drifts, counters })
     }
 
     async fn observe_bridge(
@@ -422,25 +420,41 @@ impl HostSetup {
         Ok(())
     }
 
-    async fn observe_nft(&self, plan: &NetworkPlan, drifts: &mut Vec<Drift>) -> Result<()> {
+    /// Compares the nft table with the plan; returns the anti-spoofing
+    /// rules' counters when the table carries them.
+    async fn observe_nft(
+        &self,
+        plan: &NetworkPlan,
+        drifts: &mut Vec<Drift>,
+    ) -> Result<Option<Counters>> {
         let object = nft::table_object(&plan.network_id);
         let listing = self
             .nft
             .list_table(&nft::table_name(&plan.network_id))
             .await?;
-        match (plan.masquerade, listing) {
-            (false, None) => {}
-            (false, Some(_)) => drifts.push(drift(object, "absent (masquerade off)", "present")),
-            (true, None) => drifts.push(drift(object, "present", "absent")),
+        match (nft::needs_table(plan), listing) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => {
+                drifts.push(drift(
+                    object,
+                    "absent (masquerade off, no anti-spoofing rules)",
+                    "present",
+                ));
+                Ok(None)
+            }
+            (true, None) => {
+                drifts.push(drift(object, "present", "absent"));
+                Ok(None)
+            }
             (true, Some(listing)) => {
                 let expected = nft::expected_summary(plan);
                 let observed = nft::summarize(&listing);
                 if observed != expected {
                     drifts.push(drift(object, expected.join("; "), observed.join("; ")));
                 }
+                Ok(nft::has_anti_spoofing(plan).then(|| nft::anti_spoofing_counters(&listing)))
             }
         }
-        Ok(())
     }
 
     /// Removes the nft table and the bridge (only when it carries our mark).

@@ -1,4 +1,16 @@
-//! The agent's nftables table: outbound masquerade for one network.
+//! The agent's nftables table for one network: outbound masquerade and, for
+//! the backends without an eBPF program to do it (ipip, kernel-fan),
+//! anti-spoofing:
+//!
+//! - chain `forward`: a packet from the bridge for the overlay whose source is
+//!   not in this host's slice is counted and dropped before it is
+//!   encapsulated (egress anti-spoofing);
+//! - chain `prerouting`: an IPIP packet whose outer source is the underlay's
+//!   network or broadcast address (no host has them) is counted and dropped
+//!   before the kernel's ipip code decapsulates it.
+//!
+//! The eBPF backend makes both checks in its programs (and counts them in its
+//! map), so its table holds only the masquerade rule.
 //!
 //! We drive the `nft` binary (through tokio::process) instead of speaking
 //! nf_tables netlink ourselves: there is no maintained pure-Rust nf_tables
@@ -19,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tracing::debug;
 
-use crate::{DataplaneError, NetworkPlan, Result};
+use crate::{BackendKind, Counters, DataplaneError, NetworkPlan, Result};
 
 /// The name of a network's table: `fan_<network_id>` with '-' replaced by '_'.
 pub fn table_name(network_id: &str) -> String {
@@ -69,23 +81,97 @@ pub fn masquerade_rule(slice: Ipv4Network, overlay: Ipv4Network) -> String {
     )
 }
 
-/// The chain's description as [`summarize`] renders it.
+/// The chains' descriptions as [`summarize`] renders them.
 const POSTROUTING_CHAIN: &str =
     "chain postrouting { type nat hook postrouting priority 100; policy accept; }";
+const FORWARD_CHAIN: &str = "chain forward { type filter hook forward priority 0; policy accept; }";
+const PREROUTING_CHAIN: &str =
+    "chain prerouting { type filter hook prerouting priority 0; policy accept; }";
+
+/// True when the table carries the anti-spoofing rules: anti-spoofing on and
+/// a backend without the checks in its own programs.
+pub fn has_anti_spoofing(plan: &NetworkPlan) -> bool {
+    plan.anti_spoofing && plan.backend != BackendKind::Ebpf
+}
+
+/// True when the network needs a table at all.
+pub fn needs_table(plan: &NetworkPlan) -> bool {
+    plan.masquerade || has_anti_spoofing(plan)
+}
+
+/// The egress anti-spoofing rule (chain `forward`), in nft syntax.
+pub fn egress_spoof_rule(plan: &NetworkPlan) -> String {
+    format!(
+        "iifname \"{}\" ip daddr {}/{} ip saddr != {}/{} counter drop",
+        plan.bridge,
+        plan.overlay.network(),
+        plan.overlay.prefix(),
+        plan.slice.network(),
+        plan.slice.prefix()
+    )
+}
+
+/// The decap rule (chain `prerouting`): IPIP from the underlay's network or
+/// broadcast address. None for /31 and /32 underlays, where both are hosts.
+pub fn bogus_outer_source_rule(plan: &NetworkPlan) -> Option<String> {
+    (plan.underlay.prefix() <= 30).then(|| {
+        format!(
+            "ip protocol 4 ip saddr {{ {}, {} }} counter drop",
+            plan.underlay.network(),
+            plan.underlay.broadcast()
+        )
+    })
+}
+
+/// Interface names go into the script quoted: refuse anything that could
+/// close the quote.
+fn check_interface_name(name: &str) -> Result<()> {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        Ok(())
+    } else {
+        Err(DataplaneError::other(
+            format!("nft rule for bridge {name:?}"),
+            "bridge name is not usable in an nftables rule (letters, digits, '-', '_', '.', '@')",
+        ))
+    }
+}
 
 /// The `nft -f -` script that (re)creates the network's table atomically.
 pub fn apply_script(plan: &NetworkPlan) -> Result<String> {
     let table = table_name(&plan.network_id);
     check_table_name(&table)?;
     // "add" before "delete" makes the delete succeed when the table is absent.
-    Ok(format!(
+    let mut script = format!(
         "add table ip {table}\n\
          delete table ip {table}\n\
-         add table ip {table}\n\
-         add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-         add rule ip {table} postrouting {}\n",
-        masquerade_rule(plan.slice, plan.overlay)
-    ))
+         add table ip {table}\n"
+    );
+    if plan.masquerade {
+        script.push_str(&format!(
+            "add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+             add rule ip {table} postrouting {}\n",
+            masquerade_rule(plan.slice, plan.overlay)
+        ));
+    }
+    if has_anti_spoofing(plan) {
+        check_interface_name(&plan.bridge)?;
+        script.push_str(&format!(
+            "add chain ip {table} forward {{ type filter hook forward priority filter; policy accept; }}\n\
+             add rule ip {table} forward {}\n",
+            egress_spoof_rule(plan)
+        ));
+        if let Some(rule) = bogus_outer_source_rule(plan) {
+            script.push_str(&format!(
+                "add chain ip {table} prerouting {{ type filter hook prerouting priority filter; policy accept; }}\n\
+                 add rule ip {table} prerouting {rule}\n"
+            ));
+        }
+    }
+    Ok(script)
 }
 
 /// The `nft -f -` script that removes the table, present or not.
@@ -95,15 +181,58 @@ pub fn delete_script(network_id: &str) -> Result<String> {
     Ok(format!("add table ip {table}\ndelete table ip {table}\n"))
 }
 
-/// What the table should look like, as [`summarize`] renders it.
+/// What the table should look like, as [`summarize`] renders it (chains
+/// first, in the order nft lists them, then rules).
 pub fn expected_summary(plan: &NetworkPlan) -> Vec<String> {
-    vec![
-        POSTROUTING_CHAIN.to_string(),
-        format!(
+    let mut chains = Vec::new();
+    let mut rules = Vec::new();
+    if plan.masquerade {
+        chains.push(POSTROUTING_CHAIN.to_string());
+        rules.push(format!(
             "rule postrouting: {}",
             masquerade_rule(plan.slice, plan.overlay)
-        ),
-    ]
+        ));
+    }
+    if has_anti_spoofing(plan) {
+        chains.push(FORWARD_CHAIN.to_string());
+        rules.push(format!("rule forward: {}", egress_spoof_rule(plan)));
+        if let Some(rule) = bogus_outer_source_rule(plan) {
+            chains.push(PREROUTING_CHAIN.to_string());
+            rules.push(format!("rule prerouting: {rule}"));
+        }
+    }
+    chains.extend(rules);
+    chains
+}
+
+/// The packets dropped by the anti-spoofing rules of a listing: egress
+/// (chain `forward`) as `dropped_spoofed_egress`, bogus outer sources (chain
+/// `prerouting`) as `dropped_spoofed`.
+pub fn anti_spoofing_counters(listing: &Value) -> Counters {
+    let mut counters = Counters::default();
+    let items = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for rule in items.iter().filter_map(|i| i.get("rule")) {
+        let packets: u64 = rule
+            .get("expr")
+            .and_then(Value::as_array)
+            .map(|exprs| {
+                exprs
+                    .iter()
+                    .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        match str_field(rule, "chain") {
+            "forward" => counters.dropped_spoofed_egress += packets,
+            "prerouting" => counters.dropped_spoofed += packets,
+            _ => {}
+        }
+    }
+    counters
 }
 
 /// Renders the chains and rules of an `nft -j list table` answer as lines,
@@ -115,6 +244,7 @@ pub fn summarize(listing: &Value) -> Vec<String> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // nft lists chains before rules; keep that order.
     for item in &items {
         if let Some(chain) = item.get("chain") {
             let name = str_field(chain, "name");
@@ -152,9 +282,39 @@ fn render_expr(expr: &Value) -> String {
     if let Some(m) = expr.get("match") {
         let left = m.get("left").and_then(|l| l.get("payload"));
         let right = m.get("right");
+        let op = match str_field(m, "op") {
+            "==" | "in" => String::new(),
+            other => format!("{other} "),
+        };
+        // iifname "fan-250"
+        if let (Some(key), Some(Value::String(name))) = (
+            m.get("left")
+                .and_then(|l| l.get("meta"))
+                .and_then(|meta| meta.get("key"))
+                .and_then(Value::as_str),
+            right,
+        ) {
+            return format!("{key} {op}\"{name}\"");
+        }
+        // ip protocol 4 (nft names it "ipencap")
+        if let (Some(payload), Some(Value::String(proto))) = (left, right) {
+            if str_field(payload, "field") == "protocol" {
+                let proto = if proto == "ipencap" { "4" } else { proto };
+                return format!("{} protocol {op}{proto}", str_field(payload, "protocol"));
+            }
+        }
         if let (Some(payload), Some(right)) = (left, right) {
             let value = match right {
                 Value::String(addr) => Some(format!("{addr}/32")),
+                Value::Object(_) if right.get("set").is_some() => {
+                    right.get("set").and_then(Value::as_array).map(|items| {
+                        let items: Vec<String> = items
+                            .iter()
+                            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                            .collect();
+                        format!("{{ {} }}", items.join(", "))
+                    })
+                }
                 Value::Object(_) => right.get("prefix").map(|p| {
                     format!(
                         "{}/{}",
@@ -165,10 +325,6 @@ fn render_expr(expr: &Value) -> String {
                 _ => None,
             };
             if let Some(value) = value {
-                let op = match str_field(m, "op") {
-                    "==" | "in" => String::new(),
-                    other => format!("{other} "),
-                };
                 return format!(
                     "{} {} {op}{value}",
                     str_field(payload, "protocol"),
@@ -178,6 +334,11 @@ fn render_expr(expr: &Value) -> String {
         }
     } else if expr.get("masquerade").is_some_and(Value::is_null) {
         return "masquerade".to_string();
+    } else if expr.get("drop").is_some_and(Value::is_null) {
+        return "drop".to_string();
+    } else if expr.get("counter").is_some() {
+        // The values change with traffic: not part of the rule's shape.
+        return "counter".to_string();
     }
     expr.to_string()
 }
@@ -295,8 +456,9 @@ impl Nft {
             .map_err(|e| DataplaneError::other(context, format!("parse nft JSON: {e}")))
     }
 
-    /// Creates or replaces the network's masquerade table.
-    pub async fn apply_masquerade(&self, plan: &NetworkPlan) -> Result<()> {
+    /// Creates or replaces the network's table (masquerade and
+    /// anti-spoofing rules as the plan asks).
+    pub async fn apply_table(&self, plan: &NetworkPlan) -> Result<()> {
         let context = format!("apply {}", table_object(&plan.network_id));
         self.run_script(&context, &apply_script(plan)?).await
     }
@@ -325,6 +487,85 @@ mod tests {
         // The longest valid network id gives a usable table name.
         let longest = "a".repeat(fan_core::names::MAX_NETWORK_ID_LEN);
         assert!(check_table_name(&table_name(&longest)).is_ok());
+    }
+
+    fn ipip_plan() -> NetworkPlan {
+        NetworkPlan {
+            network_id: "x".into(),
+            index: 0,
+            overlay: "250.0.0.0/8".parse().unwrap(),
+            underlay: "172.30.0.0/16".parse().unwrap(),
+            local_underlay: "172.30.0.28".parse().unwrap(),
+            underlay_interface: "eth0".into(),
+            underlay_mtu: 1500,
+            slice: "250.0.28.0/24".parse().unwrap(),
+            gateway: "250.0.28.1".parse().unwrap(),
+            bridge: "fan-x".into(),
+            mtu: 1480,
+            masquerade: false,
+            anti_spoofing: true,
+            backend: BackendKind::Ipip,
+        }
+    }
+
+    #[test]
+    fn anti_spoofing_rules_only_where_no_program_checks() {
+        let mut plan = ipip_plan();
+        assert!(has_anti_spoofing(&plan) && needs_table(&plan));
+        let script = apply_script(&plan).unwrap();
+        assert!(script.contains(
+            "add rule ip fan_x forward iifname \"fan-x\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter drop"
+        ), "{script}");
+        assert!(script.contains(
+            "add rule ip fan_x prerouting ip protocol 4 ip saddr { 172.30.0.0, 172.30.255.255 } counter drop"
+        ), "{script}");
+        assert!(!script.contains("masquerade"), "{script}");
+        plan.backend = BackendKind::KernelFan;
+        assert!(has_anti_spoofing(&plan));
+        // eBPF checks in its programs; anti-spoofing off checks nowhere.
+        plan.backend = BackendKind::Ebpf;
+        assert!(!needs_table(&plan));
+        plan.backend = BackendKind::Ipip;
+        plan.anti_spoofing = false;
+        assert!(!needs_table(&plan));
+        // A /31 underlay: both addresses are hosts.
+        let mut plan = ipip_plan();
+        plan.underlay = "172.30.0.0/31".parse().unwrap();
+        assert!(bogus_outer_source_rule(&plan).is_none());
+        // A bridge name that would break out of the quotes is refused.
+        let mut plan = ipip_plan();
+        plan.bridge = "a\"b".into();
+        assert!(apply_script(&plan).is_err());
+    }
+
+    #[test]
+    fn anti_spoofing_listing_matches_expected_and_yields_counters() {
+        // As nft 1.0.6 lists the table apply_script makes for ipip_plan().
+        let json: Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "fan_x", "handle": 1}},
+            {"chain": {"family": "ip", "table": "fan_x", "name": "forward", "handle": 1,
+              "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "fan_x", "name": "prerouting", "handle": 3,
+              "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "fan_x", "chain": "forward", "handle": 2, "expr": [
+              {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "fan-x"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                         "right": {"prefix": {"addr": "250.0.0.0", "len": 8}}}},
+              {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": {"prefix": {"addr": "250.0.28.0", "len": 24}}}},
+              {"counter": {"packets": 7, "bytes": 588}}, {"drop": null}]}},
+            {"rule": {"family": "ip", "table": "fan_x", "chain": "prerouting", "handle": 5, "expr": [
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}},
+                         "right": "ipencap"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": {"set": ["172.30.0.0", "172.30.255.255"]}}},
+              {"counter": {"packets": 2, "bytes": 168}}, {"drop": null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(summarize(&json), expected_summary(&ipip_plan()));
+        let c = anti_spoofing_counters(&json);
+        assert_eq!((c.dropped_spoofed_egress, c.dropped_spoofed), (7, 2));
     }
 
     #[test]

@@ -135,8 +135,8 @@ impl Render for Network {
             kv.row([
                 "Counters:".to_string(),
                 format!(
-                    "encapsulated {} decapsulated {} dropped-spoofed {} dropped-fragment {} dropped-other {}",
-                    c.encapsulated, c.decapsulated, c.dropped_spoofed, c.dropped_fragment, c.dropped_other
+                    "encapsulated {} decapsulated {} dropped-spoofed {} dropped-spoofed-egress {} dropped-fragment {} dropped-other {}",
+                    c.encapsulated, c.decapsulated, c.dropped_spoofed, c.dropped_spoofed_egress, c.dropped_fragment, c.dropped_other
                 ),
             ]);
         }

@@ -1,0 +1,497 @@
+//! The nftables anti-spoofing rules of the host part (the ipip and kernel-fan
+//! backends' egress and decap checks) against the real kernel. The backends
+//! themselves need ipip.ko, which this kernel lacks; the rules do not: they
+//! match on the bridge and the underlay device, whatever carries the packet on.
+//!
+//! Three namespaces, named `fhn-<pid>-<n>-{h,c,p}` and deleted by a guard even
+//! when a test panics: the host `h` (the host part applied for an ipip plan,
+//! the overlay routed to the peer over the underlay veth), a container `c`
+//! plugged into the bridge, and an underlay peer `p`. Needs root; skipped
+//! (with a message) otherwise.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fan_dataplane::host::HostSetup;
+use fan_dataplane::netlink::Netlink;
+use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
+
+const BRIDGE: &str = "fhn-250";
+const NETWORK: &str = "fhn-test";
+const TABLE: &str = "fan_fhn_test";
+const CONTAINER: Ipv4Addr = Ipv4Addr::new(250, 0, 28, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(250, 0, 27, 2);
+const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 28);
+const PEER: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 27);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The three namespaces; deleted on drop.
+struct World {
+    host: String,
+    container: String,
+    peer: String,
+}
+
+impl World {
+    fn new() -> Option<World> {
+        if !is_root() {
+            eprintln!("skipping: network namespace tests need root");
+            return None;
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let base = format!(
+            "fhn-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let w = World {
+            host: format!("{base}-h"),
+            container: format!("{base}-c"),
+            peer: format!("{base}-p"),
+        };
+        for ns in [&w.host, &w.container, &w.peer] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Underlay: host .28 <-> peer .27.
+        sh(&[
+            "ip", "-n", &w.host, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0",
+            "netns", &w.peer,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.host,
+            "addr",
+            "add",
+            "172.30.0.28/16",
+            "dev",
+            "ul0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.peer,
+            "addr",
+            "add",
+            "172.30.0.27/16",
+            "dev",
+            "ul0",
+        ]);
+        sh(&["ip", "-n", &w.host, "link", "set", "ul0", "up"]);
+        sh(&["ip", "-n", &w.peer, "link", "set", "ul0", "up"]);
+        // The peer answers for its slice (it stands for the remote host).
+        sh(&[
+            "ip",
+            "-n",
+            &w.peer,
+            "addr",
+            "add",
+            "250.0.27.2/24",
+            "dev",
+            "lo",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &w.peer,
+            "route",
+            "add",
+            "250.0.28.0/24",
+            "via",
+            "172.30.0.28",
+        ]);
+        Some(w)
+    }
+
+    /// Applies the host part of `plan` in the host namespace; the first time
+    /// also plugs the container and routes the overlay to the peer (standing
+    /// in for the ipip device's computed routes).
+    fn apply(&self, plan: &NetworkPlan, plug: bool) {
+        let plan = plan.clone();
+        block_in(&self.host, move || async move {
+            let host = HostSetup::new(Netlink::new().expect("netlink"));
+            host.apply(&plan).await.expect("apply host part");
+        });
+        if plug {
+            sh(&[
+                "ip",
+                "-n",
+                &self.host,
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &self.container,
+            ]);
+            sh(&[
+                "ip", "-n", &self.host, "link", "set", "c0", "master", BRIDGE, "up",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &self.container,
+                "addr",
+                "add",
+                "250.0.28.2/24",
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &self.container, "link", "set", "eth0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &self.container,
+                "route",
+                "add",
+                "default",
+                "via",
+                "250.0.28.1",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &self.host,
+                "route",
+                "add",
+                "250.0.0.0/8",
+                "via",
+                "172.30.0.27",
+            ]);
+        }
+    }
+
+    fn observe(&self, plan: &NetworkPlan) -> Observation {
+        let plan = plan.clone();
+        block_in(&self.host, move || async move {
+            let host = HostSetup::new(Netlink::new().expect("netlink"));
+            host.observe(&plan).await.expect("observe host part")
+        })
+    }
+
+    fn remove(&self, plan: &NetworkPlan) {
+        let plan = plan.clone();
+        block_in(&self.host, move || async move {
+            let host = HostSetup::new(Netlink::new().expect("netlink"));
+            host.remove(&plan).await.expect("remove host part")
+        })
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for ns in [&self.container, &self.peer, &self.host] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs an async `body` on a current-thread runtime inside namespace `ns`.
+fn block_in<T, F, Fut>(ns: &str, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    in_ns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(body())
+    })
+}
+
+fn in_ns<T, F>(ns: &str, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let result = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns file");
+        // SAFETY: a valid namespace fd; setns affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        body()
+    })
+    .join();
+    match result {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn plan(anti_spoofing: bool) -> NetworkPlan {
+    NetworkPlan {
+        network_id: NETWORK.to_string(),
+        index: 1,
+        overlay: "250.0.0.0/8".parse().unwrap(),
+        underlay: "172.30.0.0/16".parse().unwrap(),
+        local_underlay: HOST,
+        underlay_interface: "ul0".to_string(),
+        underlay_mtu: 1500,
+        slice: "250.0.28.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(250, 0, 28, 1),
+        bridge: BRIDGE.to_string(),
+        mtu: 1480,
+        masquerade: true,
+        anti_spoofing,
+        backend: BackendKind::Ipip,
+    }
+}
+
+// ------------------------------------------------------------ raw packets
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend(total.to_be_bytes());
+    ip.extend([0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend(payload);
+    ip
+}
+
+fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut icmp = vec![8u8, 0, 0, 0, 0xfa, 0x0a, 0, 1];
+    icmp.extend(std::iter::repeat_n(0xab, 32));
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 1, &icmp)
+}
+
+/// Sends complete IPv4 packets (sources as written) from namespace `ns`.
+fn send_raw(ns: &str, packets: Vec<Vec<u8>>) {
+    in_ns(ns, move || {
+        // SAFETY: plain socket calls on a socket we own; buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            for p in &packets {
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let n = libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+                assert_eq!(
+                    n,
+                    p.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    });
+}
+
+/// tcpdump on `ns`'s ul0 for `count` packets matching `filter`; returned
+/// once it listens.
+fn start_capture(ns: &str, filter: &str, count: usize) -> Child {
+    let mut child = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-l", "-i", "ul0", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (apt-get install tcpdump)");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("tcpdump did not start");
+    child
+}
+
+fn finish_capture(child: Child) -> String {
+    let out = child.wait_with_output().expect("tcpdump");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn counters(obs: &Observation) -> Counters {
+    obs.counters.expect("the anti-spoofing rules' counters")
+}
+
+// ------------------------------------------------------------------- tests
+
+#[test]
+fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
+    let Some(w) = World::new() else {
+        return;
+    };
+    let plan = plan(true);
+    w.apply(&plan, true);
+    let obs = w.observe(&plan);
+    assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
+    assert_eq!(counters(&obs), Counters::default());
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
+    assert!(
+        listing.contains(
+            "iifname \"fhn-250\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter packets 0 bytes 0 drop"
+        ),
+        "{listing}"
+    );
+
+    // Spoofed first, then the legitimate packet whose echo reply ends the
+    // capture at the peer: a leaked spoofed packet would be in it.
+    let capture = start_capture(&w.peer, "icmp", 2);
+    send_raw(
+        &w.container,
+        vec![
+            icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
+            icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
+            icmp_echo(CONTAINER, REMOTE),
+        ],
+    );
+    let dump = finish_capture(capture);
+    assert!(
+        dump.contains("250.0.28.2 > 250.0.27.2: ICMP echo request")
+            && dump.contains("250.0.27.2 > 250.0.28.2: ICMP echo reply"),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("250.0.26.9"),
+        "no spoofed packet left: {dump}"
+    );
+    let c = counters(&w.observe(&plan));
+    assert_eq!(c.dropped_spoofed_egress, 2, "{c:?}");
+
+    // Counter values are not drift, and remove takes the table away.
+    assert!(w.observe(&plan).drifts.is_empty());
+    w.remove(&plan);
+    let listed = Command::new("ip")
+        .args([
+            "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+        ])
+        .output()
+        .unwrap();
+    assert!(!listed.status.success(), "table removed");
+}
+
+#[test]
+fn without_anti_spoofing_nft_lets_foreign_sources_through() {
+    let Some(w) = World::new() else {
+        return;
+    };
+    let plan = plan(false);
+    w.apply(&plan, true);
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
+    assert!(!listing.contains("drop"), "masquerade only: {listing}");
+    let obs = w.observe(&plan);
+    assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
+    assert_eq!(obs.counters, None, "no anti-spoofing rules, no counters");
+
+    let capture = start_capture(&w.peer, "icmp", 1);
+    send_raw(
+        &w.container,
+        vec![icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE)],
+    );
+    let dump = finish_capture(capture);
+    assert!(
+        dump.contains("250.0.26.9 > 250.0.27.2: ICMP echo request"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
+    let Some(w) = World::new() else {
+        return;
+    };
+    let plan = plan(true);
+    w.apply(&plan, false);
+    let inner = icmp_echo(Ipv4Addr::new(250, 0, 0, 9), CONTAINER);
+    // The host has no IPIP handler: the stack answers the real host's packet
+    // (sent last) with an ICMP unreachable, proof that all three were seen.
+    let capture = start_capture(&w.peer, "icmp and src host 172.30.0.28", 1);
+    send_raw(
+        &w.peer,
+        vec![
+            ipv4(Ipv4Addr::new(172, 30, 0, 0), HOST, 4, &inner),
+            ipv4(Ipv4Addr::new(172, 30, 255, 255), HOST, 4, &inner),
+            // A real host's IPIP is not this rule's business.
+            ipv4(PEER, HOST, 4, &inner),
+        ],
+    );
+    let dump = finish_capture(capture);
+    assert!(dump.contains("unreachable"), "{dump}");
+    assert_eq!(counters(&w.observe(&plan)).dropped_spoofed, 2);
+    let listing = sh(&[
+        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
+    ]);
+    assert!(
+        listing.contains(
+            "ip protocol ipencap ip saddr { 172.30.0.0, 172.30.255.255 } counter packets 2 "
+        ),
+        "{listing}"
+    );
+}

@@ -1,0 +1,285 @@
+//! Data-plane anti-spoofing end to end (issue 9, items 9 and 12): real agents
+//! (eBPF backend on this kernel), hosts on an underlay bridge, packets built
+//! by hand and sent through raw sockets from inside the namespaces.
+//!
+//! - A container that sends with a source outside its host's slice (another
+//!   host's slice, or any address when the host has a default route) is
+//!   stopped by its own host, counted in `dropped_spoofed_egress`; with
+//!   `anti_spoofing = false` the packet leaves.
+//! - An IPIP packet whose outer source is the underlay's network or
+//!   broadcast address is dropped at decapsulation, counted in
+//!   `dropped_spoofed`.
+//! - `dropped_other` counts drops only: normal traffic and a packet left to
+//!   the stack (outer IP options) do not move it.
+//!
+//! Whether a packet left a host is read from tcpdump on the host's underlay
+//! device: the spoofed packets are sent first, then a legitimate ping whose
+//! two packets end the capture, so a leaked packet would be in it.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
+use fan_e2e::{eventually, Testbed};
+use fan_proto::v1 as pb;
+
+const OVERLAY: &str = "250.0.0.0/8";
+const UNDERLAY: &str = "172.30.0.0/16";
+
+fn addr(text: &str) -> Ipv4Addr {
+    text.parse().expect("address")
+}
+
+// ------------------------------------------------------------------ agents
+
+async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
+    let mut client = bed.host(host).client().await?;
+    client
+        .get_network(pb::GetNetworkRequest {
+            network_id: "fan".into(),
+        })
+        .await
+        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
+        .into_inner()
+        .network
+        .and_then(|n| n.status)
+        .and_then(|s| s.counters)
+        .ok_or_else(|| anyhow!("{host}: no counters"))
+}
+
+fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
+    tokio::runtime::Handle::current().block_on(counters(bed, host))
+}
+
+/// Hosts .28 and .27, network "fan" with `anti_spoofing` on each, a
+/// container "a" on .28 and "b" on .27.
+async fn two_hosts(anti_spoofing: [bool; 2]) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", addr("172.30.0.28"))?;
+    bed.add_host("h27", addr("172.30.0.27"))?;
+    for (host, anti_spoofing) in ["h28", "h27"].into_iter().zip(anti_spoofing) {
+        let mut client = bed.host(host).client().await?;
+        client
+            .create_network(pb::CreateNetworkRequest {
+                network_id: "fan".into(),
+                spec: Some(pb::NetworkSpec {
+                    overlay: OVERLAY.into(),
+                    underlay: UNDERLAY.into(),
+                    anti_spoofing: Some(anti_spoofing),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
+    }
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result<()> {
+    let bed = two_hosts([true, true]).await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h28 = &bed.host("h28").netns;
+    // With a default route, loose rp_filter lets any source in from the
+    // bridge: the fan must still not carry it.
+    h28.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "172.30.0.1",
+        "dev",
+        "eth0",
+    ])?;
+    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+
+    let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
+    let made_up = addr("10.99.0.1"); // outside the overlay altogether
+    let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
+    send_raw(
+        &a.netns,
+        &[
+            icmp_echo(third_host, b.address),
+            icmp_echo(third_host, b.address),
+            icmp_echo(third_host, b.address),
+            icmp_echo(made_up, b.address),
+        ],
+    )?;
+    // The legitimate request and its reply end the capture.
+    a.netns.ping(b.address, 1)?;
+    let dump = finish_capture(capture)?;
+    assert!(
+        dump.contains(&format!("{} > {}", a.address, b.address)),
+        "the legitimate ping crossed: {dump}"
+    );
+    assert!(
+        !dump.contains(&third_host.to_string()) && !dump.contains(&made_up.to_string()),
+        "no spoofed packet left the host: {dump}"
+    );
+
+    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    assert_eq!(
+        e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
+        4,
+        "{s28:?} -> {e28:?}"
+    );
+    assert_eq!(
+        e27.dropped_spoofed, s27.dropped_spoofed,
+        "nothing reached the receiver's check: {e27:?}"
+    );
+    assert_eq!(e28.dropped_other, s28.dropped_other, "{e28:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Result<()> {
+    // The sender does not check; the receiver still does.
+    let bed = two_hosts([false, true]).await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h28 = &bed.host("h28").netns;
+    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+
+    let third_host = addr("250.0.26.9");
+    let capture = start_capture(h28, "eth0", "ip proto 4", 1)?;
+    send_raw(&a.netns, &[icmp_echo(third_host, b.address)])?;
+    let dump = finish_capture(capture)?;
+    assert!(
+        dump.contains("172.30.0.28 > 172.30.0.27")
+            && dump.contains(&format!("{third_host} > {}", b.address)),
+        "the spoofed packet left encapsulated: {dump}"
+    );
+    let e28 = counters(&bed, "h28").await?;
+    assert_eq!(e28.dropped_spoofed_egress, s28.dropped_spoofed_egress);
+    assert_eq!(e28.encapsulated - s28.encapsulated, 1, "{e28:?}");
+    // The receiver's decap check stops it.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(10), || {
+            let e27 = counters_now(&bed, "h27")?;
+            if e27.dropped_spoofed == s27.dropped_spoofed + 1 {
+                Ok(())
+            } else {
+                bail!("h27 {s27:?} -> {e27:?}")
+            }
+        })
+    })?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap() -> Result<()> {
+    let bed = two_hosts([true, true]).await?;
+    let a = bed.container("a");
+    let h27 = &bed.host("h27").netns;
+    let h28_address = bed.host("h28").address;
+    let before = counters(&bed, "h28").await?;
+
+    // The fan formula maps these inner sources to exactly these outer
+    // sources (172.30.0.0 owns 250.0.0.0/24, 172.30.255.255 owns
+    // 250.255.255.0/24), but neither address is a host.
+    let network = addr("172.30.0.0");
+    let broadcast = addr("172.30.255.255");
+    send_raw(
+        h27,
+        &[
+            ipip(
+                network,
+                h28_address,
+                &[],
+                &icmp_echo(addr("250.0.0.9"), a.address),
+            ),
+            ipip(
+                broadcast,
+                h28_address,
+                &[],
+                &icmp_echo(addr("250.255.255.9"), a.address),
+            ),
+        ],
+    )?;
+    let after = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(10), || {
+            let now = counters_now(&bed, "h28")?;
+            if now.dropped_spoofed >= before.dropped_spoofed + 2 {
+                Ok(now)
+            } else {
+                bail!("h28 {before:?} -> {now:?}")
+            }
+        })
+    })?;
+    assert_eq!(
+        after.dropped_spoofed - before.dropped_spoofed,
+        2,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.decapsulated, before.decapsulated,
+        "nothing was decapsulated"
+    );
+
+    // A real host's packet still goes through.
+    let capture = start_capture(h27, "eth0", "ip proto 4 and src host 172.30.0.28", 1)?;
+    send_raw(
+        h27,
+        &[ipip(
+            bed.host("h27").address,
+            h28_address,
+            &[],
+            &icmp_echo(addr("250.0.27.77"), a.address),
+        )],
+    )?;
+    let dump = finish_capture(capture)?;
+    assert!(
+        dump.contains(&format!("{} > 250.0.27.77", a.address)) && dump.contains("echo reply"),
+        "{dump}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
+    let bed = two_hosts([true, true]).await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h27 = &bed.host("h27").netns;
+    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+
+    // Normal traffic both ways.
+    a.netns.ping(b.address, 3)?;
+    b.netns.ping(a.address, 3)?;
+
+    // An IPIP packet with outer IP options (NOPs): the decap program leaves
+    // it to the stack, which has no IPIP handler here and answers with an
+    // ICMP unreachable. That answer proves h28 is done with the packet.
+    let capture = start_capture(
+        h27,
+        "eth0",
+        "icmp[icmptype] == icmp-unreach and src host 172.30.0.28",
+        1,
+    )?;
+    send_raw(
+        h27,
+        &[ipip(
+            bed.host("h27").address,
+            bed.host("h28").address,
+            &[1, 1, 1, 1],
+            &icmp_echo(addr("250.0.27.78"), a.address),
+        )],
+    )?;
+    let dump = finish_capture(capture)?;
+    assert!(dump.contains("unreachable"), "{dump}");
+
+    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    assert!(
+        e28.encapsulated - s28.encapsulated >= 3 && e28.decapsulated - s28.decapsulated >= 3,
+        "the traffic was carried: {e28:?}"
+    );
+    assert_eq!(
+        e28.dropped_other, s28.dropped_other,
+        "a packet passed to the stack is not a drop: {s28:?} -> {e28:?}"
+    );
+    assert_eq!(e27.dropped_other, s27.dropped_other, "{s27:?} -> {e27:?}");
+    Ok(())
+}
