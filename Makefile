@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 
-.PHONY: all deps build build-release test check-style unit demo bench test-kernels fuzz clean
+.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean
 
 all: build
 
@@ -25,8 +25,16 @@ check-style:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace $(FEATURES) --all-targets -- -D warnings
 
+# The API contract: buf lint (STANDARD + COMMENTS) and buf breaking against
+# proto/api-v1.binpb, the image of the released v1 API. A wire- or
+# JSON-breaking change fails here unless it moves to a new package version.
+BUF ?= target/buf/node_modules/.bin/buf
+check-proto: deps
+	cd proto && $(abspath $(BUF)) lint
+	cd proto && $(abspath $(BUF)) breaking --against api-v1.binpb
+
 # Namespace tests create real hosts; two at a time fit this 2-core machine.
-test: build check-style
+test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 
 demo: build

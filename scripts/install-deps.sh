@@ -35,3 +35,17 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check grpcio==1.76.0 grpcio-tools==1.76.0 protobuf
 fi
+
+# --- contract helper: the buf CLI (npm, pinned) for `make check-proto`. ---
+bufdir="$(cd "$(dirname "$0")/.." && pwd)/target/buf"
+if ! "$bufdir/node_modules/.bin/buf" --version 2>/dev/null | grep -qx 1.75.0; then
+    command -v npm >/dev/null 2>&1 || {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends npm >/dev/null
+    }
+    echo "install-deps: @bufbuild/buf 1.75.0 in $bufdir"
+    mkdir -p "$bufdir"
+    npm install --silent --no-audit --no-fund --prefix "$bufdir" @bufbuild/buf@1.75.0
+fi
+# --- end contract helper ---

@@ -15,7 +15,7 @@ use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostA
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 
-use crate::error::{AgentError, Result};
+use crate::error::{AgentError, Reason, Result};
 use crate::model::{
     AllocationRecord, BackendChoice, NetworkRecord, Owner, Selector, IPIP_OVERHEAD,
 };
@@ -255,7 +255,7 @@ impl Agent {
                     .map(|a| format!("{}: {}", a.backend, a.reason))
                     .collect();
                 AgentError::precondition(
-                    "NO_BACKEND_AVAILABLE",
+                    Reason::NoBackendAvailable,
                     format!(
                         "spec.backend: auto found no usable data-plane backend ({})",
                         why.join("; ")
@@ -266,16 +266,18 @@ impl Agent {
         match self.backends.iter().find(|a| a.backend == kind) {
             Some(a) if a.available => Ok(kind),
             Some(a) => Err(AgentError::precondition(
-                "BACKEND_UNAVAILABLE",
+                Reason::BackendUnavailable,
                 format!(
                     "spec.backend: {kind} is not available on this host: {}",
                     a.reason
                 ),
-            )),
+            )
+            .with("backend", kind)),
             None => Err(AgentError::precondition(
-                "BACKEND_UNAVAILABLE",
+                Reason::BackendUnavailable,
                 format!("spec.backend: {kind} is not built into this agent"),
-            )),
+            )
+            .with("backend", kind)),
         }
     }
 
@@ -295,8 +297,11 @@ impl Agent {
 
     /// Creates a network (idempotent for the same spec) and programs it.
     pub async fn create_network(&self, id: &str, input: &SpecInput) -> Result<NetworkView> {
-        validate::network_id("network_id", id)?;
-        let (spec, underlay) = validate::spec(input)?;
+        // Every invalid field at once: the id and the spec together.
+        let mut checks = validate::Checks::new();
+        checks.check(validate::network_id("network_id", id));
+        let parsed = checks.check(validate::spec(input));
+        let (spec, underlay) = checks.finish_with(parsed)?;
         if let Some(warning) = fan_core::fan::routed_overlap_warning(spec.overlay) {
             tracing::warn!(network = %id, overlay = %spec.overlay, "{warning}");
         }
@@ -304,7 +309,9 @@ impl Agent {
         let resolved = underlay
             .resolve(&interfaces, default_interface.as_deref())
             .map_err(|e| {
-                AgentError::precondition("UNDERLAY_NOT_FOUND", format!("spec.underlay: {e}"))
+                AgentError::precondition(Reason::UnderlayNotFound, format!("spec.underlay: {e}"))
+                    .with("network_id", id)
+                    .with("underlay", &input.underlay)
             })?;
         let fan = FanMap::new(spec.overlay, resolved.network).map_err(|e| {
             AgentError::invalid(
@@ -315,19 +322,25 @@ impl Agent {
         let slice = fan
             .slice_of(resolved.address)
             .map_err(|e| AgentError::invalid("spec.underlay", e))?;
+        let mut checks = validate::Checks::new();
         let max_mtu = resolved.mtu.saturating_sub(IPIP_OVERHEAD);
         if spec.mtu > max_mtu {
-            return Err(AgentError::invalid(
+            checks.check::<()>(Err(AgentError::invalid(
                 "spec.mtu",
                 format!(
                     "must be at most the underlay MTU minus {IPIP_OVERHEAD} ({max_mtu} on {}), got {}",
                     resolved.interface, spec.mtu
                 ),
-            ));
+            )));
         }
-        fan_core::ipam::SlicePool::new(slice, spec.host_reserve)
-            .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
-        let backend = self.choose_backend(spec.backend)?;
+        checks.check(
+            fan_core::ipam::SlicePool::new(slice, spec.host_reserve)
+                .map_err(|e| AgentError::invalid("spec.host_reserve", e)),
+        );
+        checks.finish()?;
+        let backend = self
+            .choose_backend(spec.backend)
+            .map_err(|e| e.with("network_id", id))?;
         let record = NetworkRecord {
             id: id.to_owned(),
             index: 0,
@@ -352,9 +365,10 @@ impl Agent {
                     let _ = self.store.delete_network(&record.id, true).await;
                     self.record_apply(&record.id, &Ok(()));
                     return Err(AgentError::precondition(
-                        "DATAPLANE_FAILED",
+                        Reason::NetworkProgrammingFailed,
                         format!("programming network {:?} failed: {err}", record.id),
-                    ));
+                    )
+                    .with("network_id", &record.id));
                 }
                 self.view(record).await
             }
@@ -415,10 +429,12 @@ impl Agent {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<NetworkView>> {
-        let limit = validate::page_size("page_size", page_size)?;
+        let mut checks = validate::Checks::new();
+        let limit = checks.check(validate::page_size("page_size", page_size));
         if !page_token.is_empty() {
-            validate::network_id("page_token", page_token)?;
+            checks.check(validate::network_id("page_token", page_token));
         }
+        let limit = checks.finish_with(limit)?;
         let records = self.store.networks().await?;
         let mut rest = records
             .into_iter()
@@ -455,9 +471,10 @@ impl Agent {
         let (allocated, _) = self.store.usage(id).await?;
         if allocated > 0 && !force {
             return Err(AgentError::precondition(
-                "NETWORK_IN_USE",
+                Reason::NetworkInUse,
                 format!("network {id:?} still has {allocated} allocation(s); release them first or delete with force"),
-            ));
+            )
+            .with("network_id", id));
         }
         // Kernel first: if removal fails the network stays known and can be retried.
         self.dataplane.remove(&record.plan()).await?;
@@ -526,9 +543,7 @@ impl Agent {
         match self.store.release(network_id, selector.clone()).await? {
             Some(record) => Ok(Some(AllocationView::new(&network, record))),
             None if allow_missing => Ok(None),
-            None => Err(AgentError::NotFound {
-                resource: format!("allocation with {selector} in network {network_id:?}"),
-            }),
+            None => Err(AgentError::allocation_not_found(network_id, &selector)),
         }
     }
 
@@ -539,13 +554,17 @@ impl Agent {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<AllocationView>> {
-        validate::network_id("network_id", network_id)?;
-        let limit = validate::page_size("page_size", page_size)?;
+        let mut checks = validate::Checks::new();
+        checks.check(validate::network_id("network_id", network_id));
+        let limit = checks.check(validate::page_size("page_size", page_size));
         let after = if page_token.is_empty() {
-            None
+            Some(None)
         } else {
-            Some(validate::address("page_token", page_token)?)
+            checks
+                .check(validate::address("page_token", page_token))
+                .map(Some)
         };
+        let (limit, after) = checks.finish_with(limit.zip(after))?;
         let network = self.store.network(network_id).await?;
         let (records, more) = self
             .store

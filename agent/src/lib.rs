@@ -19,6 +19,7 @@ pub mod agent;
 pub mod api;
 pub mod error;
 pub mod model;
+pub mod reason;
 pub mod server;
 pub mod state;
 pub mod validate;

@@ -18,7 +18,7 @@ use fan_core::ipam::{Allocator, IpamError, SlicePool};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{AgentError, Result};
+use crate::error::{AgentError, Metadata, Reason, Resource, Result};
 use crate::model::{now_ms, AllocationRecord, NetworkRecord, Owner, Selector};
 
 /// The on-disk layout version this agent reads and writes.
@@ -220,6 +220,8 @@ impl Store {
                     return Ok(Created::Existing(existing.record.clone()));
                 }
                 return Err(AgentError::AlreadyExists {
+                    resource: Resource::network(&record.id),
+                    metadata: Metadata::from([("network_id", record.id.clone())]),
                     message: format!(
                         "network {:?} already exists with a different spec (overlay {}, underlay {}, bridge {})",
                         record.id, existing.record.spec.overlay, existing.record.spec.underlay,
@@ -233,7 +235,7 @@ impl Store {
             let used: BTreeSet<u16> = memory.networks.values().map(|n| n.record.index).collect();
             let index = (1..=u16::MAX)
                 .find(|i| !used.contains(i))
-                .ok_or_else(|| AgentError::precondition("TOO_MANY_NETWORKS", "no free network index"))?;
+                .ok_or_else(|| AgentError::precondition(Reason::TooManyNetworks, "no free network index").with("network_id", &record.id))?;
             let record = NetworkRecord { index, ..record };
             memory.networks.insert(
                 record.id.clone(),
@@ -257,11 +259,12 @@ impl Store {
             let count = memory.network(&id)?.allocations.len();
             if count > 0 && !force {
                 return Err(AgentError::precondition(
-                    "NETWORK_IN_USE",
+                    Reason::NetworkInUse,
                     format!(
                         "network {id:?} still has {count} allocation(s); release them first or delete with force"
                     ),
-                ));
+                )
+                .with("network_id", &id));
             }
             let network = memory.networks.remove(&id).ok_or_else(|| AgentError::network_not_found(&id))?;
             mutations.push(Mutation::DeleteNetwork {
@@ -287,7 +290,11 @@ impl Store {
             let outcome = state
                 .allocator
                 .allocate(owner.clone(), requested)
-                .map_err(|e| ipam_error(&network, e))?;
+                .map_err(|e| {
+                    ipam_error(&network, e)
+                        .with("container_id", &owner.container_id)
+                        .with("interface", &owner.interface)
+                })?;
             if !outcome.newly_allocated {
                 let record = state
                     .allocations
@@ -399,9 +406,7 @@ impl Store {
             };
             address
                 .and_then(|a| state.allocations.get(&a).cloned())
-                .ok_or_else(|| AgentError::NotFound {
-                    resource: format!("allocation with {selector} in network {network:?}"),
-                })
+                .ok_or_else(|| AgentError::allocation_not_found(&network, &selector))
         })
         .await?
     }
@@ -446,19 +451,25 @@ fn check_conflicts(memory: &Memory, record: &NetworkRecord) -> Result<()> {
     for other in memory.networks.values().map(|n| &n.record) {
         if other.spec.bridge == record.spec.bridge {
             return Err(AgentError::precondition(
-                "BRIDGE_IN_USE",
+                Reason::BridgeInUse,
                 format!(
                     "bridge {} is already used by network {:?}",
                     other.spec.bridge, other.id
                 ),
-            ));
+            )
+            .with("network_id", &record.id)
+            .with("bridge", &other.spec.bridge)
+            .with("other_network_id", &other.id));
         }
         let (a, b) = (other.spec.overlay, record.spec.overlay);
         if a.contains(b.network()) || b.contains(a.network()) {
             return Err(AgentError::precondition(
-                "OVERLAY_IN_USE",
+                Reason::OverlayInUse,
                 format!("overlay {b} overlaps overlay {a} of network {:?}", other.id),
-            ));
+            )
+            .with("network_id", &record.id)
+            .with("overlay", b)
+            .with("other_network_id", &other.id));
         }
     }
     Ok(())
@@ -469,9 +480,12 @@ fn ipam_error(network: &str, err: IpamError) -> AgentError {
     match err {
         IpamError::Exhausted { .. } => AgentError::Exhausted {
             message: format!("network {network:?}: {err}"),
+            metadata: Metadata::from([("network_id", network.to_owned())]),
         },
-        IpamError::Taken { .. } | IpamError::OwnerHasAddress { .. } => {
-            AgentError::precondition("ADDRESS_TAKEN", format!("address: {err}"))
+        IpamError::Taken { address } | IpamError::OwnerHasAddress { requested: address, .. } => {
+            AgentError::precondition(Reason::AddressTaken, format!("address: {err}"))
+                .with("network_id", network)
+                .with("address", address)
         }
         other => AgentError::invalid("address", other),
     }
@@ -830,7 +844,7 @@ mod tests {
         assert!(matches!(
             store.create_network(same_bridge).await,
             Err(AgentError::FailedPrecondition {
-                reason: "BRIDGE_IN_USE",
+                reason: Reason::BridgeInUse,
                 ..
             })
         ));
@@ -838,7 +852,7 @@ mod tests {
         assert!(matches!(
             store.create_network(overlapping).await,
             Err(AgentError::FailedPrecondition {
-                reason: "OVERLAY_IN_USE",
+                reason: Reason::OverlayInUse,
                 ..
             })
         ));
@@ -871,7 +885,7 @@ mod tests {
         assert!(matches!(
             store.delete_network("fan", false).await,
             Err(AgentError::FailedPrecondition {
-                reason: "NETWORK_IN_USE",
+                reason: Reason::NetworkInUse,
                 ..
             })
         ));

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use fan_core::names;
 use fan_core::underlay::UnderlaySpec;
 
-use crate::error::{AgentError, Result};
+use crate::error::{AgentError, Result, Violation};
 use crate::model::{BackendChoice, NetworkSpec, Owner, DEFAULT_INTERFACE};
 
 /// Smallest MTU accepted for a fan network (RFC 791 minimum datagram all hosts accept).
@@ -40,45 +40,116 @@ pub struct SpecInput {
     pub anti_spoofing: Option<bool>,
 }
 
+/// Collects the violations of every field of a request, so one answer lists
+/// them all (`google.rpc.BadRequest`) instead of only the first.
+#[derive(Debug, Default)]
+pub struct Checks {
+    violations: Vec<Violation>,
+    other: Option<AgentError>,
+}
+
+impl Checks {
+    /// No violations yet.
+    pub fn new() -> Self {
+        Checks::default()
+    }
+
+    /// The value of `result`, or None after recording its violations (or,
+    /// for an error that is not a violation, keeping the first such error).
+    pub fn check<T>(&mut self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(AgentError::InvalidArgument { violations }) => {
+                self.violations.extend(violations);
+                None
+            }
+            Err(other) => {
+                self.other.get_or_insert(other);
+                None
+            }
+        }
+    }
+
+    /// Whether nothing failed so far.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty() && self.other.is_none()
+    }
+
+    /// Ok when every check passed, else every violation (a non-violation error first).
+    pub fn finish(self) -> Result<()> {
+        if let Some(other) = self.other {
+            return Err(other);
+        }
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::InvalidArgument {
+                violations: self.violations,
+            })
+        }
+    }
+
+    /// `value` when every check passed, else [`Checks::finish`]'s error.
+    pub fn finish_with<T>(self, value: Option<T>) -> Result<T> {
+        match (self.is_ok(), value) {
+            (true, Some(value)) => Ok(value),
+            (_, value) => {
+                self.finish()?;
+                // Unreachable in practice: a None value always comes with a
+                // recorded failure. Say so instead of panicking.
+                value.ok_or_else(|| AgentError::invalid("request", "is invalid"))
+            }
+        }
+    }
+}
+
 /// Checks a network id.
 pub fn network_id(field: &str, id: &str) -> Result<()> {
     names::validate_network_id(id).map_err(|e| AgentError::invalid(field, e))
 }
 
 /// Validates a spec and fills in defaults; also returns the parsed underlay.
+/// Every invalid field is reported, not only the first.
 pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
-    if input.overlay.is_empty() {
-        return Err(AgentError::invalid(
+    let mut checks = Checks::new();
+    let overlay = checks.check(if input.overlay.is_empty() {
+        Err(AgentError::invalid(
             "spec.overlay",
             "is required (e.g. 250.0.0.0/8)",
-        ));
-    }
-    let overlay = fan_core::fan::parse_overlay(&input.overlay)
-        .map_err(|e| AgentError::invalid("spec.overlay", e))?;
-    if input.underlay.is_empty() {
-        return Err(AgentError::invalid(
+        ))
+    } else {
+        fan_core::fan::parse_overlay(&input.overlay)
+            .map_err(|e| AgentError::invalid("spec.overlay", e))
+    });
+    let underlay = checks.check(if input.underlay.is_empty() {
+        Err(AgentError::invalid(
             "spec.underlay",
             "is required (e.g. 172.30.0.0/16)",
-        ));
-    }
-    let underlay = UnderlaySpec::parse(&input.underlay)
-        .map_err(|e| AgentError::invalid("spec.underlay", e))?;
-    let bridge = if input.bridge.is_empty() {
-        names::default_bridge_name(overlay)
+        ))
     } else {
-        names::validate_device_name(&input.bridge)
-            .map_err(|e| AgentError::invalid("spec.bridge", e))?;
-        input.bridge.clone()
-    };
+        UnderlaySpec::parse(&input.underlay).map_err(|e| AgentError::invalid("spec.underlay", e))
+    });
+    if !input.bridge.is_empty() {
+        checks.check(
+            names::validate_device_name(&input.bridge)
+                .map_err(|e| AgentError::invalid("spec.bridge", e)),
+        );
+    }
     if input.mtu != 0 && !(MIN_MTU..=65535).contains(&input.mtu) {
-        return Err(AgentError::invalid(
+        checks.check::<()>(Err(AgentError::invalid(
             "spec.mtu",
             format!(
                 "must be 0 (underlay MTU − 20) or between {MIN_MTU} and 65535, got {}",
                 input.mtu
             ),
-        ));
+        )));
     }
+    let (overlay, underlay) = checks.finish_with(overlay.zip(underlay))?;
+    let bridge = if input.bridge.is_empty() {
+        names::default_bridge_name(overlay)
+    } else {
+        input.bridge.clone()
+    };
     let spec = NetworkSpec {
         overlay,
         underlay: underlay.to_string(),
@@ -92,23 +163,28 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
     Ok((spec, underlay))
 }
 
-/// Validates an owner; an empty interface means "eth0".
+/// Validates an owner; an empty interface means "eth0". Both fields are checked.
 pub fn owner(field: &str, container_id: &str, interface: &str) -> Result<Owner> {
-    if container_id.is_empty() {
-        return Err(AgentError::invalid(
+    let mut checks = Checks::new();
+    checks.check(if container_id.is_empty() {
+        Err(AgentError::invalid(
             format!("{field}.container_id"),
             "is required",
-        ));
-    }
-    names::validate_container_id(container_id)
-        .map_err(|e| AgentError::invalid(format!("{field}.container_id"), e))?;
+        ))
+    } else {
+        names::validate_container_id(container_id)
+            .map_err(|e| AgentError::invalid(format!("{field}.container_id"), e))
+    });
     let interface = if interface.is_empty() {
         DEFAULT_INTERFACE
     } else {
         interface
     };
-    names::validate_device_name(interface)
-        .map_err(|e| AgentError::invalid(format!("{field}.interface"), e))?;
+    checks.check(
+        names::validate_device_name(interface)
+            .map_err(|e| AgentError::invalid(format!("{field}.interface"), e)),
+    );
+    checks.finish()?;
     Ok(Owner {
         container_id: container_id.to_owned(),
         interface: interface.to_owned(),
@@ -125,7 +201,7 @@ pub fn address(field: &str, text: &str) -> Result<Ipv4Addr> {
     })
 }
 
-/// Checks allocation labels.
+/// Checks allocation labels; every bad label is reported.
 pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()> {
     if labels.len() > names::MAX_LABELS {
         return Err(AgentError::invalid(
@@ -133,11 +209,14 @@ pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()> {
             format!("at most {} labels, got {}", names::MAX_LABELS, labels.len()),
         ));
     }
+    let mut checks = Checks::new();
     for (key, value) in labels {
-        names::validate_label(key, value)
-            .map_err(|e| AgentError::invalid(format!("{field}[{key:?}]"), e))?;
+        checks.check(
+            names::validate_label(key, value)
+                .map_err(|e| AgentError::invalid(format!("{field}[{key:?}]"), e)),
+        );
     }
-    Ok(())
+    checks.finish()
 }
 
 /// Resolves a page size: 0 means the default; above the maximum is refused.

@@ -4,7 +4,7 @@
 pub mod convert;
 pub mod status;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fan_proto::v1 as pb;
@@ -56,16 +56,65 @@ pub fn caller<T>(request: &Request<T>) -> String {
 
 /// Logs one audit line for a mutating call and converts the result.
 fn audited<T>(who: &str, what: &str, target: &str, result: Result<T>) -> Result<T, Status> {
+    audited_on(who, what, target, None, None, result)
+}
+
+/// [`audited`] for calls on one allocation: the line also carries its owner
+/// ("container_id/interface") and address, when known.
+fn audited_on<T>(
+    who: &str,
+    what: &str,
+    target: &str,
+    owner: Option<&str>,
+    address: Option<&str>,
+    result: Result<T>,
+) -> Result<T, Status> {
     // Request fields can be megabytes long; an audit line must stay a line.
     let target = clip(target);
     let target = target.as_ref();
+    let owner = owner.map(clip);
+    let owner = owner.as_deref();
+    let address = address.map(clip);
+    let address = address.as_deref();
     match &result {
-        Ok(_) => tracing::info!(target: "audit", who, what, target, result = "ok"),
+        Ok(_) => tracing::info!(target: "audit", who, what, target, owner, address, result = "ok"),
         Err(err) => {
-            tracing::info!(target: "audit", who, what, target, result = "error", error = %clip(&err.to_string()))
+            tracing::info!(target: "audit", who, what, target, owner, address, result = "error", error = %clip(&err.to_string()))
         }
     }
     result.map_err(Status::from)
+}
+
+/// An owner as audit lines show it: "container_id/interface".
+fn owner_text(container_id: &str, interface: &str) -> String {
+    let interface = if interface.is_empty() {
+        crate::model::DEFAULT_INTERFACE
+    } else {
+        interface
+    };
+    format!("{container_id}/{interface}")
+}
+
+/// The owner and address a selector names, for the audit line.
+fn selector_text(selector: &Option<pb::AllocationSelector>) -> (Option<String>, Option<String>) {
+    match selector.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(pb::allocation_selector::Selector::Owner(o)) => {
+            (Some(owner_text(&o.container_id, &o.interface)), None)
+        }
+        Some(pb::allocation_selector::Selector::Address(a)) => (None, Some(a.clone())),
+        None => (None, None),
+    }
+}
+
+/// Checks a network id and a selector together (both violations at once).
+fn network_and_selector(
+    network_id: &str,
+    selector: Option<pb::AllocationSelector>,
+) -> Result<crate::model::Selector> {
+    let mut checks = validate::Checks::new();
+    checks.check(validate::network_id("network_id", network_id));
+    let selector = checks.check(convert::selector(selector));
+    checks.finish_with(selector)
 }
 
 #[tonic::async_trait]
@@ -161,19 +210,43 @@ impl FanAgentService for FanAgentApi {
         let who = caller(&request);
         let req = request.into_inner();
         let target = req.network_id.clone();
+        let mut owner = req
+            .owner
+            .as_ref()
+            .map(|o| owner_text(&o.container_id, &o.interface));
+        let mut address = (!req.address.is_empty()).then(|| req.address.clone());
         let result = async {
-            let owner = convert::owner("owner", req.owner)?;
+            // Every invalid field at once.
+            let mut checks = validate::Checks::new();
+            checks.check(validate::network_id("network_id", &req.network_id));
+            let owner = checks.check(convert::owner("owner", req.owner));
             let requested = match req.address.as_str() {
-                "" => None,
-                text => Some(validate::address("address", text)?),
+                "" => Some(None),
+                text => checks.check(validate::address("address", text)).map(Some),
             };
-            let labels = req.labels.into_iter().collect();
+            let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
+            checks.check(validate::labels("labels", &labels));
+            let (owner, requested) = checks.finish_with(owner.zip(requested))?;
             self.agent
                 .allocate(&req.network_id, owner, requested, labels)
                 .await
         }
         .await;
-        let (view, _) = audited(&who, "AllocateAddress", &target, result)?;
+        if let Ok((view, _)) = &result {
+            owner = Some(owner_text(
+                &view.record.owner.container_id,
+                &view.record.owner.interface,
+            ));
+            address = Some(view.record.address.to_string());
+        }
+        let (view, _) = audited_on(
+            &who,
+            "AllocateAddress",
+            &target,
+            owner.as_deref(),
+            address.as_deref(),
+            result,
+        )?;
         Ok(Response::new(pb::AllocateAddressResponse {
             allocation: Some(convert::allocation(&view)),
         }))
@@ -184,7 +257,7 @@ impl FanAgentService for FanAgentApi {
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         let req = request.into_inner();
-        let selector = convert::selector(req.selector)?;
+        let selector = network_and_selector(&req.network_id, req.selector)?;
         let view = self.agent.get_allocation(&req.network_id, selector).await?;
         Ok(Response::new(pb::GetAllocationResponse {
             allocation: Some(convert::allocation(&view)),
@@ -197,14 +270,29 @@ impl FanAgentService for FanAgentApi {
     ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
+        let (mut owner, mut address) = selector_text(&req.selector);
         let result = async {
-            let selector = convert::selector(req.selector)?;
+            let selector = network_and_selector(&req.network_id, req.selector)?;
             self.agent
                 .release(&req.network_id, selector, req.allow_missing)
                 .await
         }
         .await;
-        let released = audited(&who, "ReleaseAddress", &req.network_id, result)?;
+        if let Ok(Some(view)) = &result {
+            owner = Some(owner_text(
+                &view.record.owner.container_id,
+                &view.record.owner.interface,
+            ));
+            address = Some(view.record.address.to_string());
+        }
+        let released = audited_on(
+            &who,
+            "ReleaseAddress",
+            &req.network_id,
+            owner.as_deref(),
+            address.as_deref(),
+            result,
+        )?;
         Ok(Response::new(pb::ReleaseAddressResponse {
             allocation: released.as_ref().map(convert::allocation),
         }))
@@ -242,11 +330,15 @@ impl FanAgentService for FanAgentApi {
                     ),
                 ));
             }
-            let valid = req
+            let mut checks = validate::Checks::new();
+            checks.check(validate::network_id("network_id", &req.network_id));
+            let valid: BTreeSet<_> = req
                 .valid_owners
                 .into_iter()
-                .map(|o| convert::owner("valid_owners", Some(o)))
-                .collect::<Result<BTreeSet<_>>>()?;
+                .enumerate()
+                .filter_map(|(i, o)| checks.check(convert::owner(&format!("valid_owners[{i}]"), Some(o))))
+                .collect();
+            checks.finish()?;
             self.agent
                 .garbage_collect(&req.network_id, valid, req.dry_run)
                 .await
@@ -268,24 +360,34 @@ impl FanAgentService for FanAgentApi {
         request: Request<pb::ResolveAddressRequest>,
     ) -> Result<Response<pb::ResolveAddressResponse>, Status> {
         let req = request.get_ref();
-        let address = validate::address("address", &req.address)?;
+        let mut checks = validate::Checks::new();
+        let address = checks.check(validate::address("address", &req.address));
+        if !req.network_id.is_empty() {
+            checks.check(validate::network_id("network_id", &req.network_id));
+        }
         let adhoc = match (req.overlay.as_str(), req.underlay.as_str()) {
-            ("", "") => None,
+            ("", "") => Some(None),
             (overlay, underlay) if !overlay.is_empty() && !underlay.is_empty() => {
-                let overlay = fan_core::fan::parse_overlay(overlay)
-                    .map_err(|e| Status::from(AgentError::invalid("overlay", e)))?;
-                let underlay = fan_core::fan::parse_network(underlay)
-                    .map_err(|e| Status::from(AgentError::invalid("underlay", e)))?;
-                Some((overlay, underlay))
+                let overlay = checks.check(
+                    fan_core::fan::parse_overlay(overlay)
+                        .map_err(|e| AgentError::invalid("overlay", e)),
+                );
+                let underlay = checks.check(
+                    fan_core::fan::parse_network(underlay)
+                        .map_err(|e| AgentError::invalid("underlay", e)),
+                );
+                overlay.zip(underlay).map(Some)
             }
-            _ => {
-                return Err(AgentError::invalid(
-                    "overlay",
+            (overlay, _) => {
+                let missing = if overlay.is_empty() { "overlay" } else { "underlay" };
+                checks.check::<()>(Err(AgentError::invalid(
+                    missing,
                     "overlay and underlay must be given together",
-                )
-                .into())
+                )));
+                None
             }
         };
+        let (address, adhoc) = checks.finish_with(address.zip(adhoc))?;
         let resolutions = self.agent.resolve(address, &req.network_id, adhoc).await?;
         Ok(Response::new(pb::ResolveAddressResponse {
             resolutions: resolutions.iter().map(convert::resolution).collect(),
