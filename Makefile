@@ -37,6 +37,12 @@ check-proto: deps
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 
+# The Python wheel and the Go module of sdk/, generated from proto/ (the e2e test
+# tests/tests/sdk_clients.rs builds and runs both against a real agent).
+sdk: deps
+	sdk/go/generate.sh
+	target/pyenv/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w target/sdk sdk/python
+
 demo: build
 	scripts/demo.sh
 

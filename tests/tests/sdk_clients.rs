@@ -101,8 +101,8 @@ fn go_env(command: &mut Command) -> &mut Command {
         .env("GOPATH", cache.join("path"))
 }
 
-/// Generates and builds sdk/go with its generate.sh, then builds the test
-/// program and the README example; returns their directory.
+/// Generates and builds sdk/go with its generate.sh, runs its `go test`, then
+/// builds the test program and the README example; returns their directory.
 fn go_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     SDK.get_or_init(|| {
@@ -112,6 +112,13 @@ fn go_sdk() -> Result<PathBuf> {
             check(
                 "sdk/go/generate.sh",
                 go_env(&mut Command::new(module.join("generate.sh"))).output(),
+            )?;
+            // The module's own tests (target forms, errors without an agent).
+            check(
+                "go test ./...",
+                go_env(Command::new("go").current_dir(&module))
+                    .args(["test", "./..."])
+                    .output(),
             )?;
             for (name, package) in [
                 ("againstagent", "./internal/againstagent"),
