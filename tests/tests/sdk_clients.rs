@@ -68,7 +68,8 @@ fn python() -> Result<PathBuf> {
 }
 
 /// Installs sdk/python with pip, as a user would, into a directory of its own
-/// (offline: its dependencies are in the venv); returns that directory.
+/// (offline: its dependencies are in the venv), and runs its unit tests;
+/// returns that directory.
 fn python_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     SDK.get_or_init(|| {
@@ -78,9 +79,24 @@ fn python_sdk() -> Result<PathBuf> {
                 "pip install sdk/python",
                 Command::new(python()?)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args(["--no-build-isolation", "--no-deps", "--no-index", "--target"])
+                    .args([
+                        "--no-build-isolation",
+                        "--no-deps",
+                        "--no-index",
+                        "--target",
+                    ])
                     .arg(&dir)
                     .arg(workspace().join("sdk/python"))
+                    .output(),
+            )?;
+            // The package's own tests (target forms, errors without an agent).
+            check(
+                "python -m unittest (sdk/python/tests)",
+                Command::new(python()?)
+                    .env("PYTHONPATH", &dir)
+                    .args(["-m", "unittest", "discover", "-s"])
+                    .arg(workspace().join("sdk/python/tests"))
+                    .args(["-p", "test_*.py"])
                     .output(),
             )?;
             Ok(dir)
@@ -155,7 +171,10 @@ fn tls_host() -> Result<(Testbed, Pki)> {
 /// TLS files) and the directory to run in (for the relative `unix:` form).
 fn targets(host: &Host, pki: &Pki) -> Vec<(String, Vec<String>, PathBuf)> {
     let socket = &host.agent.socket;
-    let dir = socket.parent().expect("socket in a directory").to_path_buf();
+    let dir = socket
+        .parent()
+        .expect("socket in a directory")
+        .to_path_buf();
     let name = socket.file_name().expect("socket file").to_string_lossy();
     let here = std::env::temp_dir();
     vec![
@@ -165,7 +184,11 @@ fn targets(host: &Host, pki: &Pki) -> Vec<(String, Vec<String>, PathBuf)> {
         (socket.display().to_string(), vec![], here.clone()),
         (
             format!("https://{LISTEN}"),
-            vec![pki.file("ca.pem"), pki.file("alice.pem"), pki.file("alice.key")],
+            vec![
+                pki.file("ca.pem"),
+                pki.file("alice.pem"),
+                pki.file("alice.key"),
+            ],
             here,
         ),
     ]
@@ -176,14 +199,28 @@ fn check_report(client: &str, target: &str, stdout: &[u8]) -> Result<()> {
     let report: Value = serde_json::from_slice(stdout)
         .with_context(|| format!("{client} {target}: {}", String::from_utf8_lossy(stdout)))?;
     eprintln!("{client} {target}: {report}");
-    assert_eq!(report["version"], env!("CARGO_PKG_VERSION"), "{client} {target}");
+    assert_eq!(
+        report["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{client} {target}"
+    );
     assert_eq!(report["slice"], "250.0.28.0/24", "{client} {target}");
     assert_eq!(report["address"], "250.0.28.2", "{client} {target}");
-    assert_eq!(report["listed"], serde_json::json!(["250.0.28.2"]), "{client} {target}");
+    assert_eq!(
+        report["listed"],
+        serde_json::json!(["250.0.28.2"]),
+        "{client} {target}"
+    );
     assert_eq!(report["health"], "SERVING", "{client} {target}");
     let invalid = &report["invalid"];
-    assert_eq!(invalid["code"], "INVALID_ARGUMENT", "{client} {target}: {invalid}");
-    assert_eq!(invalid["reason"], "FIELD_INVALID", "{client} {target}: {invalid}");
+    assert_eq!(
+        invalid["code"], "INVALID_ARGUMENT",
+        "{client} {target}: {invalid}"
+    );
+    assert_eq!(
+        invalid["reason"], "FIELD_INVALID",
+        "{client} {target}: {invalid}"
+    );
     assert_eq!(invalid["reason_is_sdk_constant"], true, "{client} {target}");
     assert_eq!(invalid["domain"], "fan.agent.v1", "{client} {target}");
     let fields: Vec<&str> = invalid["field_violations"]
@@ -231,7 +268,10 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
         "python quickstart",
         Command::new(&python)
             .env("PYTHONPATH", &sdk)
-            .env("FAN_AGENT", format!("unix://{}", host.agent.socket.display()))
+            .env(
+                "FAN_AGENT",
+                format!("unix://{}", host.agent.socket.display()),
+            )
             .env("FAN_UNDERLAY", "172.30.0.0/16")
             .arg(workspace().join("sdk/python/examples/quickstart.py"))
             .output(),
@@ -265,7 +305,10 @@ fn go_sdk_module_over_every_unix_target_and_mutual_tls() -> Result<()> {
     let out = check(
         "go quickstart",
         Command::new(bin.join("quickstart"))
-            .env("FAN_AGENT", format!("unix://{}", host.agent.socket.display()))
+            .env(
+                "FAN_AGENT",
+                format!("unix://{}", host.agent.socket.display()),
+            )
             .env("FAN_UNDERLAY", "172.30.0.0/16")
             .output(),
     )?;

@@ -53,3 +53,14 @@ func TestCallWithoutAgentIsAnErrorWithoutReason(t *testing.T) {
 		}
 	}
 }
+
+func TestCodeNameIsTheProtoName(t *testing.T) {
+	for c, want := range map[codes.Code]string{
+		codes.OK: "OK", codes.InvalidArgument: "INVALID_ARGUMENT",
+		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Unavailable: "UNAVAILABLE",
+	} {
+		if got := CodeName(c); got != want {
+			t.Errorf("CodeName(%v) = %q, want %q", c, got, want)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package fan
 
 import (
 	"fmt"
+	"strings"
+	"unicode"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -51,12 +53,28 @@ type Error struct {
 	status *status.Status
 }
 
-// Error formats the code, the reason and the message.
+// Error formats the code (as the proto names it, INVALID_ARGUMENT), the
+// reason and the message.
 func (e *Error) Error() string {
 	if e.Reason != "" {
-		return fmt.Sprintf("fan: %s %s: %s", e.Code, e.Reason, e.Message)
+		return fmt.Sprintf("fan: %s %s: %s", CodeName(e.Code), e.Reason, e.Message)
 	}
-	return fmt.Sprintf("fan: %s: %s", e.Code, e.Message)
+	return fmt.Sprintf("fan: %s: %s", CodeName(e.Code), e.Message)
+}
+
+// CodeName is a code's name in google.rpc.Code ("INVALID_ARGUMENT"), where
+// codes.Code.String gives grpc-go's ("InvalidArgument").
+func CodeName(c codes.Code) string {
+	var b strings.Builder
+	prev := ' '
+	for _, r := range c.String() {
+		if unicode.IsUpper(r) && unicode.IsLower(prev) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+		prev = r
+	}
+	return b.String()
 }
 
 // GRPCStatus returns the status the error was decoded from.

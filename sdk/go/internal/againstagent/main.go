@@ -86,7 +86,7 @@ func run() error {
 		for _, r := range fan.Reasons {
 			known = known || r == fe.Reason
 		}
-		bad = &invalid{fe.Code.String(), fe.Reason, known, fe.Domain, fe.Message, fe.Metadata, fe.FieldViolations}
+		bad = &invalid{fan.CodeName(fe.Code), fe.Reason, known, fe.Domain, fe.Message, fe.Metadata, fe.FieldViolations}
 	} else if err != nil {
 		return fmt.Errorf("the invalid request failed without a *fan.Error: %T %w", err, err)
 	}
