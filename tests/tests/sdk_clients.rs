@@ -30,11 +30,10 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where this test run keeps what it builds (removed first, kept after for a look).
+/// Where this test binary keeps what it builds: one directory per SDK, made
+/// anew by each run (so runs do not pile up) and kept after it for a look.
 fn work_dir(name: &str) -> Result<PathBuf> {
-    let dir = workspace()
-        .join("target/sdk-tests")
-        .join(format!("{name}-{}", std::process::id()));
+    let dir = workspace().join("target/sdk-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -109,7 +108,7 @@ fn python_sdk() -> Result<PathBuf> {
 
 /// The Go toolchain's caches under target/ (CI may have no HOME).
 fn go_env(command: &mut Command) -> &mut Command {
-    let cache = workspace().join("target/sdk-tests/go");
+    let cache = workspace().join("target/sdk-tests/go-toolchain");
     command
         .env("GOFLAGS", "-mod=vendor")
         .env("GOPROXY", "off")
