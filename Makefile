@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 
-.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean
+.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean sdk
 
 all: build
 
