@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 
-.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean
+.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean sdk
 
 all: build
 
@@ -36,6 +36,12 @@ check-proto: deps
 # Namespace tests create real hosts; two at a time fit this 2-core machine.
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
+
+# The Python wheel and the Go module of sdk/, generated from proto/ (the e2e test
+# tests/tests/sdk_clients.rs builds and runs both against a real agent).
+sdk: deps
+	sdk/go/generate.sh
+	target/pyenv/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w target/sdk sdk/python
 
 demo: build
 	scripts/demo.sh

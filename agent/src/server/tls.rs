@@ -201,6 +201,11 @@ impl TcpListener {
         tracing::info!(listen = %self.local, "serving on TCP with mutual TLS");
         Server::builder()
             .tls_config(self.tls)?
+            // Outermost: a socket-path :authority never reaches a service over TCP.
+            .layer(tower::filter::FilterLayer::new(
+                super::authority::refuse_on_tcp
+                    as fn(http::Request<Body>) -> Result<http::Request<Body>, tonic::Status>,
+            ))
             .layer(tower::util::MapRequestLayer::new(
                 attach_identity as fn(http::Request<Body>) -> http::Request<Body>,
             ))
