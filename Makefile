@@ -40,8 +40,8 @@ test: build check-style check-proto
 # The Python wheel and the Go module of sdk/, generated from proto/ (the e2e test
 # tests/tests/sdk_clients.rs builds and runs both against a real agent).
 sdk: deps
-	sdk/go/generate.sh
-	target/pyenv/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w target/sdk sdk/python
+	client/go/generate.sh
+	target/pyenv/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w target/sdk client/python
 
 demo: build
 	scripts/demo.sh

@@ -88,14 +88,14 @@ fi
 
 # --- SDK helper: the Python and Go SDK packages (sdk/, tests/tests/sdk_clients.rs). ---
 # Python: setuptools and wheel in the venv, so `pip install --no-build-isolation
-# sdk/python` builds fan-agent-sdk offline (its runtime deps are installed above).
+# client/python` builds fan-agent-sdk offline (its runtime deps are installed above).
 if ! "$venv/bin/python" -c 'import importlib.metadata as m
 assert m.version("setuptools") == "80.9.0" and m.version("wheel") == "0.45.1"' >/dev/null 2>&1; then
     echo "install-deps: setuptools 80.9.0 and wheel 0.45.1 in $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check setuptools==80.9.0 wheel==0.45.1
 fi
 # Go: Debian 12's toolchain, gRPC and protobuf sources (/usr/share/gocode) and
-# protoc plugins; sdk/go/generate.sh builds the module from them offline.
+# protoc plugins; client/go/generate.sh builds the module from them offline.
 # golang-github-golang-protobuf-1-5-dev (not 1-3, apt's first pick) is the
 # APIv2-backed version grpc 1.33 and genproto need.
 go_pkgs=(golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev

@@ -1,6 +1,6 @@
 //! The SDK packages of sdk/ against a real agent: the Python package
-//! (`fan-agent-sdk`, pip-installed from sdk/python, its code generated from
-//! proto/ while it builds) and the Go module (sdk/go, generated and built
+//! (`fan-agent-sdk`, pip-installed from client/python, its code generated from
+//! proto/ while it builds) and the Go module (client/go, generated and built
 //! offline by its generate.sh from Debian's packages).
 //!
 //! Each SDK connects with its defaults over every unix-socket target form
@@ -66,7 +66,7 @@ fn python() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Installs sdk/python with pip, as a user would, into a directory of its own
+/// Installs client/python with pip, as a user would, into a directory of its own
 /// (offline: its dependencies are in the venv), and runs its unit tests;
 /// returns that directory.
 fn python_sdk() -> Result<PathBuf> {
@@ -75,7 +75,7 @@ fn python_sdk() -> Result<PathBuf> {
         let build = || -> Result<PathBuf> {
             let dir = work_dir("python")?;
             check(
-                "pip install sdk/python",
+                "pip install client/python",
                 Command::new(python()?)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
                     .args([
@@ -85,16 +85,16 @@ fn python_sdk() -> Result<PathBuf> {
                         "--target",
                     ])
                     .arg(&dir)
-                    .arg(workspace().join("sdk/python"))
+                    .arg(workspace().join("client/python"))
                     .output(),
             )?;
             // The package's own tests (target forms, errors without an agent).
             check(
-                "python -m unittest (sdk/python/tests)",
+                "python -m unittest (client/python/tests)",
                 Command::new(python()?)
                     .env("PYTHONPATH", &dir)
                     .args(["-m", "unittest", "discover", "-s"])
-                    .arg(workspace().join("sdk/python/tests"))
+                    .arg(workspace().join("client/python/tests"))
                     .args(["-p", "test_*.py"])
                     .output(),
             )?;
@@ -116,16 +116,16 @@ fn go_env(command: &mut Command) -> &mut Command {
         .env("GOPATH", cache.join("path"))
 }
 
-/// Generates and builds sdk/go with its generate.sh, runs its `go test`, then
+/// Generates and builds client/go with its generate.sh, runs its `go test`, then
 /// builds the test program and the README example; returns their directory.
 fn go_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     SDK.get_or_init(|| {
         let build = || -> Result<PathBuf> {
             let dir = work_dir("go")?;
-            let module = workspace().join("sdk/go");
+            let module = workspace().join("client/go");
             check(
-                "sdk/go/generate.sh",
+                "client/go/generate.sh",
                 go_env(&mut Command::new(module.join("generate.sh"))).output(),
             )?;
             // The module's own tests (target forms, errors without an agent).
@@ -250,7 +250,7 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
                 .command(&python)
                 .current_dir(&cwd)
                 .env("PYTHONPATH", &sdk)
-                .arg(workspace().join("sdk/python/tests/against_agent.py"))
+                .arg(workspace().join("client/python/tests/against_agent.py"))
                 .arg(&target)
                 .arg(format!("sdk-py-{i}"))
                 .args(&tls)
@@ -259,9 +259,9 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
         check_report("python", &target, &out.stdout)?;
     }
     readme_example(
-        "sdk/python/README.md",
+        "client/python/README.md",
         "```python\n",
-        "sdk/python/examples/quickstart.py",
+        "client/python/examples/quickstart.py",
     )?;
     let out = check(
         "python quickstart",
@@ -272,7 +272,7 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
                 format!("unix://{}", host.agent.socket.display()),
             )
             .env("FAN_UNDERLAY", "172.30.0.0/16")
-            .arg(workspace().join("sdk/python/examples/quickstart.py"))
+            .arg(workspace().join("client/python/examples/quickstart.py"))
             .output(),
     )?;
     quickstart_output("python", &out)
@@ -297,9 +297,9 @@ fn go_sdk_module_over_every_unix_target_and_mutual_tls() -> Result<()> {
         check_report("go", &target, &out.stdout)?;
     }
     readme_example(
-        "sdk/go/README.md",
+        "client/go/README.md",
         "```go\n",
-        "sdk/go/examples/quickstart/main.go",
+        "client/go/examples/quickstart/main.go",
     )?;
     let out = check(
         "go quickstart",

@@ -8,8 +8,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/fan-project/fan/sdk/go/fan"
-	"github.com/fan-project/fan/sdk/go/fanv1"
+	"github.com/fan-project/fan/client/go/fan"
+	"github.com/fan-project/fan/client/go/fanv1"
 )
 
 func main() {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fan-project/fan/sdk/go/fanv1"
+	"github.com/fan-project/fan/client/go/fanv1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )

@@ -15,8 +15,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/fan-project/fan/sdk/go/fan"
-	"github.com/fan-project/fan/sdk/go/fanv1"
+	"github.com/fan-project/fan/client/go/fan"
+	"github.com/fan-project/fan/client/go/fanv1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/fan-project/fan/sdk/go/fanv1"
+	"github.com/fan-project/fan/client/go/fanv1"
 )
 
 const prefix = "ERROR_REASON_"

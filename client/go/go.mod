@@ -1,4 +1,4 @@
-module github.com/fan-project/fan/sdk/go
+module github.com/fan-project/fan/client/go
 
 go 1.19
 

@@ -10,7 +10,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/fan-project/fan/sdk/go/fanv1"
+	"github.com/fan-project/fan/client/go/fanv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
