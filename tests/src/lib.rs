@@ -10,6 +10,8 @@
 //! mount namespace, so the bpffs they pin maps in outlives an agent process and
 //! a restarted agent finds (and adopts) what its predecessor attached.
 
+pub mod pki;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

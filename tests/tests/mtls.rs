@@ -7,12 +7,13 @@
 //! run in that namespace under nsenter, so no traffic leaves namespaces the
 //! test made. Certificates are made for each run with the openssl command.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use fan_e2e::pki::Pki;
 use fan_e2e::{binary, Netns, Testbed};
 use fan_proto::v1 as pb;
 use tonic::Code;
@@ -124,131 +125,6 @@ fn refused_pin_dir(dir: &Path) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/{tag}-refused"))
 }
 
-/// A CA, the agent's certificate, a client of that CA and a client of another CA.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: PathBuf) -> Result<Pki> {
-        std::fs::create_dir_all(&dir)?;
-        let pki = Pki { dir };
-        pki.ca("ca")?;
-        pki.ca("rogue-ca")?;
-        pki.leaf(
-            "ca",
-            "agent",
-            "fan-agent-h1",
-            &format!("subjectAltName=IP:{HOST},DNS:h1.fan.test\nextendedKeyUsage=serverAuth\n"),
-        )?;
-        pki.leaf(
-            "ca",
-            "alice",
-            "ops-alice",
-            "subjectAltName=DNS:alice.ops.fan.test\nextendedKeyUsage=clientAuth\n",
-        )?;
-        pki.leaf(
-            "rogue-ca",
-            "mallory",
-            "ops-alice",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        // The key files are private, as an operator would keep them.
-        for key in ["ca", "rogue-ca", "agent", "alice", "mallory"] {
-            std::fs::set_permissions(
-                pki.file(&format!("{key}.key")),
-                std::fs::Permissions::from_mode(0o600),
-            )?;
-        }
-        Ok(pki)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn openssl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("openssl")
-            .current_dir(&self.dir)
-            .args(args)
-            .output()
-            .context("run openssl")?;
-        if !out.status.success() {
-            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
-    fn ca(&self, name: &str) -> Result<()> {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=fan test {name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ])
-    }
-
-    fn leaf(&self, ca: &str, name: &str, cn: &str, ext: &str) -> Result<()> {
-        std::fs::write(self.dir.join(format!("{name}.ext")), ext)?;
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/O=fan/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ])?;
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ])
-    }
-
-    /// The agent's flags for an mTLS listener on `listen`.
-    fn agent_flags(&self, listen: &str) -> Vec<String> {
-        vec![
-            "--listen".into(),
-            listen.into(),
-            "--tls-cert".into(),
-            self.file("agent.pem"),
-            "--tls-key".into(),
-            self.file("agent.key"),
-            "--tls-client-ca".into(),
-            self.file("ca.pem"),
-        ]
-    }
-}
-
 /// Runs the real `fan-client` in `netns`.
 fn fan_client(netns: &Netns, args: &[&str]) -> Result<Output> {
     netns
@@ -296,7 +172,7 @@ fn tls_host(pki_dir: &str) -> Result<(Testbed, Pki)> {
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", HOST.parse()?)?;
     bed.host_mut("h1").agent.kill9()?;
-    let pki = Pki::new(bed.dir.join(pki_dir))?;
+    let pki = Pki::new(bed.dir.join(pki_dir), HOST)?;
     Ok((bed, pki))
 }
 
@@ -408,7 +284,7 @@ fn mutual_tls_listener_serves_only_clients_of_its_ca() -> Result<()> {
 fn agent_refuses_tcp_without_every_tls_flag() -> Result<()> {
     let bed = Testbed::new(16)?;
     let ns = &bed.underlay;
-    let pki = Pki::new(bed.dir.join("pki"))?;
+    let pki = Pki::new(bed.dir.join("pki"), HOST)?;
     let (cert, key, ca) = (
         pki.file("agent.pem"),
         pki.file("agent.key"),
