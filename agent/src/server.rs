@@ -246,7 +246,7 @@ pub async fn run(
         );
     let tcp = async move {
         match tcp {
-            Some(tcp) => tcp.serve(routes, shutdown).await,
+            Some(tcp) => tcp.serve(routes, limits, shutdown).await,
             None => Ok(()),
         }
     };

@@ -307,16 +307,6 @@ impl Acceptor for tokio::net::UnixListener {
     }
 }
 
-impl Acceptor for tokio::net::TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept(&mut self) -> io::Result<Self::Io> {
-        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
-        // Responses are small; do not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-}
-
 /// Whether an accept error means the process or system is out of descriptors.
 fn out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::service::Routes;
-use tonic::transport::server::{TcpConnectInfo, TcpIncoming, TlsConnectInfo};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
@@ -166,7 +166,7 @@ impl TcpFlags {
 /// A bound TCP listener with its TLS settings, ready to serve.
 #[derive(Debug)]
 pub struct TcpListener {
-    incoming: TcpIncoming,
+    listener: std::net::TcpListener,
     tls: ServerTlsConfig,
     local: SocketAddr,
 }
@@ -178,13 +178,11 @@ impl TcpConfig {
             addr: self.listen,
             source,
         };
-        let incoming = TcpIncoming::bind(self.listen)
-            .map_err(bind_error)?
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(TCP_KEEPALIVE));
-        let local = incoming.local_addr().map_err(bind_error)?;
+        let listener = std::net::TcpListener::bind(self.listen).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
         Ok(TcpListener {
-            incoming,
+            listener,
             tls: self.tls.clone(),
             local,
         })
@@ -196,9 +194,18 @@ impl TcpListener {
     pub async fn serve(
         self,
         routes: Routes,
+        limits: super::connections::ConnectionLimits,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         tracing::info!(listen = %self.local, "serving on TCP with mutual TLS");
+        let listener = match tokio::net::TcpListener::from_std(self.listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(listen = %self.local, error = %err, "cannot register the TCP listener");
+                return Ok(());
+            }
+        };
+        let incoming = super::connections::admit(KeepAliveListener(listener), limits, "tcp");
         Server::builder()
             .tls_config(self.tls)?
             // Outermost: a socket-path :authority never reaches a service over TCP.
@@ -210,8 +217,30 @@ impl TcpListener {
                 attach_identity as fn(http::Request<Body>) -> http::Request<Body>,
             ))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(self.incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
+    }
+}
+
+/// Accepts TCP connections with no Nagle delay and keepalive probes, so a
+/// peer that vanished releases its connection.
+struct KeepAliveListener(tokio::net::TcpListener);
+
+impl super::connections::Acceptor for KeepAliveListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let (stream, _) = self.0.accept().await?;
+        // Responses are small; do not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let idle = u32::try_from(TCP_KEEPALIVE.as_secs()).unwrap_or(u32::MAX);
+        if let Err(err) = setsockopt(&stream, sockopt::KeepAlive, &true)
+            .and_then(|()| setsockopt(&stream, sockopt::TcpKeepIdle, &idle))
+        {
+            tracing::debug!(error = %err, "cannot enable TCP keepalive");
+        }
+        Ok(stream)
     }
 }
 

@@ -8,7 +8,8 @@
 //! - TCP throughput (iperf3, 3 runs, median) and RTT (ping, 100 packets):
 //!   underlay host↔host, container↔container routed over the same hops without
 //!   encapsulation (the control), and over the fan;
-//! - time from CreateNetwork to the first packet through.
+//! - time from CreateNetwork to the first packet through;
+//! - 100 networks on one agent: RSS, first vs last create time, idle CPU.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -293,14 +294,109 @@ async fn main() -> Result<()> {
 
 async fn run(scratch: &Path) -> Result<()> {
     println!("fan-bench: figures are printed, not asserted; baselines measured in this run.\n");
-    // `fan-bench control` or `fan-bench dataplane` runs one half.
+    // `fan-bench control`, `fan-bench dataplane` or `fan-bench networks` runs one part.
     let only = std::env::args().nth(1).unwrap_or_default();
-    if only != "dataplane" {
+    if only.is_empty() || only == "control" {
         control_plane(scratch).await?;
     }
-    if only != "control" {
+    if only.is_empty() || only == "dataplane" {
         data_plane().await?;
     }
+    if only.is_empty() || only == "networks" {
+        networks_at_scale().await?;
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // USER_HZ is 100 on every Linux architecture.
+    Ok(ticks / 100.0)
+}
+
+/// Per-network cost: 100 networks on one agent (issue targets printed beside
+/// the figures): RSS, create time of the first against the last, and idle CPU
+/// with the reconcile timer running.
+async fn networks_at_scale() -> Result<()> {
+    const NETWORKS: usize = 100;
+    const RECONCILE_SECONDS: u64 = 10;
+    const IDLE_SECONDS: u64 = 30;
+    println!("\n== Networks at scale: {NETWORKS} networks on one agent (eBPF backend)");
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with(
+        "h28",
+        "172.30.0.28".parse()?,
+        &["--reconcile-interval", &RECONCILE_SECONDS.to_string()],
+        &[],
+    )?;
+    let pid = bed.host("h28").agent.pid().context("agent pid")?;
+    let idle_rss = rss_kib(pid)?;
+    let mut client = bed.host("h28").client().await?;
+    let mut creates = Vec::with_capacity(NETWORKS);
+    for i in 0..NETWORKS {
+        // /12 overlays over the /16 underlay: a /28 slice per network, 16 per /8.
+        let overlay = format!("{}.{}.0.0/12", 160 + i / 16, (i % 16) * 16);
+        let started = Instant::now();
+        client
+            .create_network(pb::CreateNetworkRequest {
+                network_id: format!("s{i}"),
+                spec: Some(pb::NetworkSpec {
+                    overlay,
+                    underlay: "172.30.0.0/16".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| anyhow!("create network s{i}: {s}"))?;
+        creates.push(started.elapsed());
+    }
+    let loaded_rss = rss_kib(pid)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut first_ten: Vec<Duration> = creates[..10].to_vec();
+    let mut last_ten: Vec<Duration> = creates[NETWORKS - 10..].to_vec();
+    first_ten.sort();
+    last_ten.sort();
+    let (early, late) = (percentile(&first_ten, 50.0), percentile(&last_ten, 50.0));
+    println!(
+        "  RSS: {:.1} MiB idle, {:.1} MiB with {NETWORKS} networks ({:.0} KiB per network)   (target ≤ 40 MiB)",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        (loaded_rss.saturating_sub(idle_rss)) as f64 / NETWORKS as f64
+    );
+    println!(
+        "  CreateNetwork: first {:.1} ms, 100th {:.1} ms; median of the first 10 {:.1} ms, of the last 10 {:.1} ms: ratio {:.2}   (target ≤ 2.0)",
+        ms(creates[0]),
+        ms(creates[NETWORKS - 1]),
+        ms(early),
+        ms(late),
+        late.as_secs_f64() / early.as_secs_f64()
+    );
+    let before = cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
+    let used = cpu_seconds(pid)? - before;
+    println!(
+        "  idle CPU over {IDLE_SECONDS} s with reconcile every {RECONCILE_SECONDS} s: {:.2} CPU-s = {:.2} % of a core   (target < 1 %)",
+        used,
+        used / IDLE_SECONDS as f64 * 100.0
+    );
+    let started = Instant::now();
+    bed.host("h28")
+        .client()
+        .await?
+        .list_networks(pb::ListNetworksRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?;
+    println!(
+        "  ListNetworks of {NETWORKS} (observes each data path): {:.1} ms",
+        ms(started.elapsed())
+    );
     Ok(())
 }
 
