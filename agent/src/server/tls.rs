@@ -555,7 +555,8 @@ mod tests {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(listener.serve(Routes::new(health), async {
+        let limits = crate::server::connections::ConnectionLimits::for_descriptor_limit(64, 1024);
+        let server = tokio::spawn(listener.serve(Routes::new(health), limits, async {
             let _ = stopped.await;
         }));
         let mut tls = tonic::transport::ClientTlsConfig::new()
