@@ -33,7 +33,8 @@ check-proto: deps
 	cd proto && $(abspath $(BUF)) lint
 	cd proto && $(abspath $(BUF)) breaking --against api-v1.binpb
 
-# Namespace tests create real hosts; two at a time fit this 2-core machine.
+# Namespace tests create real hosts and agents; two test threads keep a
+# 2-core machine (the size CI runs on) responsive.
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 

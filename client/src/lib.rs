@@ -38,7 +38,7 @@
 //!
 //! # Features
 //!
-//! - `tls` (off by default): `https://` targets with TLS or mutual TLS
+//! - `tls` (on by default; agents serve TCP only with mutual TLS): `https://` targets with TLS or mutual TLS
 //!   (rustls with ring), configured by [`TlsConfig`]. Without it such a
 //!   target fails with [`Error::TlsUnsupported`].
 //!

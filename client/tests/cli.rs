@@ -709,3 +709,30 @@ async fn completions() {
         assert!(out.stdout.contains("fan-client"));
     }
 }
+
+/// Output piped into a reader that stops early (`fan-client … | head -1`)
+/// ends the command quietly: no panic, no backtrace, exit 0.
+#[tokio::test]
+async fn a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    // Large enough to overflow the pipe buffer once the reader has gone.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fan-client"))
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fan-client");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // The read end is closed here, as `head` closes it.
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+}

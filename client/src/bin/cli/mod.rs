@@ -93,7 +93,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let fmt = cli.output;
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "fan-client", out);
+            // clap_complete panics when a write fails; render first, then write,
+            // so `… | head -1` ends quietly like every other command.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "fan-client", &mut script);
+            out.write_all(&script)?;
             Ok(())
         }
         Command::Info => {
