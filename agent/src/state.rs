@@ -221,9 +221,9 @@ impl Store {
                 }
                 return Err(AgentError::AlreadyExists {
                     message: format!(
-                        "network {:?} already exists with a different spec (overlay {}, underlay {}, bridge {})",
-                        record.id, existing.record.spec.overlay, existing.record.spec.underlay,
-                        existing.record.spec.bridge
+                        "network {:?} already exists with a different spec: {}",
+                        record.id,
+                        existing.record.spec.differences(&record.spec).join(", ")
                     ),
                 });
             }
@@ -231,9 +231,9 @@ impl Store {
             let pool = SlicePool::new(record.slice, record.spec.host_reserve)
                 .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
             let used: BTreeSet<u16> = memory.networks.values().map(|n| n.record.index).collect();
-            let index = (1..=u16::MAX)
-                .find(|i| !used.contains(i))
-                .ok_or_else(|| AgentError::precondition("TOO_MANY_NETWORKS", "no free network index"))?;
+            let index = (1..=u16::MAX).find(|i| !used.contains(i)).ok_or_else(|| {
+                AgentError::precondition("TOO_MANY_NETWORKS", "no free network index")
+            })?;
             let record = NetworkRecord { index, ..record };
             memory.networks.insert(
                 record.id.clone(),
@@ -822,10 +822,14 @@ mod tests {
         assert_eq!(again, Created::Existing(created));
         let mut other = record("fan", "250.0.0.0/8", "fan-250");
         other.spec.host_reserve = 5;
-        assert!(matches!(
-            store.create_network(other).await,
-            Err(AgentError::AlreadyExists { .. })
-        ));
+        other.spec.mtu = 1400;
+        match store.create_network(other).await {
+            Err(AgentError::AlreadyExists { message }) => assert!(
+                message.ends_with("different spec: host_reserve 1 -> 5, mtu auto -> 1400"),
+                "{message}"
+            ),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
         let same_bridge = record("b", "251.0.0.0/8", "fan-250");
         assert!(matches!(
             store.create_network(same_bridge).await,

@@ -44,7 +44,7 @@ pub const DEFAULT_PLUGIN_NAME: &str = "fan";
 /// Where Docker looks for the socket of [`DEFAULT_PLUGIN_NAME`].
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/fan.sock";
 /// The label every Docker-made allocation carries (value [`CREATED_BY_DOCKER`]).
-pub const LABEL_CREATED_BY: &str = "fan.io/created-by";
+pub const LABEL_CREATED_BY: &str = crate::cni::LABEL_CREATED_BY;
 /// The value of [`LABEL_CREATED_BY`] on Docker-made allocations.
 pub const CREATED_BY_DOCKER: &str = "docker";
 /// The label holding the endpoint's MAC address.
