@@ -685,7 +685,6 @@ fn podman(bed: &Bed, host: &str) -> Command {
     let d = bed.dir(host).display().to_string();
     let mut c = bed.host(host).command(PODMAN);
     c.env("CONTAINERS_CONF", format!("{d}/containers.conf"))
-        .env("FAN_AGENT", bed.agent(host))
         .args([
             "--root",
             &format!("{d}/proot"),
@@ -716,7 +715,9 @@ fn cni_bin(bed: &Bed) -> Result<PathBuf> {
 }
 
 /// `fan-ipam conflist` for `host`, CNI network `name`; without `agent`
-/// when `via_env` (fan-ipam then takes FAN_AGENT from the runtime).
+/// when `via_env` (fan-ipam then takes FAN_AGENT from the runtime). Not
+/// for podman: its network teardown often runs in `podman container
+/// cleanup`, started by conmon without the caller's environment.
 fn conflist(bed: &Bed, host: &str, name: &str, via_env: bool) -> Result<String> {
     let mut c = Command::new(binary("fan-ipam")?);
     c.env("FAN_AGENT", bed.agent(host))
@@ -747,7 +748,7 @@ async fn podman_with_fan_ipam() -> Result<()> {
         std::fs::create_dir_all(d.join("net.d"))?;
         std::fs::write(
             d.join("net.d/fan.conflist"),
-            conflist(&bed, host, "fan", true)?,
+            conflist(&bed, host, "fan", false)?,
         )?;
         // Debian 12's podman runs CNI plugins; this sandbox lacks
         // CAP_SYS_RESOURCE, so rlimits are lowered rather than raised.
@@ -906,9 +907,12 @@ async fn podman_with_fan_ipam() -> Result<()> {
         &["rm", "-f", "-t", "0", "p28", "p28ip"],
     ))?;
     check(podman_args(&bed, "h27", &["rm", "-f", "-t", "0", "p27"]))?;
+    let left = bed.owners("h28").await?;
     assert_eq!(
-        bed.owners("h28").await?.into_keys().collect::<Vec<_>>(),
-        ["hand-1"]
+        left.keys().collect::<Vec<_>>(),
+        ["hand-1"],
+        "{left:?} {}",
+        check(podman_args(&bed, "h28", &["ps", "-a", "--no-trunc"]))?
     );
     assert!(bed.allocations("h27").await?.is_empty());
     Ok(())
@@ -938,30 +942,32 @@ fn ctr_run(bed: &Bed, host: &str, id: &str, cmd: &[&str]) -> Result<String> {
         netd = d.join("ctr-net.d").display(),
     );
     let mut c = bed.host(host).command("unshare");
-    c.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-        CTR,
-    ])
-    .arg("--address")
-    .arg(d.join("ctrd/c.sock"))
-    .args([
-        "run",
-        "--rootfs",
-        "--cni",
-        "-d",
-        "--null-io",
-        "--env",
-        "PATH=/bin",
-    ])
-    .arg(&bed.rootfs)
-    .arg(id)
-    .args(cmd);
+    // ctr runs the plugins itself, in this process: FAN_AGENT reaches fan-ipam.
+    c.env("FAN_AGENT", bed.agent(host))
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            CTR,
+        ])
+        .arg("--address")
+        .arg(d.join("ctrd/c.sock"))
+        .args([
+            "run",
+            "--rootfs",
+            "--cni",
+            "-d",
+            "--null-io",
+            "--env",
+            "PATH=/bin",
+        ])
+        .arg(&bed.rootfs)
+        .arg(id)
+        .args(cmd);
     check(c)
 }
 
@@ -978,7 +984,7 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         std::fs::create_dir_all(d.join("ctrd"))?;
         std::fs::write(
             d.join("ctr-net.d/10-fan.conflist"),
-            conflist(&bed, host, "fanc", false)?,
+            conflist(&bed, host, "fanc", true)?,
         )?;
         std::fs::write(
             d.join("containerd.toml"),
