@@ -257,7 +257,10 @@ impl Drop for Bed {
         for c in &mut self.cleanup {
             let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
-        self.daemons.clear();
+        // Reverse start order: engines before the plugins they use.
+        while let Some(daemon) = self.daemons.pop() {
+            drop(daemon);
+        }
         kill_strays(&self.tb.dir);
         unmount_under(&self.tb.dir);
         for f in &self.files {
@@ -268,12 +271,29 @@ impl Drop for Bed {
 
 impl Bed {
     async fn new() -> Result<Bed> {
+        Bed::with_host_reserve(0).await
+    }
+
+    /// `host_reserve` 0: the agent's default.
+    async fn with_host_reserve(host_reserve: u32) -> Result<Bed> {
         let mut tb = Testbed::new(16)?;
         for (name, addr) in HOSTS {
             tb.add_host(name, addr)?;
         }
-        tb.create_network_everywhere(NETWORK, OVERLAY, UNDERLAY)
-            .await?;
+        for host in &tb.hosts {
+            host.client()
+                .await?
+                .create_network(pb::CreateNetworkRequest {
+                    network_id: NETWORK.into(),
+                    spec: Some(pb::NetworkSpec {
+                        overlay: OVERLAY.into(),
+                        underlay: UNDERLAY.into(),
+                        host_reserve: (host_reserve > 0).then_some(host_reserve),
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+        }
         let (rootfs, tar) = busybox_rootfs(&tb.dir)?;
         Ok(Bed {
             cleanup: Vec::new(),
@@ -435,30 +455,32 @@ fn start_docker(bed: &mut Bed, host: &str) -> Result<String> {
         std::os::unix::net::UnixStream::connect(&socket)?;
         Ok(())
     })?;
-    let d = dir.display().to_string();
-    let mut dockerd = Daemon::spawn(
-        bed.host(host),
-        DOCKERD,
-        &[
-            "--data-root",
-            &format!("{d}/docker"),
-            "--exec-root",
-            &format!("{d}/dx"),
-            "-H",
-            &format!("unix://{d}/docker.sock"),
-            "--pidfile",
-            &format!("{d}/docker.pid"),
-            "--bridge=none",
-            "--iptables=false",
-            "--storage-driver",
-            "vfs",
-        ],
-        &[],
-        dir.join("dockerd.log"),
-    )?;
-    dockerd.wait_ready(|| check(docker_args(bed, host, &["version"])).map(|_| ()))?;
-    // Daemons stop in reverse: dockerd before its plugin.
     bed.daemons.push(plugin_daemon);
+    start_dockerd(bed, host, &["--bridge=none", "--iptables=false"])?;
+    Ok(plugin)
+}
+
+/// Starts dockerd on `host` with its own roots and socket plus `extra`,
+/// and imports the busybox image.
+fn start_dockerd(bed: &mut Bed, host: &str, extra: &[&str]) -> Result<()> {
+    let dir = bed.dir(host);
+    let d = dir.display().to_string();
+    let mut args: Vec<String> = vec![
+        "--data-root".into(),
+        format!("{d}/docker"),
+        "--exec-root".into(),
+        format!("{d}/dx"),
+        "-H".into(),
+        format!("unix://{d}/docker.sock"),
+        "--pidfile".into(),
+        format!("{d}/docker.pid"),
+        "--storage-driver".into(),
+        "vfs".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut dockerd = Daemon::spawn(bed.host(host), DOCKERD, &args, &[], dir.join("dockerd.log"))?;
+    dockerd.wait_ready(|| check(docker_args(bed, host, &["version"])).map(|_| ()))?;
     bed.daemons.push(dockerd);
     let mut rm = Command::new("sh");
     rm.arg("-c").arg(format!(
@@ -468,7 +490,7 @@ fn start_docker(bed: &mut Bed, host: &str) -> Result<String> {
     let mut import = docker(bed, host);
     import.arg("import").arg(&bed.tar).arg("fanbox:test");
     check(import)?;
-    Ok(plugin)
+    Ok(())
 }
 
 /// `docker inspect` of the container's address and MAC on network `fan`.
@@ -676,6 +698,87 @@ async fn docker_with_the_fan_ipam_plugin() -> Result<()> {
         .host("h28")
         .ip(&["-4", "-o", "addr", "show", "dev", "fan-250"])?;
     assert!(addr.contains("250.0.28.1/24"), "{addr}");
+    Ok(())
+}
+
+/// The seed's recipe: Docker's default bridge network on the agent's bridge
+/// (`dockerd -b fan-250 --fixed-cidr …`), the range inside the agent's host
+/// reserve as `fan-client docker recipe --bridge-mode` computes it, so
+/// Docker's own IPAM and the agent never hand out the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_bridge_mode_recipe() -> Result<()> {
+    need(&[DOCKER, DOCKERD, BUSYBOX])?;
+    let mut bed = Bed::with_host_reserve(127).await?;
+    let mut addrs = BTreeMap::new();
+    for (host, _) in HOSTS {
+        let mut recipe = bed.fan_client(host)?;
+        recipe.args(["docker", "recipe", NETWORK, "--bridge-mode"]);
+        let recipe = check(recipe)?;
+        let line = recipe
+            .lines()
+            .find(|l| l.starts_with("dockerd "))
+            .ok_or_else(|| anyhow!("no dockerd line in {recipe}"))?;
+        let octet = &host[1..];
+        assert_eq!(
+            line,
+            format!(
+                "dockerd -b fan-250 --fixed-cidr 250.0.{octet}.0/25 --mtu 1480 --iptables=false"
+            )
+        );
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        start_dockerd(&mut bed, host, &args)?;
+        // The agent's next address lies above Docker's range.
+        bed.allocate_by_hand(host, "hand-1", "").await?;
+        let name = format!("b{octet}");
+        check(docker_args(
+            &bed,
+            host,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--hostname",
+                &name,
+                "fanbox:test",
+                "sh",
+                "-c",
+                SERVE,
+            ],
+        ))?;
+        let ip = check(docker_args(
+            &bed,
+            host,
+            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name],
+        ))?;
+        let last: u8 = ip.rsplit('.').next().unwrap_or_default().parse()?;
+        assert!(
+            ip.starts_with(&format!("250.0.{octet}.")) && (2..128).contains(&last),
+            "{ip}"
+        );
+        let owners = bed.owners(host).await?;
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        let hand: Ipv4Addr = owners["hand-1"].parse()?;
+        assert!(
+            hand.octets()[3] >= 128,
+            "the agent allocates above the reserve: {hand}"
+        );
+        addrs.insert(host, ip);
+    }
+    let on = |host: &'static str, name: &'static str| {
+        let bed = &bed;
+        move |args: &[&str]| {
+            let mut c = docker(bed, host);
+            c.args(["exec", name]).args(args);
+            c
+        }
+    };
+    exchange(
+        &on("h28", "b28"),
+        &on("h27", "b27"),
+        &addrs["h28"],
+        &addrs["h27"],
+    )?;
     Ok(())
 }
 
