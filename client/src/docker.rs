@@ -382,6 +382,12 @@ impl IpamPlugin {
                 ))
             })?),
         };
+        let is_gateway = options.get(OPTION_REQUEST_TYPE).map(String::as_str) == Some(GATEWAY);
+        if !is_gateway && requested.is_none() {
+            // The common case, one agent call: the pool id holds the slice,
+            // the allocation the rest.
+            return self.allocate(&pool, &options, None).await;
+        }
         let net = self.network(&pool.network).await?;
         let (slice, gateway) = slice_and_gateway(&net)?;
         if slice != pool.slice {
@@ -394,7 +400,7 @@ impl IpamPlugin {
             address: gateway,
             prefix: slice.prefix,
         };
-        if options.get(OPTION_REQUEST_TYPE).map(String::as_str) == Some(GATEWAY) {
+        if is_gateway {
             return match requested {
                 Some(a) if a != gateway => Err(refuse(format!(
                     "--gateway {a} is not the fan agent's gateway {gateway} of {:?} (omit --gateway, or pass --gateway {gateway})",
@@ -417,7 +423,16 @@ impl IpamPlugin {
                 )));
             }
         }
-        let owner = endpoint_owner(&options, requested)?;
+        self.allocate(&pool, &options, requested).await
+    }
+
+    async fn allocate(
+        &self,
+        pool: &PoolId,
+        options: &HashMap<String, String>,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Value, PluginError> {
+        let owner = endpoint_owner(options, requested)?;
         let mut req = AllocationRequest::new(owner).label(LABEL_CREATED_BY, CREATED_BY_DOCKER);
         if let Some(mac) = options.get(OPTION_MAC).filter(|m| !m.is_empty()) {
             req = req.label(LABEL_DOCKER_MAC, mac.clone());
@@ -438,6 +453,16 @@ impl IpamPlugin {
                 pool.network,
                 requested.unwrap_or(a.address)
             ))),
+            Ok(a) if !pool.slice.contains(a.address) || a.prefix_length != pool.slice.prefix => {
+                // The host's slice moved (another underlay address): give it back.
+                let _ = client
+                    .release_address(&pool.network, &Selector::Owner(a.owner), true)
+                    .await;
+                Err(refuse(format!(
+                    "fan network {:?} no longer has the slice {} of this Docker network: re-create it",
+                    pool.network, pool.slice
+                )))
+            }
             Ok(a) => Ok(json!({ "Address": a.cidr().to_string(), "Data": {} })),
             Err(e) => {
                 self.agent_failed(&e).await;
