@@ -60,6 +60,52 @@ pub struct NetworkSpec {
     pub allow_overlap: bool,
 }
 
+impl NetworkSpec {
+    /// Every field where `asked` differs from `self`, as
+    /// `field existing -> asked` (for the "already exists" error).
+    pub fn differences(&self, asked: &NetworkSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, have: String, want: String| {
+            if have != want {
+                out.push(format!("{name} {have} -> {want}"));
+            }
+        };
+        field(
+            "overlay",
+            self.overlay.to_string(),
+            asked.overlay.to_string(),
+        );
+        field("underlay", self.underlay.clone(), asked.underlay.clone());
+        field(
+            "host_reserve",
+            self.host_reserve.to_string(),
+            asked.host_reserve.to_string(),
+        );
+        field("bridge", self.bridge.clone(), asked.bridge.clone());
+        let mtu = |m: u32| {
+            if m == 0 {
+                "auto".to_string()
+            } else {
+                m.to_string()
+            }
+        };
+        field("mtu", mtu(self.mtu), mtu(asked.mtu));
+        let backend = |b: BackendChoice| format!("{b:?}").to_lowercase();
+        field("backend", backend(self.backend), backend(asked.backend));
+        field(
+            "masquerade",
+            self.masquerade.to_string(),
+            asked.masquerade.to_string(),
+        );
+        field(
+            "anti_spoofing",
+            self.anti_spoofing.to_string(),
+            asked.anti_spoofing.to_string(),
+        );
+        out
+    }
+}
+
 /// A persisted network: its spec plus what was resolved on this host at creation.
 ///
 /// The resolution is stored, not recomputed, because the slice (and so every

@@ -521,9 +521,9 @@ impl Store {
                     resource: Resource::network(&record.id),
                     metadata: Metadata::from([("network_id", record.id.clone())]),
                     message: format!(
-                        "network {:?} already exists with a different spec (overlay {}, underlay {}, bridge {})",
-                        record.id, existing.record.spec.overlay, existing.record.spec.underlay,
-                        existing.record.spec.bridge
+                        "network {:?} already exists with a different spec: {}",
+                        record.id,
+                        existing.record.spec.differences(&record.spec).join(", ")
                     ),
                 });
             }
@@ -531,9 +531,10 @@ impl Store {
             let pool = SlicePool::new(record.slice, record.spec.host_reserve)
                 .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
             let used: BTreeSet<u16> = memory.networks.values().map(|n| n.record.index).collect();
-            let index = (1..=u16::MAX)
-                .find(|i| !used.contains(i))
-                .ok_or_else(|| AgentError::precondition(Reason::TooManyNetworks, "no free network index").with("network_id", &record.id))?;
+            let index = (1..=u16::MAX).find(|i| !used.contains(i)).ok_or_else(|| {
+                AgentError::precondition(Reason::TooManyNetworks, "no free network index")
+                    .with("network_id", &record.id)
+            })?;
             let record = NetworkRecord { index, ..record };
             let mut state = NetworkState {
                 record: record.clone(),
@@ -543,9 +544,16 @@ impl Store {
             mutations.push(Mutation::PutNetwork(record.clone()));
             // Addresses quarantined with an earlier network of this id stay out of circulation.
             for (address, key) in memory.quarantined.get(&record.id).into_iter().flatten() {
-                let reserved = reservation(*address, "quarantined with an earlier network of this id", key);
+                let reserved = reservation(
+                    *address,
+                    "quarantined with an earlier network of this id",
+                    key,
+                );
                 if pool.is_assignable(*address)
-                    && state.allocator.allocate(reserved.owner.clone(), Some(*address)).is_ok()
+                    && state
+                        .allocator
+                        .allocate(reserved.owner.clone(), Some(*address))
+                        .is_ok()
                 {
                     state.allocations.insert(*address, reserved.clone());
                     mutations.push(Mutation::PutAllocation {
@@ -2077,10 +2085,14 @@ mod tests {
         assert_eq!(again, Created::Existing(created));
         let mut other = record("fan", "250.0.0.0/8", "fan-250");
         other.spec.host_reserve = 5;
-        assert!(matches!(
-            store.create_network(other).await,
-            Err(AgentError::AlreadyExists { .. })
-        ));
+        other.spec.mtu = 1400;
+        match store.create_network(other).await {
+            Err(AgentError::AlreadyExists { message, .. }) => assert!(
+                message.ends_with("different spec: host_reserve 1 -> 5, mtu auto -> 1400"),
+                "{message}"
+            ),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
         let same_bridge = record("b", "251.0.0.0/8", "fan-250");
         assert!(matches!(
             store.create_network(same_bridge).await,

@@ -50,6 +50,7 @@
 mod client;
 pub mod cni;
 mod convert;
+pub mod docker;
 mod error;
 mod types;
 

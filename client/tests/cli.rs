@@ -334,6 +334,7 @@ async fn addresses() {
             "web-1",
             "--valid-owner",
             "db/net1",
+            "--all",
             "--dry-run",
         ],
     )
@@ -345,6 +346,18 @@ async fn addresses() {
         out.stdout
     );
     assert!(out.stdout.contains("250.0.28.3/24  stale"));
+    assert!(out
+        .stdout
+        .ends_with("run again with --yes to release them\n"));
+    // Scoped: "stale" was allocated by hand, so neither CNI's nor Docker's.
+    for maker in ["cni", "docker"] {
+        let out = ok(
+            &agent,
+            &["address", "gc", "fan-250", "--created-by", maker, "--yes"],
+        )
+        .await;
+        assert_eq!(out.stdout, "released 0 allocation(s) in fan-250\n");
+    }
     let v = ok(
         &agent,
         &[
@@ -357,6 +370,8 @@ async fn addresses() {
             "web-1",
             "--valid-owner",
             "db/net1",
+            "--all",
+            "--yes",
         ],
     )
     .await

@@ -10,6 +10,9 @@
 //!   encapsulation (the control), and over the fan;
 //! - time from CreateNetwork to the first packet through;
 //! - 100 networks on one agent: RSS, first vs last create time, idle CPU.
+//! - `docker run` with its network set up by the fan IPAM plugin
+//!   (`fan-docker-ipam`) against Docker's built-in IPAM, same daemon, p50
+//!   (when docker.io is installed; `fan-bench docker` runs only this).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -305,6 +308,9 @@ async fn run(scratch: &Path) -> Result<()> {
     if only.is_empty() || only == "networks" {
         networks_at_scale().await?;
     }
+    if (only.is_empty() && Path::new(DOCKERD).exists()) || only == "docker" {
+        docker_ipam(scratch).await?;
+    }
     Ok(())
 }
 
@@ -567,5 +573,214 @@ async fn data_plane() -> Result<()> {
         None => println!("  CreateNetwork → first packet through: no packet within 5 s"),
     }
     drop(control);
+    Ok(())
+}
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const DOCKER: &str = "/usr/bin/docker";
+
+/// Processes the Docker section started, killed (by pid) on drop with what
+/// they left mounted under the scratch directory.
+struct DockerBench {
+    children: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for DockerBench {
+    fn drop(&mut self) {
+        let sock = format!("unix://{}/docker.sock", self.dir.display());
+        if let Ok(out) = Command::new(DOCKER)
+            .args(["-H", &sock, "ps", "-aq"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new(DOCKER)
+                    .args(["-H", &sock, "rm", "-f", id])
+                    .output();
+            }
+        }
+        while let Some(mut c) = self.children.pop() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let prefix = format!("{}/", self.dir.display());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `docker run --rm … true` on a network whose addresses come from the fan
+/// IPAM plugin, and on one with Docker's built-in IPAM, interleaved.
+async fn docker_ipam(scratch: &Path) -> Result<()> {
+    println!("\n== Docker: docker run --rm (network set up and torn down), fan IPAM plugin vs built-in IPAM");
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", "172.30.0.28".parse()?)?;
+    bed.create_network_everywhere("fan-250", OVERLAY, "172.30.0.0/16")
+        .await?;
+    let host = bed.host("h28");
+    let dir = scratch.join("docker");
+    std::fs::create_dir_all(dir.join("rootfs/bin"))?;
+    let plugin = format!("{}-bench", bed.id);
+    let mut guard = DockerBench {
+        children: Vec::new(),
+        dir: dir.clone(),
+        socket: format!("/run/docker/plugins/{plugin}.sock").into(),
+    };
+    let bin = fan_e2e::bin_dir();
+    guard.children.push(
+        Command::new(bin.join("fan-docker-ipam"))
+            .arg("--agent")
+            .arg(format!("unix://{}", host.agent.socket.display()))
+            .arg("--socket")
+            .arg(&guard.socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn fan-docker-ipam (cargo build --release --workspace --bins)")?,
+    );
+    let d = dir.display().to_string();
+    let sock = format!("unix://{d}/docker.sock");
+    guard.children.push(
+        host.netns
+            .command(DOCKERD)
+            .args([
+                "--data-root",
+                &format!("{d}/data"),
+                "--exec-root",
+                &format!("{d}/x"),
+            ])
+            .args(["-H", &sock, "--pidfile", &format!("{d}/docker.pid")])
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--storage-driver",
+                "vfs",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log"))?)
+            .spawn()?,
+    );
+    let docker = |args: &[&str]| -> Result<String> {
+        let out = Command::new(DOCKER)
+            .arg("-H")
+            .arg(&sock)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker(&["version"]).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "dockerd did not start: see {}",
+                dir.join("dockerd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin/true"))?;
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar failed");
+    }
+    docker(&["import", &tar.to_string_lossy(), "fanbox:bench"])?;
+    docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--ipam-driver",
+        &plugin,
+        "--ipam-opt",
+        "fan-network=fan-250",
+        "--subnet",
+        "250.0.28.0/24",
+        "-o",
+        "com.docker.network.bridge.name=fan-250",
+        "-o",
+        "com.docker.network.driver.mtu=1480",
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=false",
+        "fan",
+    ])?;
+    docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        "10.99.0.0/24",
+        "-o",
+        "com.docker.network.bridge.name=dkbench0",
+        "-o",
+        "com.docker.network.driver.mtu=1480",
+        "builtin",
+    ])?;
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let rounds = 20;
+    for i in 0..=rounds {
+        for (k, net) in ["fan", "builtin"].iter().enumerate() {
+            let t = Instant::now();
+            docker(&["run", "--rm", "--network", net, "fanbox:bench", "true"])?;
+            // Round 0 warms the image and the plugin connection up.
+            if i > 0 {
+                times[k].push(t.elapsed());
+            }
+        }
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    let p50 = |t: &[Duration]| percentile(t, 50.0).as_secs_f64() * 1e3;
+    println!(
+        "  {:<38} p50 {:>8.1} ms   p90 {:>8.1} ms  (n={rounds})",
+        "fan IPAM plugin (fan-docker-ipam)",
+        p50(&times[0]),
+        percentile(&times[0], 90.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<38} p50 {:>8.1} ms   p90 {:>8.1} ms  (n={rounds})",
+        "Docker's built-in IPAM",
+        p50(&times[1]),
+        percentile(&times[1], 90.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<38} {:>+8.1} ms at p50",
+        "plugin - built-in",
+        p50(&times[0]) - p50(&times[1])
+    );
+    drop(guard);
+    drop(bed);
     Ok(())
 }

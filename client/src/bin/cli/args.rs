@@ -131,6 +131,14 @@ pub enum Command {
     #[command(after_help = "Example:\n  fan-client show")]
     Show,
 
+    /// Docker on a fan network: the command lines to use, computed from the
+    /// agent's view of the network.
+    #[command(
+        after_help = "Examples:\n  fan-client docker recipe fan-250              # docker network create with the fan IPAM plugin\n  \
+                      fan-client docker recipe fan-250 --bridge-mode  # dockerd -b fan-250 --fixed-cidr …"
+    )]
+    Docker(DockerArgs),
+
     /// Commands over many agents.
     #[command(
         subcommand,
@@ -272,9 +280,13 @@ pub enum AddressCommand {
                             fan-client address show fan-250 --address 250.0.28.7"
     )]
     Show(ShowAddressArgs),
-    /// Release every allocation whose owner is not listed (CNI GC).
+    /// Release the allocations of one scope (CNI-made, Docker-made, by label,
+    /// or --all) whose owner is not listed; lists them first, releases with --yes.
     #[command(
-        after_help = "Example:\n  fan-client address gc fan-250 --valid-owner web-1 --valid-owner db-1/net1 --dry-run"
+        after_help = "Examples:\n  fan-client address gc fan-250 --created-by cni --valid-owner web-1 --valid-owner db-1/net1\n  \
+                            fan-client address gc fan-250 --created-by cni --valid-owner web-1 --yes\n  \
+                            fan-client address gc fan-250 --selector app=web --yes\n  \
+                            fan-client address gc fan-250 --all --valid-owner web-1 --yes   # hand-made ones too"
     )]
     Gc(GcArgs),
 }
@@ -367,17 +379,77 @@ pub struct ShowAddressArgs {
     pub selector: SelectorArgs,
 }
 
+/// `docker recipe`
+#[derive(Debug, Args)]
+pub struct DockerArgs {
+    /// Only `recipe` so far.
+    #[arg(value_parser = ["recipe"])]
+    pub what: String,
+    /// The fan network id.
+    pub network: String,
+    /// The seed's way instead: Docker's default bridge on the fan bridge
+    /// (`dockerd -b`), with a `--fixed-cidr` inside the agent's host reserve.
+    #[arg(long)]
+    pub bridge_mode: bool,
+    /// The IPAM plugin's name (its socket is /run/docker/plugins/NAME.sock).
+    #[arg(long, default_value = fan_client::docker::DEFAULT_PLUGIN_NAME)]
+    pub plugin: String,
+    /// The Docker network name (default: the fan network id).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
 /// `address gc`
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("scope").required(true).multiple(true).args(["created_by", "selector", "all"])))]
 pub struct GcArgs {
     /// The network id.
     pub network: String,
-    /// An owner still in use, CONTAINER or CONTAINER/IF (repeatable, at least one).
-    #[arg(long = "valid-owner", value_name = "ID[/IF]", required = true, value_parser = parse_owner)]
+    /// An owner still in use, CONTAINER or CONTAINER/IF (repeatable); none
+    /// means every allocation of the scope is stale.
+    #[arg(long = "valid-owner", value_name = "ID[/IF]", value_parser = parse_owner)]
     pub valid_owners: Vec<Owner>,
-    /// Only report what would be released.
+    /// Only allocations made by `cni` (fan-ipam) or `docker`
+    /// (fan-docker-ipam): the label fan.io/created-by.
+    #[arg(long, value_name = "MAKER")]
+    pub created_by: Option<String>,
+    /// Only allocations carrying this label (repeatable: all must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// Every allocation of the network, also those allocated by hand.
+    #[arg(long, conflicts_with_all = ["created_by", "selector"])]
+    pub all: bool,
+    /// Release them; without it only what would be released is listed.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub yes: bool,
+    /// Only list what would be released (the default).
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl GcArgs {
+    /// Whether `a` is in the scope the flags select.
+    pub fn in_scope(&self, a: &fan_client::Allocation) -> bool {
+        if self.all {
+            return true;
+        }
+        let created_by = a.labels.get(fan_client::cni::LABEL_CREATED_BY);
+        let maker_ok = match self.created_by.as_deref() {
+            None => true,
+            // Allocations fan-ipam made before it wrote fan.io/created-by.
+            Some("cni") => {
+                created_by.map(String::as_str) == Some("cni")
+                    || (created_by.is_none()
+                        && a.labels.contains_key(fan_client::cni::LABEL_CNI_NETWORK))
+            }
+            Some(m) => created_by.map(String::as_str) == Some(m),
+        };
+        maker_ok
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| a.labels.get(k) == Some(v))
+    }
 }
 
 /// `resolve`
@@ -845,6 +917,8 @@ mod tests {
             "c1",
             "--valid-owner",
             "c2/net1",
+            "--created-by",
+            "cni",
             "--dry-run",
         ]);
         let Command::Address(AddressCommand::Gc(a)) = cli.command else {
@@ -854,9 +928,45 @@ mod tests {
             a.valid_owners,
             vec![Owner::new("c1"), Owner::with_interface("c2", "net1")]
         );
-        assert!(a.dry_run);
+        assert!(a.dry_run && !a.yes);
+        let alloc = |labels: &[(&str, &str)]| fan_client::Allocation {
+            name: String::new(),
+            network_id: "fan-250".into(),
+            owner: Owner::new("x"),
+            address: Ipv4Addr::new(250, 0, 28, 2),
+            prefix_length: 24,
+            gateway: Ipv4Addr::new(250, 0, 28, 1),
+            mtu: 1480,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            create_time: None,
+        };
+        assert!(a.in_scope(&alloc(&[("fan.io/created-by", "cni")])));
+        assert!(a.in_scope(&alloc(&[("fan-ipam/cni-network", "fan")])));
+        assert!(!a.in_scope(&alloc(&[("fan.io/created-by", "docker")])));
+        assert!(!a.in_scope(&alloc(&[])));
+        let Command::Address(AddressCommand::Gc(a)) =
+            ok(&["address", "gc", "fan-250", "--selector", "app=web", "--yes"]).command
+        else {
+            panic!()
+        };
+        assert!(a.yes && a.valid_owners.is_empty());
+        assert!(a.in_scope(&alloc(&[("app", "web")])));
+        assert!(!a.in_scope(&alloc(&[("app", "db")])));
+        let Command::Address(AddressCommand::Gc(a)) =
+            ok(&["address", "gc", "fan-250", "--all"]).command
+        else {
+            panic!()
+        };
+        assert!(a.in_scope(&alloc(&[])));
+        // A scope is required: hand-made allocations only go with --all.
         usage(&["address", "gc", "fan-250"]);
-        usage(&["address", "gc", "fan-250", "--valid-owner", "c1/"]);
+        usage(&["address", "gc", "fan-250", "--valid-owner", "c1"]);
+        usage(&["address", "gc", "fan-250", "--all", "--created-by", "cni"]);
+        usage(&["address", "gc", "fan-250", "--all", "--yes", "--dry-run"]);
+        usage(&["address", "gc", "fan-250", "--all", "--valid-owner", "c1/"]);
     }
 
     #[test]

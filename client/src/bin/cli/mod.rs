@@ -12,8 +12,8 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 use fan_client::{
-    AllocationRequest, ConnectOptions, DeleteNetworkOptions, FanClient, NetworkSpec, ResolveScope,
-    TlsConfig,
+    Allocation, AllocationRequest, ConnectOptions, DeleteNetworkOptions, FanClient, NetworkSpec,
+    ResolveScope, Selector, TlsConfig,
 };
 
 use args::{AddressCommand, Cli, ClusterCommand, Command, NetworkCommand, OutputFormat};
@@ -160,6 +160,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             )
         }
         Command::Down(a) => down(&cli, a, out).await,
+        Command::Docker(a) => {
+            let c = connect(&cli).await?;
+            let net = c.get_network(&a.network).await?;
+            let recipe = if a.bridge_mode {
+                fan_client::docker::bridge_recipe(&net)
+            } else {
+                let name = a.name.as_deref().unwrap_or(&a.network);
+                fan_client::docker::plugin_recipe(&net, &a.plugin, name)
+            };
+            out.write_all(recipe?.as_bytes())?;
+            Ok(())
+        }
         Command::Show => {
             let c = connect(&cli).await?;
             let nets = c.list_networks().await?;
@@ -271,15 +283,33 @@ async fn address(cli: &Cli, cmd: &AddressCommand, out: &mut dyn Write) -> anyhow
             &c.get_allocation(&a.network, &a.selector.selector()).await?,
         ),
         AddressCommand::Gc(a) => {
-            let released = c
-                .garbage_collect_allocations(&a.network, &a.valid_owners, a.dry_run)
-                .await?;
+            // The agent's GC knows no scope: ask what it would release,
+            // keep the scope's part, and release those one by one (by
+            // owner, so an address that changed hands meanwhile stays).
+            let stale: Vec<Allocation> = c
+                .garbage_collect_allocations(&a.network, &a.valid_owners, true)
+                .await?
+                .into_iter()
+                .filter(|al| a.in_scope(al))
+                .collect();
+            let released = if a.yes {
+                let mut released = Vec::new();
+                for al in stale {
+                    let owner = Selector::Owner(al.owner.clone());
+                    if let Some(r) = c.release_address(&a.network, &owner, true).await? {
+                        released.push(r);
+                    }
+                }
+                released
+            } else {
+                stale
+            };
             emit(
                 out,
                 fmt,
                 &output::Collected {
                     network: a.network.clone(),
-                    dry_run: a.dry_run,
+                    dry_run: !a.yes,
                     released,
                 },
             )

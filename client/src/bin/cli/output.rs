@@ -345,6 +345,9 @@ impl Render for Collected {
         );
         if !self.released.is_empty() {
             out.push_str(&allocation_table(&self.released).render());
+            if self.dry_run {
+                out.push_str("run again with --yes to release them\n");
+            }
         }
         out
     }
