@@ -1131,24 +1131,33 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
             .get(&format!("default-{id}"))
             .ok_or_else(|| anyhow!("no allocation for {id}: {owners:?}"))?
             .clone();
-        let inside = check(ctr(
-            &bed,
-            host,
-            &[
-                "task",
-                "exec",
-                "--exec-id",
-                "ip",
-                id,
-                "ip",
-                "-4",
-                "-o",
-                "addr",
-                "show",
-                "eth0",
-            ],
-        ))?;
-        assert!(inside.contains(&format!("inet {ip}/24")), "{id}: {inside}");
+        // Under load the task may answer before its interface shows the address: ask again.
+        let expected = format!("inet {ip}/24");
+        let inside = fan_e2e::eventually(std::time::Duration::from_secs(15), || {
+            let inside = check(ctr(
+                &bed,
+                host,
+                &[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    "ip",
+                    id,
+                    "ip",
+                    "-4",
+                    "-o",
+                    "addr",
+                    "show",
+                    "eth0",
+                ],
+            ))?;
+            if inside.contains(&expected) {
+                Ok(inside)
+            } else {
+                Err(anyhow!("{id}: {inside}"))
+            }
+        })?;
+        assert!(inside.contains(&expected), "{id}: {inside}");
         addrs.insert(id, ip);
     }
     let on = |host: &'static str, id: &'static str| {
