@@ -822,8 +822,12 @@ impl Store {
         let network = network.to_owned();
         self.write(move |memory, mutations| {
             let state = memory.network_mut(&network)?;
-            let picked: Vec<AllocationRecord> =
-                state.allocations.values().filter(|a| pick(a)).cloned().collect();
+            let picked: Vec<AllocationRecord> = state
+                .allocations
+                .values()
+                .filter(|a| pick(a))
+                .cloned()
+                .collect();
             if picked.is_empty() {
                 return Ok(picked);
             }

@@ -43,8 +43,10 @@ esac
 exit 0
 "#;
 
-/// `dhclient -sf` script.
+/// `dhclient -sf` script (dhclient clears the environment: LOG is
+/// substituted into the text).
 const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
+LOG=@LOG@
 case "$reason" in
   PREINIT) ip link set "$interface" up ;;
   BOUND|RENEW|REBIND|REBOOT)
@@ -126,8 +128,20 @@ async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {
 
 fn udhcpc(ns: &Netns, script: &Path, log: &Path, extra: &[&str]) -> Result<()> {
     let mut args = vec![
-        "udhcpc", "-i", "eth0", "-s", script.to_str().unwrap_or_default(), "-n", "-q", "-f",
-        "-O", "mtu", "-t", "10", "-T", "1",
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-s",
+        script.to_str().unwrap_or_default(),
+        "-n",
+        "-q",
+        "-f",
+        "-O",
+        "mtu",
+        "-t",
+        "10",
+        "-T",
+        "1",
     ];
     args.extend_from_slice(extra);
     let out = ns
@@ -197,7 +211,9 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
     assert_eq!(router, "250.0.28.1");
     assert!(default_route(&u)?.contains("via 250.0.28.1"));
     assert_eq!(link_mtu(&u)?, "1480");
-    assert!(u.ip(&["-4", "addr", "show", "eth0"])?.contains(&format!("{u_ip}/24")));
+    assert!(u
+        .ip(&["-4", "addr", "show", "eth0"])?
+        .contains(&format!("{u_ip}/24")));
     u.ping(b, 2).context("udhcpc client -> container on h27")?;
 
     // The lease is an allocation, labelled, with its expiry.
@@ -209,15 +225,26 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
     let owner = lease.owner.clone().unwrap_or_default();
     assert!(owner.container_id.starts_with("dhcp:01:"), "{owner:?}");
     assert_eq!(owner.interface, "dhcp");
-    assert_eq!(lease.labels.get("fan.dhcp/lease").map(String::as_str), Some("bound"));
+    assert_eq!(
+        lease.labels.get("fan.dhcp/lease").map(String::as_str),
+        Some("bound")
+    );
     assert!(lease.labels.contains_key("fan.dhcp/expires"));
 
     // Renewal (10 s lease: udhcpc renews after 5 s) keeps the address.
     let mut renewing = u
         .command("busybox")
         .args([
-            "udhcpc", "-i", "eth0", "-s", script.to_str().unwrap_or_default(), "-f", "-O", "mtu",
-            "-r", &u_ip.to_string(),
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-s",
+            script.to_str().unwrap_or_default(),
+            "-f",
+            "-O",
+            "mtu",
+            "-r",
+            &u_ip.to_string(),
         ])
         .env("LOG", &ulog)
         .stdout(std::process::Stdio::null())
@@ -245,8 +272,12 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
 
     // ISC dhclient: same checks, then RELEASE frees the allocation.
     let d = bare_container(&bed, "h28", &status.bridge, "d")?;
-    let dscript = write_script(&dir, "dhclient.sh", DHCLIENT_SCRIPT)?;
     let dlog = dir.join("dhclient.log");
+    let dscript = write_script(
+        &dir,
+        "dhclient.sh",
+        &DHCLIENT_SCRIPT.replace("@LOG@", &dlog.display().to_string()),
+    )?;
     let (pf, lf) = (dir.join("dhclient.pid"), dir.join("dhclient.leases"));
     let dh = |extra: &[&str]| -> Result<()> {
         let out = d
@@ -262,7 +293,10 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
             .env("LOG", &dlog)
             .output()?;
         if !out.status.success() {
-            bail!("dhclient {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "dhclient {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     };
@@ -273,7 +307,8 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
     assert_eq!(router, "250.0.28.1");
     assert_eq!(link_mtu(&d)?, "1480");
     assert!(default_route(&d)?.contains("via 250.0.28.1"));
-    d.ping(b, 2).context("dhclient client -> container on h27")?;
+    d.ping(b, 2)
+        .context("dhclient client -> container on h27")?;
     assert!(allocations(&bed, "h28")
         .await?
         .iter()
@@ -314,10 +349,9 @@ async fn two_hundred_clients_get_distinct_addresses_beside_api_allocations() -> 
     // API allocations run at the same time as the DHCP clients.
     let socket = bed.host("h28").agent.socket.clone();
     let api = tokio::spawn(async move {
-        let mut client =
-            fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
-                fan_e2e::unix_channel(&socket).await?,
-            );
+        let mut client = fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+            fan_e2e::unix_channel(&socket).await?,
+        );
         let mut got = Vec::new();
         for i in 0..40 {
             let a = client
@@ -351,7 +385,13 @@ async fn two_hundred_clients_get_distinct_addresses_beside_api_allocations() -> 
     let out = tokio::task::spawn_blocking({
         let ns = Netns::existing(&ns.name);
         let log = log.clone();
-        move || ns.command("sh").arg("-c").arg(loop_script).env("LOG", log).output()
+        move || {
+            ns.command("sh")
+                .arg("-c")
+                .arg(loop_script)
+                .env("LOG", log)
+                .output()
+        }
     })
     .await??;
     assert!(out.status.success());
@@ -364,7 +404,10 @@ async fn two_hundred_clients_get_distinct_addresses_beside_api_allocations() -> 
     assert_eq!(distinct.len(), 200, "a DHCP address was handed out twice");
     assert_eq!(api_addresses.len(), 40);
     for a in &api_addresses {
-        assert!(!distinct.contains(a.as_str()), "{a} is both leased and API-allocated");
+        assert!(
+            !distinct.contains(a.as_str()),
+            "{a} is both leased and API-allocated"
+        );
     }
     // The store agrees: 200 leases, 40 API allocations.
     let all = allocations(&bed, "h28").await?;

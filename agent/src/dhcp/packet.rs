@@ -163,8 +163,7 @@ pub fn parse(bytes: &[u8]) -> Result<Request, DropReason> {
     if bytes.len() < MIN_PACKET {
         return Err(DropReason::Truncated);
     }
-    let message =
-        Message::decode(&mut Decoder::new(bytes)).map_err(|_| DropReason::Malformed)?;
+    let message = Message::decode(&mut Decoder::new(bytes)).map_err(|_| DropReason::Malformed)?;
     if message.opcode() != Opcode::BootRequest {
         return Err(DropReason::NotARequest);
     }
@@ -300,8 +299,7 @@ pub enum Plan {
 /// Decides what to do with `request`, given what the store holds.
 pub fn plan(request: &Request, view: &LeaseView, settings: &Settings) -> Plan {
     let owner = request.owner();
-    let held_by_other =
-        |a: Ipv4Addr| view.holders.get(&a).is_some_and(|holder| *holder != owner);
+    let held_by_other = |a: Ipv4Addr| view.holders.get(&a).is_some_and(|holder| *holder != owner);
     match request.kind {
         Kind::Discover => {
             let prefer = request
@@ -458,7 +456,9 @@ pub fn parse_time(text: &str) -> Option<u64> {
         return None;
     }
     let days = days_from_civil(y as i64, mo as u32, d as u32);
-    u64::try_from(days).ok().map(|days| days * 86_400 + h * 3600 + mi * 60 + s)
+    u64::try_from(days)
+        .ok()
+        .map(|days| days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
 // Howard Hinnant's civil calendar algorithms (proleptic Gregorian).
@@ -563,10 +563,8 @@ mod tests {
                 .insert(DhcpOption::ClientIdentifier(vec![0xff, 0xab]));
         });
         assert_eq!(r.owner().container_id, "dhcp:ff:ab");
-        fan_core::names::validate_container_id(
-            &lease_owner(&[0xee; MAX_CLIENT_ID]).container_id,
-        )
-        .unwrap();
+        fan_core::names::validate_container_id(&lease_owner(&[0xee; MAX_CLIENT_ID]).container_id)
+            .unwrap();
     }
 
     #[test]
@@ -723,10 +721,7 @@ mod tests {
             o.get(OptionCode::AddressLeaseTime),
             Some(&DhcpOption::AddressLeaseTime(3600))
         );
-        assert_eq!(
-            o.get(OptionCode::Renewal),
-            Some(&DhcpOption::Renewal(1800))
-        );
+        assert_eq!(o.get(OptionCode::Renewal), Some(&DhcpOption::Renewal(1800)));
         assert_eq!(
             o.get(OptionCode::ServerIdentifier),
             Some(&DhcpOption::ServerIdentifier(s.gateway))
@@ -752,7 +747,10 @@ mod tests {
     fn only_lease_allocations_have_an_expiry() {
         let labels = lease_labels("bound", 100, None);
         assert_eq!(lease_expiry(&lease_owner(&[1, 2]), &labels), Some(100));
-        assert_eq!(lease_expiry(&declined_owner(Ipv4Addr::LOCALHOST), &labels), Some(100));
+        assert_eq!(
+            lease_expiry(&declined_owner(Ipv4Addr::LOCALHOST), &labels),
+            Some(100)
+        );
         let api = Owner {
             container_id: "web-1".into(),
             interface: "dhcp".into(),

@@ -177,7 +177,10 @@ async fn supervise(
             if !keep {
                 r.task.abort();
                 tracing::info!(network = %id, bridge = %r.key.bridge, "dhcp: server stopped");
-                counters.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
             }
             keep
         });
@@ -396,7 +399,8 @@ async fn handle(ctx: &Context, request: Request) {
     match plan {
         Plan::Drop(reason) => c.drop_packet(net, reason),
         Plan::Offer { prefer } => {
-            let labels = packet::lease_labels("offered", now + OFFER_HOLD.as_secs(), Some(&request));
+            let labels =
+                packet::lease_labels("offered", now + OFFER_HOLD.as_secs(), Some(&request));
             let mut result = ctx
                 .store
                 .allocate(net, owner.clone(), prefer, labels.clone())
@@ -418,8 +422,11 @@ async fn handle(ctx: &Context, request: Request) {
             }
         }
         Plan::Ack { address } => {
-            let labels =
-                packet::lease_labels("bound", now + u64::from(ctx.settings.lease_seconds), Some(&request));
+            let labels = packet::lease_labels(
+                "bound",
+                now + u64::from(ctx.settings.lease_seconds),
+                Some(&request),
+            );
             match bind_lease(ctx, &request, address, view.owned, labels).await {
                 Ok(()) => {
                     bump(&c.acks);
@@ -444,7 +451,9 @@ async fn handle(ctx: &Context, request: Request) {
                     bump(&c.releases);
                     tracing::info!(network = net, owner = %owner, %address, "dhcp: released by the client");
                 }
-                Err(err) => tracing::warn!(network = net, owner = %owner, error = %err, "dhcp: release failed"),
+                Err(err) => {
+                    tracing::warn!(network = net, owner = %owner, error = %err, "dhcp: release failed")
+                }
             }
         }
         Plan::Decline { address } => {
@@ -454,7 +463,8 @@ async fn handle(ctx: &Context, request: Request) {
                 tracing::warn!(network = net, error = %err, "dhcp: decline: release failed");
                 return;
             }
-            let labels = packet::lease_labels("declined", now + DECLINE_HOLD.as_secs(), Some(&request));
+            let labels =
+                packet::lease_labels("declined", now + DECLINE_HOLD.as_secs(), Some(&request));
             if let Err(err) = ctx
                 .store
                 .allocate(net, packet::declined_owner(address), Some(address), labels)

@@ -971,11 +971,15 @@ mod tests {
         };
         assert!(a.dhcp);
         // fanctl's positional form
-        let Command::Up(a) = ok(&["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]).command
+        let Command::Up(a) =
+            ok(&["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]).command
         else {
             panic!()
         };
-        assert_eq!(a.fan, ["250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]);
+        assert_eq!(
+            a.fan,
+            ["250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]
+        );
         let Command::Down(d) = ok(&["down", "250.0.0.0/8", "eth0/16"]).command else {
             panic!()
         };

@@ -349,7 +349,13 @@ mod tests {
         assert_eq!(p.spec.host_reserve, Some(4));
         assert_eq!(p.spec.bridge, None);
         assert_eq!(network_id_for(ov("10.20.0.0/16")), "fan-10-20");
-        let p = plan_up(ov("251.0.0.0/8"), &ul("eth0/16"), None, Some("br0".into()), true);
+        let p = plan_up(
+            ov("251.0.0.0/8"),
+            &ul("eth0/16"),
+            None,
+            Some("br0".into()),
+            true,
+        );
         assert!(p.spec.dhcp);
         assert_eq!(p.network_id, "fan-251");
         assert_eq!(p.spec.bridge.as_deref(), Some("br0"));
