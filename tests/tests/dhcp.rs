@@ -113,7 +113,6 @@ async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {
                 network_id: "fan".into(),
                 page_size: 1000,
                 page_token: page_token.clone(),
-                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("list: {s}"))?
@@ -253,8 +252,8 @@ async fn udhcpc_and_dhclient_get_leases_that_are_allocations() -> Result<()> {
     let renewed = eventually(Duration::from_secs(30), || {
         let text = std::fs::read_to_string(&ulog)?;
         text.lines()
-            .filter(|l| l.starts_with("renew "))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("renew "))
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("no renew yet"))
     });
