@@ -130,3 +130,22 @@ if [ ${#need_go[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_go[@]}" >/dev/null
 fi
 # --- end SDK helper ---
+# --- DHCP helper: real DHCP clients for tests/tests/dhcp.rs (issue 15): ---
+# busybox's udhcpc and ISC dhclient.
+dhcp_pkgs=(busybox-static isc-dhcp-client)
+need_dhcp=()
+for pkg in "${dhcp_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_dhcp+=("$pkg")
+done
+# Either busybox package provides udhcpc.
+if dpkg-query -W -f='${Status}' busybox 2>/dev/null | grep -q "ok installed"; then
+    need_dhcp=("${need_dhcp[@]/busybox-static/}")
+fi
+need_dhcp=($(printf '%s\n' "${need_dhcp[@]}" | grep -v '^$' || true))
+if [ ${#need_dhcp[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${need_dhcp[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_dhcp[@]}" >/dev/null
+fi
+# --- end DHCP helper ---

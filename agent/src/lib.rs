@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod dhcp;
 pub mod error;
 pub mod model;
 pub mod reason;

@@ -58,6 +58,15 @@ pub struct NetworkSpec {
     /// Accept an overlay that overlaps the host's own addresses or routes.
     #[serde(default)]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge from this network's allocations.
+    #[serde(default)]
+    pub dhcp: bool,
+    /// DNS servers handed to DHCP clients (option 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_dns: Vec<Ipv4Addr>,
+    /// DHCP lease time in seconds; 0 when `dhcp` is off.
+    #[serde(default)]
+    pub dhcp_lease_seconds: u32,
 }
 
 impl NetworkSpec {

@@ -108,6 +108,8 @@ pub async fn run(
             None
         }
     };
+    // DHCP on the bridges of networks with `dhcp` set, from the same store.
+    let dhcp = crate::dhcp::DhcpService::start(store.clone());
     let agent = Arc::new(Agent::new(store, dataplane).await);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -253,6 +255,7 @@ pub async fn run(
     let (result, tcp_result) = futures::join!(unix, tcp);
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
+    dhcp.stop().await;
     // Leave no socket file behind for the next start to trip over.
     if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&config.socket);

@@ -779,6 +779,81 @@ impl Store {
         .await
     }
 
+    /// Replaces the labels of the allocation of `owner` at `address`
+    /// (durably, group-committed like any change). Fails with NOT_FOUND
+    /// when `owner` does not hold `address`: a DHCP lease is only ever
+    /// extended for the client that holds it.
+    pub async fn relabel(
+        &self,
+        network: &str,
+        owner: Owner,
+        address: Ipv4Addr,
+        labels: BTreeMap<String, String>,
+    ) -> Result<AllocationRecord> {
+        let network = network.to_owned();
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&network)?;
+            let selector = Selector::Owner(owner.clone());
+            if state.allocator.address_of(&owner) != Some(address) {
+                return Err(AgentError::allocation_not_found(&network, &selector));
+            }
+            let record = state
+                .allocations
+                .get_mut(&address)
+                .ok_or_else(|| AgentError::allocation_not_found(&network, &selector))?;
+            let previous = record.clone();
+            record.labels = labels;
+            let record = record.clone();
+            // Delete then put, so that a failed commit's undo restores the
+            // previous record instead of dropping it.
+            mutations.push(Mutation::DeleteAllocation {
+                network: network.clone(),
+                address,
+                previous: Some(previous),
+            });
+            mutations.push(Mutation::PutAllocation {
+                network: network.clone(),
+                record: record.clone(),
+            });
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Releases, in one transaction, every allocation of `network` that
+    /// `pick` selects (e.g. expired DHCP leases); returns them.
+    pub async fn release_where(
+        &self,
+        network: &str,
+        pick: impl Fn(&AllocationRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<AllocationRecord>> {
+        let network = network.to_owned();
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&network)?;
+            let picked: Vec<AllocationRecord> = state
+                .allocations
+                .values()
+                .filter(|a| pick(a))
+                .cloned()
+                .collect();
+            if picked.is_empty() {
+                return Ok(picked);
+            }
+            for record in &picked {
+                state.allocator.release_address(record.address);
+                let previous = state.allocations.remove(&record.address);
+                mutations.push(Mutation::DeleteAllocation {
+                    network: network.clone(),
+                    address: record.address,
+                    previous,
+                });
+            }
+            push_cursor(state, &network, mutations);
+            Ok(picked)
+        })
+        .await
+    }
+
     /// One allocation, by owner or address.
     pub async fn allocation(&self, network: &str, selector: Selector) -> Result<AllocationRecord> {
         let network = network.to_owned();
@@ -1893,6 +1968,9 @@ mod tests {
                 masquerade: true,
                 anti_spoofing: true,
                 allow_overlap: false,
+                dhcp: false,
+                dhcp_dns: Vec::new(),
+                dhcp_lease_seconds: 0,
             },
             underlay_network: "172.30.0.0/16".parse().unwrap(),
             underlay_address: "172.30.0.28".parse().unwrap(),

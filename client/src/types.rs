@@ -213,6 +213,16 @@ pub struct NetworkSpec {
     /// when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge from the agent's allocations (fanctl's
+    /// `dhcp` flag). Omitted from JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+    /// DNS servers handed to DHCP clients. Omitted from JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_dns: Vec<String>,
+    /// DHCP lease time in seconds (None: the agent's default, 3600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp_lease_seconds: Option<u32>,
 }
 
 impl NetworkSpec {

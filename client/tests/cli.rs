@@ -593,21 +593,32 @@ async fn fanctl_config_file() {
 async fn usage_errors_exit_2() {
     let agent = FakeAgent::start().await;
     let t = Some(agent.target.as_str());
-    let line = fails(t, &["up", "-o", "250", "-u", "eth0/16", "--dhcp"], 2).await;
-    assert_eq!(
-        line,
-        "fan-client: --dhcp is not supported yet (there is no DHCP server in fan yet) (UNSUPPORTED)"
-    );
+    // fanctl's positional form with a flag it does not know
+    let line = fails(t, &["up", "250.0.0.0/8", "eth0/16", "dhcpx"], 2).await;
+    assert!(line.contains("dhcpx"), "{line}");
     assert_eq!(agent.fake.calls("CreateNetwork"), 0);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fan");
-    std::fs::write(&config, "250 eth0/16\n251 eth0/16 dhcp\n").unwrap();
+    std::fs::write(&config, "250 eth0/16\n251 eth0/16 dhcpx\n").unwrap();
     let line = fails(t, &["up", "-a", "--config", config.to_str().unwrap()], 2).await;
-    assert!(
-        line.ends_with("line 2: the dhcp flag is not supported yet (UNSUPPORTED)"),
-        "{line}"
-    );
+    assert!(line.ends_with("(CONFIG_INVALID)"), "{line}");
     assert_eq!(agent.fake.calls("CreateNetwork"), 0);
+
+    // the seed's own line works as written, and `show` prints its flags
+    let out = ok(
+        &agent,
+        &["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"],
+    )
+    .await;
+    assert!(
+        out.stdout.starts_with("fan-250: 250.0.0.0/8 eth0/16 up"),
+        "{}",
+        out.stdout
+    );
+    let out = ok(&agent, &["show"]).await;
+    assert!(out.stdout.contains("dhcp host-reserve 1"), "{}", out.stdout);
+    let out = ok(&agent, &["down", "250.0.0.0/8", "eth0/16"]).await;
+    assert!(out.stdout.contains("fan-250"), "{}", out.stdout);
 
     // clap's own usage errors exit 2 too (its message spans several lines)
     for args in [

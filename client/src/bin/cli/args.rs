@@ -111,10 +111,12 @@ pub enum Command {
     /// fanctl-compatible: bring fans up, from flags or /etc/network/fan.
     #[command(
         after_help = "Examples:\n  fan-client up -o 250 -u 172.30.0.28/16 --host-reserve 4\n  \
+                            fan-client up 250.0.0.0/8 eth0/16 dhcp host-reserve 1\n  \
                             fan-client up -a --config /etc/network/fan\n\n\
                             The network is named after the overlay like fanctl's bridge: 250.0.0.0/8 -> fan-250,\n\
                             10.20.0.0/16 -> fan-10-20. Lines flagged `off` are skipped by -a; `auto` is accepted.\n\
-                            --dhcp (and the `dhcp` config flag) is refused: there is no DHCP server yet."
+                            The positional form takes one /etc/network/fan line: OVERLAY UNDERLAY [FLAGS].\n\
+                            --dhcp (the `dhcp` flag) serves DHCP on the bridge from the agent's allocations."
     )]
     Up(UpArgs),
 
@@ -252,6 +254,15 @@ pub struct NetworkCreateArgs {
     /// (e.g. 10.0.0.0/8 next to a LAN on 10.0.50.0/24); refused otherwise.
     #[arg(long)]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge; leases are allocations of this network.
+    #[arg(long)]
+    pub dhcp: bool,
+    /// DNS server handed to DHCP clients (repeat or comma-separate; with --dhcp).
+    #[arg(long, value_name = "IP", value_delimiter = ',', requires = "dhcp")]
+    pub dhcp_dns: Vec<String>,
+    /// DHCP lease time in seconds (default 3600; with --dhcp).
+    #[arg(long, value_name = "SECONDS", requires = "dhcp")]
+    pub dhcp_lease_seconds: Option<u32>,
 }
 
 /// `address …`
@@ -470,8 +481,12 @@ pub struct ResolveArgs {
 
 /// `up`
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "fan"])))]
 pub struct UpArgs {
+    /// fanctl's positional form, one /etc/network/fan line:
+    /// OVERLAY UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [auto].
+    #[arg(value_name = "OVERLAY UNDERLAY [FLAGS]", num_args = 0.., conflicts_with_all = ["overlay", "all"])]
+    pub fan: Vec<String>,
     /// The overlay, CIDR or a bare first octet ("250").
     #[arg(short = 'o', long, value_name = "OVERLAY", requires = "underlay", value_parser = parse_overlay_arg)]
     pub overlay: Option<Ipv4Network>,
@@ -484,7 +499,7 @@ pub struct UpArgs {
     /// The bridge device name.
     #[arg(long, value_name = "NAME", conflicts_with = "all")]
     pub bridge: Option<String>,
-    /// Serve DHCP on the bridge: NOT SUPPORTED YET, refused.
+    /// Serve DHCPv4 on the bridge from the agent's allocations.
     #[arg(long, conflicts_with = "all")]
     pub dhcp: bool,
     /// Bring up every fan of the config file not flagged `off`.
@@ -502,8 +517,11 @@ pub struct UpArgs {
 
 /// `down`
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "every"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "every", "fan"])))]
 pub struct DownArgs {
+    /// fanctl's positional form: OVERLAY UNDERLAY (flags after them are ignored).
+    #[arg(value_name = "OVERLAY UNDERLAY", num_args = 0.., conflicts_with_all = ["overlay", "all", "every"])]
+    pub fan: Vec<String>,
     /// The overlay of the fan, CIDR or a bare first octet.
     #[arg(short = 'o', long, value_name = "OVERLAY", requires = "underlay", value_parser = parse_overlay_arg)]
     pub overlay: Option<Ipv4Network>,
@@ -1058,11 +1076,25 @@ mod tests {
             panic!()
         };
         assert_eq!(a.underlay.unwrap().to_string(), "172.30.0.28/16");
-        // --dhcp parses (so that it can be refused by name) …
         let Command::Up(a) = ok(&["up", "-o", "250", "-u", "eth0/16", "--dhcp"]).command else {
             panic!()
         };
         assert!(a.dhcp);
+        // fanctl's positional form
+        let Command::Up(a) =
+            ok(&["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            a.fan,
+            ["250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]
+        );
+        let Command::Down(d) = ok(&["down", "250.0.0.0/8", "eth0/16"]).command else {
+            panic!()
+        };
+        assert_eq!(d.fan, ["250.0.0.0/8", "eth0/16"]);
+        usage(&["up", "250", "eth0/16", "-o", "250"]);
 
         let Command::Up(a) = ok(&["up", "-a"]).command else {
             panic!()

@@ -24,13 +24,6 @@ use output::Render;
 /// refused by name (exit 2), never ignored. Runs before any connection.
 pub fn validate(cli: &Cli) -> Result<(), UsageError> {
     tls_config(cli)?;
-    if let Command::Up(up) = &cli.command {
-        if up.dhcp {
-            return Err(UsageError::unsupported(
-                "--dhcp is not supported yet (there is no DHCP server in fan yet)",
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -131,12 +124,28 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 (true, _, _) => {
                     let path = fanctl::config_path(&a.config);
                     let entries = fanctl::read_config(&path)?;
-                    fanctl::plan_up_all(&path, &entries)?
+                    fanctl::plan_up_all(&entries)
                 }
                 (false, Some(o), Some(u)) => {
-                    vec![fanctl::plan_up(o, u, a.host_reserve, a.bridge.clone())]
+                    vec![fanctl::plan_up(
+                        o,
+                        u,
+                        a.host_reserve,
+                        a.bridge.clone(),
+                        a.dhcp,
+                    )]
                 }
-                _ => unreachable!("clap requires -o/-u or -a"),
+                _ => {
+                    // fanctl's positional form; --host-reserve/--bridge/--dhcp still apply.
+                    let e = fanctl::parse_positional(&a.fan)?;
+                    vec![fanctl::plan_up(
+                        e.overlay,
+                        &e.underlay,
+                        a.host_reserve.or(e.host_reserve),
+                        a.bridge.clone().or(e.bridge),
+                        a.dhcp || e.dhcp,
+                    )]
+                }
             };
             let c = connect(&cli).await?;
             let mut changes = Vec::new();
@@ -206,6 +215,9 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                 masquerade: a.no_masquerade.then_some(false),
                 anti_spoofing: a.no_anti_spoofing.then_some(false),
                 allow_overlap: a.allow_overlap,
+                dhcp: a.dhcp,
+                dhcp_dns: a.dhcp_dns.clone(),
+                dhcp_lease_seconds: a.dhcp_lease_seconds,
                 ..NetworkSpec::new(a.overlay.clone(), a.underlay.clone())
             };
             emit(out, fmt, &c.create_network(&a.name, &spec).await?)
@@ -325,11 +337,21 @@ async fn down(cli: &Cli, a: &args::DownArgs, out: &mut dyn Write) -> anyhow::Res
     } else {
         None
     };
+    // fanctl's positional form names the fan like -o/-u.
+    let positional = if a.fan.is_empty() {
+        None
+    } else {
+        Some(fanctl::parse_positional(&a.fan)?)
+    };
     let c = connect(cli).await?;
     let nets = c.list_networks().await?;
     // (network, overlay, underlay, line)
     let mut targets: Vec<(Option<String>, String, String, Option<usize>)> = Vec::new();
-    if let (Some(o), Some(u)) = (a.overlay, &a.underlay) {
+    let named = match &positional {
+        Some(e) => Some((e.overlay, &e.underlay)),
+        None => a.overlay.zip(a.underlay.as_ref()),
+    };
+    if let Some((o, u)) = named {
         let found = fanctl::find(&nets, o, u);
         match found.as_slice() {
             [] => {
@@ -439,15 +461,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dhcp_is_refused_by_name_with_exit_2_before_connecting() {
-        let (r, out) = run_offline(&["up", "-o", "250", "-u", "eth0/16", "--dhcp"]).await;
+    async fn bad_positional_fan_exits_2_before_connecting() {
+        let (r, out) = run_offline(&["up", "250", "eth0/16", "dhcp", "bogus"]).await;
         let (code, line) = error::report(&r.unwrap_err());
         assert_eq!(code, 2);
-        assert!(
-            line.starts_with("fan-client: --dhcp is not supported yet"),
-            "{line}"
-        );
-        assert!(line.ends_with("(UNSUPPORTED)"));
+        assert!(line.contains("bogus"), "{line}");
         assert!(out.is_empty());
     }
 
@@ -460,15 +478,12 @@ mod tests {
         assert_eq!(code, 2);
         assert!(line.ends_with("(CONFIG_UNREADABLE)"), "{line}");
 
-        let dhcp = dir.path().join("fan");
-        std::fs::write(&dhcp, "250 eth0/16 host-reserve 2\n251 eth0/16 dhcp\n").unwrap();
-        let (r, _) = run_offline(&["up", "-a", "--config", dhcp.to_str().unwrap()]).await;
+        let bad = dir.path().join("fan");
+        std::fs::write(&bad, "250 eth0/16 host-reserve 2\n251 eth0/16 dhcpx\n").unwrap();
+        let (r, _) = run_offline(&["up", "-a", "--config", bad.to_str().unwrap()]).await;
         let (code, line) = error::report(&r.unwrap_err());
         assert_eq!(code, 2);
-        assert!(
-            line.ends_with("line 2: the dhcp flag is not supported yet (UNSUPPORTED)"),
-            "{line}"
-        );
+        assert!(line.ends_with("(CONFIG_INVALID)"), "{line}");
         let (r, _) = run_offline(&["down", "-a", "--config", missing.to_str().unwrap()]).await;
         assert_eq!(error::report(&r.unwrap_err()).0, 2);
     }

@@ -128,6 +128,19 @@ impl Render for Network {
             opt(s.anti_spoofing.map(yes_no)),
         ]);
         kv.row([
+            "DHCP:".to_string(),
+            if s.dhcp {
+                let mut text = format!("yes (lease {}s", s.dhcp_lease_seconds.unwrap_or(3600));
+                if !s.dhcp_dns.is_empty() {
+                    text.push_str(&format!(", dns {}", s.dhcp_dns.join(",")));
+                }
+                text.push(')');
+                text
+            } else {
+                "no".to_string()
+            },
+        ]);
+        kv.row([
             "Allocated:".to_string(),
             format!("{} of {}", st.allocated, st.capacity),
         ]);
@@ -416,6 +429,7 @@ mod tests {
                 masquerade: Some(true),
                 anti_spoofing: Some(true),
                 allow_overlap: false,
+                ..NetworkSpec::default()
             },
             status: NetworkStatus {
                 underlay_address: Some(Ipv4Addr::new(172, 30, 0, 28)),
