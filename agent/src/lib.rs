@@ -18,7 +18,9 @@
 pub mod agent;
 pub mod api;
 pub mod error;
+pub mod events;
 pub mod model;
+pub mod page_token;
 pub mod reason;
 pub mod server;
 pub mod state;

@@ -58,6 +58,9 @@ pub struct NetworkSpec {
     /// Accept an overlay that overlaps the host's own addresses or routes.
     #[serde(default)]
     pub allow_overlap: bool,
+    /// Free-form labels (changeable with UpdateNetwork).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A persisted network: its spec plus what was resolved on this host at creation.

@@ -40,6 +40,8 @@ pub struct SpecInput {
     pub anti_spoofing: Option<bool>,
     /// Accept an overlay overlapping the host's addresses or routes.
     pub allow_overlap: bool,
+    /// Network labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Collects the violations of every field of a request, so one answer lists
@@ -146,6 +148,7 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
             ),
         )));
     }
+    checks.check(labels("spec.labels", &input.labels));
     let (overlay, underlay) = checks.finish_with(overlay.zip(underlay))?;
     let bridge = if input.bridge.is_empty() {
         names::default_bridge_name(overlay)
@@ -162,6 +165,7 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
         masquerade: input.masquerade.unwrap_or(true),
         anti_spoofing: input.anti_spoofing.unwrap_or(true),
         allow_overlap: input.allow_overlap,
+        labels: input.labels.clone(),
     };
     Ok((spec, underlay))
 }
@@ -232,4 +236,30 @@ pub fn page_size(field: &str, size: u32) -> Result<usize> {
             format!("must be at most {MAX_PAGE_SIZE}, got {n}"),
         )),
     }
+}
+
+/// Parses a label selector "k=v,k2=v2" (empty: no constraint) into the
+/// labels an item must all carry.
+pub fn label_selector(field: &str, text: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    if text.is_empty() {
+        return Ok(labels);
+    }
+    for (i, term) in text.split(',').enumerate() {
+        let Some((key, value)) = term.split_once('=') else {
+            return Err(AgentError::invalid(
+                field,
+                format!("term {} ({term:?}) must be key=value", i + 1),
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() || key.len() > 63 {
+            return Err(AgentError::invalid(
+                field,
+                format!("term {} ({term:?}): the key must be 1 to 63 characters", i + 1),
+            ));
+        }
+        labels.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
 }

@@ -105,6 +105,11 @@ pub(crate) fn spec_to_pb(s: &NetworkSpec) -> pb::NetworkSpec {
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
         allow_overlap: s.allow_overlap,
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -170,6 +175,7 @@ pub(crate) fn spec_from_pb(s: pb::NetworkSpec) -> NetworkSpec {
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
         allow_overlap: s.allow_overlap,
+        labels: s.labels.into_iter().collect(),
     }
 }
 

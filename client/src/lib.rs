@@ -52,6 +52,7 @@ pub mod cni;
 mod convert;
 mod error;
 mod types;
+mod watch;
 
 pub use client::{
     ConnectOptions, DeleteNetworkOptions, FanClient, RetryPolicy, Target, TlsConfig,
@@ -62,3 +63,6 @@ pub use error::{
 };
 pub use tonic::Code;
 pub use types::*;
+pub use watch::{
+    Allocated, AllocationFilter, EventKind, NetworkUpdate, WatchEvent, WatchOptions,
+};

@@ -60,6 +60,7 @@ pub fn spec_input(spec: Option<pb::NetworkSpec>) -> Result<SpecInput> {
         masquerade: spec.masquerade,
         anti_spoofing: spec.anti_spoofing,
         allow_overlap: spec.allow_overlap,
+        labels: spec.labels.into_iter().collect(),
     })
 }
 
@@ -109,6 +110,12 @@ pub fn network(view: &NetworkView) -> pb::Network {
             masquerade: Some(r.spec.masquerade),
             anti_spoofing: Some(r.spec.anti_spoofing),
             allow_overlap: r.spec.allow_overlap,
+            labels: r
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }),
         status: Some(pb::NetworkStatus {
             underlay_address: r.underlay_address.to_string(),
