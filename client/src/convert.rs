@@ -341,6 +341,7 @@ mod tests {
                 masquerade: Some(true),
                 anti_spoofing: Some(false),
                 allow_overlap: true,
+                labels: Default::default(),
             }),
             status: Some(pb::NetworkStatus {
                 underlay_address: "172.30.0.28".into(),
@@ -456,6 +457,7 @@ mod tests {
             masquerade: Some(false),
             anti_spoofing: None,
             allow_overlap: true,
+            labels: [("team".to_string(), "blue".to_string())].into(),
         };
         let p = spec_to_pb(&spec);
         assert_eq!(p.backend, pb::Backend::KernelFan as i32);
