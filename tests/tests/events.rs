@@ -283,10 +283,24 @@ async fn a_restart_ends_watches_with_unavailable_and_a_resumed_watch_is_complete
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_does_not_stop_allocations_and_is_ended_as_too_slow() -> Result<()> {
-    let (_bed, mut client) = testbed().await?;
+    let (bed, mut client) = testbed().await?;
     create(&mut client, "fan", OVERLAY).await?;
     // Never read until the end: its buffers fill, the agent must carry on.
-    let mut stalled = watch(&mut client, "fan", None).await?;
+    // Small HTTP/2 windows, so the transport holds few events for it.
+    let socket = bed.host("h1").agent.socket.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    let mut slow = Client::new(channel);
+    let mut stalled = watch(&mut slow, "fan", None).await?;
     let started = Instant::now();
     const ROUNDS: usize = 1500;
     for i in 0..ROUNDS {
@@ -313,11 +327,16 @@ async fn a_stalled_watcher_does_not_stop_allocations_and_is_ended_as_too_slow() 
     Ok(())
 }
 
+/// The network's nft table as `nft` lists it; empty when the agent keeps
+/// none (eBPF without masquerade has no rule left to hold).
 fn nft_table(bed: &Testbed, network: &str) -> Result<String> {
-    let out = bed
-        .host("h1")
-        .netns
-        .exec("nft", &["list", "table", "ip", &format!("fan_{network}")])?;
+    let name = format!("fan_{network}");
+    let netns = &bed.host("h1").netns;
+    let tables = netns.exec("nft", &["list", "tables"])?;
+    if !String::from_utf8_lossy(&tables.stdout).contains(&format!("table ip {name}\n")) {
+        return Ok(String::new());
+    }
+    let out = netns.exec("nft", &["list", "table", "ip", &name])?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
