@@ -17,10 +17,10 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 
 use crate::error::{AgentError, Reason, Result};
+use crate::events::{Event, EventHub, EventKind};
 use crate::model::{
     AllocationRecord, BackendChoice, NetworkRecord, Owner, Selector, IPIP_OVERHEAD,
 };
-use crate::events::{Event, EventHub, EventKind};
 use crate::state::{Created, Store};
 use crate::validate::{self, SpecInput};
 
@@ -1013,9 +1013,7 @@ impl Agent {
                             position
                                 .rsplit_once('/')
                                 .and_then(|(id, a)| Some((id.to_owned(), a.parse().ok()?)))
-                                .ok_or_else(|| {
-                                    AgentError::invalid("page_token", "is damaged")
-                                })
+                                .ok_or_else(|| AgentError::invalid("page_token", "is damaged"))
                         },
                     ),
                 )

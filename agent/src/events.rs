@@ -88,7 +88,11 @@ impl Event {
     }
 
     /// A new allocation event.
-    pub fn allocation(kind: EventKind, network: &NetworkRecord, record: &AllocationRecord) -> Event {
+    pub fn allocation(
+        kind: EventKind,
+        network: &NetworkRecord,
+        record: &AllocationRecord,
+    ) -> Event {
         Event {
             allocation: Some(record.clone()),
             ..Event::new(kind, network)

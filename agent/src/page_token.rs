@@ -24,7 +24,7 @@ pub fn encode(binding: &str, position: &str) -> String {
 /// request field in the error.
 pub fn decode(field: &str, binding: &str, token: &str) -> Result<String> {
     let invalid = || AgentError::invalid(field, RULE);
-    if token.len() < 8 || token.len() % 2 != 0 || token.len() > 1024 {
+    if token.len() < 8 || !token.len().is_multiple_of(2) || token.len() > 1024 {
         return Err(invalid());
     }
     let bytes = (0..token.len())

@@ -36,8 +36,8 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::events::{Event, EventHub, EventKind};
 use crate::error::{AgentError, Metadata, Reason, Resource, Result};
+use crate::events::{Event, EventHub, EventKind};
 use crate::model::{now_ms, AllocationRecord, NetworkRecord, Owner, Selector};
 
 /// The on-disk layout version this agent writes. Version 1 (values without
@@ -654,7 +654,10 @@ impl Store {
                 previous: Box::new(previous),
             });
             let mut event = Event::new(EventKind::NetworkUpdated, &moved);
-            event.reason = format!("the host's underlay address changed: moved to slice {}", moved.slice);
+            event.reason = format!(
+                "the host's underlay address changed: moved to slice {}",
+                moved.slice
+            );
             mutations.push(Mutation::Event(Box::new(event)));
             Ok(moved)
         })
@@ -879,7 +882,11 @@ impl Store {
             for address in &stale {
                 let removed = state.allocations.remove(address);
                 if let Some(removed) = &removed {
-                    mutations.push(Mutation::Event(Box::new(Event::allocation(EventKind::AllocationReleased, &state.record, removed))));
+                    mutations.push(Mutation::Event(Box::new(Event::allocation(
+                        EventKind::AllocationReleased,
+                        &state.record,
+                        removed,
+                    ))));
                 }
                 mutations.push(Mutation::DeleteAllocation {
                     network: network.clone(),
@@ -894,7 +901,11 @@ impl Store {
             state.allocator.release_address(address);
             let removed = state.allocations.remove(&address);
             if let Some(removed) = &removed {
-                mutations.push(Mutation::Event(Box::new(Event::allocation(EventKind::AllocationReleased, &state.record, removed))));
+                mutations.push(Mutation::Event(Box::new(Event::allocation(
+                    EventKind::AllocationReleased,
+                    &state.record,
+                    removed,
+                ))));
             }
             let record = removed.or(record);
             mutations.push(Mutation::DeleteAllocation {
@@ -930,7 +941,11 @@ impl Store {
                 for record in &stale {
                     state.allocator.release_address(record.address);
                     let previous = state.allocations.remove(&record.address);
-                    mutations.push(Mutation::Event(Box::new(Event::allocation(EventKind::AllocationCollected, &state.record, record))));
+                    mutations.push(Mutation::Event(Box::new(Event::allocation(
+                        EventKind::AllocationCollected,
+                        &state.record,
+                        record,
+                    ))));
                     mutations.push(Mutation::DeleteAllocation {
                         network: network.clone(),
                         address: record.address,
@@ -1522,14 +1537,17 @@ fn scan(db: &Database) -> Result<Scan> {
             }),
         }
     }
-    let mut memory = Memory::default();
-    memory.revision = txn
+    let revision = txn
         .open_table(META)
         .map_err(|e| storage("open meta")(e.into()))?
         .get("revision")
         .map_err(|e| storage("read revision")(e.into()))?
         .map(|v| v.value())
         .unwrap_or(0);
+    let mut memory = Memory {
+        revision,
+        ..Memory::default()
+    };
     let quarantine = txn
         .open_table(QUARANTINE)
         .map_err(|e| storage("open quarantine")(e.into()))?;

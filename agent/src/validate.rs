@@ -256,7 +256,10 @@ pub fn label_selector(field: &str, text: &str) -> Result<BTreeMap<String, String
         if key.is_empty() || key.len() > 63 {
             return Err(AgentError::invalid(
                 field,
-                format!("term {} ({term:?}): the key must be 1 to 63 characters", i + 1),
+                format!(
+                    "term {} ({term:?}): the key must be 1 to 63 characters",
+                    i + 1
+                ),
             ));
         }
         labels.insert(key.to_owned(), value.trim().to_owned());

@@ -791,11 +791,10 @@ impl FanClient {
             .map_err(Error::from)?
             .into_inner();
         Ok(futures::StreamExt::map(stream, |item| {
-            item.map_err(Error::from)
-                .and_then(|r| match r.event {
-                    Some(event) => WatchEvent::from_pb(event),
-                    None => Err(Error::bad_response("an event message without its event")),
-                })
+            item.map_err(Error::from).and_then(|r| match r.event {
+                Some(event) => WatchEvent::from_pb(event),
+                None => Err(Error::bad_response("an event message without its event")),
+            })
         }))
     }
 

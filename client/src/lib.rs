@@ -63,6 +63,4 @@ pub use error::{
 };
 pub use tonic::Code;
 pub use types::*;
-pub use watch::{
-    Allocated, AllocationFilter, EventKind, NetworkUpdate, WatchEvent, WatchOptions,
-};
+pub use watch::{Allocated, AllocationFilter, EventKind, NetworkUpdate, WatchEvent, WatchOptions};

@@ -89,7 +89,11 @@ async fn release(client: &mut Client, network: &str, id: &str) -> Result<pb::All
         .context("no allocation released")
 }
 
-async fn watch(client: &mut Client, network: &str, from: Option<u64>) -> Result<Events, tonic::Status> {
+async fn watch(
+    client: &mut Client,
+    network: &str,
+    from: Option<u64>,
+) -> Result<Events, tonic::Status> {
     client
         .watch_events(pb::WatchEventsRequest {
             network_id: network.into(),
@@ -103,7 +107,9 @@ async fn watch(client: &mut Client, network: &str, from: Option<u64>) -> Result<
 /// The next event, or the status the stream ended with.
 async fn next(events: &mut Events) -> Result<pb::Event, tonic::Status> {
     match tokio::time::timeout(PATIENCE, events.message()).await {
-        Err(_) => Err(tonic::Status::deadline_exceeded("no event within the test's patience")),
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "no event within the test's patience",
+        )),
         Ok(Ok(Some(message))) => Ok(message.event.expect("event in message")),
         Ok(Ok(None)) => Err(tonic::Status::ok("stream ended without a status")),
         Ok(Err(status)) => Err(status),
@@ -138,7 +144,10 @@ async fn an_allocation_appears_on_a_watch_promptly() -> Result<()> {
     println!("watch: allocate call + delivery of its event took {latency:?}");
     assert_eq!(kind(&event), pb::EventKind::AllocationCreated);
     assert_eq!(event.network_id, "fan");
-    assert_eq!(event.allocation.context("allocation in event")?.address, allocated.address);
+    assert_eq!(
+        event.allocation.context("allocation in event")?.address,
+        allocated.address
+    );
     assert!(event.revision > 0);
     assert!(response.created);
     Ok(())
@@ -185,7 +194,11 @@ async fn list_then_watch_misses_nothing_and_repeats_nothing_across_1000_operatio
     let mut previous = revision;
     while previous < last {
         let event = next(&mut events).await?;
-        assert!(event.revision > previous, "revision {} after {previous}", event.revision);
+        assert!(
+            event.revision > previous,
+            "revision {} after {previous}",
+            event.revision
+        );
         previous = event.revision;
         let Some(allocation) = event.allocation.clone() else {
             continue;
@@ -194,7 +207,10 @@ async fn list_then_watch_misses_nothing_and_repeats_nothing_across_1000_operatio
             allocation.owner.clone().context("owner")?.container_id,
             allocation.address.clone(),
         );
-        assert_ne!(key.0, "before", "an allocation older than the list's revision was sent");
+        assert_ne!(
+            key.0, "before",
+            "an allocation older than the list's revision was sent"
+        );
         per_address
             .entry(allocation.address.clone())
             .or_default()
@@ -259,7 +275,10 @@ async fn a_restart_ends_watches_with_unavailable_and_a_resumed_watch_is_complete
     let event = next(&mut resumed).await?;
     assert_eq!(event.revision, last + 1);
     assert_eq!(kind(&event), pb::EventKind::AllocationCreated);
-    assert_eq!(event.allocation.context("allocation")?.address, c.allocation.context("c")?.address);
+    assert_eq!(
+        event.allocation.context("allocation")?.address,
+        c.allocation.context("c")?.address
+    );
     let event = next(&mut resumed).await?;
     assert_eq!(event.revision, last + 2);
     assert_eq!(kind(&event), pb::EventKind::AllocationReleased);
@@ -320,7 +339,10 @@ async fn a_stalled_watcher_does_not_stop_allocations_and_is_ended_as_too_slow() 
             Err(status) => break status,
         }
     };
-    println!("stalled watcher: received {received} of {} events before it was ended", ROUNDS * 2);
+    println!(
+        "stalled watcher: received {received} of {} events before it was ended",
+        ROUNDS * 2
+    );
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(reason_of(&status), "WATCHER_TOO_SLOW");
     assert!(received < ROUNDS * 2);
@@ -399,13 +421,19 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
         .into_inner()
         .allocations;
     assert_eq!(
-        listed.iter().map(|a| a.address.clone()).collect::<BTreeSet<_>>(),
+        listed
+            .iter()
+            .map(|a| a.address.clone())
+            .collect::<BTreeSet<_>>(),
         allocated
     );
     assert!(listed.iter().all(|a| a.mtu == 1400));
     let event = next(&mut events).await?;
     assert_eq!(kind(&event), pb::EventKind::NetworkUpdated);
-    assert_eq!(event.network.context("network")?.spec.context("spec")?.mtu, 1400);
+    assert_eq!(
+        event.network.context("network")?.spec.context("spec")?.mtu,
+        1400
+    );
 
     // The same values again change nothing.
     let again = client
@@ -454,7 +482,10 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     let failure = status
         .get_details_precondition_failure()
         .context("PreconditionFailure")?;
-    assert_eq!(failure.violations[0].r#type, "HOST_RESERVE_COVERS_ALLOCATION");
+    assert_eq!(
+        failure.violations[0].r#type,
+        "HOST_RESERVE_COVERS_ALLOCATION"
+    );
     assert_eq!(failure.violations[0].subject, "networks/fan");
 
     let status = client
@@ -533,7 +564,12 @@ async fn allocate_says_created_and_refuses_a_different_request_by_reason() -> Re
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(reason_of(&status), "OWNER_LABELS_DIFFER");
     assert_eq!(
-        status.get_details_error_info().context("info")?.metadata.get("field").map(String::as_str),
+        status
+            .get_details_error_info()
+            .context("info")?
+            .metadata
+            .get("field")
+            .map(String::as_str),
         Some("labels")
     );
 
@@ -544,7 +580,10 @@ async fn allocate_says_created_and_refuses_a_different_request_by_reason() -> Re
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(reason_of(&status), "OWNER_HAS_OTHER_ADDRESS");
     let info = status.get_details_error_info().context("info")?;
-    assert_eq!(info.metadata.get("field").map(String::as_str), Some("address"));
+    assert_eq!(
+        info.metadata.get("field").map(String::as_str),
+        Some("address")
+    );
     assert_eq!(info.metadata.get("address"), Some(&address));
     assert_eq!(
         info.metadata.get("requested_address").map(String::as_str),
@@ -592,7 +631,14 @@ async fn page_tokens_are_bound_to_their_request_and_filters_work_across_networks
     for i in 0..5 {
         let app = if i % 2 == 0 { "web" } else { "db" };
         allocate(&mut client, "a", &format!("a{i}"), "", &[("app", app)]).await?;
-        allocate(&mut client, "b", &format!("b{i}"), "", &[("app", app), ("tier", "x")]).await?;
+        allocate(
+            &mut client,
+            "b",
+            &format!("b{i}"),
+            "",
+            &[("app", app), ("tier", "x")],
+        )
+        .await?;
     }
     allocate(&mut client, "b", "shared", "", &[]).await?;
     allocate(&mut client, "a", "shared", "", &[]).await?;
@@ -642,7 +688,11 @@ async fn page_tokens_are_bound_to_their_request_and_filters_work_across_networks
     // Filters.
     let shared = list_page(&mut client, "", "shared", "", 100, "").await?;
     assert_eq!(
-        shared.allocations.iter().map(|a| a.network_id.as_str()).collect::<Vec<_>>(),
+        shared
+            .allocations
+            .iter()
+            .map(|a| a.network_id.as_str())
+            .collect::<Vec<_>>(),
         ["a", "b"]
     );
     let web = list_page(&mut client, "", "", "app=web", 100, "").await?;
@@ -657,7 +707,11 @@ async fn page_tokens_are_bound_to_their_request_and_filters_work_across_networks
         .context("a malformed selector must be refused")?;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
-        status.get_details_bad_request().context("BadRequest")?.field_violations[0].field,
+        status
+            .get_details_bad_request()
+            .context("BadRequest")?
+            .field_violations[0]
+            .field,
         "label_selector"
     );
     assert!(web.revision > 0);

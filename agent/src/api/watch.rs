@@ -11,7 +11,9 @@ use futures::Stream;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tonic::Status;
 
-use crate::agent::{Agent, AllocationView, NetworkState, NetworkStatus, NetworkUpdate, NetworkView};
+use crate::agent::{
+    Agent, AllocationView, NetworkState, NetworkStatus, NetworkUpdate, NetworkView,
+};
 use crate::error::{AgentError, Reason, Result};
 use crate::events::{Event, EventFilter, EventKind};
 use crate::validate;
@@ -160,7 +162,10 @@ pub fn watch(agent: &Agent, req: pb::WatchEventsRequest) -> Result<EventStream> 
         .enumerate()
         .filter_map(|(i, k)| {
             checks.check(event_kind(*k).ok_or_else(|| {
-                AgentError::invalid(format!("kinds[{i}]"), format!("unknown or unspecified event kind {k}"))
+                AgentError::invalid(
+                    format!("kinds[{i}]"),
+                    format!("unknown or unspecified event kind {k}"),
+                )
             }))
         })
         .collect();

@@ -390,6 +390,28 @@ impl Render for Resolved {
     }
 }
 
+// ---- watch ----------------------------------------------------------------
+
+/// One event as `fan-client watch` prints it for people:
+/// `REVISION TIME KIND NETWORK DETAIL`.
+pub fn event_line(e: &fan_client::WatchEvent) -> String {
+    let detail = match (&e.allocation, e.state) {
+        (Some(a), _) => format!("{} {}", a.address, a.owner),
+        (None, Some(state)) => format!("{} {}", state.as_str(), e.reason),
+        (None, None) => e.reason.clone(),
+    };
+    format!(
+        "{} {} {} {} {}",
+        e.revision,
+        time(e.time),
+        e.kind.as_str(),
+        e.network_id,
+        detail
+    )
+    .trim_end()
+    .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,26 +637,4 @@ mod tests {
         };
         assert_eq!(r.table(), "released 250.0.28.2 of web-1/eth0 in fan-250\n");
     }
-}
-
-// ---- watch ----------------------------------------------------------------
-
-/// One event as `fan-client watch` prints it for people:
-/// `REVISION TIME KIND NETWORK DETAIL`.
-pub fn event_line(e: &fan_client::WatchEvent) -> String {
-    let detail = match (&e.allocation, e.state) {
-        (Some(a), _) => format!("{} {}", a.address, a.owner),
-        (None, Some(state)) => format!("{} {}", state.as_str(), e.reason),
-        (None, None) => e.reason.clone(),
-    };
-    format!(
-        "{} {} {} {} {}",
-        e.revision,
-        time(e.time),
-        e.kind.as_str(),
-        e.network_id,
-        detail
-    )
-    .trim_end()
-    .to_owned()
 }
