@@ -811,7 +811,9 @@ impl Store {
                             outcome.address
                         ))
                     })?;
-                if record.labels != labels {
+                // No labels in the request: a plain retry, whatever the
+                // allocation carries. Labels given must match exactly.
+                if !labels.is_empty() && record.labels != labels {
                     return Err(AgentError::precondition(
                         Reason::OwnerLabelsDiffer,
                         format!(

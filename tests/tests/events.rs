@@ -556,6 +556,10 @@ async fn allocate_says_created_and_refuses_a_different_request_by_reason() -> Re
     assert_eq!(again.allocation.context("allocation")?.address, address);
     let same_address = allocate(&mut client, "fan", "c1", &address, &[("app", "web")]).await?;
     assert!(!same_address.created);
+    // No labels: a plain retry, whatever the allocation carries.
+    let retry = allocate(&mut client, "fan", "c1", "", &[]).await?;
+    assert!(!retry.created);
+    assert_eq!(retry.allocation.context("allocation")?.address, address);
 
     let status = allocate(&mut client, "fan", "c1", "", &[("app", "db")])
         .await
