@@ -741,3 +741,106 @@ async fn page_tokens_are_bound_to_their_request_and_filters_work_across_networks
     assert_eq!(status.code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_updates_a_network_and_prints_events_as_they_come() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let (bed, mut client) = testbed().await?;
+    let network = create(&mut client, "fan", OVERLAY).await?;
+    let bridge = network.status.context("status")?.bridge;
+    let target = format!("unix://{}", bed.host("h1").agent.socket.display());
+    let cli = fan_e2e::binary("fan-client")?;
+
+    // `watch -o json` prints one JSON object per line as events come; from
+    // the list's revision, so nothing is missed before its stream opens.
+    let revision = list_revision(&mut client, "fan").await?.to_string();
+    let mut watcher = Command::new(&cli)
+        .args([
+            "--agent",
+            &target,
+            "-o",
+            "json",
+            "watch",
+            "--network",
+            "fan",
+            "--from",
+            &revision,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = watcher.stdout.take().context("stdout")?;
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .collect::<std::io::Result<Vec<String>>>()
+    });
+    let out = Command::new(&cli)
+        .args([
+            "--agent",
+            &target,
+            "-o",
+            "json",
+            "network",
+            "update",
+            "fan",
+            "--mtu",
+            "1300",
+            "--masquerade=false",
+            "--label",
+            "team=blue",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(shown["spec"]["mtu"], 1300, "{shown}");
+    assert_eq!(shown["spec"]["masquerade"], false, "{shown}");
+    assert_eq!(shown["spec"]["labels"]["team"], "blue", "{shown}");
+    assert_eq!(bridge_mtu(&bed, &bridge)?, 1300);
+    allocate(&mut client, "fan", "c1", "", &[]).await?;
+
+    let joined =
+        tokio::time::timeout(PATIENCE, tokio::task::spawn_blocking(move || lines.join())).await;
+    // Killing it also ends the reader should the lines never come.
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let lines = joined
+        .context("fan-client watch printed no two events")??
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(events[0]["kind"], "network-updated", "{lines:?}");
+    assert_eq!(events[0]["spec"]["mtu"], 1300, "{lines:?}");
+    assert_eq!(events[1]["kind"], "allocation-created", "{lines:?}");
+    assert_eq!(events[1]["network_id"], "fan", "{lines:?}");
+    assert!(events[1]["revision"].as_u64() > events[0]["revision"].as_u64());
+
+    // A refusal by the CLI names its reason.
+    let out = Command::new(&cli)
+        .args([
+            "--agent",
+            &target,
+            "network",
+            "update",
+            "fan",
+            "--host-reserve",
+            "5",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HOST_RESERVE_COVERS_ALLOCATION"),
+        "{stderr}"
+    );
+    Ok(())
+}
