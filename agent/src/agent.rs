@@ -189,6 +189,9 @@ pub struct Agent {
     /// The state (and reason) last reported per network in an event, so
     /// NETWORK_STATE_CHANGED is sent on transitions only.
     reported_states: Mutex<HashMap<String, (NetworkState, String)>>,
+    /// The drifts last reported per network, so a drift the pass cannot
+    /// repair is reported once, not on every pass.
+    reported_drifts: Mutex<HashMap<String, Vec<Drift>>>,
 }
 
 impl Agent {
@@ -221,6 +224,7 @@ impl Agent {
             ready,
             start_pass_done: std::sync::atomic::AtomicBool::new(false),
             reported_states: Mutex::new(HashMap::new()),
+            reported_drifts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -349,7 +353,20 @@ impl Agent {
                     .unwrap_or_default(),
             };
             let detected = !drifts.is_empty();
-            if detected {
+            let known = {
+                let mut reported = self
+                    .reported_drifts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let known = reported.get(id) == Some(&drifts);
+                if detected {
+                    reported.insert(id.clone(), drifts.clone());
+                } else {
+                    reported.remove(id);
+                }
+                known
+            };
+            if detected && !known {
                 let mut event = Event::new(EventKind::DriftDetected, &record);
                 event.reason = describe_drifts(&drifts);
                 event.drifts = drifts;
@@ -361,6 +378,10 @@ impl Agent {
             }
             // Observed again after the apply: repaired only if nothing is left.
             if detected && repaired.is_ok() && self.matches_kernel(&record).await {
+                self.reported_drifts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
                 self.store
                     .note(Event::new(EventKind::DriftRepaired, &record));
             }

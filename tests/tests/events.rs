@@ -844,3 +844,36 @@ async fn the_cli_updates_a_network_and_prints_events_as_they_come() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_is_reported_once_detected_and_once_repaired() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with("h1", HOST, &["--reconcile-interval", "1"], &[])?;
+    let mut client = bed.host("h1").client().await?;
+    let network = create(&mut client, "fan", OVERLAY).await?;
+    let bridge = network.status.context("status")?.bridge;
+    let mut events = client
+        .watch_events(pb::WatchEventsRequest {
+            network_id: "fan".into(),
+            kinds: vec![
+                pb::EventKind::DriftDetected as i32,
+                pb::EventKind::DriftRepaired as i32,
+            ],
+            start_revision: None,
+        })
+        .await?
+        .into_inner();
+    // Break the agent's own bridge MTU; the next pass finds and repairs it.
+    bed.host("h1")
+        .netns
+        .ip(&["link", "set", &bridge, "mtu", "1300"])?;
+    let detected = next(&mut events).await?;
+    assert_eq!(kind(&detected), pb::EventKind::DriftDetected);
+    assert!(!detected.drifts.is_empty());
+    println!("drift detected: {}", detected.reason);
+    let repaired = next(&mut events).await?;
+    assert_eq!(kind(&repaired), pb::EventKind::DriftRepaired);
+    assert!(repaired.revision > detected.revision);
+    assert_eq!(bridge_mtu(&bed, &bridge)?, 1480);
+    Ok(())
+}
