@@ -67,6 +67,9 @@ pub struct NetworkSpec {
     /// DHCP lease time in seconds; 0 when `dhcp` is off.
     #[serde(default)]
     pub dhcp_lease_seconds: u32,
+    /// Free-form labels (changeable with UpdateNetwork).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NetworkSpec {

@@ -230,6 +230,7 @@ pub async fn run(
         }
     });
 
+    let events = agent.events();
     let service = crate::api::service(agent, MAX_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
@@ -237,6 +238,13 @@ pub async fn run(
         .add_service(service);
     // Both listeners serve the same routes and stop on the same signal.
     let shutdown = shutdown.shared();
+    // Watch streams never end by themselves: end them (UNAVAILABLE) when the
+    // agent stops, so the graceful shutdown does not wait on them.
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.await;
+        events.close();
+    });
     let unix = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(
             authority::accept_on_unix as fn(Request<Body>) -> Request<Body>,

@@ -46,6 +46,8 @@ pub struct SpecInput {
     pub dhcp_dns: Vec<String>,
     /// DHCP lease seconds; 0 means the default.
     pub dhcp_lease_seconds: u32,
+    /// Network labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The DHCP lease time when none is given.
@@ -217,6 +219,7 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
         )));
     }
     let (dhcp_dns, dhcp_lease_seconds) = dhcp_options(&mut checks, input);
+    checks.check(labels("spec.labels", &input.labels));
     let (overlay, underlay) = checks.finish_with(overlay.zip(underlay))?;
     let bridge = if input.bridge.is_empty() {
         names::default_bridge_name(overlay)
@@ -236,6 +239,7 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
         dhcp: input.dhcp,
         dhcp_dns,
         dhcp_lease_seconds,
+        labels: input.labels.clone(),
     };
     Ok((spec, underlay))
 }
@@ -306,4 +310,33 @@ pub fn page_size(field: &str, size: u32) -> Result<usize> {
             format!("must be at most {MAX_PAGE_SIZE}, got {n}"),
         )),
     }
+}
+
+/// Parses a label selector "k=v,k2=v2" (empty: no constraint) into the
+/// labels an item must all carry.
+pub fn label_selector(field: &str, text: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    if text.is_empty() {
+        return Ok(labels);
+    }
+    for (i, term) in text.split(',').enumerate() {
+        let Some((key, value)) = term.split_once('=') else {
+            return Err(AgentError::invalid(
+                field,
+                format!("term {} ({term:?}) must be key=value", i + 1),
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() || key.len() > 63 {
+            return Err(AgentError::invalid(
+                field,
+                format!(
+                    "term {} ({term:?}): the key must be 1 to 63 characters",
+                    i + 1
+                ),
+            ));
+        }
+        labels.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
 }

@@ -53,6 +53,7 @@ mod convert;
 pub mod docker;
 mod error;
 mod types;
+mod watch;
 
 pub use client::{
     ConnectOptions, DeleteNetworkOptions, FanClient, RetryPolicy, Target, TlsConfig,
@@ -63,3 +64,4 @@ pub use error::{
 };
 pub use tonic::Code;
 pub use types::*;
+pub use watch::{Allocated, AllocationFilter, EventKind, NetworkUpdate, WatchEvent, WatchOptions};

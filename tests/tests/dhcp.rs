@@ -113,6 +113,7 @@ async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {
                 network_id: "fan".into(),
                 page_size: 1000,
                 page_token: page_token.clone(),
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("list: {s}"))?

@@ -343,7 +343,7 @@ impl Bed {
             .list_allocations(pb::ListAllocationsRequest {
                 network_id: NETWORK.into(),
                 page_size: 1000,
-                page_token: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner()

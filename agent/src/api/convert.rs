@@ -63,6 +63,7 @@ pub fn spec_input(spec: Option<pb::NetworkSpec>) -> Result<SpecInput> {
         dhcp: spec.dhcp,
         dhcp_dns: spec.dhcp_dns,
         dhcp_lease_seconds: spec.dhcp_lease_seconds,
+        labels: spec.labels.into_iter().collect(),
     })
 }
 
@@ -115,6 +116,12 @@ pub fn network(view: &NetworkView) -> pb::Network {
             dhcp: r.spec.dhcp,
             dhcp_dns: r.spec.dhcp_dns.iter().map(|a| a.to_string()).collect(),
             dhcp_lease_seconds: r.spec.dhcp_lease_seconds,
+            labels: r
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }),
         status: Some(pb::NetworkStatus {
             underlay_address: r.underlay_address.to_string(),

@@ -399,21 +399,30 @@ async fn handle(ctx: &Context, request: Request) {
     match plan {
         Plan::Drop(reason) => c.drop_packet(net, reason),
         Plan::Offer { prefer } => {
-            let labels =
-                packet::lease_labels("offered", now + OFFER_HOLD.as_secs(), Some(&request));
-            let mut result = ctx
-                .store
-                .allocate(net, owner.clone(), prefer, labels.clone())
-                .await;
-            if result.is_err() && prefer.is_some() {
-                // Taken in the meantime: any free address will do.
-                result = ctx.store.allocate(net, owner.clone(), None, labels).await;
-            }
+            let result = match view.owned {
+                // A client that holds a lease (a reboot, a lost ACK) is
+                // offered it again as it stands: allocation labels are fixed,
+                // and its expiry moves only when a REQUEST binds it.
+                Some(address) => Ok(address),
+                None => {
+                    let labels =
+                        packet::lease_labels("offered", now + OFFER_HOLD.as_secs(), Some(&request));
+                    let mut result = ctx
+                        .store
+                        .allocate(net, owner.clone(), prefer, labels.clone())
+                        .await;
+                    if result.is_err() && prefer.is_some() {
+                        // Taken in the meantime: any free address will do.
+                        result = ctx.store.allocate(net, owner.clone(), None, labels).await;
+                    }
+                    result.map(|a| a.record.address)
+                }
+            };
             match result {
-                Ok(a) => {
+                Ok(address) => {
                     bump(&c.offers);
-                    send(ctx, &request, ReplyKind::Offer(a.record.address), "").await;
-                    tracing::debug!(network = net, owner = %owner, address = %a.record.address, micros = started.elapsed().as_micros() as u64, "dhcp: offer");
+                    send(ctx, &request, ReplyKind::Offer(address), "").await;
+                    tracing::debug!(network = net, owner = %owner, %address, micros = started.elapsed().as_micros() as u64, "dhcp: offer");
                 }
                 Err(err) => {
                     bump(&c.exhausted);

@@ -148,6 +148,13 @@ pub enum Command {
     )]
     Cluster(ClusterCommand),
 
+    /// Print the agent's events as they happen, one per line (-o json:
+    /// one JSON object per line).
+    #[command(
+        after_help = "Examples:\n  fan-client watch\n  fan-client watch --network fan-250 --from 1042 -o json"
+    )]
+    Watch(WatchArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  fan-client completions bash > /etc/bash_completion.d/fan-client"
@@ -195,6 +202,55 @@ pub enum NetworkCommand {
         /// The network id.
         name: String,
     },
+    /// Change a network live (MTU, host reserve, masquerade, anti-spoofing,
+    /// labels), keeping its allocations; only the options given change.
+    #[command(
+        after_help = "Example:\n  fan-client network update fan-250 --mtu 1400 --masquerade=false --label team=blue"
+    )]
+    Update(NetworkUpdateArgs),
+}
+
+/// `network update`
+#[derive(Debug, Args)]
+pub struct NetworkUpdateArgs {
+    /// The network id.
+    pub name: String,
+    /// The MTU (0: underlay MTU - 20).
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<u32>,
+    /// Addresses .1 .. .N of the slice kept for the host; refused when it
+    /// would cover an allocated address.
+    #[arg(long, value_name = "N")]
+    pub host_reserve: Option<u32>,
+    /// Masquerade traffic leaving the overlay.
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = false)]
+    pub masquerade: Option<bool>,
+    /// Anti-spoofing.
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = false)]
+    pub anti_spoofing: Option<bool>,
+    /// The network's labels, replacing all of them (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove every label.
+    #[arg(long, conflicts_with = "labels")]
+    pub clear_labels: bool,
+}
+
+/// `watch`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this network's events.
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+    /// Start after this revision (a list's revision or the last one seen);
+    /// default: from now on.
+    #[arg(long, value_name = "REV")]
+    pub from: Option<u64>,
+    /// Only these kinds (repeatable): network-created, network-updated,
+    /// network-state-changed, network-deleted, allocation-created,
+    /// allocation-released, allocation-collected, drift-detected, drift-repaired.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<fan_client::EventKind>,
 }
 
 /// The backend names of the command line.

@@ -98,6 +98,25 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             emit(out, fmt, &c.get_agent_info().await?)
         }
         Command::Network(cmd) => network(&cli, cmd, out).await,
+        Command::Watch(a) => {
+            use futures::StreamExt;
+            let c = connect(&cli).await?;
+            let options = fan_client::WatchOptions {
+                network_id: a.network.clone().unwrap_or_default(),
+                kinds: a.kinds.clone(),
+                start_revision: a.from,
+            };
+            let mut events = std::pin::pin!(c.watch_events(&options).await?);
+            while let Some(event) = events.next().await {
+                let line = match fmt {
+                    OutputFormat::Json => serde_json::to_string(&event?)?,
+                    OutputFormat::Table => output::event_line(&event?),
+                };
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            Ok(())
+        }
         Command::Address(cmd) => address(&cli, cmd, out).await,
         Command::Resolve(a) => {
             let scope = match (&a.network, a.overlay, a.underlay) {
@@ -246,6 +265,22 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                     outcome,
                 },
             )
+        }
+        NetworkCommand::Update(a) => {
+            let labels = if a.clear_labels {
+                Some(Default::default())
+            } else {
+                (!a.labels.is_empty()).then(|| a.labels.iter().cloned().collect())
+            };
+            let update = fan_client::NetworkUpdate {
+                host_reserve: a.host_reserve,
+                mtu: a.mtu,
+                masquerade: a.masquerade,
+                anti_spoofing: a.anti_spoofing,
+                labels,
+            };
+            let (network, _) = c.update_network(&a.name, &update).await?;
+            emit(out, fmt, &network)
         }
         NetworkCommand::Check { name } => {
             let drifts = c.check_network(name).await?;

@@ -406,6 +406,28 @@ impl Render for Resolved {
     }
 }
 
+// ---- watch ----------------------------------------------------------------
+
+/// One event as `fan-client watch` prints it for people:
+/// `REVISION TIME KIND NETWORK DETAIL`.
+pub fn event_line(e: &fan_client::WatchEvent) -> String {
+    let detail = match (&e.allocation, e.state) {
+        (Some(a), _) => format!("{} {}", a.address, a.owner),
+        (None, Some(state)) => format!("{} {}", state.as_str(), e.reason),
+        (None, None) => e.reason.clone(),
+    };
+    format!(
+        "{} {} {} {} {}",
+        e.revision,
+        time(e.time),
+        e.kind.as_str(),
+        e.network_id,
+        detail
+    )
+    .trim_end()
+    .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +451,7 @@ mod tests {
                 masquerade: Some(true),
                 anti_spoofing: Some(true),
                 allow_overlap: false,
+                labels: Default::default(),
                 ..NetworkSpec::default()
             },
             status: NetworkStatus {
