@@ -276,10 +276,13 @@ impl Agent {
                 Err(AgentError::NotFound { .. }) => continue,
                 Err(err) => return Err(err),
             };
-            if self.apply(&record).await.is_err() {
-                failed += 1;
+            let drifts = crate::metrics::reconcile_drifts(&*self.dataplane, &record.plan()).await;
+            match self.apply(&record).await {
+                Ok(()) => crate::metrics::get().drifts_repaired(drifts),
+                Err(_) => failed += 1,
             }
         }
+        crate::metrics::get().reconcile_run(failed);
         self.start_pass_done
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let no_failures = self.failures().is_empty();
@@ -749,6 +752,7 @@ impl Agent {
         let mut drifts = self.dataplane.observe(&record.plan()).await?.drifts;
         self.refresh_overlaps(std::slice::from_ref(&record)).await?;
         drifts.extend(self.host_drifts(&record));
+        crate::metrics::get().drifts_checked(drifts.len());
         Ok(drifts)
     }
 

@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod api;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod reason;
 pub mod server;

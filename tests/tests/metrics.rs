@@ -1,0 +1,388 @@
+//! `fan-agent --metrics-listen`: real agents in namespaces, scraped over
+//! HTTP from inside the host namespace, the output checked by Debian's
+//! `promtool check metrics` and by series values, and scraped by a real
+//! `prometheus` server whose query API must return the agent's series.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fan_e2e::{eventually, Client, Netns, Testbed};
+use fan_proto::v1 as pb;
+
+const METRICS: &str = "127.0.0.1:9464";
+const OVERLAY: &str = "250.0.0.0/8";
+const UNDERLAY: &str = "172.30.0.0/16";
+
+fn addr(s: &str) -> Ipv4Addr {
+    s.parse().expect("address literal")
+}
+
+/// `curl` inside `netns`: (HTTP status, body).
+fn http(netns: &Netns, method: &str, url: &str) -> Result<(u16, String)> {
+    let mut args = vec!["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20"];
+    match method {
+        "HEAD" => args.push("-I"),
+        _ => args.extend(["-X", method]),
+    }
+    args.push(url);
+    let output = netns.exec("curl", &args)?;
+    let text = String::from_utf8(output.stdout).context("curl output is not UTF-8")?;
+    let (body, code) = text
+        .rsplit_once('\n')
+        .ok_or_else(|| anyhow!("no status from curl: {text}"))?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+fn scrape(netns: &Netns) -> Result<String> {
+    let (code, body) = http(netns, "GET", &format!("http://{METRICS}/metrics"))?;
+    if code != 200 {
+        bail!("GET /metrics: HTTP {code}: {body}");
+    }
+    Ok(body)
+}
+
+/// Runs `promtool check metrics` on `text`; fails with what it reports.
+fn promtool_check(text: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn promtool (scripts/install-deps.sh installs Debian's prometheus)")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("promtool stdin"))?
+        .write_all(text.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "promtool check metrics failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The value of the series `name` whose labels include every pair of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    value(text, name, labels).ok_or_else(|| anyhow!("no series {name}{labels:?} in:\n{text}"))
+}
+
+async fn allocate(client: &mut Client, network: &str, owner: &str) -> Result<(), tonic::Status> {
+    client
+        .allocate_address(pb::AllocateAddressRequest {
+            network_id: network.into(),
+            owner: Some(pb::Owner {
+                container_id: owner.into(),
+                interface: "eth0".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+const RPC: (&str, &str) = ("service", "fan.agent.v1.FanAgentService");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with(
+        "h28",
+        addr("172.30.0.28"),
+        &["--metrics-listen", METRICS],
+        &[],
+    )?;
+    bed.add_host("h27", addr("172.30.0.27"))?;
+    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
+        .await?;
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    let b = bed.container("b").address;
+    bed.container("a").netns.ping(b, 3)?;
+
+    let mut client = bed.host("h28").client().await?;
+    for i in 0..5 {
+        allocate(&mut client, "fan", &format!("{}-extra{i}", bed.id))
+            .await
+            .map_err(|s| anyhow!("allocate: {s}"))?;
+    }
+    let missing = allocate(&mut client, "no-such-network", "x").await;
+    assert_eq!(missing.map_err(|s| s.code()), Err(tonic::Code::NotFound));
+    let status = client
+        .get_network(pb::GetNetworkRequest {
+            network_id: "fan".into(),
+        })
+        .await?
+        .into_inner()
+        .network
+        .and_then(|n| n.status)
+        .ok_or_else(|| anyhow!("no status"))?;
+
+    let host = &bed.host("h28").netns;
+    let text = scrape(host)?;
+    promtool_check(&text)?;
+
+    let net = ("network", "fan");
+    assert_eq!(must(&text, "fan_allocations", &[net])?, 6.0, "a + 5 extra");
+    assert_eq!(
+        must(&text, "fan_allocations_capacity", &[net])?,
+        f64::from(status.capacity)
+    );
+    assert_eq!(
+        must(&text, "fan_network_state", &[net, ("state", "ready")])?,
+        1.0
+    );
+    assert_eq!(
+        must(&text, "fan_network_state", &[net, ("state", "failed")])?,
+        0.0
+    );
+    assert_eq!(must(&text, "fan_networks", &[])?, 1.0);
+    let ok = [RPC, ("method", "AllocateAddress"), ("code", "OK")];
+    assert!(must(&text, "fan_grpc_requests_total", &ok)? >= 6.0);
+    assert!(must(&text, "fan_grpc_request_duration_seconds_count", &ok)? >= 6.0);
+    let not_found = [RPC, ("method", "AllocateAddress"), ("code", "NOT_FOUND")];
+    assert_eq!(must(&text, "fan_grpc_requests_total", &not_found)?, 1.0);
+    // Three echo requests went out encapsulated, three replies came back.
+    let counters = status
+        .counters
+        .ok_or_else(|| anyhow!("the backend keeps no counters"))?;
+    let encapsulated = must(&text, "fan_dataplane_encapsulated_packets_total", &[net])?;
+    let decapsulated = must(&text, "fan_dataplane_decapsulated_packets_total", &[net])?;
+    assert!(encapsulated >= 3.0 && encapsulated >= counters.encapsulated as f64);
+    assert!(decapsulated >= 3.0 && decapsulated >= counters.decapsulated as f64);
+    for reason in ["spoofed", "fragment", "spoofed_egress", "other"] {
+        must(
+            &text,
+            "fan_dataplane_dropped_packets_total",
+            &[net, ("reason", reason)],
+        )?;
+    }
+    assert!(must(&text, "fan_store_commit_duration_seconds_count", &[])? >= 6.0);
+    assert_eq!(must(&text, "fan_store_commit_failures_total", &[])?, 0.0);
+    assert!(must(&text, "fan_reconcile_runs_total", &[])? >= 1.0);
+    assert_eq!(
+        must(
+            &text,
+            "fan_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )?,
+        1.0
+    );
+
+    // A later scrape sees the release.
+    client
+        .release_address(pb::ReleaseAddressRequest {
+            network_id: "fan".into(),
+            selector: Some(pb::AllocationSelector {
+                selector: Some(pb::allocation_selector::Selector::Owner(pb::Owner {
+                    container_id: format!("{}-extra0", bed.id),
+                    interface: "eth0".into(),
+                })),
+            }),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(must(&scrape(host)?, "fan_allocations", &[net])?, 5.0);
+
+    // Read-only: GET and HEAD of /metrics, nothing else.
+    let url = format!("http://{METRICS}/metrics");
+    assert_eq!(http(host, "HEAD", &url)?.0, 200);
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(http(host, method, &url)?.0, 405, "{method}");
+    }
+    for path in ["/", "/metrics/x", "/debug/pprof"] {
+        assert_eq!(http(host, "GET", &format!("http://{METRICS}{path}"))?.0, 404, "{path}");
+    }
+    // An oversized request head is refused, and the agent keeps serving.
+    let big = format!("X-Big: {}", "a".repeat(16 * 1024));
+    let output = host.exec(
+        "curl",
+        &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &big, &url],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "431");
+    scrape(host)?;
+
+    // Off by default: the agent without the flag listens on no TCP port.
+    let listening = bed.host("h27").netns.exec("ss", &["-Hltn"])?;
+    assert_eq!(String::from_utf8_lossy(&listening.stdout).trim(), "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_repairs_and_check_finds_drifts_are_counted() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with(
+        "h28",
+        addr("172.30.0.28"),
+        &["--metrics-listen", METRICS, "--reconcile-interval", "1"],
+        &[],
+    )?;
+    let network = bed
+        .create_network_on("h28", "fan", OVERLAY, UNDERLAY, pb::Backend::Unspecified)
+        .await?;
+    let bridge = network
+        .status
+        .map(|s| s.bridge)
+        .ok_or_else(|| anyhow!("no status"))?;
+    let host = &bed.host("h28").netns;
+    // Take down the agent's own bridge: CheckNetwork reports it, the next
+    // reconcile pass puts it back up.
+    host.ip(&["link", "set", &bridge, "down"])?;
+    let mut client = bed.host("h28").client().await?;
+    let drifts = client
+        .check_network(pb::CheckNetworkRequest {
+            network_id: "fan".into(),
+        })
+        .await?
+        .into_inner()
+        .drifts;
+    let text = eventually(Duration::from_secs(30), || {
+        let text = scrape(host)?;
+        if value(&text, "fan_drifts_repaired_total", &[]).unwrap_or(0.0) < 1.0 {
+            bail!("no repair counted yet");
+        }
+        Ok(text)
+    })?;
+    promtool_check(&text)?;
+    if !drifts.is_empty() {
+        assert!(
+            must(&text, "fan_drifts_found_total", &[("source", "check")])? >= drifts.len() as f64
+        );
+    }
+    assert!(must(&text, "fan_drifts_found_total", &[("source", "reconcile")])? >= 1.0);
+    assert!(must(&text, "fan_reconcile_runs_total", &[])? >= 2.0);
+    assert_eq!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[RPC, ("method", "CheckNetwork"), ("code", "OK")]
+        )?,
+        1.0
+    );
+    Ok(())
+}
+
+/// A `prometheus` server in a namespace; killed (and its data removed) on drop.
+struct PrometheusServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_server_scrapes_the_agent() -> Result<()> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with(
+        "h28",
+        addr("172.30.0.28"),
+        &["--metrics-listen", METRICS],
+        &[],
+    )?;
+    bed.create_network_on("h28", "fan", OVERLAY, UNDERLAY, pb::Backend::Unspecified)
+        .await?;
+    let mut client = bed.host("h28").client().await?;
+    for i in 0..3 {
+        allocate(&mut client, "fan", &format!("{}-c{i}", bed.id))
+            .await
+            .map_err(|s| anyhow!("allocate: {s}"))?;
+    }
+
+    let dir = bed.dir.join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: fan-agent\n    static_configs:\n      - targets: ['{METRICS}']\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+    let host = &bed.host("h28").netns;
+    // Its own namespace: port 9090 there is this test's alone.
+    let child = host
+        .command("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawn prometheus (scripts/install-deps.sh installs Debian's prometheus)")?;
+    let server = PrometheusServer {
+        child,
+        dir: dir.clone(),
+    };
+
+    let found = eventually(Duration::from_secs(90), || {
+        let (code, body) = http(
+            host,
+            "GET",
+            "http://127.0.0.1:9090/api/v1/query?query=fan_allocations",
+        )?;
+        if code != 200 {
+            bail!("query: HTTP {code}: {body}");
+        }
+        let reply: serde_json::Value = serde_json::from_str(&body)?;
+        let results = reply["data"]["result"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no result in {body}"))?;
+        results
+            .iter()
+            .find(|r| r["metric"]["network"] == "fan")
+            .cloned()
+            .ok_or_else(|| anyhow!("no fan_allocations series yet: {body}"))
+    })
+    .with_context(|| {
+        format!(
+            "prometheus log:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        )
+    })?;
+    assert_eq!(found["metric"]["job"], "fan-agent");
+    assert_eq!(found["metric"]["instance"], METRICS);
+    assert_eq!(found["value"][1], "3");
+
+    // The scrape itself is healthy in Prometheus's own eyes.
+    let (_, body) = http(host, "GET", "http://127.0.0.1:9090/api/v1/query?query=up")?;
+    let reply: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(reply["data"]["result"][0]["value"][1], "1", "{body}");
+    drop(server);
+    Ok(())
+}
