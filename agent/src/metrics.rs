@@ -22,8 +22,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,7 +204,11 @@ impl Metrics {
     }
 
     fn rpc(&self, method: &MethodInfo, code: i32, elapsed: Duration) {
-        let labels = [method.service.as_str(), method.method.as_str(), code_name(code)];
+        let labels = [
+            method.service.as_str(),
+            method.method.as_str(),
+            code_name(code),
+        ];
         self.rpc_requests.with_label_values(&labels).inc();
         self.rpc_duration
             .with_label_values(&labels)
@@ -337,10 +341,7 @@ impl Methods {
     }
 
     fn lookup(&self, path: &str) -> Arc<MethodInfo> {
-        self.by_path
-            .get(path)
-            .unwrap_or(&self.unknown)
-            .clone()
+        self.by_path.get(path).unwrap_or(&self.unknown).clone()
     }
 }
 
@@ -544,7 +545,10 @@ async fn network_views(agent: &Agent) -> crate::error::Result<Vec<NetworkView>> 
 fn network_registry(views: &[NetworkView]) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     let allocations = IntGaugeVec::new(
-        Opts::new("fan_allocations", "Addresses allocated in a network (stale allocations of a former slice not included)"),
+        Opts::new(
+            "fan_allocations",
+            "Addresses allocated in a network (stale allocations of a former slice not included)",
+        ),
         &["network"],
     )?;
     let capacity = IntGaugeVec::new(
@@ -734,11 +738,25 @@ async fn respond(
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
-            return write(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n", false).await;
+            return write(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request head too large\n",
+                false,
+            )
+            .await;
         }
         Ok(Err(err)) => return Err(err),
         Err(_) => {
-            return write(&mut stream, "408 Request Timeout", "text/plain", b"request timed out\n", false).await;
+            return write(
+                &mut stream,
+                "408 Request Timeout",
+                "text/plain",
+                b"request timed out\n",
+                false,
+            )
+            .await;
         }
     };
     let request_line = head.lines().next().unwrap_or_default();
@@ -748,16 +766,44 @@ async fn respond(
                 let _turn = gather.lock().await;
                 render(agent).await
             };
-            write(&mut stream, "200 OK", CONTENT_TYPE, body.as_bytes(), head_only).await
+            write(
+                &mut stream,
+                "200 OK",
+                CONTENT_TYPE,
+                body.as_bytes(),
+                head_only,
+            )
+            .await
         }
         Route::MethodNotAllowed => {
-            write(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET and HEAD of /metrics\n", false).await
+            write(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"only GET and HEAD of /metrics\n",
+                false,
+            )
+            .await
         }
         Route::NotFound => {
-            write(&mut stream, "404 Not Found", "text/plain", b"only /metrics is served\n", false).await
+            write(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                b"only /metrics is served\n",
+                false,
+            )
+            .await
         }
         Route::BadRequest => {
-            write(&mut stream, "400 Bad Request", "text/plain", b"not an HTTP/1 request\n", false).await
+            write(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"not an HTTP/1 request\n",
+                false,
+            )
+            .await
         }
     }
 }

@@ -249,7 +249,11 @@ pub async fn run(
     // Both listeners serve the same routes and stop on the same signal.
     let shutdown = shutdown.shared();
     if let Some(listener) = metrics_listener {
-        tokio::spawn(crate::metrics::serve(listener, agent.clone(), shutdown.clone()));
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            agent.clone(),
+            shutdown.clone(),
+        ));
     }
     let service = crate::api::service(agent, MAX_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(health_service)

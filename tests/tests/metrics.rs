@@ -147,6 +147,35 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
         .and_then(|n| n.status)
         .ok_or_else(|| anyhow!("no status"))?;
 
+    // Health: a unary Check and a Watch stream (counted when it starts).
+    let socket = bed.host("h28").agent.socket.clone();
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(fan_e2e::unix_channel(&socket).await?);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(request.clone()).await?;
+    let mut watch = health.watch(request).await?.into_inner();
+    watch.message().await?;
+    drop(watch);
+    // A method the agent does not serve is counted under `unknown`, so
+    // callers cannot create series at will.
+    let mut grpc = tonic::client::Grpc::new(fan_e2e::unix_channel(&socket).await?);
+    grpc.ready().await?;
+    let unknown = grpc
+        .unary::<(), (), _>(
+            tonic::Request::new(()),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/fan.agent.v1.FanAgentService/NoSuchMethod",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(
+        unknown.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::Unimplemented)
+    );
+
     let host = &bed.host("h28").netns;
     let text = scrape(host)?;
     promtool_check(&text)?;
@@ -171,6 +200,33 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
     assert!(must(&text, "fan_grpc_request_duration_seconds_count", &ok)? >= 6.0);
     let not_found = [RPC, ("method", "AllocateAddress"), ("code", "NOT_FOUND")];
     assert_eq!(must(&text, "fan_grpc_requests_total", &not_found)?, 1.0);
+    let health = ("service", "grpc.health.v1.Health");
+    assert!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[health, ("method", "Check"), ("code", "OK")]
+        )? >= 1.0
+    );
+    assert!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[health, ("method", "Watch"), ("code", "OK")]
+        )? >= 1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[
+                ("service", "unknown"),
+                ("method", "unknown"),
+                ("code", "UNIMPLEMENTED")
+            ]
+        )?,
+        1.0
+    );
     // Three echo requests went out encapsulated, three replies came back.
     let counters = status
         .counters
@@ -220,13 +276,26 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
         assert_eq!(http(host, method, &url)?.0, 405, "{method}");
     }
     for path in ["/", "/metrics/x", "/debug/pprof"] {
-        assert_eq!(http(host, "GET", &format!("http://{METRICS}{path}"))?.0, 404, "{path}");
+        assert_eq!(
+            http(host, "GET", &format!("http://{METRICS}{path}"))?.0,
+            404,
+            "{path}"
+        );
     }
     // An oversized request head is refused, and the agent keeps serving.
     let big = format!("X-Big: {}", "a".repeat(16 * 1024));
     let output = host.exec(
         "curl",
-        &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &big, &url],
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &big,
+            &url,
+        ],
     )?;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "431");
     scrape(host)?;
@@ -339,7 +408,10 @@ async fn prometheus_server_scrapes_the_agent() -> Result<()> {
     let child = host
         .command("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg("--web.listen-address=127.0.0.1:9090")
         .stdout(log.try_clone()?)
         .stderr(log)
