@@ -43,6 +43,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the per-network part of a scrape may take before it is left out.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most time spent reading what a client still sends after its response.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read (and dropped) after a response.
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// The Prometheus text exposition format, version 0.0.4.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -859,7 +864,22 @@ async fn write(
         stream.shutdown().await
     })
     .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    // Closing with unread input (a refused oversized head, a body) makes the
+    // kernel send a reset that can destroy the response before the client
+    // reads it: read and drop what is still coming, briefly and boundedly.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

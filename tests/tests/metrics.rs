@@ -300,6 +300,34 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
     assert_eq!(String::from_utf8_lossy(&output.stdout), "431");
     scrape(host)?;
 
+    // Many idle connections at once (more than the listener admits) hold
+    // no gRPC call up, and scrapes work again once they are gone.
+    let mut holder = host
+        .command("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             conns = [socket.create_connection(('127.0.0.1', 9464)) for _ in range(64)]\n\
+             print('open', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().ok_or_else(|| anyhow!("stdout"))?),
+        &mut line,
+    )?;
+    assert_eq!(line.trim(), "open");
+    allocate(&mut client, "fan", &format!("{}-while-held", bed.id))
+        .await
+        .map_err(|s| anyhow!("allocate while the metrics port is flooded: {s}"))?;
+    drop(holder.stdin.take());
+    holder.wait()?;
+    let text = eventually(Duration::from_secs(30), || scrape(host))?;
+    assert_eq!(must(&text, "fan_allocations", &[net])?, 6.0);
+
     // Off by default: the agent without the flag listens on no TCP port.
     let listening = bed.host("h27").netns.exec("ss", &["-Hltn"])?;
     assert_eq!(String::from_utf8_lossy(&listening.stdout).trim(), "");
