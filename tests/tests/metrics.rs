@@ -10,10 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{eventually, Client, Netns, Testbed};
+use fan_e2e::pki::Pki;
+use fan_e2e::{binary, eventually, Client, Netns, Testbed};
 use fan_proto::v1 as pb;
 
 const METRICS: &str = "127.0.0.1:9464";
+const TLS_LISTEN: &str = "172.30.0.28:7443";
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 
@@ -405,12 +407,12 @@ impl Drop for PrometheusServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_server_scrapes_the_agent() -> Result<()> {
     let mut bed = Testbed::new(16)?;
-    bed.add_host_with(
-        "h28",
-        addr("172.30.0.28"),
-        &["--metrics-listen", METRICS],
-        &[],
-    )?;
+    // The mTLS listener too: calls on either listener are counted.
+    let pki = Pki::new(bed.dir.join("pki"), "172.30.0.28")?;
+    let mut flags = pki.agent_flags(TLS_LISTEN);
+    flags.extend(["--metrics-listen".to_owned(), METRICS.to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    bed.add_host_with("h28", addr("172.30.0.28"), &flags, &[])?;
     bed.create_network_on("h28", "fan", OVERLAY, UNDERLAY, pb::Backend::Unspecified)
         .await?;
     let mut client = bed.host("h28").client().await?;
@@ -419,6 +421,41 @@ async fn prometheus_server_scrapes_the_agent() -> Result<()> {
             .await
             .map_err(|s| anyhow!("allocate: {s}"))?;
     }
+
+    // GetAgentInfo over TCP with a client certificate, never over the socket.
+    let info = bed
+        .host("h28")
+        .netns
+        .command(binary("fan-client")?)
+        .env_remove("FAN_AGENT")
+        .args([
+            "--timeout",
+            "10",
+            "--agent",
+            &format!("https://{TLS_LISTEN}"),
+        ])
+        .args(["--tls-ca", &pki.file("ca.pem")])
+        .args([
+            "--tls-cert",
+            &pki.file("alice.pem"),
+            "--tls-key",
+            &pki.file("alice.key"),
+        ])
+        .arg("info")
+        .output()?;
+    assert!(
+        info.status.success(),
+        "fan-client info over mTLS: {}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let text = scrape(&bed.host("h28").netns)?;
+    assert!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[RPC, ("method", "GetAgentInfo"), ("code", "OK")]
+        )? >= 1.0
+    );
 
     let dir = bed.dir.join("prometheus");
     std::fs::create_dir_all(&dir)?;
