@@ -352,6 +352,25 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         loaded as f64 / 1024.0
     );
     metrics_scrapes(&bed.host("h28").netns, 50)?;
+    // The scrape reads each network's status as GetNetwork does: its floor.
+    let mut client = bed.host("h28").client().await?;
+    let mut latencies = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let t = Instant::now();
+        client
+            .get_network(pb::GetNetworkRequest {
+                network_id: "rss".into(),
+            })
+            .await
+            .map_err(|s| anyhow!("get network: {s}"))?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "  GetNetwork (the same status read), baseline: p50 {:.3} ms   p99 {:.3} ms  (n=50)",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+    );
     Ok(())
 }
 
