@@ -339,10 +339,12 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_repairs_and_check_finds_drifts_are_counted() -> Result<()> {
     let mut bed = Testbed::new(16)?;
+    // No reconcile timer: only the start-up pass repairs, so each step is
+    // deterministic.
     bed.add_host_with(
         "h28",
         addr("172.30.0.28"),
-        &["--metrics-listen", METRICS, "--reconcile-interval", "1"],
+        &["--metrics-listen", METRICS, "--reconcile-interval", "0"],
         &[],
     )?;
     let network = bed
@@ -352,10 +354,10 @@ async fn reconcile_repairs_and_check_finds_drifts_are_counted() -> Result<()> {
         .status
         .map(|s| s.bridge)
         .ok_or_else(|| anyhow!("no status"))?;
-    let host = &bed.host("h28").netns;
-    // Take down the agent's own bridge: CheckNetwork reports it, the next
-    // reconcile pass puts it back up.
-    host.ip(&["link", "set", &bridge, "down"])?;
+    // Take down the agent's own bridge: CheckNetwork reports it...
+    bed.host("h28")
+        .netns
+        .ip(&["link", "set", &bridge, "down"])?;
     let mut client = bed.host("h28").client().await?;
     let drifts = client
         .check_network(pb::CheckNetworkRequest {
@@ -364,21 +366,15 @@ async fn reconcile_repairs_and_check_finds_drifts_are_counted() -> Result<()> {
         .await?
         .into_inner()
         .drifts;
-    let text = eventually(Duration::from_secs(30), || {
-        let text = scrape(host)?;
-        if value(&text, "fan_drifts_repaired_total", &[]).unwrap_or(0.0) < 1.0 {
-            bail!("no repair counted yet");
-        }
-        Ok(text)
-    })?;
+    assert!(!drifts.is_empty(), "a bridge that is down is a drift");
+    let text = scrape(&bed.host("h28").netns)?;
     promtool_check(&text)?;
-    if !drifts.is_empty() {
-        assert!(
-            must(&text, "fan_drifts_found_total", &[("source", "check")])? >= drifts.len() as f64
-        );
-    }
-    assert!(must(&text, "fan_drifts_found_total", &[("source", "reconcile")])? >= 1.0);
-    assert!(must(&text, "fan_reconcile_runs_total", &[])? >= 2.0);
+    assert_eq!(
+        must(&text, "fan_drifts_found_total", &[("source", "check")])?,
+        drifts.len() as f64
+    );
+    assert_eq!(must(&text, "fan_drifts_repaired_total", &[])?, 0.0);
+    assert_eq!(must(&text, "fan_reconcile_runs_total", &[])?, 1.0);
     assert_eq!(
         must(
             &text,
@@ -387,6 +383,27 @@ async fn reconcile_repairs_and_check_finds_drifts_are_counted() -> Result<()> {
         )?,
         1.0
     );
+
+    // ...and the start-up reconcile pass of the restarted agent repairs it.
+    drop(client);
+    let h28 = bed.host_mut("h28");
+    h28.agent.terminate()?;
+    h28.start_agent()?;
+    let host = &bed.host("h28").netns;
+    let text = eventually(Duration::from_secs(30), || {
+        let text = scrape(host)?;
+        if value(&text, "fan_drifts_repaired_total", &[]).unwrap_or(0.0) < 1.0 {
+            bail!("no repair counted yet");
+        }
+        Ok(text)
+    })?;
+    promtool_check(&text)?;
+    let found = must(&text, "fan_drifts_found_total", &[("source", "reconcile")])?;
+    assert!(found >= 1.0);
+    assert_eq!(must(&text, "fan_drifts_repaired_total", &[])?, found);
+    assert_eq!(must(&text, "fan_reconcile_runs_total", &[])?, 1.0);
+    let link = host.ip(&["-br", "link", "show", &bridge])?;
+    assert!(link.contains("UP"), "bridge repaired: {link}");
     Ok(())
 }
 
