@@ -651,9 +651,12 @@ fn network_registry(views: &[NetworkView]) -> prometheus::Result<Registry> {
 
 // ---------------------------------------------------------------- HTTP
 
-/// Binds the metrics listener (a taken or invalid address stops the start-up).
+/// Binds the metrics listener (a taken or invalid address stops the start-up)
+/// and enables the metrics-only work, before the start-up reconcile pass.
 pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(listen).await
+    let listener = TcpListener::bind(listen).await?;
+    ENABLED.store(true, Ordering::Relaxed);
+    Ok(listener)
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
@@ -662,7 +665,6 @@ pub async fn serve(
     agent: Arc<Agent>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    ENABLED.store(true, Ordering::Relaxed);
     let _ = get();
     if let Ok(local) = listener.local_addr() {
         tracing::info!(listen = %local, "serving metrics (GET /metrics)");

@@ -540,3 +540,118 @@ async fn prometheus_server_scrapes_the_agent() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+/// A small tmpfs for a state directory, unmounted on drop (also on failure).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs> {
+        let dir =
+            std::env::temp_dir().join(format!("fan-e2e-metrics-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let tmpfs = Tmpfs { dir };
+        fan_e2e::run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "fan-e2e-metrics",
+                tmpfs.dir.to_str().context("utf-8 path")?,
+            ],
+        )?;
+        Ok(tmpfs)
+    }
+
+    /// Writes a filler file until the file system is full.
+    fn fill(&self) -> Result<()> {
+        let mut file = std::fs::File::create(self.dir.join("filler"))?;
+        let chunk = vec![0xffu8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
+    // Declared first, dropped last: the agent is gone before the unmount.
+    let tmpfs = Tmpfs::mount("4m")?;
+    let mut bed = Testbed::new(16)?;
+    let host = bed.add_host_with(
+        "h28",
+        addr("172.30.0.28"),
+        &["--metrics-listen", METRICS],
+        &[],
+    )?;
+    // Serving (its SIGTERM handler in place) before it is stopped.
+    host.client()
+        .await?
+        .list_networks(pb::ListNetworksRequest::default())
+        .await?;
+    assert!(host.agent.terminate()?, "clean exit");
+    host.agent.state_dir = tmpfs.dir.join("state");
+    host.start_agent()?;
+    let mut client = host.client().await?;
+    client
+        .create_network(pb::CreateNetworkRequest {
+            network_id: "fan".into(),
+            spec: Some(pb::NetworkSpec {
+                overlay: OVERLAY.into(),
+                underlay: UNDERLAY.into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    tmpfs.fill()?;
+    // The database may still have a few free pages: allocate until a commit needs more.
+    let mut refused = 0;
+    for i in 0..250 {
+        if let Err(status) = allocate(&mut client, "fan", &format!("full{i}")).await {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            refused += 1;
+            break;
+        }
+    }
+    assert_eq!(refused, 1, "no allocation failed on a full disk");
+    let text = scrape(&host.netns)?;
+    promtool_check(&text)?;
+    assert!(must(&text, "fan_store_commit_failures_total", &[])? >= 1.0);
+    assert!(
+        must(
+            &text,
+            "fan_grpc_requests_total",
+            &[RPC, ("method", "AllocateAddress"), ("code", "UNAVAILABLE")]
+        )? >= 1.0
+    );
+    // Per-network figures still come from memory while the disk is full.
+    let allocated = must(&text, "fan_allocations", &[("network", "fan")])?;
+    let ok = must(
+        &text,
+        "fan_grpc_requests_total",
+        &[RPC, ("method", "AllocateAddress"), ("code", "OK")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(
+        allocated, ok,
+        "acknowledged allocations are the ones counted"
+    );
+    drop(bed);
+    drop(tmpfs);
+    Ok(())
+}
