@@ -149,3 +149,19 @@ if [ ${#need_dhcp[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_dhcp[@]}" >/dev/null
 fi
 # --- end DHCP helper ---
+
+# --- metrics helper: promtool and the prometheus server (tests/tests/metrics.rs). ---
+# Debian's `prometheus` package ships both binaries. Its system service is not
+# wanted (the test starts its own server in a namespace): stopped if systemd ran it.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    echo "install-deps: apt-get install prometheus (promtool and the server, for the metrics test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+fi
+# --- end metrics helper ---

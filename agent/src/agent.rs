@@ -353,6 +353,8 @@ impl Agent {
                     .unwrap_or_default(),
             };
             let detected = !drifts.is_empty();
+            let found = drifts.len();
+            crate::metrics::get().reconcile_drifts_found(found);
             let known = {
                 let mut reported = self
                     .reported_drifts
@@ -373,8 +375,9 @@ impl Agent {
                 self.store.note(event);
             }
             let repaired = self.apply(&record).await;
-            if repaired.is_err() {
-                failed += 1;
+            match &repaired {
+                Ok(()) => crate::metrics::get().drifts_repaired(found),
+                Err(_) => failed += 1,
             }
             // Observed again after the apply: repaired only if nothing is left.
             if detected && repaired.is_ok() && self.matches_kernel(&record).await {
@@ -386,6 +389,7 @@ impl Agent {
                     .note(Event::new(EventKind::DriftRepaired, &record));
             }
         }
+        crate::metrics::get().reconcile_run(failed);
         self.start_pass_done
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let no_failures = self.failures().is_empty();
@@ -941,6 +945,7 @@ impl Agent {
         let mut drifts = self.dataplane.observe(&record.plan()).await?.drifts;
         self.refresh_overlaps(std::slice::from_ref(&record)).await?;
         drifts.extend(self.host_drifts(&record));
+        crate::metrics::get().drifts_checked(drifts.len());
         Ok(drifts)
     }
 

@@ -20,6 +20,7 @@ pub mod api;
 pub mod dhcp;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod model;
 pub mod page_token;
 pub mod reason;

@@ -83,6 +83,11 @@ struct Flags {
     /// re-plug the containers.
     #[arg(long, requires = "recover")]
     recover_move_aside: bool,
+    /// Serve Prometheus metrics as plain HTTP on this address (`GET /metrics`
+    /// only, read-only); off by default. Bind it to a loopback or management
+    /// address: it has no authentication. See "Metrics" in the README.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -142,6 +147,7 @@ async fn run() -> anyhow::Result<()> {
             recover: flags.recover,
             move_aside_unopenable: flags.recover_move_aside,
         },
+        metrics_listen: flags.metrics_listen,
     };
     server::run(config, Arc::new(dataplane), shutdown_signal())
         .await

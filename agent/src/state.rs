@@ -2104,7 +2104,7 @@ impl Writer {
         }
         let committed = match (&self.db, mutations.is_empty()) {
             (_, true) => Ok(()),
-            (Some(db), false) => persist(db, &mutations),
+            (Some(db), false) => crate::metrics::time_commit(|| persist(db, &mutations)),
             (None, false) => Err(AgentError::Storage("state database is closed".into())),
         };
         let committed = match committed {

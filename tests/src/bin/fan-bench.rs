@@ -4,7 +4,8 @@
 //! - AllocateAddress latency p50/p99 and allocations/s at 1 and 16 concurrent
 //!   clients over the unix socket (durable commits), against CNI host-local
 //!   (one exec per allocation, as a container runtime calls it);
-//! - the agent's RSS with one network and 250 allocations;
+//! - the agent's RSS with one network and 250 allocations, and the time of a
+//!   `/metrics` scrape there;
 //! - TCP throughput (iperf3, 3 runs, median) and RTT (ping, 100 packets):
 //!   underlay host↔host, container↔container routed over the same hops without
 //!   encapsulation (the control), and over the fan;
@@ -436,7 +437,12 @@ async fn control_plane(scratch: &Path) -> Result<()> {
     drop(bed);
 
     let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", "172.30.0.28".parse()?)?;
+    bed.add_host_with(
+        "h28",
+        "172.30.0.28".parse()?,
+        &["--metrics-listen", METRICS_LISTEN],
+        &[],
+    )?;
     let idle = rss_kib(bed.host("h28").agent.pid().context("agent pid")?)?;
     bed.create_network_everywhere("rss", OVERLAY, "172.30.0.0/16")
         .await?;
@@ -446,6 +452,64 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         "  agent RSS: {:.1} MiB idle, {:.1} MiB with one network and 250 allocations",
         idle as f64 / 1024.0,
         loaded as f64 / 1024.0
+    );
+    metrics_scrapes(&bed.host("h28").netns, 50)?;
+    // The scrape reads each network's status as GetNetwork does: its floor.
+    let mut client = bed.host("h28").client().await?;
+    let mut latencies = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let t = Instant::now();
+        client
+            .get_network(pb::GetNetworkRequest {
+                network_id: "rss".into(),
+            })
+            .await
+            .map_err(|s| anyhow!("get network: {s}"))?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "  GetNetwork (the same status read), baseline: p50 {:.3} ms   p99 {:.3} ms  (n=50)",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Where the RSS host's agent serves metrics (inside its namespace).
+const METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// `/metrics` scrape time (curl's own request time, process start excluded)
+/// with the RSS host's one network and 250 allocations.
+fn metrics_scrapes(host: &Netns, scrapes: usize) -> Result<()> {
+    let url = format!("http://{METRICS_LISTEN}/metrics");
+    let mut latencies = Vec::with_capacity(scrapes);
+    let mut bytes = 0.0;
+    for _ in 0..scrapes {
+        let output = host.exec(
+            "curl",
+            &[
+                "-sS",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_total} %{size_download}",
+                &url,
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (time, size) = text
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("curl printed {text:?}"))?;
+        latencies.push(Duration::from_secs_f64(time.trim().parse()?));
+        bytes = size.trim().parse()?;
+    }
+    latencies.sort();
+    println!(
+        "  GET /metrics, 1 network, 250 allocations: p50 {:.3} ms   p99 {:.3} ms  ({bytes:.0} bytes, n={scrapes})",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
     );
     Ok(())
 }
