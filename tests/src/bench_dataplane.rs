@@ -170,7 +170,14 @@ fn control(bed: &Testbed) -> Result<[Netns; 2]> {
     let mut out = Vec::new();
     for (name, octet, other_octet, other) in [("h28", 28, 27, H27), ("h27", 27, 28, H28)] {
         let host = &bed.host(name).netns;
-        let c = bridged_container(bed, host, "ctl0", &format!("10.200.{octet}"), &format!("k{octet}"), 1480)?;
+        let c = bridged_container(
+            bed,
+            host,
+            "ctl0",
+            &format!("10.200.{octet}"),
+            &format!("k{octet}"),
+            1480,
+        )?;
         host.ip(&[
             "route",
             "add",
@@ -193,12 +200,38 @@ fn vxlan(bed: &Testbed) -> Result<[Netns; 2]> {
     {
         let host = &bed.host(name).netns;
         host.ip(&[
-            "link", "add", "vxl0", "type", "vxlan", "id", "42", "dstport", "4789", "local",
-            &me.to_string(), "remote", &other.to_string(), "dev", "eth0",
+            "link",
+            "add",
+            "vxl0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            &me.to_string(),
+            "remote",
+            &other.to_string(),
+            "dev",
+            "eth0",
         ])?;
-        host.ip(&["addr", "add", &format!("10.202.0.{octet}/24"), "dev", "vxl0"])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("10.202.0.{octet}/24"),
+            "dev",
+            "vxl0",
+        ])?;
         host.ip(&["link", "set", "vxl0", "mtu", "1450", "up"])?;
-        let c = bridged_container(bed, host, "vxb0", &format!("10.201.{octet}"), &format!("v{octet}"), 1450)?;
+        let c = bridged_container(
+            bed,
+            host,
+            "vxb0",
+            &format!("10.201.{octet}"),
+            &format!("v{octet}"),
+            1450,
+        )?;
         host.ip(&[
             "route",
             "add",
@@ -335,11 +368,36 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
         );
     };
     println!("  ratios (per round, median [min–max]) against the issue's targets:");
-    target("fan/control, 1 stream", ratios(&fan.one, &ctl.one), "≥ 1.05", |m| m >= 1.05);
-    target("fan/underlay, 1 stream", ratios(&fan.one, &under.one), "≥ 0.95", |m| m >= 0.95);
-    target("fan/underlay, 4 streams", ratios(&fan.four, &under.four), "≥ 0.95", |m| m >= 0.95);
-    target("RTT fan/control", ratios(&fan.rtt, &ctl.rtt), "≤ 1.0", |m| m <= 1.0);
-    target("CPU per GB fan/control", ratios(&fan.cpu_per_gb, &ctl.cpu_per_gb), "≤ 1.0", |m| m <= 1.0);
+    target(
+        "fan/control, 1 stream",
+        ratios(&fan.one, &ctl.one),
+        "≥ 1.05",
+        |m| m >= 1.05,
+    );
+    target(
+        "fan/underlay, 1 stream",
+        ratios(&fan.one, &under.one),
+        "≥ 0.95",
+        |m| m >= 0.95,
+    );
+    target(
+        "fan/underlay, 4 streams",
+        ratios(&fan.four, &under.four),
+        "≥ 0.95",
+        |m| m >= 0.95,
+    );
+    target(
+        "RTT fan/control",
+        ratios(&fan.rtt, &ctl.rtt),
+        "≤ 1.0",
+        |m| m <= 1.0,
+    );
+    target(
+        "CPU per GB fan/control",
+        ratios(&fan.cpu_per_gb, &ctl.cpu_per_gb),
+        "≤ 1.0",
+        |m| m <= 1.0,
+    );
     println!("  for reference:");
     for (name, values) in [
         ("fan/control, 4 streams", ratios(&fan.four, &ctl.four)),

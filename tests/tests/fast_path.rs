@@ -4,9 +4,10 @@
 //! `fan_fastpath` on ingress of the fan bridge encapsulates container
 //! packets for remote slices and hands them to the underlay device, so they
 //! never cross the tunnel device `fantunN`. Whether a packet took the fast
-//! path is read from the kernel: the network's `encapsulated` counter moves
-//! while the tunnel device's tx counter stays flat; with the agent started
-//! with `--no-fast-path` the same traffic crosses the tunnel device.
+//! path is read from the pinned counter map: the program counts it in
+//! `encapsulated` and in the slot `FAST_PATH_ENCAPSULATED` (`fan_encap`,
+//! the slow path, only in the first); with the agent started with
+//! `--no-fast-path` the same traffic moves only `encapsulated`.
 //!
 //! The slow path stays the fallback: traffic leaving the overlay
 //! (masqueraded), packets too big for the tunnel (ICMP fragmentation needed
@@ -20,6 +21,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
+use fan_dataplane::ebpf::{maps::slot, pin};
 use fan_e2e::packets::{finish_capture, icmp_echo, send_raw, start_capture};
 use fan_e2e::{iperf, plug, IperfServer, Netns, Testbed};
 use fan_proto::v1 as pb;
@@ -46,27 +48,14 @@ async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
         .ok_or_else(|| anyhow!("{host}: no counters"))
 }
 
-/// Packets the host's tunnel device (`fantunN`, not its peer) transmitted:
-/// what the slow path sends into `fan_encap`.
-fn tunnel_tx_packets(host: &Netns) -> Result<u64> {
-    let out = host.exec("ip", &["-s", "-j", "link", "show"])?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let tunnels: Vec<u64> = links
-        .as_array()
-        .context("ip -j link: not an array")?
-        .iter()
-        .filter(|l| {
-            l["ifname"].as_str().is_some_and(|n| {
-                n.strip_prefix("fantun")
-                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
-            })
-        })
-        .filter_map(|l| l["stats64"]["tx"]["packets"].as_u64())
-        .collect();
-    match tunnels.as_slice() {
-        [one] => Ok(*one),
-        other => bail!("expected one tunnel device in {}, found {other:?}", host.name),
-    }
+/// Packets the egress fast path of `host` encapsulated (its pinned counter).
+fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
+    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
+    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
+    Ok(slots
+        .get(slot::FAST_PATH_ENCAPSULATED as usize)
+        .copied()
+        .unwrap_or(0))
 }
 
 /// Whether `fan_fastpath` is attached on the ingress of `bridge`.
@@ -148,9 +137,12 @@ fn udp_received(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result
 async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
     let bed = two_hosts().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
-    let (h28, h27) = (&bed.host("h28").netns, &bed.host("h27").netns);
+    let h28 = &bed.host("h28").netns;
     assert!(fast_path_filter(h28, &bridge_of(&bed, "h28").await?)?);
-    let (t28, t27) = (tunnel_tx_packets(h28)?, tunnel_tx_packets(h27)?);
+    let (t28, t27) = (
+        fast_path_packets(&bed, "h28")?,
+        fast_path_packets(&bed, "h27")?,
+    );
     let (c28, c27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
 
     tokio::task::block_in_place(|| -> Result<()> {
@@ -168,10 +160,15 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
             .output()?;
         let text = String::from_utf8_lossy(&expired.stdout);
         assert!(
-            !expired.status.success() && text.contains("250.0.28.1") && text.contains("Time to live exceeded"),
+            !expired.status.success()
+                && text.contains("250.0.28.1")
+                && text.contains("Time to live exceeded"),
             "{text}"
         );
-        a.netns.exec("ping", &["-c", "1", "-W", "2", "-t", "3", &b.address.to_string()])?;
+        a.netns.exec(
+            "ping",
+            &["-c", "1", "-W", "2", "-t", "3", &b.address.to_string()],
+        )?;
         Ok(())
     })?;
 
@@ -181,11 +178,23 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         e28.encapsulated - c28.encapsulated > 1000,
         "{c28:?} -> {e28:?}"
     );
-    assert!(e27.encapsulated - c27.encapsulated > 6, "{c27:?} -> {e27:?}");
+    assert!(
+        e27.encapsulated - c27.encapsulated > 6,
+        "{c27:?} -> {e27:?}"
+    );
     assert!(e27.decapsulated - c27.decapsulated > 1000, "{e27:?}");
-    // ...and none of it crossed a tunnel device: the fast path carried it.
-    assert_eq!(tunnel_tx_packets(h28)?, t28, "h28 tunnel tx");
-    assert_eq!(tunnel_tx_packets(h27)?, t27, "h27 tunnel tx");
+    // ...and the fast path encapsulated all of it (nothing through the
+    // tunnel device's fan_encap).
+    assert_eq!(
+        fast_path_packets(&bed, "h28")? - t28,
+        e28.encapsulated - c28.encapsulated,
+        "h28: {e28:?}"
+    );
+    assert_eq!(
+        fast_path_packets(&bed, "h27")? - t27,
+        e27.encapsulated - c27.encapsulated,
+        "h27: {e27:?}"
+    );
     assert_eq!(e28.dropped_other, c28.dropped_other, "{e28:?}");
     assert_eq!(e28.dropped_spoofed_egress, c28.dropped_spoofed_egress);
     Ok(())
@@ -195,7 +204,6 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
 async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
     let bed = two_hosts().await?;
     let a = bed.container("a");
-    let h28 = &bed.host("h28").netns;
     // A machine on the underlay with no route to the overlay: its replies
     // can only come back if the host masqueraded the container.
     let outside = Netns::new(&format!("{}-out", bed.id))?;
@@ -206,7 +214,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
         .ip(&["link", "set", &port, "master", "br0", "up"])?;
     outside.ip(&["addr", "add", "172.30.0.99/16", "dev", "eth0"])?;
     outside.ip(&["link", "set", "eth0", "up"])?;
-    let t28 = tunnel_tx_packets(h28)?;
+    let t28 = fast_path_packets(&bed, "h28")?;
     let c28 = counters(&bed, "h28").await?;
 
     tokio::task::block_in_place(|| -> Result<()> {
@@ -221,7 +229,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
     })?;
     let e28 = counters(&bed, "h28").await?;
     assert_eq!(e28.encapsulated, c28.encapsulated, "nothing encapsulated");
-    assert_eq!(tunnel_tx_packets(h28)?, t28);
+    assert_eq!(fast_path_packets(&bed, "h28")?, t28);
     Ok(())
 }
 
@@ -306,7 +314,17 @@ async fn a_df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() -> Result<()
         );
         bed.container("a").netns.exec(
             "ping",
-            &["-c", "1", "-W", "2", "-M", "do", "-s", "1452", &b.address.to_string()],
+            &[
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "1452",
+                &b.address.to_string(),
+            ],
         )?;
         Ok(())
     })?;
@@ -318,7 +336,6 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
     let bed = two_hosts().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let t28 = tunnel_tx_packets(h28)?;
     let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay
@@ -347,8 +364,6 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
         "{s28:?} -> {e28:?}"
     );
     assert_eq!(e27.dropped_spoofed, s27.dropped_spoofed, "{e27:?}");
-    // Dropped at the bridge, before the stack and the tunnel device.
-    assert_eq!(tunnel_tx_packets(h28)?, t28);
     Ok(())
 }
 
@@ -369,7 +384,7 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         "250.0.28.1",
         1480,
     )?;
-    let t28 = tunnel_tx_packets(h28)?;
+    let t28 = fast_path_packets(&bed, "h28")?;
     let c28 = counters(&bed, "h28").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         stray.ping(b.address, 2)?;
@@ -377,8 +392,9 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         tcp_both_ways(&stray, &b.netns, b.address)
     })?;
     let e28 = counters(&bed, "h28").await?;
-    assert!(e28.encapsulated - c28.encapsulated >= 4, "{e28:?}");
-    assert_eq!(tunnel_tx_packets(h28)?, t28);
+    let fast = fast_path_packets(&bed, "h28")? - t28;
+    assert!(fast >= 4, "{fast} on the fast path");
+    assert_eq!(fast, e28.encapsulated - c28.encapsulated, "{e28:?}");
     Ok(())
 }
 
@@ -401,19 +417,21 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         Ok(())
     })?;
     let (a, b) = (bed.container("a"), bed.container("b"));
-    let t28 = tunnel_tx_packets(h28)?;
+    let t28 = fast_path_packets(&bed, "h28")?;
     let c28 = counters(&bed, "h28").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
         tcp_both_ways(&a.netns, &b.netns, b.address)
     })?;
     let e28 = counters(&bed, "h28").await?;
-    let tunnel = tunnel_tx_packets(h28)? - t28;
-    let encapsulated = e28.encapsulated - c28.encapsulated;
-    assert!(tunnel >= 3, "the tunnel device carried the traffic: {tunnel}");
-    assert!(encapsulated >= tunnel, "{encapsulated} encapsulated, {tunnel} sent to the tunnel");
+    // fan_encap on the tunnel device encapsulated it all.
+    assert!(
+        e28.encapsulated - c28.encapsulated > 100,
+        "{c28:?} -> {e28:?}"
+    );
+    assert_eq!(fast_path_packets(&bed, "h28")?, t28);
 
-    // Back on: the filter returns and the tunnel goes quiet again.
+    // Back on: the filter returns and carries the traffic again.
     {
         let host = bed.host_mut("h28");
         host.agent.extra_args.clear();
@@ -427,8 +445,9 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         }
         Ok(())
     })?;
-    let t28 = tunnel_tx_packets(h28)?;
+    let t28 = fast_path_packets(&bed, "h28")?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
     tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;
-    assert_eq!(tunnel_tx_packets(h28)?, t28);
+    assert_eq!(fast_path_packets(&bed, "h28")? - t28, 3);
     Ok(())
 }

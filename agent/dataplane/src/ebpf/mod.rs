@@ -189,6 +189,14 @@ fn read_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
         .collect()
 }
 
+/// The counter slots ([`maps::slot`]) of the network pinned in `pin_dir`
+/// (`<pin root>/<network id>`), summed over CPUs: for diagnostics and tests
+/// that must tell which program counted, e.g.
+/// [`maps::slot::FAST_PATH_ENCAPSULATED`].
+pub fn pinned_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
+    read_counter_slots(pin_dir)
+}
+
 fn pinned_map_ids(pin_dir: &Path) -> Option<BTreeSet<u32>> {
     maps::ALL_MAPS
         .iter()
@@ -576,9 +584,10 @@ impl Encapsulation for EbpfBackend {
             config.flags |= FLAG_PEER_FASTPATH;
         }
         let fast_path = self.egress_fast_path_active();
-        let bridge = nl.link_by_name(&plan.bridge).await?.ok_or_else(|| {
-            other(format!("bridge {}", plan.bridge), "no such device")
-        })?;
+        let bridge = nl
+            .link_by_name(&plan.bridge)
+            .await?
+            .ok_or_else(|| other(format!("bridge {}", plan.bridge), "no such device"))?;
         if fast_path {
             config.flags |= FLAG_EGRESS_FASTPATH;
             tc::ensure_clsact(nl.handle(), bridge.index).await?;
