@@ -60,7 +60,7 @@ struct Flags {
     /// hosts' slices then go through the host's routing, FORWARD chain and
     /// the tunnel device (the slow path) instead of being encapsulated on
     /// the fan bridge. Same wire format either way.
-    #[arg(long, env = "FAN_AGENT_NO_FAST_PATH")]
+    #[arg(long, env = "FAN_AGENT_NO_FAST_PATH", value_parser = clap::builder::BoolishValueParser::new())]
     no_fast_path: bool,
     /// Seconds between drift checks that repair the kernel state; 0 disables.
     #[arg(long, default_value_t = 30)]

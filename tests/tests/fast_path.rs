@@ -13,10 +13,11 @@
 //! (masqueraded), packets too big for the tunnel (ICMP fragmentation needed
 //! with MTU 1480 comes from the host's stack) and TTL 1.
 //!
-//! The rest of the data-plane suite runs both ways: `make test` runs it with
-//! the fast path on; `FAN_AGENT_NO_FAST_PATH=1 cargo test -p fan-e2e --test
-//! dataplane` runs it with the agents' fast path off (the harness's agents
-//! inherit the environment).
+//! The rest of the e2e suite runs both ways: `make test` runs it with the
+//! fast path on; `FAN_AGENT_NO_FAST_PATH=1 cargo test -p fan-e2e --test
+//! dataplane` (or any other file) runs it with the agents' fast path off (the
+//! harness's agents inherit the environment). This file's agents always have
+//! it on.
 
 use std::net::Ipv4Addr;
 
@@ -82,8 +83,11 @@ async fn bridge_of(bed: &Testbed, host: &str) -> Result<String> {
 /// Hosts .28 and .27 with the fan, container "a" on .28 and "b" on .27.
 async fn two_hosts() -> Result<Testbed> {
     let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
+    // On whatever the suite's environment says (FAN_AGENT_NO_FAST_PATH=1
+    // runs the other files on the slow path): this file tests the fast path.
+    let fast_path_on = [("FAN_AGENT_NO_FAST_PATH", "false")];
+    bed.add_host_with("h28", addr("172.30.0.28"), &[], &fast_path_on)?;
+    bed.add_host_with("h27", addr("172.30.0.27"), &[], &fast_path_on)?;
     bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
         .await?;
     bed.add_container("h28", "fan", "a").await?;
