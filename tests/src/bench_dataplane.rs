@@ -341,6 +341,7 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
             f.rtt.push(rtt(p)?);
         }
     }
+    eprint!("{:24}\r", "");
     println!(
         "  {rounds} alternating rounds; median [min–max]; iperf3 {seconds} s per run; CPU = whole machine"
     );
