@@ -16,6 +16,7 @@
 //! received during the iperf runs (/proc/stat deltas; other load on the
 //! machine counts too, which the alternation spreads evenly).
 
+use std::io::IsTerminal;
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -324,8 +325,11 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
             .with_context(|| format!("warm-up ping over {}", p.name))?;
     }
     let mut figures: Vec<Figures> = paths.iter().map(|_| Figures::default()).collect();
+    let progress = std::io::stderr().is_terminal();
     for round in 0..rounds {
-        eprint!("  round {}/{rounds}\r", round + 1);
+        if progress {
+            eprint!("  round {}/{rounds}\r", round + 1);
+        }
         // Rotate the order so no path always runs first or last.
         for k in 0..paths.len() {
             let i = (k + round) % paths.len();
@@ -341,7 +345,9 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
             f.rtt.push(rtt(p)?);
         }
     }
-    eprint!("{:24}\r", "");
+    if progress {
+        eprint!("{:24}\r", "");
+    }
     println!(
         "  {rounds} alternating rounds; median [min–max]; iperf3 {seconds} s per run; CPU = whole machine"
     );
