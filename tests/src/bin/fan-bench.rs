@@ -6,11 +6,12 @@
 //!   (one exec per allocation, as a container runtime calls it);
 //! - the agent's RSS with one network and 250 allocations, and the time of a
 //!   `/metrics` scrape there;
-//! - TCP throughput (iperf3, 3 runs, median) and RTT (ping, 100 packets):
-//!   underlay host↔host, container↔container routed over the same hops without
-//!   encapsulation (the control), and over the fan;
+//! - TCP throughput (iperf3, 1 and 4 streams), RTT and CPU-seconds per GB in
+//!   alternating rounds: the fan's fast and slow paths, the control (plain
+//!   routing over the same hops), the underlay and kernel VXLAN (see
+//!   `bench_dataplane.rs`; FAN_BENCH_ROUNDS, FAN_BENCH_SECONDS);
 //! - time from CreateNetwork to the first packet through;
-//! - 100 networks on one agent: RSS, first vs last create time, idle CPU.
+//! - 100 networks on one agent: RSS, first vs last create time, idle CPU;
 //! - `docker run` with its network set up by the fan IPAM plugin
 //!   (`fan-docker-ipam`) against Docker's built-in IPAM, same daemon, p50
 //!   (when docker.io is installed; `fan-bench docker` runs only this).
@@ -23,8 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{iperf, IperfServer, Netns, Testbed};
+use fan_e2e::{Netns, Testbed};
 use fan_proto::v1 as pb;
+
+#[path = "../bench_dataplane.rs"]
+mod bench_dataplane;
 
 const OVERLAY: &str = "250.0.0.0/8";
 
@@ -205,86 +209,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-/// Median of 3 iperf3 runs of `seconds` each, in bit/s.
-fn throughput(client: &Netns, server: &Netns, address: Ipv4Addr, seconds: u32) -> Result<f64> {
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let _server = IperfServer::start(server, 5201)?;
-        runs.push(iperf(client, address, 5201, seconds, false)?.bits_per_second);
-    }
-    Ok(median(runs))
-}
-
-/// Average RTT of 100 pings, in ms.
-fn rtt(client: &Netns, address: Ipv4Addr) -> Result<f64> {
-    let out = client.exec(
-        "ping",
-        &["-c", "100", "-i", "0.01", "-q", &address.to_string()],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // rtt min/avg/max/mdev = 0.031/0.045/0.090/0.010 ms
-    let stats = text
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .ok_or_else(|| anyhow!("ping: {text}"))?;
-    let values = stats
-        .split('=')
-        .nth(1)
-        .ok_or_else(|| anyhow!("ping: {stats}"))?;
-    values
-        .trim()
-        .split('/')
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("ping: {stats}"))
-}
-
-/// The control: on each host a plain bridge + container on 10.200.<h>.0/24 and a
-/// route to the other host's subnet via its underlay address. Same hops as the
-/// fan, no encapsulation.
-fn build_control(bed: &Testbed, hosts: [(&str, u8, Ipv4Addr); 2]) -> Result<Vec<Netns>> {
-    let mut containers = Vec::new();
-    for (i, (name, octet, _)) in hosts.iter().enumerate() {
-        let host = &bed.host(name).netns;
-        let (_, other_octet, other_addr) = hosts[1 - i];
-        host.ip(&["link", "add", "ctl0", "type", "bridge"])?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("10.200.{octet}.1/24"),
-            "dev",
-            "ctl0",
-        ])?;
-        host.ip(&["link", "set", "ctl0", "mtu", "1480", "up"])?;
-        host.ip(&[
-            "route",
-            "add",
-            &format!("10.200.{other_octet}.0/24"),
-            "via",
-            &other_addr.to_string(),
-        ])?;
-        let netns = Netns::new(&format!("{}-ctl{octet}", bed.id))?;
-        let outside = format!("{}k{octet}", bed.id);
-        let cidr = format!("10.200.{octet}.2/24");
-        fan_e2e::plug(
-            host,
-            "ctl0",
-            &outside,
-            &netns,
-            &cidr,
-            &format!("10.200.{octet}.1"),
-            1480,
-        )?;
-        containers.push(netns);
-    }
-    Ok(containers)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -568,65 +492,6 @@ async fn data_plane() -> Result<()> {
         &["-c", "1", "-W", "1", "-I", "250.0.28.1", &b.to_string()],
     )?;
     let ping_cost = t.elapsed();
-    bed.add_container("h28", "fan", "a").await?;
-    let a = &bed.container("a").netns;
-    let b_ns = &bed.container("b").netns;
-    let control = build_control(&bed, [("h28", 28, h28), ("h27", 27, h27)])?;
-
-    let seconds = 3;
-    let underlay_bps = throughput(&bed.host("h28").netns, &bed.host("h27").netns, h27, seconds)
-        .context("underlay throughput")?;
-    if std::env::var_os("FAN_BENCH_DEBUG").is_some() {
-        let hosts = [
-            ("h28", &bed.host("h28").netns),
-            ("h27", &bed.host("h27").netns),
-        ];
-        for (name, ns) in hosts
-            .into_iter()
-            .chain([("c28", &control[0]), ("c27", &control[1])])
-        {
-            for args in [&["route"][..], &["neigh"][..], &["-br", "addr"][..]] {
-                eprintln!(
-                    "{name} ip {args:?}:\n{}",
-                    ns.ip(args).unwrap_or_else(|e| e.to_string())
-                );
-            }
-        }
-        eprintln!("ping: {:?}", control[0].ping("10.200.27.2".parse()?, 1));
-        eprintln!("ping h27: {:?}", control[0].ping(h27, 1));
-    }
-    let control_bps = throughput(&control[0], &control[1], "10.200.27.2".parse()?, seconds)
-        .context("control throughput")?;
-    let fan_bps = throughput(a, b_ns, b, seconds).context("fan throughput")?;
-    let underlay_rtt = rtt(&bed.host("h28").netns, h27)?;
-    let control_rtt = rtt(&control[0], "10.200.27.2".parse()?)?;
-    let fan_rtt = rtt(a, b)?;
-    println!("  TCP throughput (iperf3, {seconds} s, median of 3):");
-    println!(
-        "    underlay host↔host            {:>8.2} Gbit/s",
-        underlay_bps / 1e9
-    );
-    println!(
-        "    control (routed, no encap)    {:>8.2} Gbit/s",
-        control_bps / 1e9
-    );
-    println!(
-        "    fan container↔container       {:>8.2} Gbit/s",
-        fan_bps / 1e9
-    );
-    println!(
-        "    fan/control {:.2}   fan/underlay {:.2}   (target fan/control ≥ 0.95)",
-        fan_bps / control_bps,
-        fan_bps / underlay_bps
-    );
-    println!("  RTT (ping, 100 packets, average):");
-    println!(
-        "    underlay {underlay_rtt:.3} ms   control {control_rtt:.3} ms   fan {fan_rtt:.3} ms"
-    );
-    println!(
-        "    fan/control {:.2}   (target ≤ 1.10)",
-        fan_rtt / control_rtt
-    );
     match first_packet {
         Some(first) => println!(
             "  CreateNetwork → first packet through: {:.1} ms (the RPC itself {:.1} ms; one ping exec on a ready path costs {:.1} ms of that)",
@@ -636,8 +501,18 @@ async fn data_plane() -> Result<()> {
         ),
         None => println!("  CreateNetwork → first packet through: no packet within 5 s"),
     }
-    drop(control);
-    Ok(())
+    drop(bed);
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    bench_dataplane::compare(
+        env("FAN_BENCH_ROUNDS", 5) as usize,
+        env("FAN_BENCH_SECONDS", 3),
+    )
+    .await
 }
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
