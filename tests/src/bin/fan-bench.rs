@@ -904,9 +904,9 @@ async fn dhcp() -> Result<()> {
         &client.name,
     ])?;
     host.ip(&["link", "set", &outside, "master", &bridge, "up"])?;
-    // A link-local address and a route let a plain UDP socket broadcast;
-    // the DHCP fields (ciaddr 0) are what the server answers to.
-    client.ip(&["addr", "add", "169.254.7.7/16", "dev", "eth0"])?;
+    // No address, as a DHCP client starts (source 0.0.0.0 passes the
+    // host's reverse-path filter); the route lets a plain UDP socket
+    // broadcast.
     client.ip(&["link", "set", "eth0", "up"])?;
     client.ip(&["route", "add", "default", "dev", "eth0"])?;
     let exe = std::env::current_exe()?;
