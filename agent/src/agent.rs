@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::error::{AgentError, Reason, Result};
 use crate::events::{Event, EventHub, EventKind};
 use crate::model::{
-    AllocationRecord, BackendChoice, NetworkRecord, Owner, Selector, IPIP_OVERHEAD,
+    AllocationRecord, BackendChoice, NetworkRecord, NetworkSpec, Owner, Selector, IPIP_OVERHEAD,
 };
 use crate::state::{Created, Store};
 use crate::validate::{self, SpecInput};
@@ -155,6 +155,35 @@ pub struct NetworkUpdate {
     pub anti_spoofing: Option<bool>,
     /// New labels (replace all).
     pub labels: Option<BTreeMap<String, String>>,
+    /// Serve DHCP on the bridge or not. Turning it off drops the stored
+    /// DHCP options unless the update names them too.
+    pub dhcp: Option<bool>,
+    /// New DHCP DNS servers, as given (validated against the resulting `dhcp`).
+    pub dhcp_dns: Option<Vec<String>>,
+    /// New DHCP lease seconds (0: the default), only with `dhcp` on.
+    pub dhcp_lease_seconds: Option<u32>,
+}
+
+/// The DHCP options a network has after `update`: unmasked options keep
+/// their stored value while DHCP stays on, and fall back to their defaults
+/// when DHCP is turned off or on. Validated by the CreateNetwork rules.
+fn updated_dhcp(spec: &NetworkSpec, update: &NetworkUpdate) -> Result<(bool, Vec<Ipv4Addr>, u32)> {
+    let dhcp = update.dhcp.unwrap_or(spec.dhcp);
+    let toggled = dhcp != spec.dhcp;
+    let dns = match &update.dhcp_dns {
+        Some(dns) => dns.clone(),
+        None if toggled => Vec::new(),
+        None => spec.dhcp_dns.iter().map(ToString::to_string).collect(),
+    };
+    let lease = match update.dhcp_lease_seconds {
+        Some(lease) => lease,
+        None if toggled => 0,
+        None => spec.dhcp_lease_seconds,
+    };
+    let mut checks = validate::Checks::new();
+    let (dns, lease) = validate::dhcp_options(&mut checks, dhcp, &dns, lease);
+    checks.finish()?;
+    Ok((dhcp, dns, lease))
 }
 
 /// ListAllocations filters.
@@ -848,7 +877,7 @@ impl Agent {
         if update == NetworkUpdate::default() {
             checks.check::<()>(Err(AgentError::invalid(
                 "update_mask",
-                "must name at least one of host_reserve, mtu, masquerade, anti_spoofing, labels",
+                "must name at least one of host_reserve, mtu, masquerade, anti_spoofing, labels, dhcp, dhcp_dns, dhcp_lease_seconds",
             )));
         }
         checks.finish()?;
@@ -879,6 +908,10 @@ impl Agent {
             if let Some(anti_spoofing) = update.anti_spoofing {
                 new.spec.anti_spoofing = anti_spoofing;
             }
+            let (dhcp, dhcp_dns, dhcp_lease_seconds) = updated_dhcp(&old.spec, &update)?;
+            new.spec.dhcp = dhcp;
+            new.spec.dhcp_dns = dhcp_dns;
+            new.spec.dhcp_lease_seconds = dhcp_lease_seconds;
             if let Some(labels) = update.labels {
                 new.spec.labels = labels;
             }
@@ -886,7 +919,7 @@ impl Agent {
         };
         let (record, changed) = self.store.update_network(id, change).await?;
         if changed {
-            tracing::info!(network = %id, mtu = record.effective_mtu(), masquerade = record.spec.masquerade, anti_spoofing = record.spec.anti_spoofing, host_reserve = record.spec.host_reserve, "network updated");
+            tracing::info!(network = %id, mtu = record.effective_mtu(), masquerade = record.spec.masquerade, anti_spoofing = record.spec.anti_spoofing, host_reserve = record.spec.host_reserve, dhcp = record.spec.dhcp, "network updated");
             // Stored first: a failed apply is reported in the status and
             // retried by the reconcile pass.
             let _ = self.apply(&record).await;
@@ -1162,4 +1195,101 @@ pub fn describe_drifts(drifts: &[Drift]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dhcp: bool) -> NetworkSpec {
+        NetworkSpec {
+            overlay: "250.0.0.0/8".parse().unwrap(),
+            underlay: "172.30.0.0/16".into(),
+            host_reserve: 1,
+            bridge: "fan-250".into(),
+            mtu: 0,
+            backend: BackendChoice::Auto,
+            masquerade: true,
+            anti_spoofing: true,
+            allow_overlap: false,
+            dhcp,
+            dhcp_dns: if dhcp {
+                vec![Ipv4Addr::new(250, 0, 28, 1)]
+            } else {
+                Vec::new()
+            },
+            dhcp_lease_seconds: if dhcp { 600 } else { 0 },
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn fields(err: AgentError) -> Vec<String> {
+        match err {
+            AgentError::InvalidArgument { violations } => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            other => panic!("not a violation: {other}"),
+        }
+    }
+
+    #[test]
+    fn dhcp_update_keeps_or_resets_the_options() {
+        let on = NetworkUpdate {
+            dhcp: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            updated_dhcp(&spec(false), &on).unwrap(),
+            (true, Vec::new(), validate::DEFAULT_DHCP_LEASE_SECONDS)
+        );
+        // Unmasked options stay while DHCP stays on.
+        let dns = NetworkUpdate {
+            dhcp_dns: Some(vec!["10.0.0.53".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            updated_dhcp(&spec(true), &dns).unwrap(),
+            (true, vec![Ipv4Addr::new(10, 0, 0, 53)], 600)
+        );
+        // Off drops them.
+        let off = NetworkUpdate {
+            dhcp: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            updated_dhcp(&spec(true), &off).unwrap(),
+            (false, Vec::new(), 0)
+        );
+    }
+
+    #[test]
+    fn dhcp_update_follows_the_create_rules() {
+        let options_without_dhcp = NetworkUpdate {
+            dhcp_dns: Some(vec!["10.0.0.53".into()]),
+            dhcp_lease_seconds: Some(600),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(updated_dhcp(&spec(false), &options_without_dhcp).unwrap_err()),
+            ["spec.dhcp_dns", "spec.dhcp_lease_seconds"]
+        );
+        let off_with_dns = NetworkUpdate {
+            dhcp: Some(false),
+            dhcp_dns: Some(vec!["10.0.0.53".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(updated_dhcp(&spec(true), &off_with_dns).unwrap_err()),
+            ["spec.dhcp_dns"]
+        );
+        let bad = NetworkUpdate {
+            dhcp_dns: Some(vec!["nine".into()]),
+            dhcp_lease_seconds: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(updated_dhcp(&spec(true), &bad).unwrap_err()),
+            ["spec.dhcp_dns[0]", "spec.dhcp_lease_seconds"]
+        );
+    }
 }

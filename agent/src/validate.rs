@@ -59,16 +59,23 @@ pub const MAX_DHCP_LEASE_SECONDS: u32 = 604_800;
 /// Most DNS servers a network hands to DHCP clients.
 pub const MAX_DHCP_DNS: usize = 8;
 
-/// Checks the DHCP options of a spec: (dns servers, normalized lease seconds).
-fn dhcp_options(checks: &mut Checks, input: &SpecInput) -> (Vec<Ipv4Addr>, u32) {
-    if !input.dhcp {
-        if !input.dhcp_dns.is_empty() {
+/// Checks the DHCP options of a spec: (dns servers, normalized lease
+/// seconds). Shared by CreateNetwork and UpdateNetwork (which passes the
+/// values the spec would have after the update).
+pub fn dhcp_options(
+    checks: &mut Checks,
+    dhcp: bool,
+    dhcp_dns: &[String],
+    dhcp_lease_seconds: u32,
+) -> (Vec<Ipv4Addr>, u32) {
+    if !dhcp {
+        if !dhcp_dns.is_empty() {
             checks.check::<()>(Err(AgentError::invalid(
                 "spec.dhcp_dns",
                 "is only allowed with spec.dhcp set",
             )));
         }
-        if input.dhcp_lease_seconds != 0 {
+        if dhcp_lease_seconds != 0 {
             checks.check::<()>(Err(AgentError::invalid(
                 "spec.dhcp_lease_seconds",
                 "is only allowed with spec.dhcp set",
@@ -76,17 +83,14 @@ fn dhcp_options(checks: &mut Checks, input: &SpecInput) -> (Vec<Ipv4Addr>, u32) 
         }
         return (Vec::new(), 0);
     }
-    if input.dhcp_dns.len() > MAX_DHCP_DNS {
+    if dhcp_dns.len() > MAX_DHCP_DNS {
         checks.check::<()>(Err(AgentError::invalid(
             "spec.dhcp_dns",
-            format!(
-                "at most {MAX_DHCP_DNS} servers, got {}",
-                input.dhcp_dns.len()
-            ),
+            format!("at most {MAX_DHCP_DNS} servers, got {}", dhcp_dns.len()),
         )));
     }
     let mut dns = Vec::new();
-    for (i, text) in input.dhcp_dns.iter().enumerate() {
+    for (i, text) in dhcp_dns.iter().enumerate() {
         match text.parse::<Ipv4Addr>() {
             Ok(a) => dns.push(a),
             Err(_) => {
@@ -97,7 +101,7 @@ fn dhcp_options(checks: &mut Checks, input: &SpecInput) -> (Vec<Ipv4Addr>, u32) 
             }
         }
     }
-    let lease = match input.dhcp_lease_seconds {
+    let lease = match dhcp_lease_seconds {
         0 => DEFAULT_DHCP_LEASE_SECONDS,
         s if (MIN_DHCP_LEASE_SECONDS..=MAX_DHCP_LEASE_SECONDS).contains(&s) => s,
         s => {
@@ -218,7 +222,12 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
             ),
         )));
     }
-    let (dhcp_dns, dhcp_lease_seconds) = dhcp_options(&mut checks, input);
+    let (dhcp_dns, dhcp_lease_seconds) = dhcp_options(
+        &mut checks,
+        input.dhcp,
+        &input.dhcp_dns,
+        input.dhcp_lease_seconds,
+    );
     checks.check(labels("spec.labels", &input.labels));
     let (overlay, underlay) = checks.finish_with(overlay.zip(underlay))?;
     let bridge = if input.bridge.is_empty() {

@@ -35,6 +35,13 @@ pub struct NetworkUpdate {
     pub anti_spoofing: Option<bool>,
     /// The network's labels (replace all).
     pub labels: Option<BTreeMap<String, String>>,
+    /// Serve DHCPv4 on the bridge. Turning it off also clears the DHCP
+    /// options below unless they are set here too.
+    pub dhcp: Option<bool>,
+    /// DNS servers handed to DHCP clients (replace all; only with DHCP on).
+    pub dhcp_dns: Option<Vec<String>>,
+    /// DHCP lease seconds, 10 ..= 604800; `Some(0)` means 3600 (only with DHCP on).
+    pub dhcp_lease_seconds: Option<u32>,
 }
 
 impl NetworkUpdate {
@@ -60,6 +67,18 @@ impl NetworkUpdate {
         if let Some(v) = &self.labels {
             paths.push("labels".to_owned());
             spec.labels = v.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        if let Some(v) = self.dhcp {
+            paths.push("dhcp".to_owned());
+            spec.dhcp = v;
+        }
+        if let Some(v) = &self.dhcp_dns {
+            paths.push("dhcp_dns".to_owned());
+            spec.dhcp_dns = v.clone();
+        }
+        if let Some(v) = self.dhcp_lease_seconds {
+            paths.push("dhcp_lease_seconds".to_owned());
+            spec.dhcp_lease_seconds = v;
         }
         pb::UpdateNetworkRequest {
             network_id: network_id.to_owned(),

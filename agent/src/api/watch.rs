@@ -116,7 +116,7 @@ pub fn network_update(req: &pb::UpdateNetworkRequest) -> Result<NetworkUpdate> {
     if paths.is_empty() {
         checks.check::<()>(Err(AgentError::invalid(
             "update_mask",
-            "must name at least one of host_reserve, mtu, masquerade, anti_spoofing, labels",
+            "must name at least one of host_reserve, mtu, masquerade, anti_spoofing, labels, dhcp, dhcp_dns, dhcp_lease_seconds",
         )));
     }
     let mut update = NetworkUpdate::default();
@@ -128,11 +128,14 @@ pub fn network_update(req: &pb::UpdateNetworkRequest) -> Result<NetworkUpdate> {
             "masquerade" => update.masquerade = Some(spec.masquerade.unwrap_or(true)),
             "anti_spoofing" => update.anti_spoofing = Some(spec.anti_spoofing.unwrap_or(true)),
             "labels" => update.labels = Some(spec.labels.clone().into_iter().collect()),
+            "dhcp" => update.dhcp = Some(spec.dhcp),
+            "dhcp_dns" => update.dhcp_dns = Some(spec.dhcp_dns.clone()),
+            "dhcp_lease_seconds" => update.dhcp_lease_seconds = Some(spec.dhcp_lease_seconds),
             other => {
                 checks.check::<()>(Err(AgentError::invalid(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "{other:?} cannot be updated; updatable: host_reserve, mtu, masquerade, anti_spoofing, labels"
+                        "{other:?} cannot be updated; updatable: host_reserve, mtu, masquerade, anti_spoofing, labels, dhcp, dhcp_dns, dhcp_lease_seconds"
                     ),
                 )));
             }

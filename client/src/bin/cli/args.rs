@@ -205,7 +205,7 @@ pub enum NetworkCommand {
     /// Change a network live (MTU, host reserve, masquerade, anti-spoofing,
     /// labels), keeping its allocations; only the options given change.
     #[command(
-        after_help = "Example:\n  fan-client network update fan-250 --mtu 1400 --masquerade=false --label team=blue"
+        after_help = "Example:\n  fan-client network update fan-250 --mtu 1400 --masquerade=false --label team=blue\n  fan-client network update fan-250 --dhcp=true --dhcp-dns 10.0.0.53 --dhcp-lease-seconds 600"
     )]
     Update(NetworkUpdateArgs),
 }
@@ -234,6 +234,20 @@ pub struct NetworkUpdateArgs {
     /// Remove every label.
     #[arg(long, conflicts_with = "labels")]
     pub clear_labels: bool,
+    /// Serve DHCPv4 on the bridge; false also clears the DHCP options not
+    /// given here.
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = false)]
+    pub dhcp: Option<bool>,
+    /// DNS servers for DHCP clients, replacing all of them (repeatable, at
+    /// most 8; only with DHCP on).
+    #[arg(long = "dhcp-dns", value_name = "IP")]
+    pub dhcp_dns: Vec<String>,
+    /// Hand DHCP clients no DNS server.
+    #[arg(long, conflicts_with = "dhcp_dns")]
+    pub clear_dhcp_dns: bool,
+    /// DHCP lease seconds, 10 ..= 604800 (0: 3600; only with DHCP on).
+    #[arg(long, value_name = "N")]
+    pub dhcp_lease_seconds: Option<u32>,
 }
 
 /// `watch`

@@ -278,6 +278,13 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                 masquerade: a.masquerade,
                 anti_spoofing: a.anti_spoofing,
                 labels,
+                dhcp: a.dhcp,
+                dhcp_dns: if a.clear_dhcp_dns {
+                    Some(Vec::new())
+                } else {
+                    (!a.dhcp_dns.is_empty()).then(|| a.dhcp_dns.clone())
+                },
+                dhcp_lease_seconds: a.dhcp_lease_seconds,
             };
             let (network, _) = c.update_network(&a.name, &update).await?;
             emit(out, fmt, &network)
