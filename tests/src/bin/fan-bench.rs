@@ -1224,6 +1224,9 @@ async fn watcher_throughput(socket: &Path, network: &str) -> Result<()> {
         );
     }
     println!(
+        "    (the watchers' consumers run in this process, on the machine's cores with the agent and the 16 clients)"
+    );
+    println!(
         "    idle watchers: the slowest received {idle_received} of {} events of its round",
         CLIENTS * PER_CLIENT
     );
