@@ -108,7 +108,7 @@ fn rtt(path: &Path) -> Result<f64> {
         .ok_or_else(|| anyhow!("ping {}: {text}", path.name))
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {

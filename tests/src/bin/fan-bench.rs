@@ -18,6 +18,9 @@
 //! - DHCP: DISCOVER→ACK latency p50/p99 as a client on the bridge sees it
 //!   (each reply a durable commit) and leases/s with 16 concurrent clients
 //!   (`fan-bench dhcp` runs only this).
+//! - `fan-bench events`: WatchEvents delivery latency, allocation throughput
+//!   with idle and with stalled watchers against none, and `/metrics` scrape
+//!   time (plain TCP) beside GetNetwork.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -230,7 +233,7 @@ async fn main() -> Result<()> {
 
 async fn run(scratch: &Path) -> Result<()> {
     println!("fan-bench: figures are printed, not asserted; baselines measured in this run.\n");
-    // `fan-bench control`, `fan-bench dataplane` or `fan-bench networks` runs one part.
+    // `fan-bench control`, `dataplane`, `networks`, `dhcp`, `events` or `docker` runs one part.
     let only = std::env::args().nth(1).unwrap_or_default();
     if only.is_empty() || only == "control" {
         control_plane(scratch).await?;
@@ -243,6 +246,9 @@ async fn run(scratch: &Path) -> Result<()> {
     }
     if only.is_empty() || only == "dhcp" {
         dhcp().await?;
+    }
+    if only.is_empty() || only == "events" {
+        events().await?;
     }
     if (only.is_empty() && Path::new(DOCKERD).exists()) || only == "docker" {
         docker_ipam(scratch).await?;
@@ -1028,5 +1034,386 @@ fn dhcp_client(args: &[String]) -> Result<()> {
         }
     }
     writeln!(out, "done {} {retransmits}", start.elapsed().as_micros())?;
+    Ok(())
+}
+
+/// Rounds per load in the watcher throughput comparison (medians reported).
+const WATCH_ROUNDS: usize = 5;
+
+/// Issue 13's figures: WatchEvents delivery latency, allocation throughput
+/// with idle and with stalled watchers against none (alternating rounds in
+/// one agent), and `/metrics` scrape time over plain TCP beside GetNetwork.
+async fn events() -> Result<()> {
+    println!("\n== Events: WatchEvents delivery, allocations under watchers, /metrics scrapes");
+    let mut bed = Testbed::new(24)?;
+    bed.add_host_with(
+        "h7",
+        "10.1.2.7".parse()?,
+        &["--metrics-listen", METRICS_LISTEN],
+        &[],
+    )?;
+    // /8 over /24: a /16 slice holds every allocation of the section.
+    bed.create_network_everywhere("ev", OVERLAY, "10.1.2.0/24")
+        .await?;
+    let socket = bed.host("h7").agent.socket.clone();
+    // The scrape first, while the network holds exactly 250 allocations.
+    agent_allocations(&socket, "ev", 1, 250, "scrape").await?;
+    metrics_scrape_tcp(&bed.host("h7").netns.name, 50)?;
+    get_network_floor(&socket, "ev", 50).await?;
+    watch_latency(&socket, "ev", 500).await?;
+    watcher_throughput(&socket, "ev").await?;
+    Ok(())
+}
+
+/// `/metrics` over a plain TCP connection (one per scrape, as Prometheus
+/// does with `Connection: close`) from a thread that entered the host's
+/// namespace: connect, request, read to the end.
+fn metrics_scrape_tcp(netns: &str, scrapes: usize) -> Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{netns}");
+    let scraper = std::thread::spawn(move || -> Result<(Vec<Duration>, usize)> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: a valid namespace fd; setns affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {METRICS_LISTEN}\r\nConnection: close\r\n\r\n");
+        let mut latencies = Vec::with_capacity(scrapes);
+        let mut body_bytes = 0;
+        let mut response = Vec::new();
+        for _ in 0..scrapes {
+            response.clear();
+            let t = Instant::now();
+            let mut stream = std::net::TcpStream::connect(METRICS_LISTEN)?;
+            stream.write_all(request.as_bytes())?;
+            stream.read_to_end(&mut response)?;
+            latencies.push(t.elapsed());
+            if !response.starts_with(b"HTTP/1.1 200") {
+                bail!(
+                    "GET /metrics: {}",
+                    String::from_utf8_lossy(&response[..response.len().min(200)])
+                );
+            }
+            body_bytes = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(0, |end| response.len() - end - 4);
+        }
+        Ok((latencies, body_bytes))
+    });
+    let (mut latencies, bytes) = scraper
+        .join()
+        .map_err(|_| anyhow!("scrape thread panicked"))??;
+    latencies.sort();
+    println!(
+        "  GET /metrics over TCP (connect to last byte), 1 network, 250 allocations: p50 {:.3} ms   p99 {:.3} ms  ({bytes} bytes of body, n={scrapes})",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// GetNetwork reads the status the scrape reads, over gRPC: its scale.
+async fn get_network_floor(socket: &Path, network: &str, calls: usize) -> Result<()> {
+    let mut client = fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+        fan_e2e::unix_channel(socket).await?,
+    );
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        client
+            .get_network(pb::GetNetworkRequest {
+                network_id: network.into(),
+            })
+            .await
+            .map_err(|s| anyhow!("get network: {s}"))?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "  GetNetwork over the unix socket, for scale:                         p50 {:.3} ms   p99 {:.3} ms  (n={calls})",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn allocate_request(network: &str, container_id: String) -> pb::AllocateAddressRequest {
+    pb::AllocateAddressRequest {
+        network_id: network.to_owned(),
+        owner: Some(pb::Owner {
+            container_id,
+            interface: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One watcher (this network, ALLOCATION_CREATED), `calls` sequential
+/// AllocateAddress calls; per call, the event's receipt time minus the
+/// allocate reply's receipt time, both taken in this process.
+async fn watch_latency(socket: &Path, network: &str, calls: usize) -> Result<()> {
+    let mut watcher = fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+        fan_e2e::unix_channel(socket).await?,
+    );
+    let mut stream = watcher
+        .watch_events(pb::WatchEventsRequest {
+            network_id: network.to_owned(),
+            kinds: vec![pb::EventKind::AllocationCreated as i32],
+            start_revision: None,
+        })
+        .await
+        .map_err(|s| anyhow!("watch: {s}"))?
+        .into_inner();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The reader stamps each event the moment it is decoded.
+    let reader = tokio::spawn(async move {
+        while let Some(response) = stream.message().await? {
+            let received = Instant::now();
+            let owner = response
+                .event
+                .and_then(|e| e.allocation)
+                .and_then(|a| a.owner)
+                .map(|o| o.container_id)
+                .unwrap_or_default();
+            if tx.send((owner, received)).is_err() {
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(())
+    });
+    let mut client = fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+        fan_e2e::unix_channel(socket).await?,
+    );
+    let mut deliveries = Vec::with_capacity(calls);
+    let mut round_trips = Vec::with_capacity(calls);
+    let mut signed = Vec::with_capacity(calls);
+    let mut before_reply = 0;
+    for i in 0..calls {
+        let id = format!("latency-{i}");
+        let t = Instant::now();
+        client
+            .allocate_address(allocate_request(network, id.clone()))
+            .await
+            .map_err(|s| anyhow!("allocate: {s}"))?;
+        let replied = Instant::now();
+        round_trips.push(replied - t);
+        let (owner, received) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| anyhow!("no event for {id} within 10 s"))?
+            .ok_or_else(|| anyhow!("the watch stream ended: {:?}", reader.is_finished()))?;
+        if owner != id {
+            bail!("watch delivered {owner:?} where {id:?} was expected");
+        }
+        signed.push(if received >= replied {
+            (received - replied).as_secs_f64() * 1e3
+        } else {
+            -(replied - received).as_secs_f64() * 1e3
+        });
+        // An event decoded before the reply counts as zero.
+        deliveries.push(received.checked_duration_since(replied).unwrap_or_else(|| {
+            before_reply += 1;
+            Duration::ZERO
+        }));
+    }
+    reader.abort();
+    deliveries.sort();
+    round_trips.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  watch delivery, 1 watcher, {calls} sequential AllocateAddress over the unix socket:"
+    );
+    println!(
+        "    event receipt − allocate reply receipt    p50 {:>8.3} ms   p99 {:>8.3} ms  ({before_reply} of {calls} events came before the reply: counted as 0)",
+        ms(percentile(&deliveries, 50.0)),
+        ms(percentile(&deliveries, 99.0)),
+    );
+    signed.sort_by(|a, b| a.total_cmp(b));
+    let signed_at = |p: f64| signed[((p / 100.0) * (signed.len() as f64 - 1.0)).round() as usize];
+    println!(
+        "    the same, signed (negative: event first)  p1 {:>+8.3} ms   p50 {:>+8.3} ms   p99 {:>+8.3} ms",
+        signed_at(1.0),
+        signed_at(50.0),
+        signed_at(99.0),
+    );
+    println!(
+        "    AllocateAddress round trip, for scale     p50 {:>8.3} ms   p99 {:>8.3} ms",
+        ms(percentile(&round_trips, 50.0)),
+        ms(percentile(&round_trips, 99.0)),
+    );
+    println!(
+        "    (the agent replies after the durable commit, so commit → event receipt lies between the first figure and the first plus the round trip)"
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum WatchLoad {
+    None,
+    Idle,
+    Stalled,
+}
+
+impl WatchLoad {
+    fn label(self) -> &'static str {
+        match self {
+            WatchLoad::None => "no watcher",
+            WatchLoad::Idle => "10 idle watchers (consuming)",
+            WatchLoad::Stalled => "1 stalled watcher (never read)",
+        }
+    }
+}
+
+/// A watch stream on its own connection whose HTTP/2 stream window is 1 KiB:
+/// opened and never read, it stalls after a few events, and the agent's
+/// bounded buffer (1,024 events) overflows behind it.
+async fn stalled_watch(socket: &Path) -> Result<tonic::Streaming<pb::WatchEventsResponse>> {
+    let socket = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .initial_stream_window_size(Some(1024))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(
+        fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(channel)
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+            .map_err(|s| anyhow!("watch: {s}"))?
+            .into_inner(),
+    )
+}
+
+/// Allocations/s at 16 concurrent clients (2,000 allocations a round) with
+/// no watcher, 10 idle watchers and one stalled watcher, in alternating
+/// rounds on the same agent and network; medians per load.
+async fn watcher_throughput(socket: &Path, network: &str) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const CLIENTS: usize = 16;
+    const PER_CLIENT: usize = 125;
+    let loads = [WatchLoad::None, WatchLoad::Idle, WatchLoad::Stalled];
+    let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut idle_received = u64::MAX;
+    let mut stalled_ends = Vec::new();
+    agent_allocations(socket, network, CLIENTS, 25, "tp-warm").await?;
+    for round in 0..WATCH_ROUNDS {
+        // Rotate the order so no load always runs first.
+        for k in 0..loads.len() {
+            let slot = (k + round) % loads.len();
+            let load = loads[slot];
+            let mut idle = Vec::new();
+            let counts: Vec<Arc<AtomicU64>> =
+                (0..10).map(|_| Arc::new(AtomicU64::new(0))).collect();
+            let mut stalled = None;
+            match load {
+                WatchLoad::None => {}
+                WatchLoad::Idle => {
+                    for count in &counts {
+                        let mut client =
+                            fan_proto::v1::fan_agent_service_client::FanAgentServiceClient::new(
+                                fan_e2e::unix_channel(socket).await?,
+                            );
+                        let mut stream = client
+                            .watch_events(pb::WatchEventsRequest::default())
+                            .await
+                            .map_err(|s| anyhow!("watch: {s}"))?
+                            .into_inner();
+                        let count = count.clone();
+                        idle.push(tokio::spawn(async move {
+                            while let Ok(Some(_)) = stream.message().await {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }));
+                    }
+                }
+                WatchLoad::Stalled => stalled = Some(stalled_watch(socket).await?),
+            }
+            let tag = format!("tp-{round}-{slot}");
+            let run = agent_allocations(socket, network, CLIENTS, PER_CLIENT, &tag).await?;
+            rates[slot].push(run.latencies.len() as f64 / run.elapsed.as_secs_f64());
+            if load == WatchLoad::Idle {
+                // The idle watchers kept up: each saw the round's events.
+                let expected = (CLIENTS * PER_CLIENT) as u64;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while counts.iter().any(|c| c.load(Ordering::Relaxed) < expected)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                for count in &counts {
+                    idle_received = idle_received.min(count.load(Ordering::Relaxed));
+                }
+                for task in idle {
+                    task.abort();
+                }
+            }
+            if let Some(mut stream) = stalled {
+                // Read it now: what was buffered, then how the agent ended it.
+                let mut received = 0;
+                let end = loop {
+                    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                        Ok(Ok(Some(_))) => received += 1,
+                        Ok(Ok(None)) => break "ended without a status".to_owned(),
+                        Ok(Err(status)) => {
+                            break format!("{:?} {}", status.code(), fan_e2e::reason_of(&status))
+                        }
+                        Err(_) => break "still open after 10 s".to_owned(),
+                    }
+                };
+                stalled_ends.push(format!("{received} events then {end}"));
+            }
+        }
+    }
+    println!(
+        "  AllocateAddress throughput, {CLIENTS} clients × {PER_CLIENT} = {} allocations a round, {WATCH_ROUNDS} alternating rounds per load:",
+        CLIENTS * PER_CLIENT
+    );
+    let medians: Vec<f64> = rates.iter().map(|r| bench_dataplane::median(r)).collect();
+    // Each round against the same round's no-watcher run: robust to the
+    // machine's load drifting between rounds.
+    let paired = |slot: usize| {
+        let ratios: Vec<f64> = rates[slot]
+            .iter()
+            .zip(&rates[0])
+            .map(|(r, none)| r / none)
+            .collect();
+        bench_dataplane::median(&ratios)
+    };
+    for (slot, load) in loads.iter().enumerate() {
+        let rounds: Vec<String> = rates[slot].iter().map(|r| format!("{r:.0}")).collect();
+        let ratio = if slot == 0 {
+            String::new()
+        } else {
+            format!(
+                "   ratio to none: of medians {:.3}, median of per-round {:.3} (target ≥ 0.95)",
+                medians[slot] / medians[0],
+                paired(slot)
+            )
+        };
+        println!(
+            "    {:<32} median {:>7.0} allocations/s  (rounds {}){ratio}",
+            load.label(),
+            medians[slot],
+            rounds.join(", ")
+        );
+    }
+    println!(
+        "    (the watchers' consumers run in this process, on the machine's cores with the agent and the 16 clients)"
+    );
+    println!(
+        "    idle watchers: the slowest received {idle_received} of {} events of its round",
+        CLIENTS * PER_CLIENT
+    );
+    println!(
+        "    stalled watcher, read after its round: {}",
+        stalled_ends.join("; ")
+    );
     Ok(())
 }
