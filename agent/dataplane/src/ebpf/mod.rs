@@ -28,6 +28,7 @@
 pub mod endpoints;
 pub mod maps;
 pub mod pin;
+mod prog_info;
 pub mod tc;
 pub mod tunnel;
 
@@ -144,6 +145,33 @@ fn drop_incompatible_pins(dir: &Path) {
     }
 }
 
+/// True when every map is pinned with this build's layout.
+fn pins_compatible(dir: &Path) -> bool {
+    maps::ALL_MAPS.iter().all(|name| {
+        MapInfo::from_pin(dir.join(name)).is_ok_and(|info| {
+            (info.key_size(), info.value_size(), info.max_entries()) == expected_shape(name)
+        })
+    })
+}
+
+/// Writes `config` (keeping the agent flags recorded before) unless the map
+/// already holds it.
+fn set_config<T: std::borrow::BorrowMut<MapData>>(
+    array: &mut Array<T, FanConfig>,
+    mut config: FanConfig,
+    network_id: &str,
+) -> Result<()> {
+    if let Ok(previous) = array.get(&0, 0) {
+        config.agent_flags |= previous.agent_flags;
+        if previous == config {
+            return Ok(());
+        }
+    }
+    array
+        .set(0, config, 0)
+        .map_err(|e| other(format!("write config of network {network_id}"), e))
+}
+
 fn read_config(pin_dir: &Path) -> Option<FanConfig> {
     let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).ok()?;
     let array: Array<MapData, FanConfig> = Array::try_from(Map::from_map_data(data).ok()?).ok()?;
@@ -191,11 +219,7 @@ fn config_map_id(pin_dir: &Path) -> Option<u32> {
 
 /// The ids of the maps program `prog_id` uses.
 fn program_map_ids(prog_id: u32) -> Option<BTreeSet<u32>> {
-    aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == prog_id)
-        .and_then(|p| p.map_ids().ok().flatten())
-        .map(|ids| ids.into_iter().collect())
+    prog_info::map_ids(prog_id)
 }
 
 /// What to do with one hook.
@@ -246,7 +270,12 @@ fn describe_hook(site: &HookSite<'_>) -> String {
 pub struct EbpfBackend {
     pin_root: PathBuf,
     peer_fast_path: bool,
-    refreshers: Mutex<HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>,
+    /// The programs' tags, known after the first load.
+    program_tags: std::sync::OnceLock<HashMap<&'static str, u64>>,
+    /// The networks whose fast-path endpoint maps the refresher keeps in sync.
+    synced: endpoints::Registry,
+    /// The one task doing that for all of them (started with the first).
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EbpfBackend {
@@ -256,7 +285,9 @@ impl EbpfBackend {
         EbpfBackend {
             pin_root,
             peer_fast_path: true,
-            refreshers: Mutex::new(HashMap::new()),
+            program_tags: std::sync::OnceLock::new(),
+            synced: Default::default(),
+            refresher: Mutex::new(None),
         }
     }
 
@@ -304,45 +335,96 @@ impl EbpfBackend {
     }
 
     fn stop_refresher(&self, network_id: &str) {
-        if let Some((_, task)) = self.lock_refreshers().remove(network_id) {
-            task.abort();
+        let now_empty = {
+            let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+            synced.remove(network_id);
+            synced.is_empty()
+        };
+        if now_empty {
+            // No network left: the task and its socket go.
+            if let Some(task) = self.lock_refresher().take() {
+                task.abort();
+            }
         }
     }
 
-    fn lock_refreshers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>
-    {
-        // A panic elsewhere must not stop teardown: the map stays usable.
-        self.refreshers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_refresher(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        // A panic elsewhere must not stop teardown: the slot stays usable.
+        self.refresher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when the running refresher follows this plan already.
+    fn is_synced(&self, plan: &NetworkPlan, pin_dir: &Path) -> bool {
+        let followed = self
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&plan.network_id)
+            .is_some_and(|(p, dir)| p == plan && dir == pin_dir);
+        followed
+            && self
+                .lock_refresher()
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
     }
 
     fn ensure_refresher(&self, nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
-        let mut tasks = self.lock_refreshers();
-        if let Some((running_plan, task)) = tasks.get(&plan.network_id) {
-            if running_plan == plan && !task.is_finished() {
-                return Ok(());
-            }
-            task.abort();
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                plan.network_id.clone(),
+                (plan.clone(), pin_dir.to_path_buf()),
+            );
+        let mut task = self.lock_refresher();
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
         }
-        let task = endpoints::spawn_refresher(nl.clone(), plan.clone(), pin_dir.to_path_buf())?;
-        tasks.insert(plan.network_id.clone(), (plan.clone(), task));
+        *task = Some(endpoints::spawn_refresher(nl.clone(), self.synced.clone())?);
         Ok(())
     }
 
     /// Loads the programs, writes the config and attaches or adopts both
-    /// filters. Synchronous: aya objects never cross an await point.
+    /// filters; returns false when both filters were kept without loading.
+    /// Synchronous: aya objects never cross an await point.
     #[allow(clippy::too_many_arguments)]
     fn load_and_attach(
         &self,
         plan: &NetworkPlan,
         pin_dir: &Path,
-        mut config: FanConfig,
+        config: FanConfig,
         encap: &HookSite<'_>,
         encap_existing: Option<&tc::Filter>,
         decap: &HookSite<'_>,
         decap_existing: Option<&tc::Filter>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        // Both filters already run this build's programs on the pinned maps
+        // (every reconcile pass, for every network): only the config may
+        // need writing, and loading (verifying) the object again is skipped.
+        if let Some(tags) = self.program_tags.get() {
+            let pinned = pinned_map_ids(pin_dir);
+            let config_id = config_map_id(pin_dir);
+            let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
+            let kept = [(encap, encap_existing), (decap, decap_existing)]
+                .iter()
+                .all(|(site, existing)| {
+                    tags.get(site.program).is_some_and(|tag| {
+                        decide(*existing, *tag, maps_match) == AttachAction::Keep
+                    })
+                });
+            if kept && pins_compatible(pin_dir) {
+                let context = || format!("write config of network {}", plan.network_id);
+                let data =
+                    MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
+                let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
+                let mut array: Array<MapData, FanConfig> =
+                    Array::try_from(map).map_err(|e| other(context(), e))?;
+                set_config(&mut array, config, &plan.network_id)?;
+                debug!(network = %plan.network_id, "programs unchanged, kept");
+                return Ok(false);
+            }
+        }
+
         drop_incompatible_pins(pin_dir);
         let mut ebpf = load_object(Some(pin_dir))?;
 
@@ -353,24 +435,21 @@ impl EbpfBackend {
                 .ok_or_else(|| other("eBPF object", "no config map"))?;
             let mut array: Array<&mut MapData, FanConfig> =
                 Array::try_from(map).map_err(|e| other("config map", e))?;
-            if let Ok(previous) = array.get(&0, 0) {
-                config.agent_flags |= previous.agent_flags;
-            }
-            array
-                .set(0, config, 0)
-                .map_err(|e| other(format!("write config of network {}", plan.network_id), e))?;
+            set_config(&mut array, config, &plan.network_id)?;
         }
 
         let pinned = pinned_map_ids(pin_dir);
         let config_id = config_map_id(pin_dir);
         let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
         let priority = tc_priority(plan.index)?;
+        let mut tags = HashMap::new();
         for (site, existing) in [(encap, encap_existing), (decap, decap_existing)] {
             let prog = program(&mut ebpf, site.program)?;
             let tag = prog
                 .info()
                 .map_err(|e| other(format!("program {}", site.program), e))?
                 .tag();
+            tags.insert(site.program, tag);
             match decide(existing, tag, maps_match) {
                 AttachAction::Keep => {
                     debug!(filter = %describe_hook(site), "program unchanged, kept")
@@ -387,8 +466,11 @@ impl EbpfBackend {
                 }
             }
         }
+        // Tags do not depend on the maps a program was loaded with: the
+        // same for every network of this build.
+        let _ = self.program_tags.set(tags);
         // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
-        Ok(())
+        Ok(true)
     }
 
     async fn underlay_link(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
@@ -428,7 +510,7 @@ impl EbpfBackend {
 impl Drop for EbpfBackend {
     fn drop(&mut self) {
         // Only the endpoint sync stops; filters and pins stay (restart-safe).
-        for (_, (_, task)) in self.lock_refreshers().drain() {
+        if let Some(task) = self.lock_refresher().take() {
             task.abort();
         }
     }
@@ -518,8 +600,10 @@ impl Encapsulation for EbpfBackend {
             ifindex: underlay.index,
             hook: Hook::Ingress,
         };
-        let encap_filters = tc::list_filters(nl.handle(), encap.ifindex, encap.hook).await?;
-        let decap_filters = tc::list_filters(nl.handle(), decap.ifindex, decap.hook).await?;
+        let encap_filters =
+            tc::list_filters_at(nl.handle(), encap.ifindex, encap.hook, priority).await?;
+        let decap_filters =
+            tc::list_filters_at(nl.handle(), decap.ifindex, decap.hook, priority).await?;
         let (encap_main, encap_extra) = Self::ours(&encap_filters, priority, ENCAP_PROGRAM);
         let (decap_main, decap_extra) = Self::ours(&decap_filters, priority, DECAP_PROGRAM);
         // Duplicates at our priority (older versions, manual attaches) go.
@@ -531,18 +615,23 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
-        self.load_and_attach(
+        let loaded = self.load_and_attach(
             plan, &pin_dir, config, &encap, encap_main, &decap, decap_main,
         )?;
 
         // The route last: traffic reaches the tunnel only once encap is there.
         tunnel::ensure_route(&nl, plan, tunnel.index).await?;
 
-        if self.peer_fast_path {
+        // A network the refresher already follows (a reconcile pass) is
+        // left to it: a sync here would read every link and neighbour of the
+        // host once per network and pass.
+        if self.peer_fast_path && (loaded || !self.is_synced(plan, &pin_dir)) {
             if let Err(e) = endpoints::refresh(&nl, plan, &pin_dir).await {
                 // The slow path still delivers everything.
                 warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
             }
+        }
+        if self.peer_fast_path {
             self.ensure_refresher(&nl, plan, &pin_dir)?;
         } else {
             self.stop_refresher(&plan.network_id);
@@ -686,7 +775,7 @@ impl Encapsulation for EbpfBackend {
         for (program, interface, ifindex, hook) in sites {
             let object = format!("tc filter {program} on {interface} {}", hook.as_str());
             let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");
-            let filters = tc::list_filters(nl.handle(), ifindex, hook).await?;
+            let filters = tc::list_filters_at(nl.handle(), ifindex, hook, priority).await?;
             let (main, extra) = Self::ours(&filters, priority, program);
             match main {
                 None => drift(object, expected, "absent".into()),
@@ -746,8 +835,8 @@ impl Encapsulation for EbpfBackend {
             }
         }
         for ifindex in underlay_indexes {
-            let Some(filters) =
-                errors.record(tc::list_filters(nl.handle(), ifindex, Hook::Ingress).await)
+            let Some(filters) = errors
+                .record(tc::list_filters_at(nl.handle(), ifindex, Hook::Ingress, priority).await)
             else {
                 continue;
             };

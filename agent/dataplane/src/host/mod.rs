@@ -149,7 +149,7 @@ impl HostSetup {
         let mark = bridge_mark(&plan.network_id);
         let mut found: Vec<Link> = self
             .netlink
-            .links()
+            .links_of_kind("bridge")
             .await?
             .into_iter()
             .filter(|l| {
