@@ -320,30 +320,34 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
             .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
+            // The bridges whose IPv4 neighbour events matter, updated on every sync.
             let mut bridges: Vec<u32> = Vec::new();
+            for (plan, _) in registered(&registry) {
+                if let Ok(Some(link)) = nl.link_by_name(&plan.bridge).await {
+                    bridges.push(link.index);
+                }
+            }
             loop {
-                {
-                    tokio::select! {
-                        event = events.next() => {
-                            let Some((event, _)) = event else {
-                                warn!("netlink event stream ended; endpoint sync stops");
-                                return;
-                            };
-                            if !relevant(&event.payload, &bridges) {
-                                continue;
-                            }
-                            // Coalesce a burst (a container start is several events).
-                            let deadline = tokio::time::sleep(DEBOUNCE);
-                            tokio::pin!(deadline);
-                            loop {
-                                tokio::select! {
-                                    _ = &mut deadline => break,
-                                    more = events.next() => if more.is_none() { break },
-                                }
+                tokio::select! {
+                    event = events.next() => {
+                        let Some((event, _)) = event else {
+                            warn!("netlink event stream ended; endpoint sync stops");
+                            return;
+                        };
+                        if !relevant(&event.payload, &bridges) {
+                            continue;
+                        }
+                        // Coalesce a burst (a container start is several events).
+                        let deadline = tokio::time::sleep(DEBOUNCE);
+                        tokio::pin!(deadline);
+                        loop {
+                            tokio::select! {
+                                _ = &mut deadline => break,
+                                more = events.next() => if more.is_none() { break },
                             }
                         }
-                        _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
                     }
+                    _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
                 }
                 let networks = registered(&registry);
                 if networks.is_empty() {
