@@ -192,13 +192,12 @@ pub async fn list_filters_at(
     let mut filters = Vec::new();
     while let Some(msg) = response.next().await {
         match msg.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(m)) => {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(m))
                 if m.header.parent == hook.parent()
                     && m.header.index == ifindex as i32
-                    && (m.header.info >> 16) as u16 == priority
-                {
-                    filters.extend(parse_filter(m));
-                }
+                    && (m.header.info >> 16) as u16 == priority =>
+            {
+                filters.extend(parse_filter(m));
             }
             NetlinkPayload::Error(err) if err.code.is_some() => {
                 let e = rtnetlink::Error::NetlinkError(err);
