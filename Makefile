@@ -1,5 +1,6 @@
 # fan — the two commands a newcomer needs:
 #   make demo   two hosts, their agents, a fan, containers pinging each other over it
+#   make demo-docker   the same with real Docker containers (fan-docker-ipam)
 #   make test   everything CI runs: format, lint, unit, property, netns and e2e tests
 # Both install missing Debian/PyPI packages first (as root).
 
@@ -8,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 
-.PHONY: all deps build build-release test check-style check-proto unit demo bench test-kernels fuzz clean sdk
+.PHONY: all deps build build-release test check-style check-proto unit demo demo-docker bench test-kernels fuzz clean sdk
 
 all: build
 
@@ -33,7 +34,8 @@ check-proto: deps
 	cd proto && $(abspath $(BUF)) lint
 	cd proto && $(abspath $(BUF)) breaking --against api-v1.binpb
 
-# Namespace tests create real hosts; two at a time fit this 2-core machine.
+# Namespace tests create real hosts and agents; two test threads keep a
+# 2-core machine (the size CI runs on) responsive.
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 
@@ -45,6 +47,10 @@ sdk: deps
 
 demo: build
 	scripts/demo.sh
+
+# The same with real Docker (docker.io): fan-docker-ipam gives every address.
+demo-docker: build
+	scripts/demo-docker.sh
 
 bench: build-release
 	scripts/bench.sh

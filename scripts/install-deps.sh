@@ -21,11 +21,29 @@ check python3 python3
 [ -x /usr/lib/cni/host-local ] || need_apt+=(containernetworking-plugins)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
+# --- engines (tests/tests/engines.rs, make demo-docker): Debian's own container
+# engines and a static busybox for the test image. Their services are not
+# started here (the tests run their own daemons in namespaces).
+check dockerd docker.io
+check podman podman
+check containerd containerd
+check ctr containerd
+dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+# --- end engines
+
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # policy-rc.d: packages with services (docker.io, containerd) must not
+    # start them on install; the tests run their own daemons.
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # The Python SDK test generates its client from proto/ with grpcio-tools.
@@ -112,3 +130,38 @@ if [ ${#need_go[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_go[@]}" >/dev/null
 fi
 # --- end SDK helper ---
+# --- DHCP helper: real DHCP clients for tests/tests/dhcp.rs (issue 15): ---
+# busybox's udhcpc and ISC dhclient.
+dhcp_pkgs=(busybox-static isc-dhcp-client)
+need_dhcp=()
+for pkg in "${dhcp_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_dhcp+=("$pkg")
+done
+# Either busybox package provides udhcpc.
+if dpkg-query -W -f='${Status}' busybox 2>/dev/null | grep -q "ok installed"; then
+    need_dhcp=("${need_dhcp[@]/busybox-static/}")
+fi
+need_dhcp=($(printf '%s\n' "${need_dhcp[@]}" | grep -v '^$' || true))
+if [ ${#need_dhcp[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${need_dhcp[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_dhcp[@]}" >/dev/null
+fi
+# --- end DHCP helper ---
+
+# --- metrics helper: promtool and the prometheus server (tests/tests/metrics.rs). ---
+# Debian's `prometheus` package ships both binaries. Its system service is not
+# wanted (the test starts its own server in a namespace): stopped if systemd ran it.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    echo "install-deps: apt-get install prometheus (promtool and the server, for the metrics test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+fi
+# --- end metrics helper ---

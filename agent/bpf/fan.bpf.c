@@ -13,6 +13,13 @@
  *   fan_decap  ingress of the underlay device: strips the outer header of
  *              protocol-4 packets for our slice; everything else is left to
  *              the next filter and the stack (TC_ACT_UNSPEC).
+ *   fan_fastpath  ingress of the fan bridge (the egress fast path): frames
+ *              a container sends to the gateway MAC for a remote slice are
+ *              checked as the slow path would (egress anti-spoofing, TTL,
+ *              tunnel MTU), encapsulated as fan_encap does and redirected to
+ *              the underlay device, skipping the host's routing, FORWARD
+ *              chain and the tunnel device. Whatever it does not handle goes
+ *              on to the stack unchanged (TC_ACT_OK): the slow path.
  *
  * All parameters come from the fan_config array map, filled by the agent; the
  * programs keep no per-peer state. Every map is pinned by the agent under
@@ -21,6 +28,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/if_packet.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
@@ -44,6 +52,10 @@
 #define FAN_F_ENABLED (1U << 0)
 #define FAN_F_ANTI_SPOOF (1U << 1)
 #define FAN_F_PEER_FASTPATH (1U << 2)
+#define FAN_F_EGRESS_FASTPATH (1U << 3)
+
+/* BPF_MTU_CHK_SEGS: check each segment of a GSO packet against the MTU. */
+#define FAN_MTU_CHK_SEGS 1
 
 /* Layout shared with agent/dataplane/src/ebpf/maps.rs (FanConfig). Addresses
  * and masks in host byte order, so the formula is plain shifts. */
@@ -81,6 +93,7 @@ enum {
 	FAN_C_DROPPED_OTHER = 4,
 	FAN_C_PEER_REDIRECTED = 5,
 	FAN_C_DROPPED_SPOOFED_EGRESS = 6,
+	FAN_C_FAST_PATH_ENCAPSULATED = 7,
 	FAN_C_MAX = 8,
 };
 
@@ -174,14 +187,52 @@ static __always_inline void set_ce(struct iphdr *iph)
 	iph->tos |= FAN_ECN_CE;
 }
 
+/* The outer header, after bpf_skb_adjust_room made room for it behind the
+ * Ethernet header. Shared by both encapsulating programs (one wire format). */
+static __always_inline int write_outer(struct __sk_buff *skb, const struct fan_config *cfg,
+				       __u32 remote, __u8 tos, __u16 frag_off)
+{
+	struct iphdr outer = {};
+
+	outer.version = 4;
+	outer.ihl = 5;
+	/* ECN as the kernel's ip tunnels do (INET_ECN_encapsulate, DSCP 0). */
+	outer.tos = (tos & FAN_ECN_MASK) == FAN_ECN_CE ? 2 : (tos & FAN_ECN_MASK);
+	outer.tot_len = bpf_htons(skb->len - ETH_HLEN > 0xffff ? 0xffff : skb->len - ETH_HLEN);
+	outer.id = frag_off ? 0 : (__u16)bpf_get_prandom_u32();
+	outer.frag_off = frag_off;
+	outer.ttl = FAN_OUTER_TTL;
+	outer.protocol = IPPROTO_IPIP;
+	outer.saddr = bpf_htonl(cfg->local_underlay);
+	outer.daddr = bpf_htonl(remote);
+	outer.check = ip_checksum(&outer);
+	return bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0);
+}
+
+/* The remote host owning overlay address `dst` (host order), or 0 when it is
+ * not for another host: outside the overlay, in our own slice, or in the
+ * slice of the underlay's network or broadcast address. */
+static __always_inline __u32 remote_of(const struct fan_config *cfg, __u32 dst)
+{
+	__u32 remote, hostbits;
+
+	if ((dst & cfg->overlay_mask) != cfg->overlay_net ||
+	    (dst & cfg->slice_mask) == cfg->slice_net)
+		return 0;
+	remote = owner_of(cfg, dst);
+	hostbits = remote & ~cfg->underlay_mask;
+	if (hostbits == 0 || hostbits == ~cfg->underlay_mask || remote == cfg->local_underlay)
+		return 0;
+	return remote;
+}
+
 SEC("classifier/fan_encap")
 int fan_encap(struct __sk_buff *skb)
 {
 	struct fan_config *cfg = config();
 	void *data, *data_end;
 	struct iphdr *inner;
-	struct iphdr outer = {};
-	__u32 dst, remote, hostbits;
+	__u32 remote;
 	__u64 segs = segments(skb);
 	__u16 frag_off;
 	__u8 tos;
@@ -212,37 +263,18 @@ int fan_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
-	dst = bpf_ntohl(inner->daddr);
-	if ((dst & cfg->overlay_mask) != cfg->overlay_net ||
-	    (dst & cfg->slice_mask) == cfg->slice_net)
-		goto drop;
-	remote = owner_of(cfg, dst);
-	hostbits = remote & ~cfg->underlay_mask;
-	/* Slices of the underlay's network and broadcast addresses, and our
-	 * own, have no remote host. */
-	if (hostbits == 0 || hostbits == ~cfg->underlay_mask || remote == cfg->local_underlay)
+	remote = remote_of(cfg, bpf_ntohl(inner->daddr));
+	if (!remote)
 		goto drop;
 
 	tos = inner->tos;
 	frag_off = inner->frag_off & bpf_htons(FAN_IP_DF);
 
-	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC,
+	if (bpf_skb_adjust_room(skb, sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
 				FAN_ADJ_ROOM_FIXED_GSO | FAN_ADJ_ROOM_ENCAP_L3_IPV4))
 		goto drop;
 
-	outer.version = 4;
-	outer.ihl = 5;
-	/* ECN as the kernel's ip tunnels do (INET_ECN_encapsulate, DSCP 0). */
-	outer.tos = (tos & FAN_ECN_MASK) == FAN_ECN_CE ? 2 : (tos & FAN_ECN_MASK);
-	outer.tot_len = bpf_htons(skb->len - ETH_HLEN > 0xffff ? 0xffff : skb->len - ETH_HLEN);
-	outer.id = frag_off ? 0 : (__u16)bpf_get_prandom_u32();
-	outer.frag_off = frag_off;
-	outer.ttl = FAN_OUTER_TTL;
-	outer.protocol = IPPROTO_IPIP;
-	outer.saddr = bpf_htonl(cfg->local_underlay);
-	outer.daddr = bpf_htonl(remote);
-	outer.check = ip_checksum(&outer);
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0))
+	if (write_outer(skb, cfg, remote, tos, frag_off))
 		goto drop;
 
 	count(FAN_C_ENCAPSULATED, segs);
@@ -361,6 +393,88 @@ int fan_decap(struct __sk_buff *skb)
 		return bpf_redirect(cfg->tunnel_ifindex, BPF_F_INGRESS);
 	}
 	return TC_ACT_OK;
+}
+
+SEC("classifier/fan_fastpath")
+int fan_fastpath(struct __sk_buff *skb)
+{
+	struct fan_config *cfg;
+	void *data, *data_end;
+	struct iphdr *iph;
+	__u32 remote, mtu_len = 0;
+	__u64 segs;
+	__u16 frag_off;
+	__u8 tos;
+	const __u32 need = ETH_HLEN + sizeof(struct iphdr);
+
+	/* Only frames to the bridge's own (gateway) MAC: the bridge marks
+	 * those PACKET_HOST. Frames between containers are bridged and never
+	 * reach this hook; broadcasts (ARP) go on to the stack. */
+	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK;
+	cfg = config();
+	if (!cfg || !(cfg->flags & FAN_F_EGRESS_FASTPATH))
+		return TC_ACT_OK;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + need > data_end) {
+		if (bpf_skb_pull_data(skb, need))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	iph = data + ETH_HLEN;
+	if ((void *)(iph + 1) > data_end)
+		return TC_ACT_OK;
+	/* IP options and fragments: the slow path (the kernel's forwarding
+	 * code handles both). */
+	if (iph->version != 4 || iph->ihl != 5 ||
+	    (iph->frag_off & bpf_htons(FAN_IP_MF | FAN_IP_OFFSET)))
+		return TC_ACT_OK;
+	/* Not for another host's slice (the outside, to be masqueraded; our
+	 * own slice; no host): the stack decides, as before. */
+	remote = remote_of(cfg, bpf_ntohl(iph->daddr));
+	if (!remote)
+		return TC_ACT_OK;
+
+	segs = segments(skb);
+	/* The same egress check, and counter, as fan_encap. */
+	if ((cfg->flags & FAN_F_ANTI_SPOOF) &&
+	    (bpf_ntohl(iph->saddr) & cfg->slice_mask) != cfg->slice_net) {
+		count(FAN_C_DROPPED_SPOOFED_EGRESS, segs);
+		return TC_ACT_SHOT;
+	}
+	/* TTL expiring here: the stack sends ICMP time exceeded. */
+	if (iph->ttl <= 1)
+		return TC_ACT_OK;
+	/* Larger than the tunnel device's MTU (each segment of a GSO packet):
+	 * the stack sends ICMP fragmentation needed (DF) or fragments. */
+	if (bpf_check_mtu(skb, cfg->tunnel_ifindex, &mtu_len, 0, FAN_MTU_CHK_SEGS))
+		return TC_ACT_OK;
+
+	tos = iph->tos;
+	frag_off = iph->frag_off & bpf_htons(FAN_IP_DF);
+	/* On failure the packet is unchanged: the slow path can still take it. */
+	if (bpf_skb_adjust_room(skb, sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				FAN_ADJ_ROOM_FIXED_GSO | FAN_ADJ_ROOM_ENCAP_L3_IPV4))
+		return TC_ACT_OK;
+	if (write_outer(skb, cfg, remote, tos, frag_off))
+		goto drop;
+	/* As forwarding would: one hop (the inner header now follows the outer). */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	iph = data + ETH_HLEN + sizeof(struct iphdr);
+	if ((void *)(iph + 1) > data_end)
+		goto drop;
+	decrease_ttl(iph);
+
+	count(FAN_C_ENCAPSULATED, segs);
+	count(FAN_C_FAST_PATH_ENCAPSULATED, segs);
+	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
+
+drop:
+	count(FAN_C_DROPPED_OTHER, segs);
+	return TC_ACT_SHOT;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 total=${FUZZ_SECONDS:-60}
-targets=(config_file core_parsers agent_validation agent_requests)
+targets=(config_file core_parsers agent_validation agent_requests dhcp_packet)
 per=$((total / ${#targets[@]}))
 ((per >= 1)) || per=1
 

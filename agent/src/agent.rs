@@ -17,6 +17,7 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 
 use crate::error::{AgentError, Reason, Result};
+use crate::events::{Event, EventHub, EventKind};
 use crate::model::{
     AllocationRecord, BackendChoice, NetworkRecord, Owner, Selector, IPIP_OVERHEAD,
 };
@@ -79,7 +80,8 @@ pub struct AllocationView {
 }
 
 impl AllocationView {
-    fn new(network: &NetworkRecord, record: AllocationRecord) -> Self {
+    /// The view of `record` in `network`.
+    pub fn new(network: &NetworkRecord, record: AllocationRecord) -> Self {
         let stale_slice = fan_core::host_change::stale_slice(
             record.address,
             network.slice,
@@ -135,6 +137,33 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Empty when this is the last page.
     pub next_page_token: String,
+    /// The event revision the page reflects.
+    pub revision: u64,
+}
+
+/// Which spec fields UpdateNetwork changes, with their new values
+/// (`None`: not in the update mask).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkUpdate {
+    /// New host reserve.
+    pub host_reserve: Option<u32>,
+    /// New MTU (0: underlay MTU − 20).
+    pub mtu: Option<u32>,
+    /// New masquerade setting.
+    pub masquerade: Option<bool>,
+    /// New anti-spoofing setting.
+    pub anti_spoofing: Option<bool>,
+    /// New labels (replace all).
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// ListAllocations filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationFilter {
+    /// Only this container id; empty means any.
+    pub container_id: String,
+    /// Only allocations carrying all these labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The agent: one per host.
@@ -157,6 +186,12 @@ pub struct Agent {
     /// Set once the start-up pass has applied every stored network: until
     /// then the agent is not ready, however many networks already succeeded.
     start_pass_done: std::sync::atomic::AtomicBool,
+    /// The state (and reason) last reported per network in an event, so
+    /// NETWORK_STATE_CHANGED is sent on transitions only.
+    reported_states: Mutex<HashMap<String, (NetworkState, String)>>,
+    /// The drifts last reported per network, so a drift the pass cannot
+    /// repair is reported once, not on every pass.
+    reported_drifts: Mutex<HashMap<String, Vec<Drift>>>,
 }
 
 impl Agent {
@@ -188,7 +223,34 @@ impl Agent {
             overlaps: Mutex::new(HashMap::new()),
             ready,
             start_pass_done: std::sync::atomic::AtomicBool::new(false),
+            reported_states: Mutex::new(HashMap::new()),
+            reported_drifts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The event history and fan-out (WatchEvents).
+    pub fn events(&self) -> Arc<EventHub> {
+        self.store.events()
+    }
+
+    /// Records a NETWORK_STATE_CHANGED event when `record`'s state differs
+    /// from the one last reported.
+    fn report_state(&self, record: &NetworkRecord, state: NetworkState, reason: &str) {
+        let mut reported = self
+            .reported_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let previous = reported.get(&record.id).map(|(s, _)| *s);
+        // A network starts ready: no event for the first ready.
+        if previous == Some(state) || (previous.is_none() && state == NetworkState::Ready) {
+            return;
+        }
+        reported.insert(record.id.clone(), (state, reason.to_owned()));
+        drop(reported);
+        let mut event = Event::new(EventKind::NetworkStateChanged, record);
+        event.state = Some(state);
+        event.reason = reason.to_owned();
+        self.store.note(event);
     }
 
     /// Becomes true once every persisted network's data path is programmed,
@@ -252,6 +314,10 @@ impl Agent {
             tracing::warn!(network = %record.id, error = %err, "apply failed");
         }
         self.record_apply(&record.id, &result);
+        match &result {
+            Ok(()) => self.report_state(record, NetworkState::Ready, ""),
+            Err(err) => self.report_state(record, NetworkState::Failed, &err.to_string()),
+        }
         result
     }
 
@@ -276,10 +342,54 @@ impl Agent {
                 Err(AgentError::NotFound { .. }) => continue,
                 Err(err) => return Err(err),
             };
-            if self.apply(&record).await.is_err() {
-                failed += 1;
+            // What the pass repairs is reported: drift detected, then repaired.
+            let drifts = match self.lost_reason(id) {
+                Some(_) => Vec::new(),
+                None => self
+                    .dataplane
+                    .observe(&record.plan())
+                    .await
+                    .map(|o| o.drifts)
+                    .unwrap_or_default(),
+            };
+            let detected = !drifts.is_empty();
+            let found = drifts.len();
+            crate::metrics::get().reconcile_drifts_found(found);
+            let known = {
+                let mut reported = self
+                    .reported_drifts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let known = reported.get(id) == Some(&drifts);
+                if detected {
+                    reported.insert(id.clone(), drifts.clone());
+                } else {
+                    reported.remove(id);
+                }
+                known
+            };
+            if detected && !known {
+                let mut event = Event::new(EventKind::DriftDetected, &record);
+                event.reason = describe_drifts(&drifts);
+                event.drifts = drifts;
+                self.store.note(event);
+            }
+            let repaired = self.apply(&record).await;
+            match &repaired {
+                Ok(()) => crate::metrics::get().drifts_repaired(found),
+                Err(_) => failed += 1,
+            }
+            // Observed again after the apply: repaired only if nothing is left.
+            if detected && repaired.is_ok() && self.matches_kernel(&record).await {
+                self.reported_drifts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+                self.store
+                    .note(Event::new(EventKind::DriftRepaired, &record));
             }
         }
+        crate::metrics::get().reconcile_run(failed);
         self.start_pass_done
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let no_failures = self.failures().is_empty();
@@ -356,6 +466,14 @@ impl Agent {
         }
         // Overlaps with the host's addresses or routes, for the status.
         self.refresh_overlaps(&self.store.networks().await?).await
+    }
+
+    /// Whether the kernel matches `record`'s plan.
+    async fn matches_kernel(&self, record: &NetworkRecord) -> bool {
+        self.dataplane
+            .observe(&record.plan())
+            .await
+            .is_ok_and(|o| o.drifts.is_empty())
     }
 
     fn set_lost(&self, id: &str, reason: Option<String>) {
@@ -668,34 +786,112 @@ impl Agent {
         self.view(record).await
     }
 
-    /// Networks in id order, paginated; the token is the last id of the previous page.
+    /// Networks in id order, paginated with an opaque token, and the
+    /// revision they reflect.
     pub async fn list_networks(
         &self,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<NetworkView>> {
+        const BINDING: &str = "networks";
         let mut checks = validate::Checks::new();
         let limit = checks.check(validate::page_size("page_size", page_size));
-        if !page_token.is_empty() {
-            checks.check(validate::network_id("page_token", page_token));
-        }
-        let limit = checks.finish_with(limit)?;
-        let records = self.store.networks().await?;
+        let after = if page_token.is_empty() {
+            Some(String::new())
+        } else {
+            checks.check(crate::page_token::decode("page_token", BINDING, page_token))
+        };
+        let (limit, after) = checks.finish_with(limit.zip(after))?;
+        let (records, revision) = self.store.networks_at().await?;
         let mut rest = records
             .into_iter()
-            .filter(|r| page_token.is_empty() || r.id.as_str() > page_token);
+            .filter(|r| after.is_empty() || r.id > after);
         let mut items = Vec::new();
         for record in rest.by_ref().take(limit) {
             items.push(self.view(record).await?);
         }
         let next_page_token = match (rest.next(), items.last()) {
-            (Some(_), Some(last)) => last.record.id.clone(),
+            (Some(_), Some(last)) => crate::page_token::encode(BINDING, &last.record.id),
             _ => String::new(),
         };
         Ok(Page {
             items,
             next_page_token,
+            revision,
         })
+    }
+
+    /// Changes the masked fields of a network's spec, stores the new spec,
+    /// then re-programs the data path; allocations are kept. Returns the
+    /// network and whether anything changed.
+    pub async fn update_network(
+        &self,
+        id: &str,
+        update: NetworkUpdate,
+    ) -> Result<(NetworkView, bool)> {
+        let mut checks = validate::Checks::new();
+        checks.check(validate::network_id("network_id", id));
+        if let Some(mtu) = update.mtu {
+            if mtu != 0 && !(validate::MIN_MTU..=65535).contains(&mtu) {
+                checks.check::<()>(Err(AgentError::invalid(
+                    "spec.mtu",
+                    format!(
+                        "must be 0 (underlay MTU − 20) or between {} and 65535, got {mtu}",
+                        validate::MIN_MTU
+                    ),
+                )));
+            }
+        }
+        if let Some(labels) = &update.labels {
+            checks.check(validate::labels("spec.labels", labels));
+        }
+        if update == NetworkUpdate::default() {
+            checks.check::<()>(Err(AgentError::invalid(
+                "update_mask",
+                "must name at least one of host_reserve, mtu, masquerade, anti_spoofing, labels",
+            )));
+        }
+        checks.finish()?;
+        let _guard = self.network_ops.lock().await;
+        let change = move |old: &NetworkRecord| -> Result<NetworkRecord> {
+            let mut new = old.clone();
+            if let Some(mtu) = update.mtu {
+                let max_mtu = old.underlay_mtu.saturating_sub(IPIP_OVERHEAD);
+                if mtu > max_mtu {
+                    return Err(AgentError::invalid(
+                        "spec.mtu",
+                        format!(
+                            "must be at most the underlay MTU minus {IPIP_OVERHEAD} ({max_mtu} on {}), got {mtu}",
+                            old.underlay_interface
+                        ),
+                    ));
+                }
+                new.spec.mtu = mtu;
+            }
+            if let Some(reserve) = update.host_reserve {
+                fan_core::ipam::SlicePool::new(old.slice, reserve)
+                    .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
+                new.spec.host_reserve = reserve;
+            }
+            if let Some(masquerade) = update.masquerade {
+                new.spec.masquerade = masquerade;
+            }
+            if let Some(anti_spoofing) = update.anti_spoofing {
+                new.spec.anti_spoofing = anti_spoofing;
+            }
+            if let Some(labels) = update.labels {
+                new.spec.labels = labels;
+            }
+            Ok(new)
+        };
+        let (record, changed) = self.store.update_network(id, change).await?;
+        if changed {
+            tracing::info!(network = %id, mtu = record.effective_mtu(), masquerade = record.spec.masquerade, anti_spoofing = record.spec.anti_spoofing, host_reserve = record.spec.host_reserve, "network updated");
+            // Stored first: a failed apply is reported in the status and
+            // retried by the reconcile pass.
+            let _ = self.apply(&record).await;
+        }
+        Ok((self.view(record).await?, changed))
     }
 
     /// Deletes a network and everything the agent made for it.
@@ -749,6 +945,7 @@ impl Agent {
         let mut drifts = self.dataplane.observe(&record.plan()).await?.drifts;
         self.refresh_overlaps(std::slice::from_ref(&record)).await?;
         drifts.extend(self.host_drifts(&record));
+        crate::metrics::get().drifts_checked(drifts.len());
         Ok(drifts)
     }
 
@@ -807,40 +1004,75 @@ impl Agent {
         }
     }
 
-    /// Allocations in address order, paginated; the token is the last address.
+    /// Allocations in (network id, address) order, of one network or of
+    /// all (empty `network_id`), filtered, paginated with an opaque token
+    /// bound to the request; and the revision they reflect.
     pub async fn list_allocations(
         &self,
         network_id: &str,
+        filter: AllocationFilter,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page<AllocationView>> {
         let mut checks = validate::Checks::new();
-        checks.check(validate::network_id("network_id", network_id));
+        if !network_id.is_empty() {
+            checks.check(validate::network_id("network_id", network_id));
+        }
         let limit = checks.check(validate::page_size("page_size", page_size));
+        let labels: Vec<String> = filter
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let binding = format!(
+            "allocations\0{network_id}\0{}\0{}",
+            filter.container_id,
+            labels.join(",")
+        );
         let after = if page_token.is_empty() {
             Some(None)
         } else {
             checks
-                .check(validate::address("page_token", page_token))
+                .check(
+                    crate::page_token::decode("page_token", &binding, page_token).and_then(
+                        |position| {
+                            position
+                                .rsplit_once('/')
+                                .and_then(|(id, a)| Some((id.to_owned(), a.parse().ok()?)))
+                                .ok_or_else(|| AgentError::invalid("page_token", "is damaged"))
+                        },
+                    ),
+                )
                 .map(Some)
         };
         let (limit, after) = checks.finish_with(limit.zip(after))?;
-        let network = self.store.network(network_id).await?;
-        let (records, more) = self
+        let network = (!network_id.is_empty()).then(|| network_id.to_owned());
+        let keep = move |a: &AllocationRecord| {
+            (filter.container_id.is_empty() || a.owner.container_id == filter.container_id)
+                && filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| a.labels.get(k) == Some(v))
+        };
+        let (records, more, revision) = self
             .store
-            .allocations_page(network_id, after, limit)
+            .list_allocations(network, after, keep, limit)
             .await?;
         let items: Vec<AllocationView> = records
             .into_iter()
-            .map(|r| AllocationView::new(&network, r))
+            .map(|(n, r)| AllocationView::new(&n, r))
             .collect();
         let next_page_token = match (more, items.last()) {
-            (true, Some(last)) => last.record.address.to_string(),
+            (true, Some(last)) => crate::page_token::encode(
+                &binding,
+                &format!("{}/{}", last.network_id, last.record.address),
+            ),
             _ => String::new(),
         };
         Ok(Page {
             items,
             next_page_token,
+            revision,
         })
     }
 

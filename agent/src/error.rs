@@ -100,6 +100,14 @@ pub enum AgentError {
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A watch cannot start or continue (REVISION_COMPACTED, WATCHER_TOO_SLOW).
+    #[error("{message}")]
+    Watch {
+        /// Why; its code comes from `api::status::code_of`.
+        reason: Reason,
+        /// What to do: list again, or resume from the last revision.
+        message: String,
+    },
 }
 
 impl AgentError {

@@ -17,8 +17,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod dhcp;
 pub mod error;
+pub mod events;
+pub mod metrics;
 pub mod model;
+pub mod page_token;
 pub mod reason;
 pub mod server;
 pub mod state;

@@ -56,6 +56,12 @@ struct Flags {
     /// bpffs directory under which the eBPF backend pins its maps.
     #[arg(long, default_value = "/sys/fs/bpf/fan", env = "FAN_AGENT_BPFFS_DIR")]
     bpffs_dir: PathBuf,
+    /// Turn off the eBPF egress fast path: container packets for other
+    /// hosts' slices then go through the host's routing, FORWARD chain and
+    /// the tunnel device (the slow path) instead of being encapsulated on
+    /// the fan bridge. Same wire format either way.
+    #[arg(long, env = "FAN_AGENT_NO_FAST_PATH", value_parser = clap::builder::BoolishValueParser::new())]
+    no_fast_path: bool,
     /// Seconds between drift checks that repair the kernel state; 0 disables.
     #[arg(long, default_value_t = 30)]
     reconcile_interval: u64,
@@ -83,6 +89,11 @@ struct Flags {
     /// re-plug the containers.
     #[arg(long, requires = "recover")]
     recover_move_aside: bool,
+    /// Serve Prometheus metrics as plain HTTP on this address (`GET /metrics`
+    /// only, read-only); off by default. Bind it to a loopback or management
+    /// address: it has no authentication. See "Metrics" in the README.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -124,9 +135,10 @@ async fn run() -> anyhow::Result<()> {
     // In the order `auto` prefers them (BackendKind::ALL).
     let backends: Vec<Box<dyn fan_dataplane::Encapsulation>> = vec![
         Box::new(fan_dataplane::kernel_fan::KernelFanBackend::new()),
-        Box::new(fan_dataplane::ebpf::EbpfBackend::new(
-            flags.bpffs_dir.clone(),
-        )),
+        Box::new(
+            fan_dataplane::ebpf::EbpfBackend::new(flags.bpffs_dir.clone())
+                .with_egress_fast_path(!flags.no_fast_path),
+        ),
         Box::new(fan_dataplane::ipip::IpipBackend::new()),
     ];
     let dataplane =
@@ -142,6 +154,7 @@ async fn run() -> anyhow::Result<()> {
             recover: flags.recover,
             move_aside_unopenable: flags.recover_move_aside,
         },
+        metrics_listen: flags.metrics_listen,
     };
     server::run(config, Arc::new(dataplane), shutdown_signal())
         .await

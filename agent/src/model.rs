@@ -58,6 +58,64 @@ pub struct NetworkSpec {
     /// Accept an overlay that overlaps the host's own addresses or routes.
     #[serde(default)]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge from this network's allocations.
+    #[serde(default)]
+    pub dhcp: bool,
+    /// DNS servers handed to DHCP clients (option 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_dns: Vec<Ipv4Addr>,
+    /// DHCP lease time in seconds; 0 when `dhcp` is off.
+    #[serde(default)]
+    pub dhcp_lease_seconds: u32,
+    /// Free-form labels (changeable with UpdateNetwork).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NetworkSpec {
+    /// Every field where `asked` differs from `self`, as
+    /// `field existing -> asked` (for the "already exists" error).
+    pub fn differences(&self, asked: &NetworkSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, have: String, want: String| {
+            if have != want {
+                out.push(format!("{name} {have} -> {want}"));
+            }
+        };
+        field(
+            "overlay",
+            self.overlay.to_string(),
+            asked.overlay.to_string(),
+        );
+        field("underlay", self.underlay.clone(), asked.underlay.clone());
+        field(
+            "host_reserve",
+            self.host_reserve.to_string(),
+            asked.host_reserve.to_string(),
+        );
+        field("bridge", self.bridge.clone(), asked.bridge.clone());
+        let mtu = |m: u32| {
+            if m == 0 {
+                "auto".to_string()
+            } else {
+                m.to_string()
+            }
+        };
+        field("mtu", mtu(self.mtu), mtu(asked.mtu));
+        let backend = |b: BackendChoice| format!("{b:?}").to_lowercase();
+        field("backend", backend(self.backend), backend(asked.backend));
+        field(
+            "masquerade",
+            self.masquerade.to_string(),
+            asked.masquerade.to_string(),
+        );
+        field(
+            "anti_spoofing",
+            self.anti_spoofing.to_string(),
+            asked.anti_spoofing.to_string(),
+        );
+        out
+    }
 }
 
 /// A persisted network: its spec plus what was resolved on this host at creation.

@@ -22,7 +22,8 @@ pub enum Reason {
     BridgeInUse,
     /// Another network's overlay overlaps.
     OverlayInUse,
-    /// The address belongs to another owner, or the owner holds another one.
+    /// Deprecated, never sent: split into AddressHeldByOtherOwner and
+    /// OwnerHasOtherAddress (kept so the list equals the proto enum).
     AddressTaken,
     /// The underlay matches nothing on this host.
     UnderlayNotFound,
@@ -42,6 +43,18 @@ pub enum Reason {
     DataplaneFailed,
     /// The agent is stopping.
     ShuttingDown,
+    /// RESOURCE_EXHAUSTED: the watch stream fell too far behind the agent's
+    WatcherTooSlow,
+    /// OUT_OF_RANGE: WatchEvents was asked to start from a revision older than the
+    RevisionCompacted,
+    /// FAILED_PRECONDITION: UpdateNetwork would reserve for the host an
+    HostReserveCoversAllocation,
+    /// FAILED_PRECONDITION: the owner already holds an allocation whose labels
+    OwnerLabelsDiffer,
+    /// FAILED_PRECONDITION: the owner already holds a different address than
+    OwnerHasOtherAddress,
+    /// FAILED_PRECONDITION: the requested address is held by another owner.
+    AddressHeldByOtherOwner,
     /// DATA_LOSS: the state on disk cannot be trusted (a record fails its
     StateCorrupt,
     /// UNAVAILABLE: the state directory takes no writes (disk full, I/O error);
@@ -54,7 +67,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in proto order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 28] = [
         Reason::FieldInvalid,
         Reason::MalformedRequest,
         Reason::NetworkNotFound,
@@ -77,6 +90,12 @@ impl Reason {
         Reason::SliceNotOwned,
         Reason::StateUnwritable,
         Reason::StateCorrupt,
+        Reason::AddressHeldByOtherOwner,
+        Reason::OwnerHasOtherAddress,
+        Reason::OwnerLabelsDiffer,
+        Reason::HostReserveCoversAllocation,
+        Reason::RevisionCompacted,
+        Reason::WatcherTooSlow,
     ];
 
     /// The wire string: the proto value's name without `ERROR_REASON_`.
@@ -100,6 +119,12 @@ impl Reason {
             Reason::StateStoreFailed => "STATE_STORE_FAILED",
             Reason::DataplaneFailed => "DATAPLANE_FAILED",
             Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::WatcherTooSlow => "WATCHER_TOO_SLOW",
+            Reason::RevisionCompacted => "REVISION_COMPACTED",
+            Reason::HostReserveCoversAllocation => "HOST_RESERVE_COVERS_ALLOCATION",
+            Reason::OwnerLabelsDiffer => "OWNER_LABELS_DIFFER",
+            Reason::OwnerHasOtherAddress => "OWNER_HAS_OTHER_ADDRESS",
+            Reason::AddressHeldByOtherOwner => "ADDRESS_HELD_BY_OTHER_OWNER",
             Reason::StateCorrupt => "STATE_CORRUPT",
             Reason::StateUnwritable => "STATE_UNWRITABLE",
             Reason::SliceNotOwned => "SLICE_NOT_OWNED",

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How the state store treats state it cannot trust (`--recover`).
     pub state_open: OpenOptions,
+    /// Plain-HTTP address serving `GET /metrics` ([`crate::metrics`]); None serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Failures that stop the server.
@@ -71,6 +73,14 @@ pub enum ServerError {
     /// The TCP listener could not be opened.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The metrics listener could not be opened.
+    #[error("--metrics-listen {listen}: {source}")]
+    Metrics {
+        /// The address asked for.
+        listen: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -108,6 +118,8 @@ pub async fn run(
             None
         }
     };
+    // DHCP on the bridges of networks with `dhcp` set, from the same store.
+    let dhcp = crate::dhcp::DhcpService::start(store.clone());
     let agent = Arc::new(Agent::new(store, dataplane).await);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -136,6 +148,14 @@ pub async fn run(
 
     // TCP first: a taken port then stops the start-up before the socket exists.
     let tcp = config.tcp.as_ref().map(tls::TcpConfig::bind).transpose()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(listen) => Some(
+            crate::metrics::bind(listen)
+                .await
+                .map_err(|source| ServerError::Metrics { listen, source })?,
+        ),
+        None => None,
+    };
     let listener = bind_unix(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(socket = %config.socket.display(), "serving");
 
@@ -228,13 +248,37 @@ pub async fn run(
         }
     });
 
+    let events = agent.events();
+    // Both listeners serve the same routes and stop on the same signal.
+    let shutdown = shutdown.shared();
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            agent.clone(),
+            shutdown.clone(),
+        ));
+    }
     let service = crate::api::service(agent, MAX_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
-    // Both listeners serve the same routes and stop on the same signal.
-    let shutdown = shutdown.shared();
+    // Watch streams never end by themselves: end them (UNAVAILABLE) when the
+    // agent stops, so the graceful shutdown does not wait on them.
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.await;
+        events.close();
+    });
+    // Every call on either listener is counted by method and status code.
+    let routes = tonic::service::Routes::from(routes.into_axum_router().layer(
+        crate::metrics::RpcMetricsLayer::new(&[
+            fan_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]),
+    ));
     let unix = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(
             authority::accept_on_unix as fn(Request<Body>) -> Request<Body>,
@@ -253,6 +297,7 @@ pub async fn run(
     let (result, tcp_result) = futures::join!(unix, tcp);
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
+    dhcp.stop().await;
     // Leave no socket file behind for the next start to trip over.
     if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&config.socket);

@@ -37,6 +37,7 @@ use redb::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AgentError, Metadata, Reason, Resource, Result};
+use crate::events::{Event, EventHub, EventKind};
 use crate::model::{now_ms, AllocationRecord, NetworkRecord, Owner, Selector};
 
 /// The on-disk layout version this agent writes. Version 1 (values without
@@ -156,6 +157,8 @@ pub struct Memory {
     /// network id: address → quarantine key. A network created again under
     /// that id starts with these addresses reserved.
     pub quarantined: BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
+    /// The revision of the last committed event (the meta table's `revision`).
+    pub revision: u64,
 }
 
 impl Memory {
@@ -197,6 +200,14 @@ enum Mutation {
         record: NetworkRecord,
         previous: Box<NetworkRecord>,
     },
+    /// The network's spec changed in place (UpdateNetwork).
+    UpdateNetwork {
+        record: NetworkRecord,
+        previous: Box<NetworkRecord>,
+    },
+    /// An event to number and publish once the batch commits; it writes only
+    /// the revision counter.
+    Event(Box<Event>),
 }
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -279,6 +290,7 @@ pub struct Store {
     path: Arc<PathBuf>,
     dir: Arc<PathBuf>,
     health: watch::Receiver<StoreHealth>,
+    events: Arc<EventHub>,
 }
 
 impl Store {
@@ -406,7 +418,9 @@ impl Store {
         }
         let (health_tx, health) = watch::channel(StoreHealth::Writable);
         let (jobs, rx) = mpsc::channel(4096);
+        let events = Arc::new(EventHub::new(scan.memory.revision));
         let writer = Writer {
+            events: events.clone(),
             _lock: lock,
             dir: dir.to_owned(),
             path: path.clone(),
@@ -426,6 +440,7 @@ impl Store {
                 path: Arc::new(path),
                 dir: Arc::new(dir.to_owned()),
                 health,
+                events,
             },
             report,
         ))
@@ -434,6 +449,26 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The event history, fed by every commit.
+    pub fn events(&self) -> Arc<EventHub> {
+        self.events.clone()
+    }
+
+    /// Records an event that changes no stored record (a network's observed
+    /// state, drift): it gets the next revision once committed. Fire and
+    /// forget: dropped (with a log line) when the store cannot take it.
+    pub fn note(&self, event: Event) {
+        let job: WriteJob = Box::new(move |state| {
+            if let Ok((_, mutations)) = state {
+                mutations.push(Mutation::Event(Box::new(event)));
+            }
+            Box::new(|_| {})
+        });
+        if self.jobs.try_send(Job::Write(job)).is_err() {
+            tracing::warn!("state store busy or stopping: an event was not recorded");
+        }
     }
 
     /// Whether the store can write, and why not; changes whenever that does.
@@ -521,9 +556,9 @@ impl Store {
                     resource: Resource::network(&record.id),
                     metadata: Metadata::from([("network_id", record.id.clone())]),
                     message: format!(
-                        "network {:?} already exists with a different spec (overlay {}, underlay {}, bridge {})",
-                        record.id, existing.record.spec.overlay, existing.record.spec.underlay,
-                        existing.record.spec.bridge
+                        "network {:?} already exists with a different spec: {}",
+                        record.id,
+                        existing.record.spec.differences(&record.spec).join(", ")
                     ),
                 });
             }
@@ -531,9 +566,10 @@ impl Store {
             let pool = SlicePool::new(record.slice, record.spec.host_reserve)
                 .map_err(|e| AgentError::invalid("spec.host_reserve", e))?;
             let used: BTreeSet<u16> = memory.networks.values().map(|n| n.record.index).collect();
-            let index = (1..=u16::MAX)
-                .find(|i| !used.contains(i))
-                .ok_or_else(|| AgentError::precondition(Reason::TooManyNetworks, "no free network index").with("network_id", &record.id))?;
+            let index = (1..=u16::MAX).find(|i| !used.contains(i)).ok_or_else(|| {
+                AgentError::precondition(Reason::TooManyNetworks, "no free network index")
+                    .with("network_id", &record.id)
+            })?;
             let record = NetworkRecord { index, ..record };
             let mut state = NetworkState {
                 record: record.clone(),
@@ -543,9 +579,16 @@ impl Store {
             mutations.push(Mutation::PutNetwork(record.clone()));
             // Addresses quarantined with an earlier network of this id stay out of circulation.
             for (address, key) in memory.quarantined.get(&record.id).into_iter().flatten() {
-                let reserved = reservation(*address, "quarantined with an earlier network of this id", key);
+                let reserved = reservation(
+                    *address,
+                    "quarantined with an earlier network of this id",
+                    key,
+                );
                 if pool.is_assignable(*address)
-                    && state.allocator.allocate(reserved.owner.clone(), Some(*address)).is_ok()
+                    && state
+                        .allocator
+                        .allocate(reserved.owner.clone(), Some(*address))
+                        .is_ok()
                 {
                     state.allocations.insert(*address, reserved.clone());
                     mutations.push(Mutation::PutAllocation {
@@ -555,6 +598,10 @@ impl Store {
                 }
             }
             memory.networks.insert(record.id.clone(), state);
+            mutations.push(Mutation::Event(Box::new(Event::new(
+                EventKind::NetworkCreated,
+                &record,
+            ))));
             Ok(Created::New(record))
         })
         .await
@@ -577,6 +624,10 @@ impl Store {
             }
             let network = memory.networks.remove(&id).ok_or_else(|| AgentError::network_not_found(&id))?;
             let record = network.record.clone();
+            for allocation in network.allocations.values() {
+                mutations.push(Mutation::Event(Box::new(Event::allocation(EventKind::AllocationReleased, &record, allocation))));
+            }
+            mutations.push(Mutation::Event(Box::new(Event::new(EventKind::NetworkDeleted, &record))));
             mutations.push(Mutation::DeleteNetwork(Box::new(network)));
             Ok((record, count as u32))
         })
@@ -613,9 +664,122 @@ impl Store {
                 record: moved.clone(),
                 previous: Box::new(previous),
             });
+            let mut event = Event::new(EventKind::NetworkUpdated, &moved);
+            event.reason = format!(
+                "the host's underlay address changed: moved to slice {}",
+                moved.slice
+            );
+            mutations.push(Mutation::Event(Box::new(event)));
             Ok(moved)
         })
         .await
+    }
+
+    /// Changes a network's record in place (UpdateNetwork): `change` gets
+    /// the stored record and returns the new one, or refuses. A new
+    /// host_reserve that would cover an allocated address is refused with
+    /// HOST_RESERVE_COVERS_ALLOCATION; allocations are kept. Returns the
+    /// record and whether anything changed (no event when nothing did).
+    pub async fn update_network(
+        &self,
+        id: &str,
+        change: impl FnOnce(&NetworkRecord) -> Result<NetworkRecord> + Send + 'static,
+    ) -> Result<(NetworkRecord, bool)> {
+        let id = id.to_owned();
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&id)?;
+            let updated = change(&state.record)?;
+            if updated == state.record {
+                return Ok((updated, false));
+            }
+            if updated.spec.host_reserve != state.record.spec.host_reserve {
+                let pool = SlicePool::new(updated.slice, updated.spec.host_reserve)
+                    .map_err(|e| AgentError::invalid("network.spec.host_reserve", e))?;
+                let covered: Vec<String> = state
+                    .allocations
+                    .values()
+                    .filter(|a| updated.slice.contains(a.address) && !pool.is_assignable(a.address))
+                    .map(|a| format!("{} ({})", a.address, a.owner))
+                    .collect();
+                if let Some(first) = state
+                    .allocations
+                    .values()
+                    .find(|a| updated.slice.contains(a.address) && !pool.is_assignable(a.address))
+                {
+                    return Err(AgentError::precondition(
+                        Reason::HostReserveCoversAllocation,
+                        format!(
+                            "network.spec.host_reserve: {} would reserve allocated address(es) {} for the host; release them first",
+                            updated.spec.host_reserve,
+                            covered.join(", ")
+                        ),
+                    )
+                    .with("network_id", &id)
+                    .with("address", first.address));
+                }
+                state.allocator = Allocator::restore(
+                    pool,
+                    state
+                        .allocations
+                        .values()
+                        .filter(|a| updated.slice.contains(a.address))
+                        .map(|a| (a.address, a.owner.clone())),
+                    state.allocator.cursor(),
+                )
+                .map_err(|e| AgentError::Storage(format!("network {id:?}: {e}")))?;
+            }
+            let previous = std::mem::replace(&mut state.record, updated.clone());
+            mutations.push(Mutation::UpdateNetwork {
+                record: updated.clone(),
+                previous: Box::new(previous),
+            });
+            mutations.push(Mutation::Event(Box::new(Event::new(EventKind::NetworkUpdated, &updated))));
+            Ok((updated, true))
+        })
+        .await
+    }
+
+    /// Every network record in id order, with the revision they reflect.
+    pub async fn networks_at(&self) -> Result<(Vec<NetworkRecord>, u64)> {
+        self.read(|m| {
+            (
+                m.networks.values().map(|n| n.record.clone()).collect(),
+                m.revision,
+            )
+        })
+        .await
+    }
+
+    /// Up to `limit` allocations passing `keep`, in (network id, address)
+    /// order after `after`, of one network (or all when `network` is
+    /// None); whether more follow; and the revision they reflect.
+    #[allow(clippy::type_complexity)]
+    pub async fn list_allocations(
+        &self,
+        network: Option<String>,
+        after: Option<(String, Ipv4Addr)>,
+        keep: impl Fn(&AllocationRecord) -> bool + Send + 'static,
+        limit: usize,
+    ) -> Result<(Vec<(NetworkRecord, AllocationRecord)>, bool, u64)> {
+        self.read(move |m| {
+            if let Some(id) = &network {
+                m.network(id)?;
+            }
+            let mut iter = m
+                .networks
+                .values()
+                .filter(|n| network.as_ref().is_none_or(|id| *id == n.record.id))
+                .flat_map(|n| n.allocations.values().map(move |a| (&n.record, a)))
+                .filter(|(n, a)| match &after {
+                    Some((id, address)) => (&n.id, a.address) > (id, *address),
+                    None => true,
+                })
+                .filter(|(_, a)| keep(a))
+                .map(|(n, a)| (n.clone(), a.clone()));
+            let page: Vec<_> = iter.by_ref().take(limit).collect();
+            Ok((page, iter.next().is_some(), m.revision))
+        })
+        .await?
     }
 
     /// How many of a network's allocations are stale (outside its slice).
@@ -658,6 +822,22 @@ impl Store {
                             outcome.address
                         ))
                     })?;
+                // No labels in the request: a plain retry, whatever the
+                // allocation carries. Labels given must match exactly.
+                if !labels.is_empty() && record.labels != labels {
+                    return Err(AgentError::precondition(
+                        Reason::OwnerLabelsDiffer,
+                        format!(
+                            "labels: owner {} already holds {} with labels {:?}; labels are fixed at allocation time (release and allocate again to change them)",
+                            owner, record.address, record.labels
+                        ),
+                    )
+                    .with("network_id", &network)
+                    .with("address", record.address)
+                    .with("container_id", &owner.container_id)
+                    .with("interface", &owner.interface)
+                    .with("field", "labels"));
+                }
                 return Ok(Allocated {
                     record,
                     newly_allocated: false,
@@ -676,6 +856,7 @@ impl Store {
                 record: record.clone(),
             });
             push_cursor(state, &network, mutations);
+            mutations.push(Mutation::Event(Box::new(Event::allocation(EventKind::AllocationCreated, &state.record, &record))));
             Ok(Allocated {
                 record,
                 newly_allocated: true,
@@ -713,6 +894,13 @@ impl Store {
             let mut record = None;
             for address in &stale {
                 let removed = state.allocations.remove(address);
+                if let Some(removed) = &removed {
+                    mutations.push(Mutation::Event(Box::new(Event::allocation(
+                        EventKind::AllocationReleased,
+                        &state.record,
+                        removed,
+                    ))));
+                }
                 mutations.push(Mutation::DeleteAllocation {
                     network: network.clone(),
                     address: *address,
@@ -724,7 +912,15 @@ impl Store {
                 return Ok(record);
             };
             state.allocator.release_address(address);
-            let record = state.allocations.remove(&address).or(record);
+            let removed = state.allocations.remove(&address);
+            if let Some(removed) = &removed {
+                mutations.push(Mutation::Event(Box::new(Event::allocation(
+                    EventKind::AllocationReleased,
+                    &state.record,
+                    removed,
+                ))));
+            }
+            let record = removed.or(record);
             mutations.push(Mutation::DeleteAllocation {
                 network: network.clone(),
                 address,
@@ -758,6 +954,11 @@ impl Store {
                 for record in &stale {
                     state.allocator.release_address(record.address);
                     let previous = state.allocations.remove(&record.address);
+                    mutations.push(Mutation::Event(Box::new(Event::allocation(
+                        EventKind::AllocationCollected,
+                        &state.record,
+                        record,
+                    ))));
                     mutations.push(Mutation::DeleteAllocation {
                         network: network.clone(),
                         address: record.address,
@@ -767,6 +968,81 @@ impl Store {
                 push_cursor(state, &network, mutations);
             }
             Ok(stale)
+        })
+        .await
+    }
+
+    /// Replaces the labels of the allocation of `owner` at `address`
+    /// (durably, group-committed like any change). Fails with NOT_FOUND
+    /// when `owner` does not hold `address`: a DHCP lease is only ever
+    /// extended for the client that holds it.
+    pub async fn relabel(
+        &self,
+        network: &str,
+        owner: Owner,
+        address: Ipv4Addr,
+        labels: BTreeMap<String, String>,
+    ) -> Result<AllocationRecord> {
+        let network = network.to_owned();
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&network)?;
+            let selector = Selector::Owner(owner.clone());
+            if state.allocator.address_of(&owner) != Some(address) {
+                return Err(AgentError::allocation_not_found(&network, &selector));
+            }
+            let record = state
+                .allocations
+                .get_mut(&address)
+                .ok_or_else(|| AgentError::allocation_not_found(&network, &selector))?;
+            let previous = record.clone();
+            record.labels = labels;
+            let record = record.clone();
+            // Delete then put, so that a failed commit's undo restores the
+            // previous record instead of dropping it.
+            mutations.push(Mutation::DeleteAllocation {
+                network: network.clone(),
+                address,
+                previous: Some(previous),
+            });
+            mutations.push(Mutation::PutAllocation {
+                network: network.clone(),
+                record: record.clone(),
+            });
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Releases, in one transaction, every allocation of `network` that
+    /// `pick` selects (e.g. expired DHCP leases); returns them.
+    pub async fn release_where(
+        &self,
+        network: &str,
+        pick: impl Fn(&AllocationRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<AllocationRecord>> {
+        let network = network.to_owned();
+        self.write(move |memory, mutations| {
+            let state = memory.network_mut(&network)?;
+            let picked: Vec<AllocationRecord> = state
+                .allocations
+                .values()
+                .filter(|a| pick(a))
+                .cloned()
+                .collect();
+            if picked.is_empty() {
+                return Ok(picked);
+            }
+            for record in &picked {
+                state.allocator.release_address(record.address);
+                let previous = state.allocations.remove(&record.address);
+                mutations.push(Mutation::DeleteAllocation {
+                    network: network.clone(),
+                    address: record.address,
+                    previous,
+                });
+            }
+            push_cursor(state, &network, mutations);
+            Ok(picked)
         })
         .await
     }
@@ -865,12 +1141,18 @@ fn ipam_error(network: &str, err: IpamError) -> AgentError {
             message: format!("network {network:?}: {err}"),
             metadata: Metadata::from([("network_id", network.to_owned())]),
         },
-        IpamError::Taken { address }
-        | IpamError::OwnerHasAddress {
-            requested: address, ..
-        } => AgentError::precondition(Reason::AddressTaken, format!("address: {err}"))
-            .with("network_id", network)
-            .with("address", address),
+        IpamError::Taken { address } => {
+            AgentError::precondition(Reason::AddressHeldByOtherOwner, format!("address: {err}"))
+                .with("network_id", network)
+                .with("address", address)
+        }
+        IpamError::OwnerHasAddress { address, requested } => {
+            AgentError::precondition(Reason::OwnerHasOtherAddress, format!("address: {err}"))
+                .with("network_id", network)
+                .with("address", address)
+                .with("requested_address", requested)
+                .with("field", "address")
+        }
         other => AgentError::invalid("address", other),
     }
 }
@@ -1343,7 +1625,17 @@ fn scan(db: &Database) -> Result<Scan> {
             }),
         }
     }
-    let mut memory = Memory::default();
+    let revision = txn
+        .open_table(META)
+        .map_err(|e| storage("open meta")(e.into()))?
+        .get("revision")
+        .map_err(|e| storage("read revision")(e.into()))?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let mut memory = Memory {
+        revision,
+        ..Memory::default()
+    };
     let quarantine = txn
         .open_table(QUARANTINE)
         .map_err(|e| storage("open quarantine")(e.into()))?;
@@ -1536,6 +1828,20 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
 /// Writes one batch of mutations in one durable transaction.
 fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
     let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    let revision = mutations
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::Event(event) => Some(event.revision),
+            _ => None,
+        })
+        .max();
+    if let Some(revision) = revision {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| storage("open meta")(e.into()))?;
+        meta.insert("revision", revision)
+            .map_err(|e| storage("write revision")(e.into()))?;
+    }
     {
         let mut networks = txn
             .open_table(NETWORKS)
@@ -1585,6 +1891,15 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
                         .remove((network.as_str(), u32::from(*address)))
                         .map_err(|e| storage("delete allocation")(e.into()))?;
                 }
+                Mutation::UpdateNetwork { record, .. } => {
+                    networks
+                        .insert(
+                            record.id.as_str(),
+                            encode_json("network", record)?.as_slice(),
+                        )
+                        .map_err(|e| storage("write network")(e.into()))?;
+                }
+                Mutation::Event(_) => {}
                 Mutation::MoveNetwork { record, .. } => {
                     networks
                         .insert(
@@ -1637,8 +1952,8 @@ fn undo(memory: &mut Memory, mutations: Vec<Mutation>) {
                     touched.insert(network);
                 }
             }
-            Mutation::PutCursor { .. } => {}
-            Mutation::MoveNetwork { previous, .. } => {
+            Mutation::PutCursor { .. } | Mutation::Event(_) => {}
+            Mutation::MoveNetwork { previous, .. } | Mutation::UpdateNetwork { previous, .. } => {
                 if let Some(state) = memory.networks.get_mut(&previous.id) {
                     touched.insert(previous.id.clone());
                     state.record = *previous;
@@ -1710,6 +2025,7 @@ struct Writer {
     health: watch::Sender<StoreHealth>,
     retry_after: Duration,
     next_retry: Instant,
+    events: Arc<EventHub>,
 }
 
 impl Writer {
@@ -1778,15 +2094,38 @@ impl Writer {
                 Job::Read(read) => reads.push(read),
             }
         }
+        // Events are numbered in commit order; the counter is persisted with the batch.
+        let revision_before = self.memory.revision;
+        for mutation in &mut mutations {
+            if let Mutation::Event(event) = mutation {
+                self.memory.revision += 1;
+                event.revision = self.memory.revision;
+            }
+        }
         let committed = match (&self.db, mutations.is_empty()) {
             (_, true) => Ok(()),
-            (Some(db), false) => persist(db, &mutations),
+            (Some(db), false) => crate::metrics::time_commit(|| persist(db, &mutations)),
             (None, false) => Err(AgentError::Storage("state database is closed".into())),
         };
         let committed = match committed {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Published before anyone hears of the commit, so a watch
+                // started from a List's revision misses nothing.
+                let events: Vec<Event> = mutations
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        Mutation::Event(event) => Some(*event),
+                        _ => None,
+                    })
+                    .collect();
+                if !events.is_empty() {
+                    self.events.publish(events);
+                }
+                Ok(())
+            }
             Err(err) => {
                 tracing::error!(error = %err, requests = completions.len(), "state commit failed; undoing the batch and reopening the database");
+                self.memory.revision = revision_before;
                 undo(&mut self.memory, mutations);
                 self.set_unwritable(&err);
                 self.try_recover();
@@ -1885,6 +2224,10 @@ mod tests {
                 masquerade: true,
                 anti_spoofing: true,
                 allow_overlap: false,
+                dhcp: false,
+                dhcp_dns: Vec::new(),
+                dhcp_lease_seconds: 0,
+                labels: BTreeMap::new(),
             },
             underlay_network: "172.30.0.0/16".parse().unwrap(),
             underlay_address: "172.30.0.28".parse().unwrap(),
@@ -2077,10 +2420,14 @@ mod tests {
         assert_eq!(again, Created::Existing(created));
         let mut other = record("fan", "250.0.0.0/8", "fan-250");
         other.spec.host_reserve = 5;
-        assert!(matches!(
-            store.create_network(other).await,
-            Err(AgentError::AlreadyExists { .. })
-        ));
+        other.spec.mtu = 1400;
+        match store.create_network(other).await {
+            Err(AgentError::AlreadyExists { message, .. }) => assert!(
+                message.ends_with("different spec: host_reserve 1 -> 5, mtu auto -> 1400"),
+                "{message}"
+            ),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
         let same_bridge = record("b", "251.0.0.0/8", "fan-250");
         assert!(matches!(
             store.create_network(same_bridge).await,

@@ -40,6 +40,78 @@ pub struct SpecInput {
     pub anti_spoofing: Option<bool>,
     /// Accept an overlay overlapping the host's addresses or routes.
     pub allow_overlap: bool,
+    /// Serve DHCP on the bridge.
+    pub dhcp: bool,
+    /// DNS servers for DHCP clients, as given.
+    pub dhcp_dns: Vec<String>,
+    /// DHCP lease seconds; 0 means the default.
+    pub dhcp_lease_seconds: u32,
+    /// Network labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The DHCP lease time when none is given.
+pub const DEFAULT_DHCP_LEASE_SECONDS: u32 = 3600;
+/// Shortest DHCP lease time accepted.
+pub const MIN_DHCP_LEASE_SECONDS: u32 = 10;
+/// Longest DHCP lease time accepted (a week).
+pub const MAX_DHCP_LEASE_SECONDS: u32 = 604_800;
+/// Most DNS servers a network hands to DHCP clients.
+pub const MAX_DHCP_DNS: usize = 8;
+
+/// Checks the DHCP options of a spec: (dns servers, normalized lease seconds).
+fn dhcp_options(checks: &mut Checks, input: &SpecInput) -> (Vec<Ipv4Addr>, u32) {
+    if !input.dhcp {
+        if !input.dhcp_dns.is_empty() {
+            checks.check::<()>(Err(AgentError::invalid(
+                "spec.dhcp_dns",
+                "is only allowed with spec.dhcp set",
+            )));
+        }
+        if input.dhcp_lease_seconds != 0 {
+            checks.check::<()>(Err(AgentError::invalid(
+                "spec.dhcp_lease_seconds",
+                "is only allowed with spec.dhcp set",
+            )));
+        }
+        return (Vec::new(), 0);
+    }
+    if input.dhcp_dns.len() > MAX_DHCP_DNS {
+        checks.check::<()>(Err(AgentError::invalid(
+            "spec.dhcp_dns",
+            format!(
+                "at most {MAX_DHCP_DNS} servers, got {}",
+                input.dhcp_dns.len()
+            ),
+        )));
+    }
+    let mut dns = Vec::new();
+    for (i, text) in input.dhcp_dns.iter().enumerate() {
+        match text.parse::<Ipv4Addr>() {
+            Ok(a) => dns.push(a),
+            Err(_) => {
+                checks.check::<()>(Err(AgentError::invalid(
+                    format!("spec.dhcp_dns[{i}]"),
+                    format!("{text:?} is not an IPv4 address"),
+                )));
+            }
+        }
+    }
+    let lease = match input.dhcp_lease_seconds {
+        0 => DEFAULT_DHCP_LEASE_SECONDS,
+        s if (MIN_DHCP_LEASE_SECONDS..=MAX_DHCP_LEASE_SECONDS).contains(&s) => s,
+        s => {
+            checks.check::<()>(Err(AgentError::invalid(
+                "spec.dhcp_lease_seconds",
+                format!(
+                    "must be 0 ({DEFAULT_DHCP_LEASE_SECONDS}) or between \
+                     {MIN_DHCP_LEASE_SECONDS} and {MAX_DHCP_LEASE_SECONDS}, got {s}"
+                ),
+            )));
+            0
+        }
+    };
+    (dns, lease)
 }
 
 /// Collects the violations of every field of a request, so one answer lists
@@ -146,6 +218,8 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
             ),
         )));
     }
+    let (dhcp_dns, dhcp_lease_seconds) = dhcp_options(&mut checks, input);
+    checks.check(labels("spec.labels", &input.labels));
     let (overlay, underlay) = checks.finish_with(overlay.zip(underlay))?;
     let bridge = if input.bridge.is_empty() {
         names::default_bridge_name(overlay)
@@ -162,6 +236,10 @@ pub fn spec(input: &SpecInput) -> Result<(NetworkSpec, UnderlaySpec)> {
         masquerade: input.masquerade.unwrap_or(true),
         anti_spoofing: input.anti_spoofing.unwrap_or(true),
         allow_overlap: input.allow_overlap,
+        dhcp: input.dhcp,
+        dhcp_dns,
+        dhcp_lease_seconds,
+        labels: input.labels.clone(),
     };
     Ok((spec, underlay))
 }
@@ -232,4 +310,33 @@ pub fn page_size(field: &str, size: u32) -> Result<usize> {
             format!("must be at most {MAX_PAGE_SIZE}, got {n}"),
         )),
     }
+}
+
+/// Parses a label selector "k=v,k2=v2" (empty: no constraint) into the
+/// labels an item must all carry.
+pub fn label_selector(field: &str, text: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    if text.is_empty() {
+        return Ok(labels);
+    }
+    for (i, term) in text.split(',').enumerate() {
+        let Some((key, value)) = term.split_once('=') else {
+            return Err(AgentError::invalid(
+                field,
+                format!("term {} ({term:?}) must be key=value", i + 1),
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() || key.len() > 63 {
+            return Err(AgentError::invalid(
+                field,
+                format!(
+                    "term {} ({term:?}): the key must be 1 to 63 characters",
+                    i + 1
+                ),
+            ));
+        }
+        labels.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
 }

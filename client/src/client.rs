@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::convert;
 use crate::error::{one_line, Error};
 use crate::types::*;
+use crate::watch::{Allocated, AllocationFilter, NetworkUpdate, WatchEvent, WatchOptions};
 
 /// The agent's default address: its unix socket.
 pub const DEFAULT_TARGET: &str = "unix:///run/fan/agent.sock";
@@ -566,6 +567,7 @@ impl FanClient {
                 .map(convert::network_from_pb)
                 .collect::<Result<_, _>>()?,
             next_page_token: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+            revision: r.revision,
         })
     }
 
@@ -676,10 +678,30 @@ impl FanClient {
         page_size: u32,
         page_token: Option<&str>,
     ) -> Result<Page<Allocation>, Error> {
-        let req = pb::ListAllocationsRequest {
+        let filter = AllocationFilter {
             network_id: network_id.to_string(),
+            ..Default::default()
+        };
+        self.list_allocations_filtered_page(&filter, page_size, page_token)
+            .await
+    }
+
+    /// Returns one page of allocations in (network id, address) order: of
+    /// one network or all (empty `filter.network_id`), by owner container
+    /// id and label selector. `page_token` must come from the same filter.
+    /// Retried.
+    pub async fn list_allocations_filtered_page(
+        &self,
+        filter: &AllocationFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<Page<Allocation>, Error> {
+        let req = pb::ListAllocationsRequest {
+            network_id: filter.network_id.clone(),
             page_size,
             page_token: page_token.unwrap_or_default().to_string(),
+            owner_container_id: filter.owner_container_id.clone(),
+            label_selector: filter.label_selector.clone(),
         };
         let r = self
             .call(Idempotency::Idempotent, req, |mut c, r| async move {
@@ -693,6 +715,7 @@ impl FanClient {
                 .map(convert::allocation_from_pb)
                 .collect::<Result<_, _>>()?,
             next_page_token: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+            revision: r.revision,
         })
     }
 
@@ -703,6 +726,76 @@ impl FanClient {
                 .await
         })
         .await
+    }
+
+    /// Like [`FanClient::allocate_address`], and says whether this call
+    /// created the allocation. The same owner asking again with another
+    /// address or other labels is refused (`OWNER_HAS_OTHER_ADDRESS`,
+    /// `OWNER_LABELS_DIFFER`). Retried on `UNAVAILABLE` only.
+    pub async fn allocate(
+        &self,
+        network_id: &str,
+        request: &AllocationRequest,
+    ) -> Result<Allocated, Error> {
+        let req = convert::allocate_to_pb(network_id, request);
+        let r = self
+            .call(Idempotency::Idempotent, req, |mut c, r| async move {
+                c.allocate_address(r).await
+            })
+            .await?;
+        Ok(Allocated {
+            allocation: convert::required_allocation(r.allocation)?,
+            created: r.created,
+        })
+    }
+
+    /// Changes the given spec fields of a network live, keeping its
+    /// allocations; returns the network and whether anything changed.
+    /// Retried (setting the same values again changes nothing).
+    pub async fn update_network(
+        &self,
+        network_id: &str,
+        update: &NetworkUpdate,
+    ) -> Result<(Network, bool), Error> {
+        let req = update.to_pb(network_id);
+        let r = self
+            .call(Idempotency::Idempotent, req, |mut c, r| async move {
+                c.update_network(r).await
+            })
+            .await?;
+        Ok((convert::required_network(r.network)?, r.changed))
+    }
+
+    /// Streams the agent's events from `options.start_revision` on. The
+    /// stream has no timeout; it ends with an error when the agent stops
+    /// (`UNAVAILABLE`), when the start is too old (`OUT_OF_RANGE`,
+    /// `REVISION_COMPACTED`: list again) or when the consumer falls too far
+    /// behind (`RESOURCE_EXHAUSTED`, `WATCHER_TOO_SLOW`: resume from the
+    /// last revision received).
+    pub async fn watch_events(
+        &self,
+        options: &WatchOptions,
+    ) -> Result<impl futures::Stream<Item = Result<WatchEvent, Error>> + Send + 'static, Error>
+    {
+        let req = pb::WatchEventsRequest {
+            network_id: options.network_id.clone(),
+            kinds: options.kinds.iter().map(|k| k.to_pb() as i32).collect(),
+            start_revision: options.start_revision,
+        };
+        let mut inner = self.inner.clone();
+        let stream = tokio::time::timeout(self.timeout, inner.watch_events(req))
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.timeout,
+            })?
+            .map_err(Error::from)?
+            .into_inner();
+        Ok(futures::StreamExt::map(stream, |item| {
+            item.map_err(Error::from).and_then(|r| match r.event {
+                Some(event) => WatchEvent::from_pb(event),
+                None => Err(Error::bad_response("an event message without its event")),
+            })
+        }))
     }
 
     /// Releases every allocation of the network whose owner is not in

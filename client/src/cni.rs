@@ -64,6 +64,11 @@ pub const LATEST_VERSION: &str = "1.1.0";
 /// The label holding the CNI network name on every allocation `ADD` makes;
 /// `GC` only ever releases allocations carrying its own network's name.
 pub const LABEL_CNI_NETWORK: &str = "fan-ipam/cni-network";
+/// The label naming what made an allocation (`cni` here, `docker` for
+/// fan-docker-ipam); `fan-client address gc --created-by` selects by it.
+pub const LABEL_CREATED_BY: &str = "fan.io/created-by";
+/// The value of [`LABEL_CREATED_BY`] on allocations `ADD` makes.
+pub const CREATED_BY_CNI: &str = "cni";
 /// The label holding the Kubernetes pod namespace (from `CNI_ARGS`).
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 /// The label holding the Kubernetes pod name (from `CNI_ARGS`).
@@ -592,6 +597,65 @@ fn requested_address(root: &Map<String, Value>) -> Result<Option<Ipv4Addr>, CniE
     }
 }
 
+/// The address asked for by `CNI_ARGS` `IP=` (podman's `--ip`, the
+/// `static` plugin's convention; a prefix and further comma-separated
+/// IPv6 addresses are ignored), merged with the one from the
+/// configuration (`runtimeConfig.ips`, `args.cni.ips`): both may be given
+/// but must agree.
+pub fn requested_with_args(
+    from_config: Option<Ipv4Addr>,
+    args: &BTreeMap<String, String>,
+) -> Result<Option<Ipv4Addr>, CniError> {
+    let Some(text) = args.get("IP").filter(|v| !v.is_empty()) else {
+        return Ok(from_config);
+    };
+    let mut v4 = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let addr = item.split('/').next().unwrap_or(item);
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) if !v4.contains(&a) => v4.push(a),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(invalid_config(format!(
+                    "CNI_ARGS IP={text:?}: {item:?} is not an IP address"
+                )))
+            }
+        }
+    }
+    match (v4.as_slice(), from_config) {
+        ([], c) => Ok(c),
+        ([a], None) => Ok(Some(*a)),
+        ([a], Some(c)) if *a == c => Ok(Some(c)),
+        ([a], Some(c)) => Err(invalid_config(format!(
+            "CNI_ARGS IP={a} and the configuration's ips ({c}) ask for different addresses"
+        ))),
+        _ => Err(invalid_config(format!(
+            "CNI_ARGS IP={text:?} asks for more than one IPv4 address; fan-ipam gives one per interface"
+        ))),
+    }
+}
+
+/// [`parse_config`], with the agent from `FAN_AGENT` (through `lookup`)
+/// when `ipam.agent` is not configured, as `fan-client` does.
+pub fn parse_config_env(
+    stdin: &[u8],
+    command: Command,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<NetConf, CniError> {
+    let mut conf = parse_config(stdin, command)?;
+    let configured = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("ipam").and_then(|i| i.get("agent")).cloned())
+        .is_some_and(|a| !a.is_null());
+    if !configured {
+        if let Some(agent) = lookup("FAN_AGENT").filter(|a| !a.is_empty()) {
+            Target::parse(&agent).map_err(|e| invalid_config(format!("FAN_AGENT: {e}")))?;
+            conf.ipam.agent = agent;
+        }
+    }
+    Ok(conf)
+}
+
 // ---- results -------------------------------------------------------------------
 
 /// What `ADD` reports for one allocation: address with prefix, gateway and
@@ -699,6 +763,8 @@ pub fn conflist(o: &ConflistOptions) -> Value {
         "ipMasq": false,
         "hairpinMode": true,
         "mtu": o.mtu,
+        // podman --ip, Kubernetes static IPs: runtimeConfig.ips reaches fan-ipam.
+        "capabilities": {"ips": true},
         "ipam": {"type": "fan-ipam", "network": o.network, "agent": o.agent},
     })];
     if o.portmap {
@@ -760,6 +826,7 @@ pub fn allocation_labels(
 ) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_CNI_NETWORK.to_string(), truncate(&conf.name));
+    labels.insert(LABEL_CREATED_BY.to_string(), CREATED_BY_CNI.to_string());
     for (arg, label) in [
         ("K8S_POD_NAMESPACE", LABEL_POD_NAMESPACE),
         ("K8S_POD_NAME", LABEL_POD_NAME),
@@ -856,14 +923,14 @@ fn connect_options() -> ConnectOptions {
 /// network configuration in `stdin`.
 pub async fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let version = reply_version(stdin);
-    let invocation = match Invocation::from_env(lookup) {
+    let invocation = match Invocation::from_env(&lookup) {
         Ok(i) => i,
         Err(e) => return Outcome::error(&e, &version),
     };
     if invocation.command == Command::Version {
         return Outcome::ok(Some(version_json()), Vec::new());
     }
-    let conf = match parse_config(stdin, invocation.command) {
+    let conf = match parse_config_env(stdin, invocation.command, &lookup) {
         Ok(c) => c,
         Err(e) => return Outcome::error(&e, &version),
     };
@@ -1017,7 +1084,7 @@ async fn add(
         )),
     }
     let mut request = AllocationRequest::new(owner);
-    request.address = conf.requested;
+    request.address = requested_with_args(conf.requested, &inv.args)?;
     request.labels = allocation_labels(conf, &inv.args);
     let allocation = client
         .allocate_address(network, &request)
@@ -1440,17 +1507,63 @@ mod tests {
     }
 
     #[test]
+    fn requested_address_from_cni_args() {
+        let args = |v: &str| BTreeMap::from([("IP".to_string(), v.to_string())]);
+        let a = Ipv4Addr::new(250, 0, 28, 200);
+        assert_eq!(requested_with_args(None, &BTreeMap::new()).unwrap(), None);
+        assert_eq!(
+            requested_with_args(Some(a), &BTreeMap::new()).unwrap(),
+            Some(a)
+        );
+        assert_eq!(
+            requested_with_args(None, &args("250.0.28.200")).unwrap(),
+            Some(a)
+        );
+        assert_eq!(
+            requested_with_args(None, &args("250.0.28.200/24,fd00::5")).unwrap(),
+            Some(a)
+        );
+        assert_eq!(
+            requested_with_args(Some(a), &args("250.0.28.200")).unwrap(),
+            Some(a)
+        );
+        let e = requested_with_args(Some(Ipv4Addr::new(250, 0, 28, 9)), &args("250.0.28.200"))
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("different addresses"), "{}", e.msg);
+        let e = requested_with_args(None, &args("nope")).unwrap_err();
+        assert!(e.msg.contains("\"nope\" is not an IP address"), "{}", e.msg);
+        let e = requested_with_args(None, &args("250.0.28.2,250.0.28.3")).unwrap_err();
+        assert!(e.msg.contains("more than one"), "{}", e.msg);
+    }
+
+    #[test]
+    fn agent_from_fan_agent_unless_configured() {
+        let lookup = |k: &str| (k == "FAN_AGENT").then(|| "unix:///tmp/other.sock".to_string());
+        let c = parse_config_env(&conf(json!({})), Command::Add, lookup).unwrap();
+        assert_eq!(c.ipam.agent, "unix:///tmp/other.sock");
+        let mut v: Value = serde_json::from_slice(&conf(json!({}))).unwrap();
+        v["ipam"]["agent"] = json!("unix:///run/x.sock");
+        let c = parse_config_env(v.to_string().as_bytes(), Command::Add, lookup).unwrap();
+        assert_eq!(c.ipam.agent, "unix:///run/x.sock");
+        let bad = |k: &str| (k == "FAN_AGENT").then(|| "ftp://x".to_string());
+        let e = parse_config_env(&conf(json!({})), Command::Add, bad).unwrap_err();
+        assert!(e.msg.starts_with("FAN_AGENT:"), "{}", e.msg);
+    }
+
+    #[test]
     fn labels_from_name_and_pod_args() {
         let c = parse_config(&conf(json!({"name": "k8s-pod-network"})), Command::Add).unwrap();
         let args =
             parse_cni_args("K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1;IgnoreUnknown=1")
                 .unwrap();
         let labels = allocation_labels(&c, &args);
-        assert_eq!(labels.len(), 3);
+        assert_eq!(labels.len(), 4);
         assert_eq!(labels[LABEL_CNI_NETWORK], "k8s-pod-network");
+        assert_eq!(labels[LABEL_CREATED_BY], CREATED_BY_CNI);
         assert_eq!(labels[LABEL_POD_NAMESPACE], "kube-system");
         assert_eq!(labels[LABEL_POD_NAME], "dns-1");
-        assert_eq!(allocation_labels(&c, &BTreeMap::new()).len(), 1);
+        assert_eq!(allocation_labels(&c, &BTreeMap::new()).len(), 2);
     }
 
     #[test]

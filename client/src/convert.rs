@@ -105,6 +105,14 @@ pub(crate) fn spec_to_pb(s: &NetworkSpec) -> pb::NetworkSpec {
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
         allow_overlap: s.allow_overlap,
+        dhcp: s.dhcp,
+        dhcp_dns: s.dhcp_dns.clone(),
+        dhcp_lease_seconds: s.dhcp_lease_seconds.unwrap_or(0),
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -170,6 +178,10 @@ pub(crate) fn spec_from_pb(s: pb::NetworkSpec) -> NetworkSpec {
         masquerade: s.masquerade,
         anti_spoofing: s.anti_spoofing,
         allow_overlap: s.allow_overlap,
+        dhcp: s.dhcp,
+        dhcp_dns: s.dhcp_dns,
+        dhcp_lease_seconds: (s.dhcp_lease_seconds != 0).then_some(s.dhcp_lease_seconds),
+        labels: s.labels.into_iter().collect(),
     }
 }
 
@@ -335,6 +347,8 @@ mod tests {
                 masquerade: Some(true),
                 anti_spoofing: Some(false),
                 allow_overlap: true,
+                labels: Default::default(),
+                ..Default::default()
             }),
             status: Some(pb::NetworkStatus {
                 underlay_address: "172.30.0.28".into(),
@@ -450,6 +464,10 @@ mod tests {
             masquerade: Some(false),
             anti_spoofing: None,
             allow_overlap: true,
+            dhcp: true,
+            dhcp_dns: vec!["250.0.28.1".into()],
+            dhcp_lease_seconds: Some(60),
+            labels: [("team".to_string(), "blue".to_string())].into(),
         };
         let p = spec_to_pb(&spec);
         assert_eq!(p.backend, pb::Backend::KernelFan as i32);

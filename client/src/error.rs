@@ -127,6 +127,18 @@ pub mod reason {
     pub const DATAPLANE_FAILED: &str = "DATAPLANE_FAILED";
     /// UNAVAILABLE: the agent is shutting down.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// RESOURCE_EXHAUSTED: the watch stream fell too far behind the agent's
+    pub const WATCHER_TOO_SLOW: &str = "WATCHER_TOO_SLOW";
+    /// OUT_OF_RANGE: WatchEvents was asked to start from a revision older than the
+    pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
+    /// FAILED_PRECONDITION: UpdateNetwork would reserve for the host an
+    pub const HOST_RESERVE_COVERS_ALLOCATION: &str = "HOST_RESERVE_COVERS_ALLOCATION";
+    /// FAILED_PRECONDITION: the owner already holds an allocation whose labels
+    pub const OWNER_LABELS_DIFFER: &str = "OWNER_LABELS_DIFFER";
+    /// FAILED_PRECONDITION: the owner already holds a different address than
+    pub const OWNER_HAS_OTHER_ADDRESS: &str = "OWNER_HAS_OTHER_ADDRESS";
+    /// FAILED_PRECONDITION: the requested address is held by another owner.
+    pub const ADDRESS_HELD_BY_OTHER_OWNER: &str = "ADDRESS_HELD_BY_OTHER_OWNER";
     /// DATA_LOSS: the state on disk cannot be trusted (a record fails its
     pub const STATE_CORRUPT: &str = "STATE_CORRUPT";
     /// UNAVAILABLE: the state directory takes no writes (disk full, I/O error);
@@ -137,7 +149,7 @@ pub mod reason {
     pub const OVERLAY_OVERLAPS_HOST: &str = "OVERLAY_OVERLAPS_HOST";
 
     /// Every reason above, in proto order.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 28] = [
         FIELD_INVALID,
         MALFORMED_REQUEST,
         NETWORK_NOT_FOUND,
@@ -160,6 +172,12 @@ pub mod reason {
         SLICE_NOT_OWNED,
         STATE_UNWRITABLE,
         STATE_CORRUPT,
+        ADDRESS_HELD_BY_OTHER_OWNER,
+        OWNER_HAS_OTHER_ADDRESS,
+        OWNER_LABELS_DIFFER,
+        HOST_RESERVE_COVERS_ALLOCATION,
+        REVISION_COMPACTED,
+        WATCHER_TOO_SLOW,
     ];
 }
 

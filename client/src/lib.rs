@@ -38,7 +38,7 @@
 //!
 //! # Features
 //!
-//! - `tls` (off by default): `https://` targets with TLS or mutual TLS
+//! - `tls` (on by default; agents serve TCP only with mutual TLS): `https://` targets with TLS or mutual TLS
 //!   (rustls with ring), configured by [`TlsConfig`]. Without it such a
 //!   target fails with [`Error::TlsUnsupported`].
 //!
@@ -50,8 +50,10 @@
 mod client;
 pub mod cni;
 mod convert;
+pub mod docker;
 mod error;
 mod types;
+mod watch;
 
 pub use client::{
     ConnectOptions, DeleteNetworkOptions, FanClient, RetryPolicy, Target, TlsConfig,
@@ -62,3 +64,4 @@ pub use error::{
 };
 pub use tonic::Code;
 pub use types::*;
+pub use watch::{Allocated, AllocationFilter, EventKind, NetworkUpdate, WatchEvent, WatchOptions};

@@ -213,6 +213,20 @@ pub struct NetworkSpec {
     /// when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge from the agent's allocations (fanctl's
+    /// `dhcp` flag). Omitted from JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+    /// DNS servers handed to DHCP clients. Omitted from JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_dns: Vec<String>,
+    /// DHCP lease time in seconds (None: the agent's default, 3600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp_lease_seconds: Option<u32>,
+    /// The network's labels (changeable with `update_network`). Omitted
+    /// from JSON when empty.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl NetworkSpec {
@@ -539,6 +553,9 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// The token of the next page; `None` on the last page.
     pub next_page_token: Option<String>,
+    /// The event revision the page reflects: [`crate::FanClient::watch_events`]
+    /// from it receives every later change.
+    pub revision: u64,
 }
 
 /// Formats a time as RFC 3339 UTC with seconds, and the fraction of a
@@ -576,7 +593,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn serialize_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_time<S: Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_str(&format_rfc3339(*t)),
         None => s.serialize_none(),

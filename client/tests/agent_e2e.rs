@@ -185,6 +185,7 @@ fn cli_against_real_agents() -> anyhow::Result<()> {
             "web-1",
             "--valid-owner",
             "db/net1",
+            "--all",
             "--dry-run",
         ],
     );
@@ -200,6 +201,8 @@ fn cli_against_real_agents() -> anyhow::Result<()> {
             "web-1",
             "--valid-owner",
             "db/net1",
+            "--all",
+            "--yes",
         ],
     );
     assert_eq!(gc["dry_run"], json!(false));

@@ -166,6 +166,7 @@ async fn allocations(client: &mut Client, network: &str) -> Result<Vec<pb::Alloc
             network_id: network.into(),
             page_size: 1000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -243,14 +243,14 @@ async fn not_found_and_preconditions_name_the_resource() -> Result<()> {
         .await
         .expect_err("taken");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(reason_of(&err), "ADDRESS_TAKEN");
+    assert_eq!(reason_of(&err), "ADDRESS_HELD_BY_OTHER_OWNER");
     assert_eq!(metadata(&err, "address"), Some(first.address.clone()));
     assert_eq!(metadata(&err, "container_id").as_deref(), Some("c2"));
     assert_eq!(metadata(&err, "network_id").as_deref(), Some("fan"));
     let failure = err
         .get_details_precondition_failure()
         .expect("PreconditionFailure");
-    assert_eq!(failure.violations[0].r#type, "ADDRESS_TAKEN");
+    assert_eq!(failure.violations[0].r#type, "ADDRESS_HELD_BY_OTHER_OWNER");
     assert_eq!(failure.violations[0].subject, "networks/fan");
 
     let err = client

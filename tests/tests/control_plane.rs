@@ -65,6 +65,7 @@ async fn all_allocations(client: &mut Client, network: &str) -> Vec<pb::Allocati
                 network_id: network.into(),
                 page_size: 100,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .expect("list allocations")

@@ -228,6 +228,7 @@ async fn acknowledged_state_survives_twenty_sigkills_under_load() -> Result<()> 
                 network_id: "storm".into(),
                 page_size: 1000,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await?
             .into_inner();

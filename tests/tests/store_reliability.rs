@@ -74,6 +74,7 @@ async fn allocations(client: &mut Client) -> Result<BTreeMap<String, String>> {
                 network_id: "fan".into(),
                 page_size: 1000,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("list allocations: {s}"))?

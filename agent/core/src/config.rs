@@ -1,4 +1,4 @@
-//! The `/etc/network/fan` file format (fan.md §3 item 8).
+//! The `/etc/network/fan` file format (FAN.md §3 item 8).
 //!
 //! One `overlay underlay [flags]` line per fan; `#` starts a comment anywhere on a line;
 //! blank lines are skipped. Flags: `dhcp`, `off`, `auto`, `bridge NAME`, `host-reserve N`.

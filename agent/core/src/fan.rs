@@ -1,4 +1,4 @@
-//! Overlay/underlay arithmetic: the whole idea of the fan (fan.md §1).
+//! Overlay/underlay arithmetic: the whole idea of the fan (FAN.md §1).
 //!
 //! A fan is a pair (overlay /O, underlay /U) with O < U. Every host address `h` in the
 //! underlay owns the overlay slice
@@ -15,7 +15,7 @@ use thiserror::Error;
 /// container (.2); a /31 or /32 would hold no container at all.
 pub const MAX_SLICE_PREFIX: u8 = 30;
 
-/// Ranges an overlay may never touch: "this network", loopback and multicast (fan.md §1).
+/// Ranges an overlay may never touch: "this network", loopback and multicast (FAN.md §1).
 const FORBIDDEN_OVERLAY_RANGES: [(Ipv4Addr, u8, &str); 3] = [
     (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
     (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
@@ -254,7 +254,7 @@ pub fn parse_network(s: &str) -> Result<Ipv4Network, FanError> {
 }
 
 /// Parses an overlay: `250` means 250.0.0.0/8 (fanctl convention), otherwise a strict
-/// `A.B.C.D/N`. The overlay-only rules of fan.md §1 are checked too (see [`validate_overlay`]).
+/// `A.B.C.D/N`. The overlay-only rules of FAN.md §1 are checked too (see [`validate_overlay`]).
 ///
 /// ```
 /// # use fan_core::fan::parse_overlay;
@@ -362,7 +362,7 @@ pub(crate) fn is_network_or_broadcast(n: Ipv4Network, host: Ipv4Addr) -> Option<
     }
 }
 
-/// One fan: an overlay mapped onto an underlay, validated against every rule of fan.md §1.
+/// One fan: an overlay mapped onto an underlay, validated against every rule of FAN.md §1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FanMap {
     overlay: Ipv4Network,

@@ -1,6 +1,6 @@
 //! The address allocator over one slice. Pure: the agent persists what it returns.
 //!
-//! Layout of a slice (fan.md §1): the network and broadcast addresses are never used; .1 is
+//! Layout of a slice (FAN.md §1): the network and broadcast addresses are never used; .1 is
 //! the host's bridge gateway; `host-reserve N` (N >= 1) reserves .1 .. .N for the host;
 //! containers get .N+1 .. broadcast-1.
 //!

@@ -2,7 +2,7 @@
 //! `/etc/network/fan` lines and the slice allocator.
 //!
 //! Everything here is deterministic and side-effect free so the agent, the client and the
-//! tests share one definition of the fan (see fan.md §1-§3).
+//! tests share one definition of the fan (agent/core/FAN.md §1-§3).
 
 #![deny(missing_docs)]
 

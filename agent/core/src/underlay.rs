@@ -1,4 +1,4 @@
-//! How the underlay is named (fan.md §2) and how a name resolves against the host's addresses.
+//! How the underlay is named (FAN.md §2) and how a name resolves against the host's addresses.
 
 use std::fmt;
 use std::net::Ipv4Addr;

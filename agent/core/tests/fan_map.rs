@@ -18,7 +18,7 @@ fn map(o: &str, u: &str) -> FanMap {
     FanMap::new(n(o), n(u)).unwrap()
 }
 
-/// Independent statement of fan.md §1, in u64 so no shift can overflow.
+/// Independent statement of FAN.md §1, in u64 so no shift can overflow.
 fn formula_slice(o: Ipv4Network, u: Ipv4Network, h: Ipv4Addr) -> Ipv4Network {
     let umask = (u64::MAX << (32 - u.prefix() as u64)) & 0xFFFF_FFFF;
     let host_bits = u64::from(u32::from(h)) & !umask & 0xFFFF_FFFF;
@@ -29,7 +29,7 @@ fn formula_slice(o: Ipv4Network, u: Ipv4Network, h: Ipv4Addr) -> Ipv4Network {
 
 #[test]
 fn worked_examples_slice_of() {
-    // (overlay, underlay, host, expected slice) — fan.md §1.
+    // (overlay, underlay, host, expected slice) — FAN.md §1.
     let cases = [
         // The announcement's example.
         (
@@ -82,7 +82,7 @@ fn worked_examples_slice_of() {
 #[test]
 fn worked_examples_owner_of() {
     let cases = [
-        // fan.md §1: 99.6.7.8 on 99/8 over 10.88/16 goes to 10.88.6.7.
+        // FAN.md §1: 99.6.7.8 on 99/8 over 10.88/16 goes to 10.88.6.7.
         ("99.0.0.0/8", "10.88.0.0/16", "99.6.7.8", "10.88.6.7"),
         ("250.0.0.0/8", "172.30.0.0/16", "250.0.27.3", "172.30.0.27"),
         ("250.0.0.0/8", "10.1.2.0/24", "250.7.200.1", "10.1.2.7"),

@@ -43,6 +43,7 @@ fuzz_target!(|input: Input| {
         }),
         masquerade: input.masquerade,
         anti_spoofing: input.anti_spoofing,
+        ..SpecInput::default()
     };
     if let Ok((network, underlay)) = validate::spec(&spec) {
         assert!(names::validate_device_name(&network.bridge).is_ok(), "{network:?}");

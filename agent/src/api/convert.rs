@@ -60,6 +60,10 @@ pub fn spec_input(spec: Option<pb::NetworkSpec>) -> Result<SpecInput> {
         masquerade: spec.masquerade,
         anti_spoofing: spec.anti_spoofing,
         allow_overlap: spec.allow_overlap,
+        dhcp: spec.dhcp,
+        dhcp_dns: spec.dhcp_dns,
+        dhcp_lease_seconds: spec.dhcp_lease_seconds,
+        labels: spec.labels.into_iter().collect(),
     })
 }
 
@@ -109,6 +113,15 @@ pub fn network(view: &NetworkView) -> pb::Network {
             masquerade: Some(r.spec.masquerade),
             anti_spoofing: Some(r.spec.anti_spoofing),
             allow_overlap: r.spec.allow_overlap,
+            dhcp: r.spec.dhcp,
+            dhcp_dns: r.spec.dhcp_dns.iter().map(|a| a.to_string()).collect(),
+            dhcp_lease_seconds: r.spec.dhcp_lease_seconds,
+            labels: r
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }),
         status: Some(pb::NetworkStatus {
             underlay_address: r.underlay_address.to_string(),

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod convert;
 pub mod status;
+pub mod watch;
 
 /// The `FanAgentService` server glue generated for the agent (see build.rs):
 /// `fan_proto::v1`'s service, decoding requests with [`codec::RequestCodec`].
@@ -230,6 +231,7 @@ impl FanAgentService for FanAgentApi {
         Ok(Response::new(pb::ListNetworksResponse {
             networks: page.items.iter().map(convert::network).collect(),
             next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -299,7 +301,7 @@ impl FanAgentService for FanAgentApi {
             ));
             address = Some(view.record.address.to_string());
         }
-        let (view, _) = audited_on(
+        let (view, created) = audited_on(
             &who,
             "AllocateAddress",
             &target,
@@ -309,6 +311,7 @@ impl FanAgentService for FanAgentApi {
         )?;
         Ok(Response::new(pb::AllocateAddressResponse {
             allocation: Some(convert::allocation(&view)),
+            created,
         }))
     }
 
@@ -363,13 +366,30 @@ impl FanAgentService for FanAgentApi {
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         let req = request.get_ref();
+        let mut checks = validate::Checks::new();
+        if req.owner_container_id.len() > 256 {
+            checks.check::<()>(Err(AgentError::invalid(
+                "owner_container_id",
+                "at most 256 characters",
+            )));
+        }
+        let labels = checks.check(validate::label_selector(
+            "label_selector",
+            &req.label_selector,
+        ));
+        let labels = checks.finish_with(labels)?;
+        let filter = crate::agent::AllocationFilter {
+            container_id: req.owner_container_id.clone(),
+            labels,
+        };
         let page = self
             .agent
-            .list_allocations(&req.network_id, req.page_size, &req.page_token)
+            .list_allocations(&req.network_id, filter, req.page_size, &req.page_token)
             .await?;
         Ok(Response::new(pb::ListAllocationsResponse {
             allocations: page.items.iter().map(convert::allocation).collect(),
             next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -415,6 +435,34 @@ impl FanAgentService for FanAgentApi {
         Ok(Response::new(pb::GarbageCollectAllocationsResponse {
             released: released.iter().map(convert::allocation).collect(),
         }))
+    }
+
+    async fn update_network(
+        &self,
+        request: Request<pb::UpdateNetworkRequest>,
+    ) -> Result<Response<pb::UpdateNetworkResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let result = async {
+            let update = watch::network_update(&req)?;
+            self.agent.update_network(&req.network_id, update).await
+        }
+        .await;
+        let (view, changed) = audited(&who, "UpdateNetwork", &req.network_id, result)?;
+        Ok(Response::new(pb::UpdateNetworkResponse {
+            network: Some(convert::network(&view)),
+            changed,
+        }))
+    }
+
+    type WatchEventsStream = watch::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = watch::watch(&self.agent, request.into_inner())?;
+        Ok(Response::new(stream))
     }
 
     async fn resolve_address(

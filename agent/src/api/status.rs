@@ -35,6 +35,12 @@ pub fn code_of(reason: Reason) -> Code {
         Reason::SliceExhausted => Code::ResourceExhausted,
         Reason::StateStoreFailed | Reason::DataplaneFailed => Code::Internal,
         Reason::ShuttingDown => Code::Unavailable,
+        Reason::WatcherTooSlow => Code::ResourceExhausted,
+        Reason::RevisionCompacted => Code::OutOfRange,
+        Reason::HostReserveCoversAllocation => Code::FailedPrecondition,
+        Reason::OwnerLabelsDiffer => Code::FailedPrecondition,
+        Reason::OwnerHasOtherAddress => Code::FailedPrecondition,
+        Reason::AddressHeldByOtherOwner => Code::FailedPrecondition,
         Reason::StateUnwritable => Code::Unavailable,
         Reason::StateCorrupt => Code::DataLoss,
         Reason::SliceNotOwned => Code::FailedPrecondition,
@@ -55,6 +61,7 @@ pub fn reason_of(err: &AgentError) -> Reason {
         AgentError::StateCorrupt(_) => Reason::StateCorrupt,
         AgentError::Unavailable { reason, .. } => *reason,
         AgentError::ShuttingDown => Reason::ShuttingDown,
+        AgentError::Watch { reason, .. } => *reason,
     }
 }
 
@@ -319,6 +326,42 @@ mod tests {
                 Code::DataLoss,
                 "STATE_CORRUPT",
             ),
+            (
+                pre(Reason::AddressHeldByOtherOwner),
+                Code::FailedPrecondition,
+                "ADDRESS_HELD_BY_OTHER_OWNER",
+            ),
+            (
+                pre(Reason::OwnerHasOtherAddress),
+                Code::FailedPrecondition,
+                "OWNER_HAS_OTHER_ADDRESS",
+            ),
+            (
+                pre(Reason::OwnerLabelsDiffer),
+                Code::FailedPrecondition,
+                "OWNER_LABELS_DIFFER",
+            ),
+            (
+                pre(Reason::HostReserveCoversAllocation),
+                Code::FailedPrecondition,
+                "HOST_RESERVE_COVERS_ALLOCATION",
+            ),
+            (
+                AgentError::Watch {
+                    reason: Reason::RevisionCompacted,
+                    message: "old".into(),
+                },
+                Code::OutOfRange,
+                "REVISION_COMPACTED",
+            ),
+            (
+                AgentError::Watch {
+                    reason: Reason::WatcherTooSlow,
+                    message: "slow".into(),
+                },
+                Code::ResourceExhausted,
+                "WATCHER_TOO_SLOW",
+            ),
         ]
     }
 
@@ -360,6 +403,7 @@ mod tests {
                     | AgentError::ShuttingDown
                     | AgentError::Unavailable { .. }
                     | AgentError::StateCorrupt(_)
+                    | AgentError::Watch { .. }
             ) {
                 assert_eq!(
                     info.metadata.get("network_id").map(String::as_str),

@@ -35,7 +35,7 @@ enum Tool {
         /// The fan network id.
         network: String,
         /// The agent, also written into the list for fan-ipam.
-        #[arg(long, default_value = DEFAULT_TARGET)]
+        #[arg(long, env = "FAN_AGENT", default_value = DEFAULT_TARGET)]
         agent: String,
         /// The CNI network name; default: the fan network id.
         #[arg(long)]

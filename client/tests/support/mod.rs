@@ -249,6 +249,25 @@ fn find_allocation<'a>(
 
 #[tonic::async_trait]
 impl FanAgentService for Fake {
+    // The orchestrator calls are tested against real agents (tests/tests/events.rs).
+    async fn update_network(
+        &self,
+        _: Request<pb::UpdateNetworkRequest>,
+    ) -> Result<Response<pb::UpdateNetworkResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    type WatchEventsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>,
+    >;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn get_agent_info(
         &self,
         _: Request<pb::GetAgentInfoRequest>,
@@ -339,6 +358,7 @@ impl FanAgentService for Fake {
         Ok(Response::new(pb::ListNetworksResponse {
             networks,
             next_page_token,
+            revision: 0,
         }))
     }
 
@@ -420,6 +440,7 @@ impl FanAgentService for Fake {
         if let Some((_, a)) = find_allocation(allocs, &sel)? {
             return Ok(Response::new(pb::AllocateAddressResponse {
                 allocation: Some(a.clone()),
+                created: false,
             }));
         }
         let base = u32::from(slice.network());
@@ -469,6 +490,7 @@ impl FanAgentService for Fake {
             .allocated = count;
         Ok(Response::new(pb::AllocateAddressResponse {
             allocation: Some(a),
+            created: true,
         }))
     }
 
@@ -540,6 +562,7 @@ impl FanAgentService for Fake {
         Ok(Response::new(pb::ListAllocationsResponse {
             allocations,
             next_page_token,
+            revision: 0,
         }))
     }
 

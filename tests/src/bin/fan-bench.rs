@@ -4,12 +4,17 @@
 //! - AllocateAddress latency p50/p99 and allocations/s at 1 and 16 concurrent
 //!   clients over the unix socket (durable commits), against CNI host-local
 //!   (one exec per allocation, as a container runtime calls it);
-//! - the agent's RSS with one network and 250 allocations;
-//! - TCP throughput (iperf3, 3 runs, median) and RTT (ping, 100 packets):
-//!   underlay host↔host, container↔container routed over the same hops without
-//!   encapsulation (the control), and over the fan;
+//! - the agent's RSS with one network and 250 allocations, and the time of a
+//!   `/metrics` scrape there;
+//! - TCP throughput (iperf3, 1 and 4 streams), RTT and CPU-seconds per GB in
+//!   alternating rounds: the fan's fast and slow paths, the control (plain
+//!   routing over the same hops), the underlay and kernel VXLAN (see
+//!   `bench_dataplane.rs`; FAN_BENCH_ROUNDS, FAN_BENCH_SECONDS);
 //! - time from CreateNetwork to the first packet through;
-//! - 100 networks on one agent: RSS, first vs last create time, idle CPU.
+//! - 100 networks on one agent: RSS, first vs last create time, idle CPU;
+//! - `docker run` with its network set up by the fan IPAM plugin
+//!   (`fan-docker-ipam`) against Docker's built-in IPAM, same daemon, p50
+//!   (when docker.io is installed; `fan-bench docker` runs only this).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -19,8 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{iperf, IperfServer, Netns, Testbed};
+use fan_e2e::{Netns, Testbed};
 use fan_proto::v1 as pb;
+
+#[path = "../bench_dataplane.rs"]
+mod bench_dataplane;
 
 const OVERLAY: &str = "250.0.0.0/8";
 
@@ -203,86 +211,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-/// Median of 3 iperf3 runs of `seconds` each, in bit/s.
-fn throughput(client: &Netns, server: &Netns, address: Ipv4Addr, seconds: u32) -> Result<f64> {
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let _server = IperfServer::start(server, 5201)?;
-        runs.push(iperf(client, address, 5201, seconds, false)?.bits_per_second);
-    }
-    Ok(median(runs))
-}
-
-/// Average RTT of 100 pings, in ms.
-fn rtt(client: &Netns, address: Ipv4Addr) -> Result<f64> {
-    let out = client.exec(
-        "ping",
-        &["-c", "100", "-i", "0.01", "-q", &address.to_string()],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // rtt min/avg/max/mdev = 0.031/0.045/0.090/0.010 ms
-    let stats = text
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .ok_or_else(|| anyhow!("ping: {text}"))?;
-    let values = stats
-        .split('=')
-        .nth(1)
-        .ok_or_else(|| anyhow!("ping: {stats}"))?;
-    values
-        .trim()
-        .split('/')
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("ping: {stats}"))
-}
-
-/// The control: on each host a plain bridge + container on 10.200.<h>.0/24 and a
-/// route to the other host's subnet via its underlay address. Same hops as the
-/// fan, no encapsulation.
-fn build_control(bed: &Testbed, hosts: [(&str, u8, Ipv4Addr); 2]) -> Result<Vec<Netns>> {
-    let mut containers = Vec::new();
-    for (i, (name, octet, _)) in hosts.iter().enumerate() {
-        let host = &bed.host(name).netns;
-        let (_, other_octet, other_addr) = hosts[1 - i];
-        host.ip(&["link", "add", "ctl0", "type", "bridge"])?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("10.200.{octet}.1/24"),
-            "dev",
-            "ctl0",
-        ])?;
-        host.ip(&["link", "set", "ctl0", "mtu", "1480", "up"])?;
-        host.ip(&[
-            "route",
-            "add",
-            &format!("10.200.{other_octet}.0/24"),
-            "via",
-            &other_addr.to_string(),
-        ])?;
-        let netns = Netns::new(&format!("{}-ctl{octet}", bed.id))?;
-        let outside = format!("{}k{octet}", bed.id);
-        let cidr = format!("10.200.{octet}.2/24");
-        fan_e2e::plug(
-            host,
-            "ctl0",
-            &outside,
-            &netns,
-            &cidr,
-            &format!("10.200.{octet}.1"),
-            1480,
-        )?;
-        containers.push(netns);
-    }
-    Ok(containers)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("fan-bench-{}", std::process::id()));
@@ -304,6 +232,9 @@ async fn run(scratch: &Path) -> Result<()> {
     }
     if only.is_empty() || only == "networks" {
         networks_at_scale().await?;
+    }
+    if (only.is_empty() && Path::new(DOCKERD).exists()) || only == "docker" {
+        docker_ipam(scratch).await?;
     }
     Ok(())
 }
@@ -435,7 +366,12 @@ async fn control_plane(scratch: &Path) -> Result<()> {
     drop(bed);
 
     let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", "172.30.0.28".parse()?)?;
+    bed.add_host_with(
+        "h28",
+        "172.30.0.28".parse()?,
+        &["--metrics-listen", METRICS_LISTEN],
+        &[],
+    )?;
     let idle = rss_kib(bed.host("h28").agent.pid().context("agent pid")?)?;
     bed.create_network_everywhere("rss", OVERLAY, "172.30.0.0/16")
         .await?;
@@ -445,6 +381,64 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         "  agent RSS: {:.1} MiB idle, {:.1} MiB with one network and 250 allocations",
         idle as f64 / 1024.0,
         loaded as f64 / 1024.0
+    );
+    metrics_scrapes(&bed.host("h28").netns, 50)?;
+    // The scrape reads each network's status as GetNetwork does: its floor.
+    let mut client = bed.host("h28").client().await?;
+    let mut latencies = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let t = Instant::now();
+        client
+            .get_network(pb::GetNetworkRequest {
+                network_id: "rss".into(),
+            })
+            .await
+            .map_err(|s| anyhow!("get network: {s}"))?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "  GetNetwork (the same status read), baseline: p50 {:.3} ms   p99 {:.3} ms  (n=50)",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Where the RSS host's agent serves metrics (inside its namespace).
+const METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// `/metrics` scrape time (curl's own request time, process start excluded)
+/// with the RSS host's one network and 250 allocations.
+fn metrics_scrapes(host: &Netns, scrapes: usize) -> Result<()> {
+    let url = format!("http://{METRICS_LISTEN}/metrics");
+    let mut latencies = Vec::with_capacity(scrapes);
+    let mut bytes = 0.0;
+    for _ in 0..scrapes {
+        let output = host.exec(
+            "curl",
+            &[
+                "-sS",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_total} %{size_download}",
+                &url,
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (time, size) = text
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("curl printed {text:?}"))?;
+        latencies.push(Duration::from_secs_f64(time.trim().parse()?));
+        bytes = size.trim().parse()?;
+    }
+    latencies.sort();
+    println!(
+        "  GET /metrics, 1 network, 250 allocations: p50 {:.3} ms   p99 {:.3} ms  ({bytes:.0} bytes, n={scrapes})",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
     );
     Ok(())
 }
@@ -503,65 +497,6 @@ async fn data_plane() -> Result<()> {
         &["-c", "1", "-W", "1", "-I", "250.0.28.1", &b.to_string()],
     )?;
     let ping_cost = t.elapsed();
-    bed.add_container("h28", "fan", "a").await?;
-    let a = &bed.container("a").netns;
-    let b_ns = &bed.container("b").netns;
-    let control = build_control(&bed, [("h28", 28, h28), ("h27", 27, h27)])?;
-
-    let seconds = 3;
-    let underlay_bps = throughput(&bed.host("h28").netns, &bed.host("h27").netns, h27, seconds)
-        .context("underlay throughput")?;
-    if std::env::var_os("FAN_BENCH_DEBUG").is_some() {
-        let hosts = [
-            ("h28", &bed.host("h28").netns),
-            ("h27", &bed.host("h27").netns),
-        ];
-        for (name, ns) in hosts
-            .into_iter()
-            .chain([("c28", &control[0]), ("c27", &control[1])])
-        {
-            for args in [&["route"][..], &["neigh"][..], &["-br", "addr"][..]] {
-                eprintln!(
-                    "{name} ip {args:?}:\n{}",
-                    ns.ip(args).unwrap_or_else(|e| e.to_string())
-                );
-            }
-        }
-        eprintln!("ping: {:?}", control[0].ping("10.200.27.2".parse()?, 1));
-        eprintln!("ping h27: {:?}", control[0].ping(h27, 1));
-    }
-    let control_bps = throughput(&control[0], &control[1], "10.200.27.2".parse()?, seconds)
-        .context("control throughput")?;
-    let fan_bps = throughput(a, b_ns, b, seconds).context("fan throughput")?;
-    let underlay_rtt = rtt(&bed.host("h28").netns, h27)?;
-    let control_rtt = rtt(&control[0], "10.200.27.2".parse()?)?;
-    let fan_rtt = rtt(a, b)?;
-    println!("  TCP throughput (iperf3, {seconds} s, median of 3):");
-    println!(
-        "    underlay host↔host            {:>8.2} Gbit/s",
-        underlay_bps / 1e9
-    );
-    println!(
-        "    control (routed, no encap)    {:>8.2} Gbit/s",
-        control_bps / 1e9
-    );
-    println!(
-        "    fan container↔container       {:>8.2} Gbit/s",
-        fan_bps / 1e9
-    );
-    println!(
-        "    fan/control {:.2}   fan/underlay {:.2}   (target fan/control ≥ 0.95)",
-        fan_bps / control_bps,
-        fan_bps / underlay_bps
-    );
-    println!("  RTT (ping, 100 packets, average):");
-    println!(
-        "    underlay {underlay_rtt:.3} ms   control {control_rtt:.3} ms   fan {fan_rtt:.3} ms"
-    );
-    println!(
-        "    fan/control {:.2}   (target ≤ 1.10)",
-        fan_rtt / control_rtt
-    );
     match first_packet {
         Some(first) => println!(
             "  CreateNetwork → first packet through: {:.1} ms (the RPC itself {:.1} ms; one ping exec on a ready path costs {:.1} ms of that)",
@@ -571,6 +506,225 @@ async fn data_plane() -> Result<()> {
         ),
         None => println!("  CreateNetwork → first packet through: no packet within 5 s"),
     }
-    drop(control);
+    drop(bed);
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    bench_dataplane::compare(
+        env("FAN_BENCH_ROUNDS", 5) as usize,
+        env("FAN_BENCH_SECONDS", 3),
+    )
+    .await
+}
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const DOCKER: &str = "/usr/bin/docker";
+
+/// Processes the Docker section started, killed (by pid) on drop with what
+/// they left mounted under the scratch directory.
+struct DockerBench {
+    children: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for DockerBench {
+    fn drop(&mut self) {
+        let sock = format!("unix://{}/docker.sock", self.dir.display());
+        if let Ok(out) = Command::new(DOCKER)
+            .args(["-H", &sock, "ps", "-aq"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new(DOCKER)
+                    .args(["-H", &sock, "rm", "-f", id])
+                    .output();
+            }
+        }
+        while let Some(mut c) = self.children.pop() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let prefix = format!("{}/", self.dir.display());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `docker run --rm … true` on a network whose addresses come from the fan
+/// IPAM plugin, and on one with Docker's built-in IPAM, interleaved.
+async fn docker_ipam(scratch: &Path) -> Result<()> {
+    println!("\n== Docker: docker run --rm (network set up and torn down), fan IPAM plugin vs built-in IPAM");
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", "172.30.0.28".parse()?)?;
+    bed.create_network_everywhere("fan-250", OVERLAY, "172.30.0.0/16")
+        .await?;
+    let host = bed.host("h28");
+    let dir = scratch.join("docker");
+    std::fs::create_dir_all(dir.join("rootfs/bin"))?;
+    let plugin = format!("{}-bench", bed.id);
+    let mut guard = DockerBench {
+        children: Vec::new(),
+        dir: dir.clone(),
+        socket: format!("/run/docker/plugins/{plugin}.sock").into(),
+    };
+    let bin = fan_e2e::bin_dir();
+    guard.children.push(
+        Command::new(bin.join("fan-docker-ipam"))
+            .arg("--agent")
+            .arg(format!("unix://{}", host.agent.socket.display()))
+            .arg("--socket")
+            .arg(&guard.socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn fan-docker-ipam (cargo build --release --workspace --bins)")?,
+    );
+    let d = dir.display().to_string();
+    let sock = format!("unix://{d}/docker.sock");
+    guard.children.push(
+        host.netns
+            .command(DOCKERD)
+            .args([
+                "--data-root",
+                &format!("{d}/data"),
+                "--exec-root",
+                &format!("{d}/x"),
+            ])
+            .args(["-H", &sock, "--pidfile", &format!("{d}/docker.pid")])
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--storage-driver",
+                "vfs",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log"))?)
+            .spawn()?,
+    );
+    let docker = |args: &[&str]| -> Result<String> {
+        let out = Command::new(DOCKER)
+            .arg("-H")
+            .arg(&sock)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker(&["version"]).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "dockerd did not start: see {}",
+                dir.join("dockerd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin/true"))?;
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar failed");
+    }
+    docker(&["import", &tar.to_string_lossy(), "fanbox:bench"])?;
+    docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--ipam-driver",
+        &plugin,
+        "--ipam-opt",
+        "fan-network=fan-250",
+        "--subnet",
+        "250.0.28.0/24",
+        "-o",
+        "com.docker.network.bridge.name=fan-250",
+        "-o",
+        "com.docker.network.driver.mtu=1480",
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=false",
+        "fan",
+    ])?;
+    docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        "10.99.0.0/24",
+        "-o",
+        "com.docker.network.bridge.name=dkbench0",
+        "-o",
+        "com.docker.network.driver.mtu=1480",
+        "builtin",
+    ])?;
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let rounds = 20;
+    for i in 0..=rounds {
+        for (k, net) in ["fan", "builtin"].iter().enumerate() {
+            let t = Instant::now();
+            docker(&["run", "--rm", "--network", net, "fanbox:bench", "true"])?;
+            // Round 0 warms the image and the plugin connection up.
+            if i > 0 {
+                times[k].push(t.elapsed());
+            }
+        }
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    let p50 = |t: &[Duration]| percentile(t, 50.0).as_secs_f64() * 1e3;
+    println!(
+        "  {:<38} p50 {:>8.1} ms   p90 {:>8.1} ms  (n={rounds})",
+        "fan IPAM plugin (fan-docker-ipam)",
+        p50(&times[0]),
+        percentile(&times[0], 90.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<38} p50 {:>8.1} ms   p90 {:>8.1} ms  (n={rounds})",
+        "Docker's built-in IPAM",
+        p50(&times[1]),
+        percentile(&times[1], 90.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<38} {:>+8.1} ms at p50",
+        "plugin - built-in",
+        p50(&times[0]) - p50(&times[1])
+    );
+    drop(guard);
+    drop(bed);
     Ok(())
 }

@@ -28,6 +28,10 @@ pub const FLAG_ANTI_SPOOF: u32 = 1 << 1;
 /// `flags`: deliver decapsulated packets with `bpf_redirect_peer` when the
 /// destination is in the endpoint map.
 pub const FLAG_PEER_FASTPATH: u32 = 1 << 2;
+/// `flags`: the egress fast path (`fan_fastpath` on the bridge) encapsulates
+/// container packets for remote slices itself; without it the program
+/// passes everything to the stack.
+pub const FLAG_EGRESS_FASTPATH: u32 = 1 << 3;
 
 /// `agent_flags`: the agent created the clsact qdisc on the underlay device
 /// (so `remove` may delete it once it is empty).
@@ -49,6 +53,8 @@ pub mod slot {
     pub const PEER_REDIRECTED: u32 = 5;
     /// Dropped at encap by anti-spoofing: inner source outside our slice.
     pub const DROPPED_SPOOFED_EGRESS: u32 = 6;
+    /// Of [`ENCAPSULATED`], those encapsulated by the egress fast path.
+    pub const FAST_PATH_ENCAPSULATED: u32 = 7;
     /// Number of slots in the map.
     pub const COUNT: u32 = 8;
 }

@@ -11,6 +11,14 @@
 //!   underlay device, as cls_bpf filters (priority [`tc_priority`]`(N)`,
 //!   handle [`TC_HANDLE`]) under a clsact qdisc. Netlink filters, not TCX
 //!   links, so the data path survives the agent process;
+//! - with the egress fast path on (default; off with
+//!   [`EbpfBackend::with_egress_fast_path`]), `fan_fastpath` on ingress of the
+//!   network's bridge, same priority and handle: container packets for a
+//!   remote slice are encapsulated there and redirected to the underlay
+//!   device, skipping the host's routing, FORWARD chain and the tunnel
+//!   device; everything else (the outside, TTL 1, too big for the tunnel,
+//!   IP options, fragments) goes on to the stack and the tunnel device as
+//!   before (the slow path);
 //! - the maps `fan_config`, `fan_counters`, `fan_endpoints`, pinned in
 //!   `<pin_root>/<network_id>/` (a private bpffs is mounted on the pin root
 //!   when it is not bpffs already).
@@ -34,6 +42,7 @@ pub mod tunnel;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -49,7 +58,10 @@ use crate::{
     Observation, Result,
 };
 
-use maps::{FanConfig, AGENT_OWNS_UNDERLAY_CLSACT, CONFIG_MAP, COUNTERS_MAP, FLAG_PEER_FASTPATH};
+use maps::{
+    FanConfig, AGENT_OWNS_UNDERLAY_CLSACT, CONFIG_MAP, COUNTERS_MAP, FLAG_EGRESS_FASTPATH,
+    FLAG_PEER_FASTPATH,
+};
 use tc::{error_chain, Hook};
 
 pub use tc::TC_HANDLE;
@@ -65,6 +77,8 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/fan";
 pub const ENCAP_PROGRAM: &str = "fan_encap";
 /// Program attached on ingress of the underlay device.
 pub const DECAP_PROGRAM: &str = "fan_decap";
+/// Program attached on ingress of the network's bridge (egress fast path).
+pub const FASTPATH_PROGRAM: &str = "fan_fastpath";
 
 /// Base of the tc priorities; network N uses `TC_PRIORITY_BASE + N`.
 pub const TC_PRIORITY_BASE: u16 = 0xfa00;
@@ -90,7 +104,9 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> DataplaneErro
 }
 
 /// Loads the object: maps pinned in (or reused from) `pin_dir` when given,
-/// both programs loaded (verified) but not attached.
+/// encap and decap loaded (verified) but not attached. The fast-path program
+/// is loaded on demand ([`load_fast_path`]): it needs Linux 5.12
+/// (`bpf_check_mtu`), the rest of the backend 5.10.
 fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     // The programs use only the stable __sk_buff context and packet data, so no
@@ -111,6 +127,12 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
             .map_err(|e| other(format!("load program {name}"), error_chain(&e)))?;
     }
     Ok(ebpf)
+}
+
+fn load_fast_path(ebpf: &mut Ebpf) -> Result<()> {
+    program(ebpf, FASTPATH_PROGRAM)?
+        .load()
+        .map_err(|e| other(format!("load program {FASTPATH_PROGRAM}"), error_chain(&e)))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -195,6 +217,14 @@ fn read_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
         .collect()
 }
 
+/// The counter slots ([`maps::slot`]) of the network pinned in `pin_dir`
+/// (`<pin root>/<network id>`), summed over CPUs: for diagnostics and tests
+/// that must tell which program counted, e.g.
+/// [`maps::slot::FAST_PATH_ENCAPSULATED`].
+pub fn pinned_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
+    read_counter_slots(pin_dir)
+}
+
 fn pinned_map_ids(pin_dir: &Path) -> Option<BTreeSet<u32>> {
     maps::ALL_MAPS
         .iter()
@@ -256,6 +286,14 @@ struct HookSite<'a> {
     hook: Hook,
 }
 
+/// What [`EbpfBackend::load_and_attach`] did.
+struct Attached {
+    /// The object was loaded (false: every filter was kept as it was).
+    loaded: bool,
+    /// The fast-path filter runs on the bridge.
+    fast: bool,
+}
+
 fn describe_hook(site: &HookSite<'_>) -> String {
     format!(
         "tc filter {} on {} {}",
@@ -270,8 +308,13 @@ fn describe_hook(site: &HookSite<'_>) -> String {
 pub struct EbpfBackend {
     pin_root: PathBuf,
     peer_fast_path: bool,
-    /// The programs' tags, known after the first load.
-    program_tags: std::sync::OnceLock<HashMap<&'static str, u64>>,
+    egress_fast_path: bool,
+    /// Set once this kernel refused the fast-path program: the slow path
+    /// carries everything and `observe` stops expecting the filter.
+    egress_fast_path_unsupported: AtomicBool,
+    /// The programs' tags, known once each was loaded (the same for every
+    /// network of this build).
+    program_tags: Mutex<HashMap<&'static str, u64>>,
     /// The networks whose fast-path endpoint maps the refresher keeps in sync.
     synced: endpoints::Registry,
     /// The one task doing that for all of them (started with the first).
@@ -285,7 +328,9 @@ impl EbpfBackend {
         EbpfBackend {
             pin_root,
             peer_fast_path: true,
-            program_tags: std::sync::OnceLock::new(),
+            egress_fast_path: true,
+            egress_fast_path_unsupported: AtomicBool::new(false),
+            program_tags: Mutex::new(HashMap::new()),
             synced: Default::default(),
             refresher: Mutex::new(None),
         }
@@ -297,6 +342,19 @@ impl EbpfBackend {
     pub fn with_peer_fast_path(mut self, on: bool) -> Self {
         self.peer_fast_path = on;
         self
+    }
+
+    /// Turns the egress fast path on (default) or off. Off, container
+    /// packets for remote slices take the slow path: the host's routing and
+    /// FORWARD chain, then `fan_encap` on the tunnel device.
+    pub fn with_egress_fast_path(mut self, on: bool) -> Self {
+        self.egress_fast_path = on;
+        self
+    }
+
+    /// Whether the egress fast path is wanted and this kernel runs it.
+    fn egress_fast_path_active(&self) -> bool {
+        self.egress_fast_path && !self.egress_fast_path_unsupported.load(Ordering::Relaxed)
     }
 
     /// The pin root.
@@ -330,6 +388,16 @@ impl EbpfBackend {
         let slots = read_counter_slots(&self.pin_dir(plan)?)?;
         Ok(slots
             .get(maps::slot::PEER_REDIRECTED as usize)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// Packets the egress fast path encapsulated (also counted in
+    /// `encapsulated`; a diagnostic).
+    pub fn fast_path_encapsulated(&self, plan: &NetworkPlan) -> Result<u64> {
+        let slots = read_counter_slots(&self.pin_dir(plan)?)?;
+        Ok(slots
+            .get(maps::slot::FAST_PATH_ENCAPSULATED as usize)
             .copied()
             .unwrap_or(0))
     }
@@ -384,49 +452,76 @@ impl EbpfBackend {
         Ok(())
     }
 
-    /// Loads the programs, writes the config and attaches or adopts both
-    /// filters; returns false when both filters were kept without loading.
-    /// Synchronous: aya objects never cross an await point.
+    fn lock_tags(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, u64>> {
+        self.program_tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the programs, writes the config and attaches or adopts the
+    /// encap and decap filters, and the fast-path filter when `fast` is
+    /// given. Skips the load when every one of those filters already runs
+    /// this build's program on the pinned maps. Synchronous: aya objects
+    /// never cross an await point.
     #[allow(clippy::too_many_arguments)]
     fn load_and_attach(
         &self,
         plan: &NetworkPlan,
         pin_dir: &Path,
-        config: FanConfig,
+        mut config: FanConfig,
         encap: &HookSite<'_>,
         encap_existing: Option<&tc::Filter>,
         decap: &HookSite<'_>,
         decap_existing: Option<&tc::Filter>,
-    ) -> Result<bool> {
-        // Both filters already run this build's programs on the pinned maps
+        fast: Option<(&HookSite<'_>, Option<&tc::Filter>)>,
+    ) -> Result<Attached> {
+        // Every filter already runs this build's program on the pinned maps
         // (every reconcile pass, for every network): only the config may
         // need writing, and loading (verifying) the object again is skipped.
-        if let Some(tags) = self.program_tags.get() {
+        // A program whose tag is not known yet (never loaded) means a load.
+        let kept = {
+            let tags = self.lock_tags();
             let pinned = pinned_map_ids(pin_dir);
             let config_id = config_map_id(pin_dir);
             let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
-            let kept = [(encap, encap_existing), (decap, decap_existing)]
-                .iter()
+            [(encap, encap_existing), (decap, decap_existing)]
+                .into_iter()
+                .chain(fast)
                 .all(|(site, existing)| {
-                    tags.get(site.program).is_some_and(|tag| {
-                        decide(*existing, *tag, maps_match) == AttachAction::Keep
-                    })
-                });
-            if kept && pins_compatible(pin_dir) {
-                let context = || format!("write config of network {}", plan.network_id);
-                let data =
-                    MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
-                let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
-                let mut array: Array<MapData, FanConfig> =
-                    Array::try_from(map).map_err(|e| other(context(), e))?;
-                set_config(&mut array, config, &plan.network_id)?;
-                debug!(network = %plan.network_id, "programs unchanged, kept");
-                return Ok(false);
-            }
+                    tags.get(site.program)
+                        .is_some_and(|tag| decide(existing, *tag, maps_match) == AttachAction::Keep)
+                })
+        };
+        if kept && pins_compatible(pin_dir) {
+            let context = || format!("write config of network {}", plan.network_id);
+            let data =
+                MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
+            let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
+            let mut array: Array<MapData, FanConfig> =
+                Array::try_from(map).map_err(|e| other(context(), e))?;
+            set_config(&mut array, config, &plan.network_id)?;
+            debug!(network = %plan.network_id, "programs unchanged, kept");
+            return Ok(Attached {
+                loaded: false,
+                fast: fast.is_some(),
+            });
         }
 
         drop_incompatible_pins(pin_dir);
         let mut ebpf = load_object(Some(pin_dir))?;
+        let fast = match fast {
+            Some(site) => match load_fast_path(&mut ebpf) {
+                Ok(()) => Some(site),
+                Err(e) => {
+                    // The slow path carries everything; say so once.
+                    warn!(network = %plan.network_id, error = %e,
+                        "egress fast path unavailable on this kernel; using the slow path");
+                    self.egress_fast_path_unsupported
+                        .store(true, Ordering::Relaxed);
+                    config.flags &= !FLAG_EGRESS_FASTPATH;
+                    None
+                }
+            },
+            None => None,
+        };
 
         // Config before attach: a new filter never runs unconfigured.
         {
@@ -443,7 +538,10 @@ impl EbpfBackend {
         let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
         let priority = tc_priority(plan.index)?;
         let mut tags = HashMap::new();
-        for (site, existing) in [(encap, encap_existing), (decap, decap_existing)] {
+        let sites = [(encap, encap_existing), (decap, decap_existing)]
+            .into_iter()
+            .chain(fast);
+        for (site, existing) in sites {
             let prog = program(&mut ebpf, site.program)?;
             let tag = prog
                 .info()
@@ -468,9 +566,12 @@ impl EbpfBackend {
         }
         // Tags do not depend on the maps a program was loaded with: the
         // same for every network of this build.
-        let _ = self.program_tags.set(tags);
+        self.lock_tags().extend(tags);
         // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
-        Ok(true)
+        Ok(Attached {
+            loaded: true,
+            fast: fast.is_some(),
+        })
     }
 
     async fn underlay_link(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
@@ -587,6 +688,15 @@ impl Encapsulation for EbpfBackend {
         if self.peer_fast_path {
             config.flags |= FLAG_PEER_FASTPATH;
         }
+        let fast_path = self.egress_fast_path_active();
+        let bridge = nl
+            .link_by_name(&plan.bridge)
+            .await?
+            .ok_or_else(|| other(format!("bridge {}", plan.bridge), "no such device"))?;
+        if fast_path {
+            config.flags |= FLAG_EGRESS_FASTPATH;
+            tc::ensure_clsact(nl.handle(), bridge.index).await?;
+        }
 
         let encap = HookSite {
             program: ENCAP_PROGRAM,
@@ -615,9 +725,46 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
-        let loaded = self.load_and_attach(
-            plan, &pin_dir, config, &encap, encap_main, &decap, decap_main,
+        let fast = HookSite {
+            program: FASTPATH_PROGRAM,
+            interface: &plan.bridge,
+            ifindex: bridge.index,
+            hook: Hook::Ingress,
+        };
+        let fast_filters =
+            tc::list_filters_at(nl.handle(), fast.ifindex, fast.hook, priority).await?;
+        let (fast_main, fast_extra) = Self::ours(&fast_filters, priority, FASTPATH_PROGRAM);
+        if !fast_path {
+            // Switched off: our filter on the bridge goes (the config flag
+            // already makes it pass everything).
+            for f in fast_main.iter().copied().chain(fast_extra.iter().copied()) {
+                tc::delete_filter(nl.handle(), fast.ifindex, fast.hook, f.priority, f.handle)
+                    .await?;
+            }
+        } else {
+            for f in fast_extra.iter() {
+                warn!(filter = %describe_hook(&fast), handle = f.handle, "removing duplicate filter");
+                tc::delete_filter(nl.handle(), fast.ifindex, fast.hook, f.priority, f.handle)
+                    .await?;
+            }
+        }
+
+        let attached = self.load_and_attach(
+            plan,
+            &pin_dir,
+            config,
+            &encap,
+            encap_main,
+            &decap,
+            decap_main,
+            fast_path.then_some((&fast, fast_main)),
         )?;
+        if fast_path && !attached.fast {
+            for f in fast_main.into_iter() {
+                tc::delete_filter(nl.handle(), fast.ifindex, fast.hook, f.priority, f.handle)
+                    .await?;
+            }
+        }
 
         // The route last: traffic reaches the tunnel only once encap is there.
         tunnel::ensure_route(&nl, plan, tunnel.index).await?;
@@ -625,7 +772,7 @@ impl Encapsulation for EbpfBackend {
         // A network the refresher already follows (a reconcile pass) is
         // left to it: a sync here would read every link and neighbour of the
         // host once per network and pass.
-        if self.peer_fast_path && (loaded || !self.is_synced(plan, &pin_dir)) {
+        if self.peer_fast_path && (attached.loaded || !self.is_synced(plan, &pin_dir)) {
             if let Err(e) = endpoints::refresh(&nl, plan, &pin_dir).await {
                 // The slow path still delivers everything.
                 warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
@@ -734,6 +881,9 @@ impl Encapsulation for EbpfBackend {
             if self.peer_fast_path {
                 want.flags |= FLAG_PEER_FASTPATH;
             }
+            if self.egress_fast_path_active() {
+                want.flags |= FLAG_EGRESS_FASTPATH;
+            }
             let got = FanConfig {
                 agent_flags: 0,
                 tunnel_mac: [0; 6],
@@ -771,6 +921,12 @@ impl Encapsulation for EbpfBackend {
                 "present".into(),
                 "absent".into(),
             ),
+        }
+        // The bridge itself is the host part's to report when absent.
+        if self.egress_fast_path_active() {
+            if let Some(b) = nl.link_by_name(&plan.bridge).await? {
+                sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
+            }
         }
         for (program, interface, ifindex, hook) in sites {
             let object = format!("tc filter {program} on {interface} {}", hook.as_str());
@@ -859,6 +1015,28 @@ impl Encapsulation for EbpfBackend {
                     } else {
                         debug!(ifindex, "clsact still has filters of others; kept");
                     }
+                }
+            }
+        }
+
+        // The fast-path filter on the bridge (the host part deletes the
+        // bridge, and its qdisc with it, after us).
+        if let Some(Some(bridge)) = errors.record(nl.link_by_name(&plan.bridge).await) {
+            if let Some(filters) = errors.record(
+                tc::list_filters_at(nl.handle(), bridge.index, Hook::Ingress, priority).await,
+            ) {
+                let (main, extra) = Self::ours(&filters, priority, FASTPATH_PROGRAM);
+                for f in main.into_iter().chain(extra) {
+                    errors.record(
+                        tc::delete_filter(
+                            nl.handle(),
+                            bridge.index,
+                            Hook::Ingress,
+                            f.priority,
+                            f.handle,
+                        )
+                        .await,
+                    );
                 }
             }
         }

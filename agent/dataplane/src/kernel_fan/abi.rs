@@ -350,7 +350,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// 250.0.0.0/8 over 172.30.0.0/16 (fan.md §1, the customary default).
+    /// 250.0.0.0/8 over 172.30.0.0/16 (FAN.md §1, the customary default).
     fn map_250() -> FanMapping {
         FanMapping::map(net("250.0.0.0/8"), net("172.30.0.0/16"))
     }

@@ -111,10 +111,12 @@ pub enum Command {
     /// fanctl-compatible: bring fans up, from flags or /etc/network/fan.
     #[command(
         after_help = "Examples:\n  fan-client up -o 250 -u 172.30.0.28/16 --host-reserve 4\n  \
+                            fan-client up 250.0.0.0/8 eth0/16 dhcp host-reserve 1\n  \
                             fan-client up -a --config /etc/network/fan\n\n\
                             The network is named after the overlay like fanctl's bridge: 250.0.0.0/8 -> fan-250,\n\
                             10.20.0.0/16 -> fan-10-20. Lines flagged `off` are skipped by -a; `auto` is accepted.\n\
-                            --dhcp (and the `dhcp` config flag) is refused: there is no DHCP server yet."
+                            The positional form takes one /etc/network/fan line: OVERLAY UNDERLAY [FLAGS].\n\
+                            --dhcp (the `dhcp` flag) serves DHCP on the bridge from the agent's allocations."
     )]
     Up(UpArgs),
 
@@ -131,12 +133,27 @@ pub enum Command {
     #[command(after_help = "Example:\n  fan-client show")]
     Show,
 
+    /// Docker on a fan network: the command lines to use, computed from the
+    /// agent's view of the network.
+    #[command(
+        after_help = "Examples:\n  fan-client docker recipe fan-250              # docker network create with the fan IPAM plugin\n  \
+                      fan-client docker recipe fan-250 --bridge-mode  # dockerd -b fan-250 --fixed-cidr …"
+    )]
+    Docker(DockerArgs),
+
     /// Commands over many agents.
     #[command(
         subcommand,
         after_help = "Example:\n  fan-client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key \\\n    cluster status --agents https://10.0.0.5:7443,https://10.0.0.6:7443"
     )]
     Cluster(ClusterCommand),
+
+    /// Print the agent's events as they happen, one per line (-o json:
+    /// one JSON object per line).
+    #[command(
+        after_help = "Examples:\n  fan-client watch\n  fan-client watch --network fan-250 --from 1042 -o json"
+    )]
+    Watch(WatchArgs),
 
     /// Print a shell completion script.
     #[command(
@@ -185,6 +202,55 @@ pub enum NetworkCommand {
         /// The network id.
         name: String,
     },
+    /// Change a network live (MTU, host reserve, masquerade, anti-spoofing,
+    /// labels), keeping its allocations; only the options given change.
+    #[command(
+        after_help = "Example:\n  fan-client network update fan-250 --mtu 1400 --masquerade=false --label team=blue"
+    )]
+    Update(NetworkUpdateArgs),
+}
+
+/// `network update`
+#[derive(Debug, Args)]
+pub struct NetworkUpdateArgs {
+    /// The network id.
+    pub name: String,
+    /// The MTU (0: underlay MTU - 20).
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<u32>,
+    /// Addresses .1 .. .N of the slice kept for the host; refused when it
+    /// would cover an allocated address.
+    #[arg(long, value_name = "N")]
+    pub host_reserve: Option<u32>,
+    /// Masquerade traffic leaving the overlay.
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = false)]
+    pub masquerade: Option<bool>,
+    /// Anti-spoofing.
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = false)]
+    pub anti_spoofing: Option<bool>,
+    /// The network's labels, replacing all of them (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove every label.
+    #[arg(long, conflicts_with = "labels")]
+    pub clear_labels: bool,
+}
+
+/// `watch`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this network's events.
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+    /// Start after this revision (a list's revision or the last one seen);
+    /// default: from now on.
+    #[arg(long, value_name = "REV")]
+    pub from: Option<u64>,
+    /// Only these kinds (repeatable): network-created, network-updated,
+    /// network-state-changed, network-deleted, allocation-created,
+    /// allocation-released, allocation-collected, drift-detected, drift-repaired.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<fan_client::EventKind>,
 }
 
 /// The backend names of the command line.
@@ -244,6 +310,15 @@ pub struct NetworkCreateArgs {
     /// (e.g. 10.0.0.0/8 next to a LAN on 10.0.50.0/24); refused otherwise.
     #[arg(long)]
     pub allow_overlap: bool,
+    /// Serve DHCPv4 on the bridge; leases are allocations of this network.
+    #[arg(long)]
+    pub dhcp: bool,
+    /// DNS server handed to DHCP clients (repeat or comma-separate; with --dhcp).
+    #[arg(long, value_name = "IP", value_delimiter = ',', requires = "dhcp")]
+    pub dhcp_dns: Vec<String>,
+    /// DHCP lease time in seconds (default 3600; with --dhcp).
+    #[arg(long, value_name = "SECONDS", requires = "dhcp")]
+    pub dhcp_lease_seconds: Option<u32>,
 }
 
 /// `address …`
@@ -272,9 +347,13 @@ pub enum AddressCommand {
                             fan-client address show fan-250 --address 250.0.28.7"
     )]
     Show(ShowAddressArgs),
-    /// Release every allocation whose owner is not listed (CNI GC).
+    /// Release the allocations of one scope (CNI-made, Docker-made, by label,
+    /// or --all) whose owner is not listed; lists them first, releases with --yes.
     #[command(
-        after_help = "Example:\n  fan-client address gc fan-250 --valid-owner web-1 --valid-owner db-1/net1 --dry-run"
+        after_help = "Examples:\n  fan-client address gc fan-250 --created-by cni --valid-owner web-1 --valid-owner db-1/net1\n  \
+                            fan-client address gc fan-250 --created-by cni --valid-owner web-1 --yes\n  \
+                            fan-client address gc fan-250 --selector app=web --yes\n  \
+                            fan-client address gc fan-250 --all --valid-owner web-1 --yes   # hand-made ones too"
     )]
     Gc(GcArgs),
 }
@@ -367,17 +446,77 @@ pub struct ShowAddressArgs {
     pub selector: SelectorArgs,
 }
 
+/// `docker recipe`
+#[derive(Debug, Args)]
+pub struct DockerArgs {
+    /// Only `recipe` so far.
+    #[arg(value_parser = ["recipe"])]
+    pub what: String,
+    /// The fan network id.
+    pub network: String,
+    /// The seed's way instead: Docker's default bridge on the fan bridge
+    /// (`dockerd -b`), with a `--fixed-cidr` inside the agent's host reserve.
+    #[arg(long)]
+    pub bridge_mode: bool,
+    /// The IPAM plugin's name (its socket is /run/docker/plugins/NAME.sock).
+    #[arg(long, default_value = fan_client::docker::DEFAULT_PLUGIN_NAME)]
+    pub plugin: String,
+    /// The Docker network name (default: the fan network id).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
 /// `address gc`
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("scope").required(true).multiple(true).args(["created_by", "selector", "all"])))]
 pub struct GcArgs {
     /// The network id.
     pub network: String,
-    /// An owner still in use, CONTAINER or CONTAINER/IF (repeatable, at least one).
-    #[arg(long = "valid-owner", value_name = "ID[/IF]", required = true, value_parser = parse_owner)]
+    /// An owner still in use, CONTAINER or CONTAINER/IF (repeatable); none
+    /// means every allocation of the scope is stale.
+    #[arg(long = "valid-owner", value_name = "ID[/IF]", value_parser = parse_owner)]
     pub valid_owners: Vec<Owner>,
-    /// Only report what would be released.
+    /// Only allocations made by `cni` (fan-ipam) or `docker`
+    /// (fan-docker-ipam): the label fan.io/created-by.
+    #[arg(long, value_name = "MAKER")]
+    pub created_by: Option<String>,
+    /// Only allocations carrying this label (repeatable: all must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// Every allocation of the network, also those allocated by hand.
+    #[arg(long, conflicts_with_all = ["created_by", "selector"])]
+    pub all: bool,
+    /// Release them; without it only what would be released is listed.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub yes: bool,
+    /// Only list what would be released (the default).
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl GcArgs {
+    /// Whether `a` is in the scope the flags select.
+    pub fn in_scope(&self, a: &fan_client::Allocation) -> bool {
+        if self.all {
+            return true;
+        }
+        let created_by = a.labels.get(fan_client::cni::LABEL_CREATED_BY);
+        let maker_ok = match self.created_by.as_deref() {
+            None => true,
+            // Allocations fan-ipam made before it wrote fan.io/created-by.
+            Some("cni") => {
+                created_by.map(String::as_str) == Some("cni")
+                    || (created_by.is_none()
+                        && a.labels.contains_key(fan_client::cni::LABEL_CNI_NETWORK))
+            }
+            Some(m) => created_by.map(String::as_str) == Some(m),
+        };
+        maker_ok
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| a.labels.get(k) == Some(v))
+    }
 }
 
 /// `resolve`
@@ -398,8 +537,12 @@ pub struct ResolveArgs {
 
 /// `up`
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "fan"])))]
 pub struct UpArgs {
+    /// fanctl's positional form, one /etc/network/fan line:
+    /// OVERLAY UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [auto].
+    #[arg(value_name = "OVERLAY UNDERLAY [FLAGS]", num_args = 0.., conflicts_with_all = ["overlay", "all"])]
+    pub fan: Vec<String>,
     /// The overlay, CIDR or a bare first octet ("250").
     #[arg(short = 'o', long, value_name = "OVERLAY", requires = "underlay", value_parser = parse_overlay_arg)]
     pub overlay: Option<Ipv4Network>,
@@ -412,7 +555,7 @@ pub struct UpArgs {
     /// The bridge device name.
     #[arg(long, value_name = "NAME", conflicts_with = "all")]
     pub bridge: Option<String>,
-    /// Serve DHCP on the bridge: NOT SUPPORTED YET, refused.
+    /// Serve DHCPv4 on the bridge from the agent's allocations.
     #[arg(long, conflicts_with = "all")]
     pub dhcp: bool,
     /// Bring up every fan of the config file not flagged `off`.
@@ -430,8 +573,11 @@ pub struct UpArgs {
 
 /// `down`
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "every"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["overlay", "all", "every", "fan"])))]
 pub struct DownArgs {
+    /// fanctl's positional form: OVERLAY UNDERLAY (flags after them are ignored).
+    #[arg(value_name = "OVERLAY UNDERLAY", num_args = 0.., conflicts_with_all = ["overlay", "all", "every"])]
+    pub fan: Vec<String>,
     /// The overlay of the fan, CIDR or a bare first octet.
     #[arg(short = 'o', long, value_name = "OVERLAY", requires = "underlay", value_parser = parse_overlay_arg)]
     pub overlay: Option<Ipv4Network>,
@@ -845,6 +991,8 @@ mod tests {
             "c1",
             "--valid-owner",
             "c2/net1",
+            "--created-by",
+            "cni",
             "--dry-run",
         ]);
         let Command::Address(AddressCommand::Gc(a)) = cli.command else {
@@ -854,9 +1002,45 @@ mod tests {
             a.valid_owners,
             vec![Owner::new("c1"), Owner::with_interface("c2", "net1")]
         );
-        assert!(a.dry_run);
+        assert!(a.dry_run && !a.yes);
+        let alloc = |labels: &[(&str, &str)]| fan_client::Allocation {
+            name: String::new(),
+            network_id: "fan-250".into(),
+            owner: Owner::new("x"),
+            address: Ipv4Addr::new(250, 0, 28, 2),
+            prefix_length: 24,
+            gateway: Ipv4Addr::new(250, 0, 28, 1),
+            mtu: 1480,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            create_time: None,
+        };
+        assert!(a.in_scope(&alloc(&[("fan.io/created-by", "cni")])));
+        assert!(a.in_scope(&alloc(&[("fan-ipam/cni-network", "fan")])));
+        assert!(!a.in_scope(&alloc(&[("fan.io/created-by", "docker")])));
+        assert!(!a.in_scope(&alloc(&[])));
+        let Command::Address(AddressCommand::Gc(a)) =
+            ok(&["address", "gc", "fan-250", "--selector", "app=web", "--yes"]).command
+        else {
+            panic!()
+        };
+        assert!(a.yes && a.valid_owners.is_empty());
+        assert!(a.in_scope(&alloc(&[("app", "web")])));
+        assert!(!a.in_scope(&alloc(&[("app", "db")])));
+        let Command::Address(AddressCommand::Gc(a)) =
+            ok(&["address", "gc", "fan-250", "--all"]).command
+        else {
+            panic!()
+        };
+        assert!(a.in_scope(&alloc(&[])));
+        // A scope is required: hand-made allocations only go with --all.
         usage(&["address", "gc", "fan-250"]);
-        usage(&["address", "gc", "fan-250", "--valid-owner", "c1/"]);
+        usage(&["address", "gc", "fan-250", "--valid-owner", "c1"]);
+        usage(&["address", "gc", "fan-250", "--all", "--created-by", "cni"]);
+        usage(&["address", "gc", "fan-250", "--all", "--yes", "--dry-run"]);
+        usage(&["address", "gc", "fan-250", "--all", "--valid-owner", "c1/"]);
     }
 
     #[test]
@@ -948,11 +1132,25 @@ mod tests {
             panic!()
         };
         assert_eq!(a.underlay.unwrap().to_string(), "172.30.0.28/16");
-        // --dhcp parses (so that it can be refused by name) …
         let Command::Up(a) = ok(&["up", "-o", "250", "-u", "eth0/16", "--dhcp"]).command else {
             panic!()
         };
         assert!(a.dhcp);
+        // fanctl's positional form
+        let Command::Up(a) =
+            ok(&["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            a.fan,
+            ["250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]
+        );
+        let Command::Down(d) = ok(&["down", "250.0.0.0/8", "eth0/16"]).command else {
+            panic!()
+        };
+        assert_eq!(d.fan, ["250.0.0.0/8", "eth0/16"]);
+        usage(&["up", "250", "eth0/16", "-o", "250"]);
 
         let Command::Up(a) = ok(&["up", "-a"]).command else {
             panic!()

@@ -38,22 +38,38 @@ pub fn network_id_for(overlay: Ipv4Network) -> String {
     fan_core::names::default_bridge_name(overlay)
 }
 
-/// The plan of `up -o OVERLAY -u UNDERLAY [--host-reserve N] [--bridge NAME]`.
-/// `--dhcp` is refused before this is called.
+/// The plan of `up -o OVERLAY -u UNDERLAY [--host-reserve N] [--bridge NAME] [--dhcp]`.
 pub fn plan_up(
     overlay: Ipv4Network,
     underlay: &UnderlaySpec,
     host_reserve: Option<u32>,
     bridge: Option<String>,
+    dhcp: bool,
 ) -> UpPlan {
     UpPlan {
         network_id: network_id_for(overlay),
         spec: NetworkSpec {
             host_reserve,
             bridge,
+            dhcp,
             ..NetworkSpec::new(overlay.to_string(), underlay.to_string())
         },
         line: None,
+    }
+}
+
+/// fanctl's positional form (`up 250.0.0.0/8 eth0/16 dhcp host-reserve 1`):
+/// the words are one `/etc/network/fan` line, parsed by the same grammar.
+pub fn parse_positional(words: &[String]) -> Result<FanConfigEntry, UsageError> {
+    let line = words.join(" ");
+    let mut entries = fan_core::parse_fan_config(&line)
+        .map_err(|e| UsageError::new(format!("{line:?}: {}", e.message), "USAGE"))?;
+    match entries.pop() {
+        Some(entry) if entries.is_empty() => Ok(entry),
+        _ => Err(UsageError::new(
+            "expected OVERLAY UNDERLAY [FLAGS]".to_owned(),
+            "USAGE",
+        )),
     }
 }
 
@@ -84,22 +100,20 @@ pub fn active(entries: &[FanConfigEntry]) -> impl Iterator<Item = &FanConfigEntr
     entries.iter().filter(|e| !e.off)
 }
 
-/// The plans of `up -a`. Any line flagged `dhcp` (and not `off`) refuses
-/// the whole command before anything is changed.
-pub fn plan_up_all(path: &Path, entries: &[FanConfigEntry]) -> Result<Vec<UpPlan>, UsageError> {
-    if let Some(e) = active(entries).find(|e| e.dhcp) {
-        return Err(UsageError::unsupported(format!(
-            "{}: line {}: the dhcp flag is not supported yet",
-            path.display(),
-            e.line
-        )));
-    }
-    Ok(active(entries)
+/// The plans of `up -a`: every line not flagged `off`, `dhcp` included.
+pub fn plan_up_all(entries: &[FanConfigEntry]) -> Vec<UpPlan> {
+    active(entries)
         .map(|e| UpPlan {
             line: Some(e.line),
-            ..plan_up(e.overlay, &e.underlay, e.host_reserve, e.bridge.clone())
+            ..plan_up(
+                e.overlay,
+                &e.underlay,
+                e.host_reserve,
+                e.bridge.clone(),
+                e.dhcp,
+            )
         })
-        .collect())
+        .collect()
 }
 
 /// Whether `n` is the fan (`overlay`, `underlay`).
@@ -200,11 +214,16 @@ pub fn show_row(n: &Network) -> ShowRow {
     let overlay = fan_core::parse_overlay(&n.spec.overlay)
         .map(|o| o.to_string())
         .unwrap_or_else(|_| n.spec.overlay.clone());
+    let mut flags = Vec::new();
+    if n.spec.dhcp {
+        flags.push("dhcp".to_owned());
+    }
+    flags.push(format!("host-reserve {}", n.spec.host_reserve.unwrap_or(1)));
     ShowRow {
         bridge,
         underlay,
         overlay,
-        flags: vec![format!("host-reserve {}", n.spec.host_reserve.unwrap_or(1))],
+        flags,
         network: n.id.clone(),
     }
 }
@@ -323,24 +342,31 @@ mod tests {
 
     #[test]
     fn up_names_network_after_overlay() {
-        let p = plan_up(ov("250"), &ul("172.30.0.28"), Some(4), None);
+        let p = plan_up(ov("250"), &ul("172.30.0.28"), Some(4), None, false);
         assert_eq!(p.network_id, "fan-250");
         assert_eq!(p.spec.overlay, "250.0.0.0/8");
         assert_eq!(p.spec.underlay, "172.30.0.28/16");
         assert_eq!(p.spec.host_reserve, Some(4));
         assert_eq!(p.spec.bridge, None);
         assert_eq!(network_id_for(ov("10.20.0.0/16")), "fan-10-20");
-        let p = plan_up(ov("251.0.0.0/8"), &ul("eth0/16"), None, Some("br0".into()));
+        let p = plan_up(
+            ov("251.0.0.0/8"),
+            &ul("eth0/16"),
+            None,
+            Some("br0".into()),
+            true,
+        );
+        assert!(p.spec.dhcp);
         assert_eq!(p.network_id, "fan-251");
         assert_eq!(p.spec.bridge.as_deref(), Some("br0"));
         fan_core::names::validate_network_id(&p.network_id).unwrap();
     }
 
     #[test]
-    fn up_all_skips_off_and_refuses_dhcp() {
+    fn up_all_skips_off_and_keeps_dhcp() {
         let text = "# lab\n250.0.0.0/8 172.30.0.0/16 host-reserve 2\n251 eth0/16 off\n252 eth0/16 auto bridge fanb\n";
         let entries = fan_core::parse_fan_config(text).unwrap();
-        let plans = plan_up_all(Path::new("/etc/network/fan"), &entries).unwrap();
+        let plans = plan_up_all(&entries);
         let ids: Vec<_> = plans.iter().map(|p| p.network_id.as_str()).collect();
         assert_eq!(ids, ["fan-250", "fan-252"]);
         assert_eq!(plans[0].spec.host_reserve, Some(2));
@@ -348,14 +374,26 @@ mod tests {
         assert_eq!(plans[1].spec.bridge.as_deref(), Some("fanb"));
 
         let entries = fan_core::parse_fan_config("250 eth0/16\n251 eth0/16 dhcp\n").unwrap();
-        let err = plan_up_all(Path::new("f"), &entries).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "f: line 2: the dhcp flag is not supported yet (UNSUPPORTED)"
-        );
-        // dhcp on an `off` line is not acted on, so not refused
+        let plans = plan_up_all(&entries);
+        assert!(!plans[0].spec.dhcp && plans[1].spec.dhcp);
         let entries = fan_core::parse_fan_config("251 eth0/16 dhcp off\n").unwrap();
-        assert!(plan_up_all(Path::new("f"), &entries).unwrap().is_empty());
+        assert!(plan_up_all(&entries).is_empty());
+    }
+
+    #[test]
+    fn positional_form_is_a_config_line() {
+        let words: Vec<String> = ["250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"]
+            .map(String::from)
+            .to_vec();
+        let e = parse_positional(&words).unwrap();
+        assert_eq!(e.overlay.to_string(), "250.0.0.0/8");
+        assert_eq!(e.underlay.to_string(), "eth0/16");
+        assert!(e.dhcp);
+        assert_eq!(e.host_reserve, Some(1));
+        let err = parse_positional(&["250".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("missing underlay"), "{err}");
+        let err = parse_positional(&["250".into(), "eth0/16".into(), "bogus".into()]).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 
     #[test]

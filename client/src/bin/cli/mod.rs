@@ -12,8 +12,8 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 use fan_client::{
-    AllocationRequest, ConnectOptions, DeleteNetworkOptions, FanClient, NetworkSpec, ResolveScope,
-    TlsConfig,
+    Allocation, AllocationRequest, ConnectOptions, DeleteNetworkOptions, FanClient, NetworkSpec,
+    ResolveScope, Selector, TlsConfig,
 };
 
 use args::{AddressCommand, Cli, ClusterCommand, Command, NetworkCommand, OutputFormat};
@@ -24,13 +24,6 @@ use output::Render;
 /// refused by name (exit 2), never ignored. Runs before any connection.
 pub fn validate(cli: &Cli) -> Result<(), UsageError> {
     tls_config(cli)?;
-    if let Command::Up(up) = &cli.command {
-        if up.dhcp {
-            return Err(UsageError::unsupported(
-                "--dhcp is not supported yet (there is no DHCP server in fan yet)",
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -93,7 +86,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let fmt = cli.output;
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "fan-client", out);
+            // clap_complete panics when a write fails; render first, then write,
+            // so `… | head -1` ends quietly like every other command.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "fan-client", &mut script);
+            out.write_all(&script)?;
             Ok(())
         }
         Command::Info => {
@@ -101,6 +98,25 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             emit(out, fmt, &c.get_agent_info().await?)
         }
         Command::Network(cmd) => network(&cli, cmd, out).await,
+        Command::Watch(a) => {
+            use futures::StreamExt;
+            let c = connect(&cli).await?;
+            let options = fan_client::WatchOptions {
+                network_id: a.network.clone().unwrap_or_default(),
+                kinds: a.kinds.clone(),
+                start_revision: a.from,
+            };
+            let mut events = std::pin::pin!(c.watch_events(&options).await?);
+            while let Some(event) = events.next().await {
+                let line = match fmt {
+                    OutputFormat::Json => serde_json::to_string(&event?)?,
+                    OutputFormat::Table => output::event_line(&event?),
+                };
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            Ok(())
+        }
         Command::Address(cmd) => address(&cli, cmd, out).await,
         Command::Resolve(a) => {
             let scope = match (&a.network, a.overlay, a.underlay) {
@@ -127,12 +143,28 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 (true, _, _) => {
                     let path = fanctl::config_path(&a.config);
                     let entries = fanctl::read_config(&path)?;
-                    fanctl::plan_up_all(&path, &entries)?
+                    fanctl::plan_up_all(&entries)
                 }
                 (false, Some(o), Some(u)) => {
-                    vec![fanctl::plan_up(o, u, a.host_reserve, a.bridge.clone())]
+                    vec![fanctl::plan_up(
+                        o,
+                        u,
+                        a.host_reserve,
+                        a.bridge.clone(),
+                        a.dhcp,
+                    )]
                 }
-                _ => unreachable!("clap requires -o/-u or -a"),
+                _ => {
+                    // fanctl's positional form; --host-reserve/--bridge/--dhcp still apply.
+                    let e = fanctl::parse_positional(&a.fan)?;
+                    vec![fanctl::plan_up(
+                        e.overlay,
+                        &e.underlay,
+                        a.host_reserve.or(e.host_reserve),
+                        a.bridge.clone().or(e.bridge),
+                        a.dhcp || e.dhcp,
+                    )]
+                }
             };
             let c = connect(&cli).await?;
             let mut changes = Vec::new();
@@ -156,6 +188,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             )
         }
         Command::Down(a) => down(&cli, a, out).await,
+        Command::Docker(a) => {
+            let c = connect(&cli).await?;
+            let net = c.get_network(&a.network).await?;
+            let recipe = if a.bridge_mode {
+                fan_client::docker::bridge_recipe(&net)
+            } else {
+                let name = a.name.as_deref().unwrap_or(&a.network);
+                fan_client::docker::plugin_recipe(&net, &a.plugin, name)
+            };
+            out.write_all(recipe?.as_bytes())?;
+            Ok(())
+        }
         Command::Show => {
             let c = connect(&cli).await?;
             let nets = c.list_networks().await?;
@@ -190,6 +234,9 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                 masquerade: a.no_masquerade.then_some(false),
                 anti_spoofing: a.no_anti_spoofing.then_some(false),
                 allow_overlap: a.allow_overlap,
+                dhcp: a.dhcp,
+                dhcp_dns: a.dhcp_dns.clone(),
+                dhcp_lease_seconds: a.dhcp_lease_seconds,
                 ..NetworkSpec::new(a.overlay.clone(), a.underlay.clone())
             };
             emit(out, fmt, &c.create_network(&a.name, &spec).await?)
@@ -218,6 +265,22 @@ async fn network(cli: &Cli, cmd: &NetworkCommand, out: &mut dyn Write) -> anyhow
                     outcome,
                 },
             )
+        }
+        NetworkCommand::Update(a) => {
+            let labels = if a.clear_labels {
+                Some(Default::default())
+            } else {
+                (!a.labels.is_empty()).then(|| a.labels.iter().cloned().collect())
+            };
+            let update = fan_client::NetworkUpdate {
+                host_reserve: a.host_reserve,
+                mtu: a.mtu,
+                masquerade: a.masquerade,
+                anti_spoofing: a.anti_spoofing,
+                labels,
+            };
+            let (network, _) = c.update_network(&a.name, &update).await?;
+            emit(out, fmt, &network)
         }
         NetworkCommand::Check { name } => {
             let drifts = c.check_network(name).await?;
@@ -267,15 +330,33 @@ async fn address(cli: &Cli, cmd: &AddressCommand, out: &mut dyn Write) -> anyhow
             &c.get_allocation(&a.network, &a.selector.selector()).await?,
         ),
         AddressCommand::Gc(a) => {
-            let released = c
-                .garbage_collect_allocations(&a.network, &a.valid_owners, a.dry_run)
-                .await?;
+            // The agent's GC knows no scope: ask what it would release,
+            // keep the scope's part, and release those one by one (by
+            // owner, so an address that changed hands meanwhile stays).
+            let stale: Vec<Allocation> = c
+                .garbage_collect_allocations(&a.network, &a.valid_owners, true)
+                .await?
+                .into_iter()
+                .filter(|al| a.in_scope(al))
+                .collect();
+            let released = if a.yes {
+                let mut released = Vec::new();
+                for al in stale {
+                    let owner = Selector::Owner(al.owner.clone());
+                    if let Some(r) = c.release_address(&a.network, &owner, true).await? {
+                        released.push(r);
+                    }
+                }
+                released
+            } else {
+                stale
+            };
             emit(
                 out,
                 fmt,
                 &output::Collected {
                     network: a.network.clone(),
-                    dry_run: a.dry_run,
+                    dry_run: !a.yes,
                     released,
                 },
             )
@@ -291,11 +372,21 @@ async fn down(cli: &Cli, a: &args::DownArgs, out: &mut dyn Write) -> anyhow::Res
     } else {
         None
     };
+    // fanctl's positional form names the fan like -o/-u.
+    let positional = if a.fan.is_empty() {
+        None
+    } else {
+        Some(fanctl::parse_positional(&a.fan)?)
+    };
     let c = connect(cli).await?;
     let nets = c.list_networks().await?;
     // (network, overlay, underlay, line)
     let mut targets: Vec<(Option<String>, String, String, Option<usize>)> = Vec::new();
-    if let (Some(o), Some(u)) = (a.overlay, &a.underlay) {
+    let named = match &positional {
+        Some(e) => Some((e.overlay, &e.underlay)),
+        None => a.overlay.zip(a.underlay.as_ref()),
+    };
+    if let Some((o, u)) = named {
         let found = fanctl::find(&nets, o, u);
         match found.as_slice() {
             [] => {
@@ -405,15 +496,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dhcp_is_refused_by_name_with_exit_2_before_connecting() {
-        let (r, out) = run_offline(&["up", "-o", "250", "-u", "eth0/16", "--dhcp"]).await;
+    async fn bad_positional_fan_exits_2_before_connecting() {
+        let (r, out) = run_offline(&["up", "250", "eth0/16", "dhcp", "bogus"]).await;
         let (code, line) = error::report(&r.unwrap_err());
         assert_eq!(code, 2);
-        assert!(
-            line.starts_with("fan-client: --dhcp is not supported yet"),
-            "{line}"
-        );
-        assert!(line.ends_with("(UNSUPPORTED)"));
+        assert!(line.contains("bogus"), "{line}");
         assert!(out.is_empty());
     }
 
@@ -426,15 +513,12 @@ mod tests {
         assert_eq!(code, 2);
         assert!(line.ends_with("(CONFIG_UNREADABLE)"), "{line}");
 
-        let dhcp = dir.path().join("fan");
-        std::fs::write(&dhcp, "250 eth0/16 host-reserve 2\n251 eth0/16 dhcp\n").unwrap();
-        let (r, _) = run_offline(&["up", "-a", "--config", dhcp.to_str().unwrap()]).await;
+        let bad = dir.path().join("fan");
+        std::fs::write(&bad, "250 eth0/16 host-reserve 2\n251 eth0/16 dhcpx\n").unwrap();
+        let (r, _) = run_offline(&["up", "-a", "--config", bad.to_str().unwrap()]).await;
         let (code, line) = error::report(&r.unwrap_err());
         assert_eq!(code, 2);
-        assert!(
-            line.ends_with("line 2: the dhcp flag is not supported yet (UNSUPPORTED)"),
-            "{line}"
-        );
+        assert!(line.ends_with("(CONFIG_INVALID)"), "{line}");
         let (r, _) = run_offline(&["down", "-a", "--config", missing.to_str().unwrap()]).await;
         assert_eq!(error::report(&r.unwrap_err()).0, 2);
     }

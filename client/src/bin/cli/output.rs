@@ -128,6 +128,19 @@ impl Render for Network {
             opt(s.anti_spoofing.map(yes_no)),
         ]);
         kv.row([
+            "DHCP:".to_string(),
+            if s.dhcp {
+                let mut text = format!("yes (lease {}s", s.dhcp_lease_seconds.unwrap_or(3600));
+                if !s.dhcp_dns.is_empty() {
+                    text.push_str(&format!(", dns {}", s.dhcp_dns.join(",")));
+                }
+                text.push(')');
+                text
+            } else {
+                "no".to_string()
+            },
+        ]);
+        kv.row([
             "Allocated:".to_string(),
             format!("{} of {}", st.allocated, st.capacity),
         ]);
@@ -345,6 +358,9 @@ impl Render for Collected {
         );
         if !self.released.is_empty() {
             out.push_str(&allocation_table(&self.released).render());
+            if self.dry_run {
+                out.push_str("run again with --yes to release them\n");
+            }
         }
         out
     }
@@ -390,6 +406,28 @@ impl Render for Resolved {
     }
 }
 
+// ---- watch ----------------------------------------------------------------
+
+/// One event as `fan-client watch` prints it for people:
+/// `REVISION TIME KIND NETWORK DETAIL`.
+pub fn event_line(e: &fan_client::WatchEvent) -> String {
+    let detail = match (&e.allocation, e.state) {
+        (Some(a), _) => format!("{} {}", a.address, a.owner),
+        (None, Some(state)) => format!("{} {}", state.as_str(), e.reason),
+        (None, None) => e.reason.clone(),
+    };
+    format!(
+        "{} {} {} {} {}",
+        e.revision,
+        time(e.time),
+        e.kind.as_str(),
+        e.network_id,
+        detail
+    )
+    .trim_end()
+    .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +451,8 @@ mod tests {
                 masquerade: Some(true),
                 anti_spoofing: Some(true),
                 allow_overlap: false,
+                labels: Default::default(),
+                ..NetworkSpec::default()
             },
             status: NetworkStatus {
                 underlay_address: Some(Ipv4Addr::new(172, 30, 0, 28)),

@@ -1,0 +1,425 @@
+//! The data-plane half of `fan-bench` (issue 14, item 3): five paths between
+//! two hosts on the same underlay bridge, measured in alternating rounds of
+//! one run so that the machine's background load hits them alike.
+//!
+//! - fan, fast path: agents with the eBPF egress fast path (the default);
+//! - fan, slow path: a second pair of hosts whose agents run `--no-fast-path`
+//!   (host routing + tunnel device);
+//! - control: containers on a plain bridge, routed host to host over the same
+//!   hops without encapsulation;
+//! - underlay: host to host;
+//! - kernel VXLAN, flannel-style: a `vxlan` device (VNI 42, port 4789) on each
+//!   host and a route to the peer's container subnet through it.
+//!
+//! Per round and path: iperf3 with 1 and with 4 streams (`seconds` each),
+//! ping RTT (50 packets), and the CPU-seconds the whole machine spent per GB
+//! received during the iperf runs (/proc/stat deltas; other load on the
+//! machine counts too, which the alternation spreads evenly).
+
+use std::io::IsTerminal;
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fan_e2e::{IperfServer, Netns, Testbed};
+use fan_proto::v1 as pb;
+
+const OVERLAY: &str = "250.0.0.0/8";
+const UNDERLAY: &str = "172.30.0.0/16";
+const H28: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 28);
+const H27: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 27);
+
+/// One path: an iperf3/ping client namespace towards a server namespace.
+struct Path {
+    name: &'static str,
+    client: Netns,
+    server: Netns,
+    address: Ipv4Addr,
+}
+
+/// Figures of one path over the rounds.
+#[derive(Default)]
+struct Figures {
+    one: Vec<f64>,
+    four: Vec<f64>,
+    rtt: Vec<f64>,
+    cpu_per_gb: Vec<f64>,
+}
+
+/// Busy (non-idle, non-iowait) CPU-seconds of the machine so far.
+fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    if fields.len() < 5 {
+        bail!("/proc/stat: {line}");
+    }
+    // user nice system idle iowait irq softirq steal ...: USER_HZ is 100.
+    let total: f64 = fields.iter().take(8).sum();
+    Ok((total - fields[3] - fields[4]) / 100.0)
+}
+
+/// One iperf3 run: (bit/s, bytes received).
+fn iperf(path: &Path, streams: u32, seconds: u32) -> Result<(f64, f64)> {
+    let _server = IperfServer::start(&path.server, 5201)?;
+    let out = path.client.exec(
+        "iperf3",
+        &[
+            "-c",
+            &path.address.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    )?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(error) = json["error"].as_str() {
+        bail!("iperf3 {}: {error}", path.name);
+    }
+    let sum = &json["end"]["sum_received"];
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("iperf3 output without end.sum_received"))?;
+    let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+    Ok((bps, bytes))
+}
+
+/// Average RTT of 50 pings, in ms.
+fn rtt(path: &Path) -> Result<f64> {
+    let out = path.client.exec(
+        "ping",
+        &["-c", "50", "-i", "0.01", "-q", &path.address.to_string()],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rtt min/avg/max/mdev = 0.031/0.045/0.090/0.010 ms
+    text.lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("ping {}: {text}", path.name))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(values), min, max)
+}
+
+fn show(values: &[f64], scale: f64, digits: usize) -> String {
+    let (m, lo, hi) = spread(values);
+    format!(
+        "{:.d$} [{:.d$}–{:.d$}]",
+        m / scale,
+        lo / scale,
+        hi / scale,
+        d = digits
+    )
+}
+
+/// Per-round ratios a/b.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+/// A plain bridge `bridge` on `host` with `subnet`.1/24, MTU `mtu`, and a
+/// container at `subnet`.2 plugged into it.
+fn bridged_container(
+    bed: &Testbed,
+    host: &Netns,
+    bridge: &str,
+    subnet: &str,
+    tag: &str,
+    mtu: u32,
+) -> Result<Netns> {
+    host.ip(&["link", "add", bridge, "type", "bridge"])?;
+    host.ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", bridge])?;
+    host.ip(&["link", "set", bridge, "mtu", &mtu.to_string(), "up"])?;
+    let netns = Netns::new(&format!("{}-{tag}", bed.id))?;
+    fan_e2e::plug(
+        host,
+        bridge,
+        &format!("{}{tag}", bed.id),
+        &netns,
+        &format!("{subnet}.2/24"),
+        &format!("{subnet}.1"),
+        mtu,
+    )?;
+    Ok(netns)
+}
+
+/// The control: plain bridges on 10.200.<host>.0/24, routed via the peer's
+/// underlay address. Same hops as the fan, no encapsulation.
+fn control(bed: &Testbed) -> Result<[Netns; 2]> {
+    let mut out = Vec::new();
+    for (name, octet, other_octet, other) in [("h28", 28, 27, H27), ("h27", 27, 28, H28)] {
+        let host = &bed.host(name).netns;
+        let c = bridged_container(
+            bed,
+            host,
+            "ctl0",
+            &format!("10.200.{octet}"),
+            &format!("k{octet}"),
+            1480,
+        )?;
+        host.ip(&[
+            "route",
+            "add",
+            &format!("10.200.{other_octet}.0/24"),
+            "via",
+            &other.to_string(),
+        ])?;
+        out.push(c);
+    }
+    out.try_into().map_err(|_| anyhow!("two hosts"))
+}
+
+/// Flannel-style kernel VXLAN: `vxl0` (VNI 42, UDP 4789) between the hosts,
+/// 10.202.0.<host>/24 on it, bridges on 10.201.<host>.0/24 and a route to the
+/// peer's subnet through the peer's VXLAN address.
+fn vxlan(bed: &Testbed) -> Result<[Netns; 2]> {
+    let mut out = Vec::new();
+    for (name, me, octet, other_octet, other) in
+        [("h28", H28, 28, 27, H27), ("h27", H27, 27, 28, H28)]
+    {
+        let host = &bed.host(name).netns;
+        host.ip(&[
+            "link",
+            "add",
+            "vxl0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            &me.to_string(),
+            "remote",
+            &other.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("10.202.0.{octet}/24"),
+            "dev",
+            "vxl0",
+        ])?;
+        host.ip(&["link", "set", "vxl0", "mtu", "1450", "up"])?;
+        let c = bridged_container(
+            bed,
+            host,
+            "vxb0",
+            &format!("10.201.{octet}"),
+            &format!("v{octet}"),
+            1450,
+        )?;
+        host.ip(&[
+            "route",
+            "add",
+            &format!("10.201.{other_octet}.0/24"),
+            "via",
+            &format!("10.202.0.{other_octet}"),
+            "dev",
+            "vxl0",
+        ])?;
+        out.push(c);
+    }
+    out.try_into().map_err(|_| anyhow!("two hosts"))
+}
+
+/// Two hosts, the fan on both, container "a" on .28 and "b" on .27; the
+/// agents get `agent_args`.
+async fn fan_bed(agent_args: &[&str]) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with("h28", H28, agent_args, &[])?;
+    bed.add_host_with("h27", H27, agent_args, &[])?;
+    for host in ["h28", "h27"] {
+        let mut client = bed.host(host).client().await?;
+        client
+            .create_network(pb::CreateNetworkRequest {
+                network_id: "fan".into(),
+                spec: Some(pb::NetworkSpec {
+                    overlay: OVERLAY.into(),
+                    underlay: UNDERLAY.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
+    }
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
+fn existing(ns: &Netns) -> Netns {
+    Netns::existing(&ns.name)
+}
+
+/// Builds every path, runs `rounds` alternating rounds and prints the table
+/// and the issue's targets. Nothing is asserted.
+pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
+    println!(
+        "\n== Data plane: fast path vs slow path vs plain routing vs underlay vs kernel VXLAN"
+    );
+    let fast = fan_bed(&[]).await?;
+    let slow = fan_bed(&["--no-fast-path"]).await?;
+    let control = control(&fast)?;
+    let vxlan = vxlan(&fast)?;
+    let paths = [
+        Path {
+            name: "fan, fast path",
+            client: existing(&fast.container("a").netns),
+            server: existing(&fast.container("b").netns),
+            address: fast.container("b").address,
+        },
+        Path {
+            name: "fan, slow path",
+            client: existing(&slow.container("a").netns),
+            server: existing(&slow.container("b").netns),
+            address: slow.container("b").address,
+        },
+        Path {
+            name: "control (routed, no encap)",
+            client: existing(&control[0]),
+            server: existing(&control[1]),
+            address: "10.200.27.2".parse()?,
+        },
+        Path {
+            name: "underlay host↔host",
+            client: existing(&fast.host("h28").netns),
+            server: existing(&fast.host("h27").netns),
+            address: H27,
+        },
+        Path {
+            name: "kernel VXLAN (flannel-style)",
+            client: existing(&vxlan[0]),
+            server: existing(&vxlan[1]),
+            address: "10.201.27.2".parse()?,
+        },
+    ];
+    // Warm-up: ARP/neighbours on every path.
+    for p in &paths {
+        p.client
+            .ping(p.address, 1)
+            .with_context(|| format!("warm-up ping over {}", p.name))?;
+    }
+    let mut figures: Vec<Figures> = paths.iter().map(|_| Figures::default()).collect();
+    let progress = std::io::stderr().is_terminal();
+    for round in 0..rounds {
+        if progress {
+            eprint!("  round {}/{rounds}\r", round + 1);
+        }
+        // Rotate the order so no path always runs first or last.
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            let p = &paths[i];
+            let cpu0 = busy_cpu_seconds()?;
+            let (one, bytes1) = iperf(p, 1, seconds)?;
+            let (four, bytes4) = iperf(p, 4, seconds)?;
+            let cpu = busy_cpu_seconds()? - cpu0;
+            let f = &mut figures[i];
+            f.one.push(one);
+            f.four.push(four);
+            f.cpu_per_gb.push(cpu / ((bytes1 + bytes4) / 1e9));
+            f.rtt.push(rtt(p)?);
+        }
+    }
+    if progress {
+        eprint!("{:24}\r", "");
+    }
+    println!(
+        "  {rounds} alternating rounds; median [min–max]; iperf3 {seconds} s per run; CPU = whole machine"
+    );
+    println!(
+        "  {:<30} {:>24} {:>24} {:>24} {:>22}",
+        "path", "1 stream Gbit/s", "4 streams Gbit/s", "RTT ms", "CPU s per GB"
+    );
+    for (p, f) in paths.iter().zip(&figures) {
+        println!(
+            "  {:<30} {:>24} {:>24} {:>24} {:>22}",
+            p.name,
+            show(&f.one, 1e9, 2),
+            show(&f.four, 1e9, 2),
+            show(&f.rtt, 1.0, 3),
+            show(&f.cpu_per_gb, 1.0, 2)
+        );
+    }
+    let [fan, slow_f, ctl, under, vx] = [0, 1, 2, 3, 4].map(|i| &figures[i]);
+    let target = |name: &str, values: Vec<f64>, goal: &str, met: fn(f64) -> bool| {
+        let m = median(&values);
+        println!(
+            "  {name:<34} {:<22} target {goal:<7} {}",
+            show(&values, 1.0, 2),
+            if met(m) { "met" } else { "NOT met" }
+        );
+    };
+    println!("  ratios (per round, median [min–max]) against the issue's targets:");
+    target(
+        "fan/control, 1 stream",
+        ratios(&fan.one, &ctl.one),
+        "≥ 1.05",
+        |m| m >= 1.05,
+    );
+    target(
+        "fan/underlay, 1 stream",
+        ratios(&fan.one, &under.one),
+        "≥ 0.95",
+        |m| m >= 0.95,
+    );
+    target(
+        "fan/underlay, 4 streams",
+        ratios(&fan.four, &under.four),
+        "≥ 0.95",
+        |m| m >= 0.95,
+    );
+    target(
+        "RTT fan/control",
+        ratios(&fan.rtt, &ctl.rtt),
+        "≤ 1.0",
+        |m| m <= 1.0,
+    );
+    target(
+        "CPU per GB fan/control",
+        ratios(&fan.cpu_per_gb, &ctl.cpu_per_gb),
+        "≤ 1.0",
+        |m| m <= 1.0,
+    );
+    println!("  for reference:");
+    for (name, values) in [
+        ("fan/control, 4 streams", ratios(&fan.four, &ctl.four)),
+        ("fast/slow path, 1 stream", ratios(&fan.one, &slow_f.one)),
+        ("fast/slow path, 4 streams", ratios(&fan.four, &slow_f.four)),
+        ("fan/VXLAN, 1 stream", ratios(&fan.one, &vx.one)),
+        ("fan/VXLAN, 4 streams", ratios(&fan.four, &vx.four)),
+        ("RTT fast/slow path", ratios(&fan.rtt, &slow_f.rtt)),
+    ] {
+        println!("  {name:<34} {}", show(&values, 1.0, 2));
+    }
+    drop(paths);
+    drop(vxlan);
+    drop(control);
+    drop(slow);
+    drop(fast);
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! The eBPF egress fast path end to end (issue 14, item 1): real agents
+//! (eBPF backend on this kernel), two hosts on an underlay bridge.
+//!
+//! `fan_fastpath` on ingress of the fan bridge encapsulates container
+//! packets for remote slices and hands them to the underlay device, so they
+//! never cross the tunnel device `fantunN`. Whether a packet took the fast
+//! path is read from the pinned counter map: the program counts it in
+//! `encapsulated` and in the slot `FAST_PATH_ENCAPSULATED` (`fan_encap`,
+//! the slow path, only in the first); with the agent started with
+//! `--no-fast-path` the same traffic moves only `encapsulated`.
+//!
+//! The slow path stays the fallback: traffic leaving the overlay
+//! (masqueraded), packets too big for the tunnel (ICMP fragmentation needed
+//! with MTU 1480 comes from the host's stack) and TTL 1.
+//!
+//! The rest of the e2e suite runs both ways: `make test` runs it with the
+//! fast path on; `FAN_AGENT_NO_FAST_PATH=1 cargo test -p fan-e2e --test
+//! dataplane` (or any other file) runs it with the agents' fast path off (the
+//! harness's agents inherit the environment). This file's agents always have
+//! it on.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fan_dataplane::ebpf::{maps::slot, pin};
+use fan_e2e::packets::{finish_capture, icmp_echo, send_raw, start_capture};
+use fan_e2e::{iperf, plug, IperfServer, Netns, Testbed};
+use fan_proto::v1 as pb;
+
+const OVERLAY: &str = "250.0.0.0/8";
+const UNDERLAY: &str = "172.30.0.0/16";
+
+fn addr(text: &str) -> Ipv4Addr {
+    text.parse().expect("address")
+}
+
+async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
+    let mut client = bed.host(host).client().await?;
+    client
+        .get_network(pb::GetNetworkRequest {
+            network_id: "fan".into(),
+        })
+        .await
+        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
+        .into_inner()
+        .network
+        .and_then(|n| n.status)
+        .and_then(|s| s.counters)
+        .ok_or_else(|| anyhow!("{host}: no counters"))
+}
+
+/// Packets the egress fast path of `host` encapsulated (its pinned counter).
+fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
+    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
+    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
+    Ok(slots
+        .get(slot::FAST_PATH_ENCAPSULATED as usize)
+        .copied()
+        .unwrap_or(0))
+}
+
+/// Whether `fan_fastpath` is attached on the ingress of `bridge`.
+fn fast_path_filter(host: &Netns, bridge: &str) -> Result<bool> {
+    let out = host.exec("tc", &["filter", "show", "dev", bridge, "ingress"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("fan_fastpath"))
+}
+
+async fn bridge_of(bed: &Testbed, host: &str) -> Result<String> {
+    let mut client = bed.host(host).client().await?;
+    client
+        .get_network(pb::GetNetworkRequest {
+            network_id: "fan".into(),
+        })
+        .await
+        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
+        .into_inner()
+        .network
+        .and_then(|n| n.status)
+        .map(|s| s.bridge)
+        .ok_or_else(|| anyhow!("{host}: no status"))
+}
+
+/// Hosts .28 and .27 with the fan, container "a" on .28 and "b" on .27.
+async fn two_hosts() -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    // On whatever the suite's environment says (FAN_AGENT_NO_FAST_PATH=1
+    // runs the other files on the slow path): this file tests the fast path.
+    let fast_path_on = [("FAN_AGENT_NO_FAST_PATH", "false")];
+    bed.add_host_with("h28", addr("172.30.0.28"), &[], &fast_path_on)?;
+    bed.add_host_with("h27", addr("172.30.0.27"), &[], &fast_path_on)?;
+    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
+        .await?;
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
+/// One short TCP run each way between two namespaces.
+fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<()> {
+    for reverse in [false, true] {
+        let _server = IperfServer::start(server, 5201)?;
+        let result = iperf(client, server_addr, 5201, 1, reverse)?;
+        assert!(
+            result.bits_per_second > 1e6,
+            "TCP reverse={reverse} to {server_addr}: {result:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A short iperf3 UDP run; returns the datagrams the server received.
+fn udp_received(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<u64> {
+    let _server = IperfServer::start(server, 5202)?;
+    let out = client.exec(
+        "iperf3",
+        &[
+            "-c",
+            &server_addr.to_string(),
+            "-p",
+            "5202",
+            "-u",
+            "-b",
+            "10M",
+            "-t",
+            "1",
+            "-J",
+        ],
+    )?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if let Some(error) = json["error"].as_str() {
+        bail!("iperf3 -u: {error}");
+    }
+    // The server's view (received and lost), as the client reports it.
+    let sum = &json["end"]["sum"];
+    let packets = sum["packets"].as_u64().context("no end.sum.packets")?;
+    let lost = sum["lost_packets"].as_u64().unwrap_or(0);
+    Ok(packets.saturating_sub(lost))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
+    let bed = two_hosts().await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h28 = &bed.host("h28").netns;
+    assert!(fast_path_filter(h28, &bridge_of(&bed, "h28").await?)?);
+    let (t28, t27) = (
+        fast_path_packets(&bed, "h28")?,
+        fast_path_packets(&bed, "h27")?,
+    );
+    let (c28, c27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+
+    tokio::task::block_in_place(|| -> Result<()> {
+        a.netns.ping(b.address, 3)?;
+        b.netns.ping(a.address, 3)?;
+        tcp_both_ways(&a.netns, &b.netns, b.address)?;
+        let received = udp_received(&a.netns, &b.netns, b.address)?;
+        assert!(received > 100, "UDP datagrams received: {received}");
+        // TTL: each host is one hop; an expiring packet goes to the stack,
+        // which answers with ICMP time exceeded from the gateway.
+        let expired = a
+            .netns
+            .command("ping")
+            .args(["-c", "1", "-W", "2", "-t", "1", &b.address.to_string()])
+            .output()?;
+        let text = String::from_utf8_lossy(&expired.stdout);
+        assert!(
+            !expired.status.success()
+                && text.contains("250.0.28.1")
+                && text.contains("Time to live exceeded"),
+            "{text}"
+        );
+        a.netns.exec(
+            "ping",
+            &["-c", "1", "-W", "2", "-t", "3", &b.address.to_string()],
+        )?;
+        Ok(())
+    })?;
+
+    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    // Both hosts encapsulated (pings, TCP data and acks, UDP)...
+    assert!(
+        e28.encapsulated - c28.encapsulated > 1000,
+        "{c28:?} -> {e28:?}"
+    );
+    assert!(
+        e27.encapsulated - c27.encapsulated > 6,
+        "{c27:?} -> {e27:?}"
+    );
+    assert!(e27.decapsulated - c27.decapsulated > 1000, "{e27:?}");
+    // ...and the fast path encapsulated all of it (nothing through the
+    // tunnel device's fan_encap).
+    assert_eq!(
+        fast_path_packets(&bed, "h28")? - t28,
+        e28.encapsulated - c28.encapsulated,
+        "h28: {e28:?}"
+    );
+    assert_eq!(
+        fast_path_packets(&bed, "h27")? - t27,
+        e27.encapsulated - c27.encapsulated,
+        "h27: {e27:?}"
+    );
+    assert_eq!(e28.dropped_other, c28.dropped_other, "{e28:?}");
+    assert_eq!(e28.dropped_spoofed_egress, c28.dropped_spoofed_egress);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
+    let bed = two_hosts().await?;
+    let a = bed.container("a");
+    // A machine on the underlay with no route to the overlay: its replies
+    // can only come back if the host masqueraded the container.
+    let outside = Netns::new(&format!("{}-out", bed.id))?;
+    let port = format!("{}out", bed.id);
+    outside.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &port])?;
+    outside.ip(&["link", "set", &port, "netns", &bed.underlay.name])?;
+    bed.underlay
+        .ip(&["link", "set", &port, "master", "br0", "up"])?;
+    outside.ip(&["addr", "add", "172.30.0.99/16", "dev", "eth0"])?;
+    outside.ip(&["link", "set", "eth0", "up"])?;
+    let t28 = fast_path_packets(&bed, "h28")?;
+    let c28 = counters(&bed, "h28").await?;
+
+    tokio::task::block_in_place(|| -> Result<()> {
+        let capture = start_capture(&outside, "eth0", "icmp", 2)?;
+        a.netns.ping(addr("172.30.0.99"), 1)?;
+        let dump = finish_capture(capture)?;
+        assert!(
+            dump.contains("172.30.0.28 > 172.30.0.99"),
+            "masqueraded to the host's address: {dump}"
+        );
+        tcp_both_ways(&a.netns, &outside, addr("172.30.0.99"))
+    })?;
+    let e28 = counters(&bed, "h28").await?;
+    assert_eq!(e28.encapsulated, c28.encapsulated, "nothing encapsulated");
+    assert_eq!(fast_path_packets(&bed, "h28")?, t28);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() -> Result<()> {
+    let bed = two_hosts().await?;
+    let b = bed.container("b");
+    let h28 = &bed.host("h28").netns;
+    // A container plugged by a runtime that ignores the allocation's MTU
+    // (1500 on both ends of its veth): its 1500-byte packets reach the host.
+    let mut client = bed.host("h28").client().await?;
+    let allocation = client
+        .allocate_address(pb::AllocateAddressRequest {
+            network_id: "fan".into(),
+            owner: Some(pb::Owner {
+                container_id: format!("{}-big", bed.id),
+                interface: "eth0".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow!("allocate: {s}"))?
+        .into_inner()
+        .allocation
+        .context("no allocation")?;
+    assert_eq!(allocation.mtu, 1480);
+    let big = Netns::new(&format!("{}-big", bed.id))?;
+    plug(
+        h28,
+        &bridge_of(&bed, "h28").await?,
+        &format!("{}big", bed.id),
+        &big,
+        &format!("{}/{}", allocation.address, allocation.prefix_length),
+        &allocation.gateway,
+        1500,
+    )?;
+    let ping = |size: &str| {
+        big.command("ping")
+            .args(["-c", "1", "-W", "2", "-M", "do", "-s", size])
+            .arg(b.address.to_string())
+            .output()
+    };
+    tokio::task::block_in_place(|| -> Result<()> {
+        let out = ping("1472")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "1500 bytes with DF crossed: {text}");
+        assert!(
+            text.contains("Frag needed") && text.contains("mtu = 1480"),
+            "ICMP fragmentation needed, MTU 1480, from the host: {text}"
+        );
+        // The container learnt the path MTU: it now refuses locally.
+        let again = ping("1472")?;
+        let text = String::from_utf8_lossy(&again.stderr).to_string()
+            + &String::from_utf8_lossy(&again.stdout);
+        assert!(
+            !again.status.success() && text.contains("1480"),
+            "path MTU 1480 cached: {text}"
+        );
+        let fits = ping("1452")?;
+        assert!(
+            fits.status.success(),
+            "1480 bytes with DF cross: {}",
+            String::from_utf8_lossy(&fits.stdout)
+        );
+        // A container with the allocation's MTU refuses the big one itself.
+        let small = bed
+            .container("a")
+            .netns
+            .command("ping")
+            .args(["-c", "1", "-W", "2", "-M", "do", "-s", "1472"])
+            .arg(b.address.to_string())
+            .output()?;
+        let text = String::from_utf8_lossy(&small.stderr).to_string()
+            + &String::from_utf8_lossy(&small.stdout);
+        assert!(
+            !small.status.success() && text.contains("message too long"),
+            "{text}"
+        );
+        bed.container("a").netns.exec(
+            "ping",
+            &[
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "1452",
+                &b.address.to_string(),
+            ],
+        )?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()> {
+    let bed = two_hosts().await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h28 = &bed.host("h28").netns;
+    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
+    let made_up = addr("10.99.0.1"); // outside the overlay
+    tokio::task::block_in_place(|| -> Result<()> {
+        let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
+        send_raw(
+            &a.netns,
+            &[
+                icmp_echo(third_host, b.address),
+                icmp_echo(third_host, b.address),
+                icmp_echo(made_up, b.address),
+            ],
+        )?;
+        a.netns.ping(b.address, 1)?;
+        let dump = finish_capture(capture)?;
+        assert!(
+            !dump.contains(&third_host.to_string()) && !dump.contains(&made_up.to_string()),
+            "no spoofed packet left the host: {dump}"
+        );
+        Ok(())
+    })?;
+    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    assert_eq!(
+        e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
+        3,
+        "{s28:?} -> {e28:?}"
+    );
+    assert_eq!(e27.dropped_spoofed, s27.dropped_spoofed, "{e27:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Result<()> {
+    let bed = two_hosts().await?;
+    let b = bed.container("b");
+    let h28 = &bed.host("h28").netns;
+    // Plugged by hand at an address the agent never allocated (the top of
+    // the slice): the fast path needs no knowledge of the container.
+    let stray = Netns::new(&format!("{}-stray", bed.id))?;
+    plug(
+        h28,
+        &bridge_of(&bed, "h28").await?,
+        &format!("{}stray", bed.id),
+        &stray,
+        "250.0.28.250/24",
+        "250.0.28.1",
+        1480,
+    )?;
+    let t28 = fast_path_packets(&bed, "h28")?;
+    let c28 = counters(&bed, "h28").await?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        stray.ping(b.address, 2)?;
+        b.netns.ping(addr("250.0.28.250"), 2)?;
+        tcp_both_ways(&stray, &b.netns, b.address)
+    })?;
+    let e28 = counters(&bed, "h28").await?;
+    let fast = fast_path_packets(&bed, "h28")? - t28;
+    assert!(fast >= 4, "{fast} on the fast path");
+    assert_eq!(fast, e28.encapsulated - c28.encapsulated, "{e28:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
+    let mut bed = two_hosts().await?;
+    let bridge = bridge_of(&bed, "h28").await?;
+    {
+        let host = bed.host_mut("h28");
+        host.agent.extra_args.push("--no-fast-path".into());
+        host.agent.terminate()?;
+        host.start_agent()?;
+    }
+    let h28 = &bed.host("h28").netns;
+    // The restarted agent detached the program from the bridge.
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        if fast_path_filter(h28, &bridge)? {
+            bail!("fan_fastpath still on {bridge}");
+        }
+        Ok(())
+    })?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let t28 = fast_path_packets(&bed, "h28")?;
+    let c28 = counters(&bed, "h28").await?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        a.netns.ping(b.address, 3)?;
+        tcp_both_ways(&a.netns, &b.netns, b.address)
+    })?;
+    let e28 = counters(&bed, "h28").await?;
+    // fan_encap on the tunnel device encapsulated it all.
+    assert!(
+        e28.encapsulated - c28.encapsulated > 100,
+        "{c28:?} -> {e28:?}"
+    );
+    assert_eq!(fast_path_packets(&bed, "h28")?, t28);
+
+    // Back on: the filter returns and carries the traffic again.
+    {
+        let host = bed.host_mut("h28");
+        host.agent.extra_args.clear();
+        host.agent.terminate()?;
+        host.start_agent()?;
+    }
+    let h28 = &bed.host("h28").netns;
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        if !fast_path_filter(h28, &bridge)? {
+            bail!("fan_fastpath not back on {bridge}");
+        }
+        Ok(())
+    })?;
+    let t28 = fast_path_packets(&bed, "h28")?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;
+    assert_eq!(fast_path_packets(&bed, "h28")? - t28, 3);
+    Ok(())
+}
