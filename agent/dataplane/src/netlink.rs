@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -361,11 +363,38 @@ impl Netlink {
         self.handle
             .link()
             .get()
+            // Statistics are most of a link message and [`Link`] has none.
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
             .map_ok(parse_link)
             .try_collect()
             .await
             .map_err(|e| netlink_error("list links", e))
+    }
+
+    /// The devices of one kind ("bridge", "veth"), filtered by the kernel
+    /// (kernels that ignore the filter get the result filtered here).
+    pub async fn links_of_kind(&self, kind: &str) -> Result<Vec<Link>> {
+        let mut request = self
+            .handle
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::from(kind),
+            )]));
+        Ok(request
+            .execute()
+            .map_ok(parse_link)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| netlink_error(format!("list {kind} links"), e))?
+            .into_iter()
+            .filter(|l| l.kind.as_deref() == Some(kind))
+            .collect())
     }
 
     /// Like [`Netlink::link_by_name`] but absence is an error.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::{LinkAttribute, LinkInfo};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -44,6 +44,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 struct PortInfo {
+    name: String,
     veth_to_other_netns: bool,
     master: Option<u32>,
     mac: Option<[u8; 6]>,
@@ -54,6 +55,8 @@ async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
         .handle()
         .link()
         .get()
+        // Statistics are most of a link message and unused here.
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
         .execute()
         .try_collect()
         .await
@@ -64,8 +67,10 @@ async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
         let mut other_netns = false;
         let mut master = None;
         let mut mac = None;
+        let mut name = String::new();
         for attr in &msg.attributes {
             match attr {
+                LinkAttribute::IfName(n) => name = n.clone(),
                 LinkAttribute::LinkInfo(infos) => {
                     veth = infos
                         .iter()
@@ -80,6 +85,7 @@ async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
         out.insert(
             msg.header.index,
             PortInfo {
+                name,
                 veth_to_other_netns: veth && other_netns,
                 master,
                 mac,
@@ -107,74 +113,109 @@ async fn neighbours(nl: &Netlink, family: AddressFamily) -> Result<Vec<Neighbour
         .map_err(|e| netlink_error(format!("list {family:?} neighbours"), e))
 }
 
+/// One read of the kernel tables the endpoint maps derive from (links,
+/// bridge FDB, IPv4 neighbours): taken once and shared by every network.
+pub struct Snapshot {
+    ports: HashMap<u32, PortInfo>,
+    fdb: Vec<NeighbourMessage>,
+    inet: Vec<NeighbourMessage>,
+}
+
+impl Snapshot {
+    /// Reads the three tables.
+    pub async fn take(nl: &Netlink) -> Result<Snapshot> {
+        Ok(Snapshot {
+            ports: ports(nl).await?,
+            fdb: neighbours(nl, AddressFamily::Bridge).await?,
+            inet: neighbours(nl, AddressFamily::Inet).await?,
+        })
+    }
+
+    /// The index of the device named `name`.
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.ports
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(index, _)| *index)
+    }
+
+    /// The containers of the plan's slice that the fast path can reach.
+    pub fn endpoints(&self, plan: &NetworkPlan) -> BTreeMap<Ipv4Addr, Endpoint> {
+        let mut out = BTreeMap::new();
+        let Some(bridge) = self.index_of(&plan.bridge) else {
+            return out;
+        };
+        let ports = &self.ports;
+        let Some(gw_mac) = ports.get(&bridge).and_then(|p| p.mac) else {
+            return out;
+        };
+
+        // MAC -> bridge port, from learned (or static) FDB entries of our bridge.
+        let mut port_of_mac: HashMap<[u8; 6], u32> = HashMap::new();
+        for msg in &self.fdb {
+            let port = msg.header.ifindex;
+            // Local entries are the bridge's and its ports' own addresses.
+            if msg.header.state == NeighbourState::Permanent {
+                continue;
+            }
+            let Some(info) = ports.get(&port) else {
+                continue;
+            };
+            if info.master != Some(bridge) || !info.veth_to_other_netns {
+                continue;
+            }
+            if let Some(mac) = lladdr(msg) {
+                port_of_mac.insert(mac, port);
+            }
+        }
+
+        for msg in &self.inet {
+            if msg.header.ifindex != bridge {
+                continue;
+            }
+            if !matches!(
+                msg.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+                    | NeighbourState::Noarp
+            ) {
+                continue;
+            }
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let (Some(ip), Some(mac)) = (ip, lladdr(msg)) else {
+                continue;
+            };
+            if !plan.slice.contains(ip) || ip == plan.gateway {
+                continue;
+            }
+            if let Some(&ifindex) = port_of_mac.get(&mac) {
+                out.insert(
+                    ip,
+                    Endpoint {
+                        ifindex,
+                        mac,
+                        gw_mac,
+                    },
+                );
+            }
+        }
+        out
+    }
+}
+
 /// The containers of the plan's slice that the fast path can reach, from
 /// the bridge's neighbour table and FDB.
 pub async fn discover(nl: &Netlink, plan: &NetworkPlan) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
-    let mut out = BTreeMap::new();
-    let Some(bridge) = nl.link_by_name(&plan.bridge).await? else {
-        return Ok(out);
-    };
-    let ports = ports(nl).await?;
-    let Some(gw_mac) = ports.get(&bridge.index).and_then(|p| p.mac) else {
-        return Ok(out);
-    };
-
-    // MAC -> bridge port, from learned (or static) FDB entries of our bridge.
-    let mut port_of_mac: HashMap<[u8; 6], u32> = HashMap::new();
-    for msg in neighbours(nl, AddressFamily::Bridge).await? {
-        let port = msg.header.ifindex;
-        // Local entries are the bridge's and its ports' own addresses.
-        if msg.header.state == NeighbourState::Permanent {
-            continue;
-        }
-        let Some(info) = ports.get(&port) else {
-            continue;
-        };
-        if info.master != Some(bridge.index) || !info.veth_to_other_netns {
-            continue;
-        }
-        if let Some(mac) = lladdr(&msg) {
-            port_of_mac.insert(mac, port);
-        }
+    if nl.link_by_name(&plan.bridge).await?.is_none() {
+        return Ok(BTreeMap::new());
     }
-
-    for msg in neighbours(nl, AddressFamily::Inet).await? {
-        if msg.header.ifindex != bridge.index {
-            continue;
-        }
-        if !matches!(
-            msg.header.state,
-            NeighbourState::Reachable
-                | NeighbourState::Stale
-                | NeighbourState::Delay
-                | NeighbourState::Probe
-                | NeighbourState::Permanent
-                | NeighbourState::Noarp
-        ) {
-            continue;
-        }
-        let ip = msg.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-            _ => None,
-        });
-        let (Some(ip), Some(mac)) = (ip, lladdr(&msg)) else {
-            continue;
-        };
-        if !plan.slice.contains(ip) || ip == plan.gateway {
-            continue;
-        }
-        if let Some(&ifindex) = port_of_mac.get(&mac) {
-            out.insert(
-                ip,
-                Endpoint {
-                    ifindex,
-                    mac,
-                    gw_mac,
-                },
-            );
-        }
-    }
-    Ok(out)
+    Ok(Snapshot::take(nl).await?.endpoints(plan))
 }
 
 /// The map key of a container address (network byte order, as in the packet).
@@ -229,13 +270,23 @@ pub async fn refresh(nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result
     Ok(desired.len())
 }
 
-/// IPv4 neighbour events of devices other than our bridge are noise (busy
+/// Writes one network's map from a snapshot; returns the number of endpoints.
+fn sync_one(snapshot: &Snapshot, plan: &NetworkPlan, pin_dir: &Path) -> Result<usize> {
+    let desired = snapshot.endpoints(plan);
+    let (written, removed) = write_map(pin_dir, &desired)?;
+    if written + removed > 0 {
+        debug!(network = %plan.network_id, endpoints = desired.len(), written, removed, "synced fast-path endpoints");
+    }
+    Ok(desired.len())
+}
+
+/// IPv4 neighbour events of devices other than our bridges are noise (busy
 /// hosts see many); FDB and link events may concern our ports.
-fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridge: Option<u32>) -> bool {
+fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridges: &[u32]) -> bool {
     match payload {
         NetlinkPayload::InnerMessage(
             RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
-        ) if n.header.family == AddressFamily::Inet => Some(n.header.ifindex) == bridge,
+        ) if n.header.family == AddressFamily::Inet => bridges.contains(&n.header.ifindex),
         NetlinkPayload::InnerMessage(
             RouteNetlinkMessage::NewNeighbour(_)
             | RouteNetlinkMessage::DelNeighbour(_)
@@ -246,33 +297,44 @@ fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridge: Option<u32>) 
     }
 }
 
-/// Spawns the task keeping the endpoint map in sync: on every neighbour or
-/// link event (debounced) and every [`RESYNC_INTERVAL`]. Sockets are opened
-/// here, in the caller's network namespace.
-pub fn spawn_refresher(
-    nl: Netlink,
-    plan: NetworkPlan,
-    pin_dir: PathBuf,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// The networks whose endpoint maps are kept in sync: network id -> (plan, pin directory).
+pub type Registry = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (NetworkPlan, PathBuf)>>>;
+
+fn registered(registry: &Registry) -> Vec<(NetworkPlan, PathBuf)> {
+    registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// Spawns the one task keeping the endpoint maps of every network in
+/// `registry` in sync: on every neighbour or link event (debounced) and
+/// every [`RESYNC_INTERVAL`], one read of the kernel tables serves all
+/// networks (a task per network made each event cost O(networks) dumps).
+/// Sockets are opened here, in the caller's network namespace.
+pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::JoinHandle<()>> {
     let (connection, _handle, mut events) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh, MulticastGroup::Link])
             .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
-            let mut bridge = nl
-                .link_by_name(&plan.bridge)
-                .await
-                .ok()
-                .flatten()
-                .map(|l| l.index);
+            // The bridges whose IPv4 neighbour events matter, updated on every sync.
+            let mut bridges: Vec<u32> = Vec::new();
+            for (plan, _) in registered(&registry) {
+                if let Ok(Some(link)) = nl.link_by_name(&plan.bridge).await {
+                    bridges.push(link.index);
+                }
+            }
             loop {
                 tokio::select! {
                     event = events.next() => {
                         let Some((event, _)) = event else {
-                            warn!(network = %plan.network_id, "netlink event stream ended; endpoint sync stops");
+                            warn!("netlink event stream ended; endpoint sync stops");
                             return;
                         };
-                        if !relevant(&event.payload, bridge) {
+                        if !relevant(&event.payload, &bridges) {
                             continue;
                         }
                         // Coalesce a burst (a container start is several events).
@@ -287,15 +349,26 @@ pub fn spawn_refresher(
                     }
                     _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
                 }
-                if let Err(e) = refresh(&nl, &plan, &pin_dir).await {
-                    warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+                let networks = registered(&registry);
+                if networks.is_empty() {
+                    continue;
                 }
-                bridge = nl
-                    .link_by_name(&plan.bridge)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|l| l.index);
+                let snapshot = match Snapshot::take(&nl).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "fast-path endpoint sync failed");
+                        continue;
+                    }
+                };
+                bridges = networks
+                    .iter()
+                    .filter_map(|(plan, _)| snapshot.index_of(&plan.bridge))
+                    .collect();
+                for (plan, pin_dir) in &networks {
+                    if let Err(e) = sync_one(&snapshot, plan, pin_dir) {
+                        warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+                    }
+                }
             }
         };
         // The connection runs inside this task so aborting it closes the socket.

@@ -36,6 +36,7 @@
 pub mod endpoints;
 pub mod maps;
 pub mod pin;
+mod prog_info;
 pub mod tc;
 pub mod tunnel;
 
@@ -166,6 +167,33 @@ fn drop_incompatible_pins(dir: &Path) {
     }
 }
 
+/// True when every map is pinned with this build's layout.
+fn pins_compatible(dir: &Path) -> bool {
+    maps::ALL_MAPS.iter().all(|name| {
+        MapInfo::from_pin(dir.join(name)).is_ok_and(|info| {
+            (info.key_size(), info.value_size(), info.max_entries()) == expected_shape(name)
+        })
+    })
+}
+
+/// Writes `config` (keeping the agent flags recorded before) unless the map
+/// already holds it.
+fn set_config<T: std::borrow::BorrowMut<MapData>>(
+    array: &mut Array<T, FanConfig>,
+    mut config: FanConfig,
+    network_id: &str,
+) -> Result<()> {
+    if let Ok(previous) = array.get(&0, 0) {
+        config.agent_flags |= previous.agent_flags;
+        if previous == config {
+            return Ok(());
+        }
+    }
+    array
+        .set(0, config, 0)
+        .map_err(|e| other(format!("write config of network {network_id}"), e))
+}
+
 fn read_config(pin_dir: &Path) -> Option<FanConfig> {
     let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).ok()?;
     let array: Array<MapData, FanConfig> = Array::try_from(Map::from_map_data(data).ok()?).ok()?;
@@ -221,11 +249,7 @@ fn config_map_id(pin_dir: &Path) -> Option<u32> {
 
 /// The ids of the maps program `prog_id` uses.
 fn program_map_ids(prog_id: u32) -> Option<BTreeSet<u32>> {
-    aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == prog_id)
-        .and_then(|p| p.map_ids().ok().flatten())
-        .map(|ids| ids.into_iter().collect())
+    prog_info::map_ids(prog_id)
 }
 
 /// What to do with one hook.
@@ -262,6 +286,14 @@ struct HookSite<'a> {
     hook: Hook,
 }
 
+/// What [`EbpfBackend::load_and_attach`] did.
+struct Attached {
+    /// The object was loaded (false: every filter was kept as it was).
+    loaded: bool,
+    /// The fast-path filter runs on the bridge.
+    fast: bool,
+}
+
 fn describe_hook(site: &HookSite<'_>) -> String {
     format!(
         "tc filter {} on {} {}",
@@ -280,7 +312,13 @@ pub struct EbpfBackend {
     /// Set once this kernel refused the fast-path program: the slow path
     /// carries everything and `observe` stops expecting the filter.
     egress_fast_path_unsupported: AtomicBool,
-    refreshers: Mutex<HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>,
+    /// The programs' tags, known once each was loaded (the same for every
+    /// network of this build).
+    program_tags: Mutex<HashMap<&'static str, u64>>,
+    /// The networks whose fast-path endpoint maps the refresher keeps in sync.
+    synced: endpoints::Registry,
+    /// The one task doing that for all of them (started with the first).
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EbpfBackend {
@@ -292,7 +330,9 @@ impl EbpfBackend {
             peer_fast_path: true,
             egress_fast_path: true,
             egress_fast_path_unsupported: AtomicBool::new(false),
-            refreshers: Mutex::new(HashMap::new()),
+            program_tags: Mutex::new(HashMap::new()),
+            synced: Default::default(),
+            refresher: Mutex::new(None),
         }
     }
 
@@ -363,34 +403,64 @@ impl EbpfBackend {
     }
 
     fn stop_refresher(&self, network_id: &str) {
-        if let Some((_, task)) = self.lock_refreshers().remove(network_id) {
-            task.abort();
+        let now_empty = {
+            let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+            synced.remove(network_id);
+            synced.is_empty()
+        };
+        if now_empty {
+            // No network left: the task and its socket go.
+            if let Some(task) = self.lock_refresher().take() {
+                task.abort();
+            }
         }
     }
 
-    fn lock_refreshers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (NetworkPlan, tokio::task::JoinHandle<()>)>>
-    {
-        // A panic elsewhere must not stop teardown: the map stays usable.
-        self.refreshers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_refresher(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        // A panic elsewhere must not stop teardown: the slot stays usable.
+        self.refresher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when the running refresher follows this plan already.
+    fn is_synced(&self, plan: &NetworkPlan, pin_dir: &Path) -> bool {
+        let followed = self
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&plan.network_id)
+            .is_some_and(|(p, dir)| p == plan && dir == pin_dir);
+        followed
+            && self
+                .lock_refresher()
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
     }
 
     fn ensure_refresher(&self, nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
-        let mut tasks = self.lock_refreshers();
-        if let Some((running_plan, task)) = tasks.get(&plan.network_id) {
-            if running_plan == plan && !task.is_finished() {
-                return Ok(());
-            }
-            task.abort();
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                plan.network_id.clone(),
+                (plan.clone(), pin_dir.to_path_buf()),
+            );
+        let mut task = self.lock_refresher();
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
         }
-        let task = endpoints::spawn_refresher(nl.clone(), plan.clone(), pin_dir.to_path_buf())?;
-        tasks.insert(plan.network_id.clone(), (plan.clone(), task));
+        *task = Some(endpoints::spawn_refresher(nl.clone(), self.synced.clone())?);
         Ok(())
     }
 
-    /// Loads the programs, writes the config and attaches or adopts both
-    /// filters. Synchronous: aya objects never cross an await point.
+    fn lock_tags(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, u64>> {
+        self.program_tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the programs, writes the config and attaches or adopts the
+    /// encap and decap filters, and the fast-path filter when `fast` is
+    /// given. Skips the load when every one of those filters already runs
+    /// this build's program on the pinned maps. Synchronous: aya objects
+    /// never cross an await point.
     #[allow(clippy::too_many_arguments)]
     fn load_and_attach(
         &self,
@@ -402,7 +472,39 @@ impl EbpfBackend {
         decap: &HookSite<'_>,
         decap_existing: Option<&tc::Filter>,
         fast: Option<(&HookSite<'_>, Option<&tc::Filter>)>,
-    ) -> Result<bool> {
+    ) -> Result<Attached> {
+        // Every filter already runs this build's program on the pinned maps
+        // (every reconcile pass, for every network): only the config may
+        // need writing, and loading (verifying) the object again is skipped.
+        // A program whose tag is not known yet (never loaded) means a load.
+        let kept = {
+            let tags = self.lock_tags();
+            let pinned = pinned_map_ids(pin_dir);
+            let config_id = config_map_id(pin_dir);
+            let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
+            [(encap, encap_existing), (decap, decap_existing)]
+                .into_iter()
+                .chain(fast)
+                .all(|(site, existing)| {
+                    tags.get(site.program)
+                        .is_some_and(|tag| decide(existing, *tag, maps_match) == AttachAction::Keep)
+                })
+        };
+        if kept && pins_compatible(pin_dir) {
+            let context = || format!("write config of network {}", plan.network_id);
+            let data =
+                MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
+            let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
+            let mut array: Array<MapData, FanConfig> =
+                Array::try_from(map).map_err(|e| other(context(), e))?;
+            set_config(&mut array, config, &plan.network_id)?;
+            debug!(network = %plan.network_id, "programs unchanged, kept");
+            return Ok(Attached {
+                loaded: false,
+                fast: fast.is_some(),
+            });
+        }
+
         drop_incompatible_pins(pin_dir);
         let mut ebpf = load_object(Some(pin_dir))?;
         let fast = match fast {
@@ -428,18 +530,14 @@ impl EbpfBackend {
                 .ok_or_else(|| other("eBPF object", "no config map"))?;
             let mut array: Array<&mut MapData, FanConfig> =
                 Array::try_from(map).map_err(|e| other("config map", e))?;
-            if let Ok(previous) = array.get(&0, 0) {
-                config.agent_flags |= previous.agent_flags;
-            }
-            array
-                .set(0, config, 0)
-                .map_err(|e| other(format!("write config of network {}", plan.network_id), e))?;
+            set_config(&mut array, config, &plan.network_id)?;
         }
 
         let pinned = pinned_map_ids(pin_dir);
         let config_id = config_map_id(pin_dir);
         let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
         let priority = tc_priority(plan.index)?;
+        let mut tags = HashMap::new();
         let sites = [(encap, encap_existing), (decap, decap_existing)]
             .into_iter()
             .chain(fast);
@@ -449,6 +547,7 @@ impl EbpfBackend {
                 .info()
                 .map_err(|e| other(format!("program {}", site.program), e))?
                 .tag();
+            tags.insert(site.program, tag);
             match decide(existing, tag, maps_match) {
                 AttachAction::Keep => {
                     debug!(filter = %describe_hook(site), "program unchanged, kept")
@@ -465,8 +564,14 @@ impl EbpfBackend {
                 }
             }
         }
+        // Tags do not depend on the maps a program was loaded with: the
+        // same for every network of this build.
+        self.lock_tags().extend(tags);
         // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
-        Ok(fast.is_some())
+        Ok(Attached {
+            loaded: true,
+            fast: fast.is_some(),
+        })
     }
 
     async fn underlay_link(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
@@ -506,7 +611,7 @@ impl EbpfBackend {
 impl Drop for EbpfBackend {
     fn drop(&mut self) {
         // Only the endpoint sync stops; filters and pins stay (restart-safe).
-        for (_, (_, task)) in self.lock_refreshers().drain() {
+        if let Some(task) = self.lock_refresher().take() {
             task.abort();
         }
     }
@@ -605,8 +710,10 @@ impl Encapsulation for EbpfBackend {
             ifindex: underlay.index,
             hook: Hook::Ingress,
         };
-        let encap_filters = tc::list_filters(nl.handle(), encap.ifindex, encap.hook).await?;
-        let decap_filters = tc::list_filters(nl.handle(), decap.ifindex, decap.hook).await?;
+        let encap_filters =
+            tc::list_filters_at(nl.handle(), encap.ifindex, encap.hook, priority).await?;
+        let decap_filters =
+            tc::list_filters_at(nl.handle(), decap.ifindex, decap.hook, priority).await?;
         let (encap_main, encap_extra) = Self::ours(&encap_filters, priority, ENCAP_PROGRAM);
         let (decap_main, decap_extra) = Self::ours(&decap_filters, priority, DECAP_PROGRAM);
         // Duplicates at our priority (older versions, manual attaches) go.
@@ -624,7 +731,8 @@ impl Encapsulation for EbpfBackend {
             ifindex: bridge.index,
             hook: Hook::Ingress,
         };
-        let fast_filters = tc::list_filters(nl.handle(), fast.ifindex, fast.hook).await?;
+        let fast_filters =
+            tc::list_filters_at(nl.handle(), fast.ifindex, fast.hook, priority).await?;
         let (fast_main, fast_extra) = Self::ours(&fast_filters, priority, FASTPATH_PROGRAM);
         if !fast_path {
             // Switched off: our filter on the bridge goes (the config flag
@@ -641,7 +749,7 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
-        let attached_fast = self.load_and_attach(
+        let attached = self.load_and_attach(
             plan,
             &pin_dir,
             config,
@@ -651,7 +759,7 @@ impl Encapsulation for EbpfBackend {
             decap_main,
             fast_path.then_some((&fast, fast_main)),
         )?;
-        if fast_path && !attached_fast {
+        if fast_path && !attached.fast {
             for f in fast_main.into_iter() {
                 tc::delete_filter(nl.handle(), fast.ifindex, fast.hook, f.priority, f.handle)
                     .await?;
@@ -661,11 +769,16 @@ impl Encapsulation for EbpfBackend {
         // The route last: traffic reaches the tunnel only once encap is there.
         tunnel::ensure_route(&nl, plan, tunnel.index).await?;
 
-        if self.peer_fast_path {
+        // A network the refresher already follows (a reconcile pass) is
+        // left to it: a sync here would read every link and neighbour of the
+        // host once per network and pass.
+        if self.peer_fast_path && (attached.loaded || !self.is_synced(plan, &pin_dir)) {
             if let Err(e) = endpoints::refresh(&nl, plan, &pin_dir).await {
                 // The slow path still delivers everything.
                 warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
             }
+        }
+        if self.peer_fast_path {
             self.ensure_refresher(&nl, plan, &pin_dir)?;
         } else {
             self.stop_refresher(&plan.network_id);
@@ -818,7 +931,7 @@ impl Encapsulation for EbpfBackend {
         for (program, interface, ifindex, hook) in sites {
             let object = format!("tc filter {program} on {interface} {}", hook.as_str());
             let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");
-            let filters = tc::list_filters(nl.handle(), ifindex, hook).await?;
+            let filters = tc::list_filters_at(nl.handle(), ifindex, hook, priority).await?;
             let (main, extra) = Self::ours(&filters, priority, program);
             match main {
                 None => drift(object, expected, "absent".into()),
@@ -878,8 +991,8 @@ impl Encapsulation for EbpfBackend {
             }
         }
         for ifindex in underlay_indexes {
-            let Some(filters) =
-                errors.record(tc::list_filters(nl.handle(), ifindex, Hook::Ingress).await)
+            let Some(filters) = errors
+                .record(tc::list_filters_at(nl.handle(), ifindex, Hook::Ingress, priority).await)
             else {
                 continue;
             };
@@ -909,9 +1022,9 @@ impl Encapsulation for EbpfBackend {
         // The fast-path filter on the bridge (the host part deletes the
         // bridge, and its qdisc with it, after us).
         if let Some(Some(bridge)) = errors.record(nl.link_by_name(&plan.bridge).await) {
-            if let Some(filters) =
-                errors.record(tc::list_filters(nl.handle(), bridge.index, Hook::Ingress).await)
-            {
+            if let Some(filters) = errors.record(
+                tc::list_filters_at(nl.handle(), bridge.index, Hook::Ingress, priority).await,
+            ) {
                 let (main, extra) = Self::ours(&filters, priority, FASTPATH_PROGRAM);
                 for f in main.into_iter().chain(extra) {
                     errors.record(

@@ -8,7 +8,7 @@
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::tc::{
     TcAttribute, TcFilterBpfOption, TcHandle as NlTcHandle, TcMessage, TcOption,
@@ -163,6 +163,53 @@ pub async fn list_filters(
             e,
         )),
     }
+}
+
+/// The filters at `priority` on one hook of device `ifindex`. The kernel
+/// filters the dump by priority (`tcm_info`), so this costs the same however
+/// many other networks have filters on the device.
+pub async fn list_filters_at(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    hook: Hook,
+    priority: u16,
+) -> Result<Vec<Filter>> {
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = hook.parent();
+    msg.header.info = u32::from(priority) << 16;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let context = || {
+        format!(
+            "list tc {} filters pref {priority} of link #{ifindex}",
+            hook.as_str()
+        )
+    };
+    let mut handle = handle.clone();
+    let mut response = handle
+        .request(req)
+        .map_err(|e| netlink_error(context(), e))?;
+    let mut filters = Vec::new();
+    while let Some(msg) = response.next().await {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(m))
+                if m.header.parent == hook.parent()
+                    && m.header.index == ifindex as i32
+                    && (m.header.info >> 16) as u16 == priority =>
+            {
+                filters.extend(parse_filter(m));
+            }
+            NetlinkPayload::Error(err) if err.code.is_some() => {
+                let e = rtnetlink::Error::NetlinkError(err);
+                if matches!(errno(&e), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) {
+                    return Ok(Vec::new());
+                }
+                return Err(netlink_error(context(), e));
+            }
+            _ => {}
+        }
+    }
+    Ok(filters)
 }
 
 /// True when device `ifindex` has a clsact qdisc.

@@ -149,7 +149,7 @@ impl HostSetup {
         let mark = bridge_mark(&plan.network_id);
         let mut found: Vec<Link> = self
             .netlink
-            .links()
+            .links_of_kind("bridge")
             .await?
             .into_iter()
             .filter(|l| {
@@ -275,7 +275,7 @@ impl HostSetup {
         sysctl::set_rp_filter(&plan.underlay_interface, sysctl::RP_FILTER_LOOSE)?;
 
         if nft::needs_table(plan) {
-            self.nft.apply_table(plan).await?;
+            self.nft.ensure_table(plan).await?;
         } else {
             self.nft.delete_table(&plan.network_id).await?;
         }

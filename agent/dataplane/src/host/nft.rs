@@ -463,6 +463,21 @@ impl Nft {
         self.run_script(&context, &apply_script(plan)?).await
     }
 
+    /// Like [`Nft::apply_table`], but leaves a table that already
+    /// lists as the plan wants alone: every reconcile pass applies every
+    /// network, and rewriting a table costs a kernel transaction that grows
+    /// with the number of tables (a listing is read-only and cheap).
+    pub async fn ensure_table(&self, plan: &NetworkPlan) -> Result<()> {
+        let name = table_name(&plan.network_id);
+        check_table_name(&name)?;
+        if let Ok(Some(listing)) = self.list_table(&name).await {
+            if summarize(&listing) == expected_summary(plan) {
+                return Ok(());
+            }
+        }
+        self.apply_table(plan).await
+    }
+
     /// Removes the network's table; absent (or no nft binary) is success.
     pub async fn delete_table(&self, network_id: &str) -> Result<()> {
         let name = table_name(network_id);
