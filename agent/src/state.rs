@@ -1014,10 +1014,12 @@ impl Store {
     }
 
     /// Releases, in one transaction, every allocation of `network` that
-    /// `pick` selects (e.g. expired DHCP leases); returns them.
+    /// `pick` selects (e.g. expired DHCP leases); returns them. Each release
+    /// is an `AllocationReleased` event carrying `why`.
     pub async fn release_where(
         &self,
         network: &str,
+        why: &'static str,
         pick: impl Fn(&AllocationRecord) -> bool + Send + 'static,
     ) -> Result<Vec<AllocationRecord>> {
         let network = network.to_owned();
@@ -1035,6 +1037,10 @@ impl Store {
             for record in &picked {
                 state.allocator.release_address(record.address);
                 let previous = state.allocations.remove(&record.address);
+                let mut event =
+                    Event::allocation(EventKind::AllocationReleased, &state.record, record);
+                event.reason = why.to_owned();
+                mutations.push(Mutation::Event(Box::new(event)));
                 mutations.push(Mutation::DeleteAllocation {
                     network: network.clone(),
                     address: record.address,
@@ -2367,6 +2373,41 @@ mod tests {
             store.allocations_page("fan", None, 10).await.unwrap().0,
             vec![]
         );
+    }
+
+    #[tokio::test]
+    async fn release_where_releases_in_one_commit_and_reports_each_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .allocate("fan", owner(i), None, BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        let from = store.events().revision();
+        let released = store
+            .release_where("fan", "DHCP lease expired", |a| a.owner != owner(1))
+            .await
+            .unwrap();
+        assert_eq!(released.len(), 2);
+        assert_eq!(store.usage("fan").await.unwrap().0, 1);
+        let subscription = store.events().subscribe(Some(from)).unwrap();
+        let reported: Vec<_> = subscription
+            .backlog
+            .iter()
+            .filter(|e| e.kind == EventKind::AllocationReleased)
+            .map(|e| (e.allocation.as_ref().unwrap().address, e.reason.clone()))
+            .collect();
+        let expected: Vec<_> = released
+            .iter()
+            .map(|a| (a.address, "DHCP lease expired".to_owned()))
+            .collect();
+        assert_eq!(reported, expected);
     }
 
     #[tokio::test]

@@ -246,7 +246,7 @@ async fn sweep(store: &Store, network: &str, counters: Option<&Counters>) {
     // The store re-checks each lease in the transaction: one renewed in
     // the meantime is kept.
     match store
-        .release_where(network, move |a| {
+        .release_where(network, "DHCP lease expired", move |a| {
             packet::lease_expiry(&a.owner, &a.labels).is_some_and(|t| t <= now)
         })
         .await
