@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -66,18 +65,10 @@ pub struct Metrics {
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
-/// Set once the listener runs: work done only for metrics (the reconcile
-/// pass's observation before it repairs) is skipped without it.
-static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The process-wide metrics (always recorded: a few atomic increments).
 pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
-}
-
-/// Whether `--metrics-listen` is serving.
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Latency buckets in seconds, 100 µs to ~26 s.
@@ -135,7 +126,7 @@ impl Metrics {
         let drifts_found = IntCounterVec::new(
             Opts::new(
                 "fan_drifts_found_total",
-                "Differences between the kernel and the desired state, found by a reconcile pass (source=reconcile, counted only while metrics are served) or by CheckNetwork (source=check)",
+                "Differences between the kernel and the desired state, found by a reconcile pass (source=reconcile) or by CheckNetwork (source=check)",
             ),
             &["source"],
         )
@@ -240,27 +231,6 @@ pub fn time_commit<T, E>(commit: impl FnOnce() -> Result<T, E>) -> Result<T, E> 
         metrics.store_commit_failures.inc();
     }
     result
-}
-
-/// Before a reconcile pass programs `plan`: how much of it differs in the
-/// kernel (counted as found). Observes only while metrics are served; 0
-/// otherwise or when the observation fails (the apply reports that).
-pub async fn reconcile_drifts(
-    dataplane: &dyn fan_dataplane::Dataplane,
-    plan: &fan_dataplane::NetworkPlan,
-) -> usize {
-    if !enabled() {
-        return 0;
-    }
-    let found = match dataplane.observe(plan).await {
-        Ok(observation) => observation.drifts.len(),
-        Err(_) => 0,
-    };
-    get()
-        .drifts_found
-        .with_label_values(&["reconcile"])
-        .inc_by(found as u64);
-    found
 }
 
 /// The canonical name of a gRPC status code, as Prometheus exporters label it.
@@ -658,12 +628,9 @@ fn network_registry(views: &[NetworkView]) -> prometheus::Result<Registry> {
 
 // ---------------------------------------------------------------- HTTP
 
-/// Binds the metrics listener (a taken or invalid address stops the start-up)
-/// and enables the metrics-only work, before the start-up reconcile pass.
+/// Binds the metrics listener (a taken or invalid address stops the start-up).
 pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(listen).await?;
-    ENABLED.store(true, Ordering::Relaxed);
-    Ok(listener)
+    TcpListener::bind(listen).await
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.

@@ -2246,6 +2246,23 @@ mod tests {
         }
     }
 
+    /// A store with network "fan" (250.0.0.0/8 over /16) and owners 0..3
+    /// allocated in it.
+    async fn store_with_three_allocations(dir: &Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        store
+            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .allocate("fan", owner(i), None, BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        store
+    }
+
     fn owner(i: usize) -> Owner {
         Owner {
             container_id: format!("c{i}"),
@@ -2378,17 +2395,7 @@ mod tests {
     #[tokio::test]
     async fn release_where_releases_in_one_commit_and_reports_each_release() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
-            .await
-            .unwrap();
-        for i in 0..3 {
-            store
-                .allocate("fan", owner(i), None, BTreeMap::new())
-                .await
-                .unwrap();
-        }
+        let store = store_with_three_allocations(dir.path()).await;
         let from = store.events().revision();
         let released = store
             .release_where("fan", "DHCP lease expired", |a| a.owner != owner(1))
@@ -2490,17 +2497,7 @@ mod tests {
     #[tokio::test]
     async fn delete_refuses_allocations_unless_forced_and_gc_releases_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
-            .await
-            .unwrap();
-        for i in 0..3 {
-            store
-                .allocate("fan", owner(i), None, BTreeMap::new())
-                .await
-                .unwrap();
-        }
+        let store = store_with_three_allocations(dir.path()).await;
         let valid: BTreeSet<Owner> = [owner(1)].into();
         let dry = store
             .garbage_collect("fan", valid.clone(), true)
@@ -2669,17 +2666,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_record_is_refused_and_recover_reserves_its_address() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .create_network(record("fan", "250.0.0.0/8", "fan-250"))
-            .await
-            .unwrap();
-        for i in 0..3 {
-            store
-                .allocate("fan", owner(i), None, BTreeMap::new())
-                .await
-                .unwrap();
-        }
+        let store = store_with_three_allocations(dir.path()).await;
         close(store, dir.path()).await;
         let victim = Ipv4Addr::new(250, 0, 28, 3);
         {

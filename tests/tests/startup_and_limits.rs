@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fan_e2e::{binary, serving, unix_channel, wait_until, Testbed};
+use fan_e2e::{binary, cpu_seconds, serving, unix_channel, wait_until, Testbed};
 use fan_proto::v1 as pb;
 use fan_proto::v1::fan_agent_service_client::FanAgentServiceClient;
 
@@ -247,15 +247,4 @@ async fn idle_connections_at_the_descriptor_limit_do_not_lock_clients_out() -> R
     })
     .await?;
     Ok(())
-}
-
-/// User plus system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // Linux reports process times in USER_HZ, 100 on every supported architecture.
-    Ok(ticks / 100.0)
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{Netns, Testbed};
+use fan_e2e::{cpu_seconds, Netns, Testbed};
 use fan_proto::v1 as pb;
 
 #[path = "../bench_dataplane.rs"]
@@ -254,17 +254,6 @@ async fn run(scratch: &Path) -> Result<()> {
         docker_ipam(scratch).await?;
     }
     Ok(())
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // USER_HZ is 100 on every Linux architecture.
-    Ok(ticks / 100.0)
 }
 
 /// Per-network cost: 100 networks on one agent (issue targets printed beside
