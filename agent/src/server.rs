@@ -120,6 +120,7 @@ pub async fn run(
     };
     // DHCP on the bridges of networks with `dhcp` set, from the same store.
     let dhcp = crate::dhcp::DhcpService::start(store.clone());
+    let state = store.clone();
     let agent = Arc::new(Agent::new(store, dataplane).await);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -298,6 +299,8 @@ pub async fn run(
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
     dhcp.stop().await;
+    // The database file alone then holds the state (the log is for crashes).
+    state.checkpoint().await;
     // Leave no socket file behind for the next start to trip over.
     if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&config.socket);

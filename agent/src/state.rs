@@ -32,13 +32,18 @@ use std::time::{Duration, Instant};
 
 use fan_core::ipam::{Allocator, IpamError, SlicePool};
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AgentError, Metadata, Reason, Resource, Result};
 use crate::events::{Event, EventHub, EventKind};
 use crate::model::{now_ms, AllocationRecord, NetworkRecord, Owner, Selector};
+
+mod wal;
+use wal::{Op, Wal};
+pub use wal::WAL_FILE;
 
 /// The on-disk layout version this agent writes. Version 1 (values without
 /// checksums, cursors as bare integers) is migrated at open.
@@ -64,6 +69,16 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// META key: drawn when the database is created; the log's frames carry it.
+const WAL_EPOCH: &str = "wal_epoch";
+/// META key: the sequence number of the last logged batch the database holds.
+const WAL_SEQUENCE: &str = "wal_sequence";
+/// Batches logged between two checkpoints at most: bounds the replay and
+/// the redb pages a checkpoint writes, and lets a full disk show soon.
+const CHECKPOINT_BATCHES: u32 = 128;
+/// A checkpoint follows this long without requests, so that an idle agent's
+/// database file alone holds its state.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const ALLOCATIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("allocations");
 /// Schema 1's cursors: the address as a bare u32 (migrated to [`CURSORS`]).
@@ -222,6 +237,8 @@ type ReadJob = Box<dyn FnOnce(&Memory) + Send>;
 enum Job {
     Write(WriteJob),
     Read(ReadJob),
+    /// Checkpoint after the batch, then call this.
+    Checkpoint(Box<dyn FnOnce() + Send>),
 }
 
 /// Whether the store can persist changes.
@@ -389,6 +406,11 @@ impl Store {
             }
         };
         init_schema(&db)?;
+        let wal = Wal::open(dir).map_err(|e| {
+            AgentError::Storage(format!("open {}: {e}", dir.join(WAL_FILE).display()))
+        })?;
+        // Batches acknowledged after the last checkpoint live in the log only.
+        let (epoch, sequence) = replay(&db, &wal, Durability::Immediate)?;
         let mut scan = scan(&db)?;
         if !scan.problems.is_empty() {
             if !options.recover {
@@ -425,6 +447,10 @@ impl Store {
             dir: dir.to_owned(),
             path: path.clone(),
             db: Some(db),
+            wal,
+            epoch,
+            sequence,
+            unchecked: 0,
             memory: scan.memory,
             health: health_tx,
             retry_after: RETRY_FIRST,
@@ -468,6 +494,19 @@ impl Store {
         });
         if self.jobs.try_send(Job::Write(job)).is_err() {
             tracing::warn!("state store busy or stopping: an event was not recorded");
+        }
+    }
+
+    /// Makes everything committed durable in the database file itself (the
+    /// log emptied), so that the file alone holds the state: called when the
+    /// agent stops. Acknowledged changes are durable without it.
+    pub async fn checkpoint(&self) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Checkpoint(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        if self.jobs.send(job).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -1163,8 +1202,15 @@ fn ipam_error(network: &str, err: IpamError) -> AgentError {
     }
 }
 
-fn storage(context: &str) -> impl Fn(redb::Error) -> AgentError + '_ {
-    move |e| AgentError::Storage(format!("{context}: {e}"))
+/// Names the step a redb call failed in: `Storage("<what>: <error>")`.
+trait StorageContext<T> {
+    fn storage(self, what: &str) -> Result<T>;
+}
+
+impl<T, E: Into<redb::Error>> StorageContext<T> for std::result::Result<T, E> {
+    fn storage(self, what: &str) -> Result<T> {
+        self.map_err(|e| AgentError::Storage(format!("{what}: {}", e.into())))
+    }
 }
 
 /// The error of a change refused because the state directory takes no writes.
@@ -1255,18 +1301,23 @@ fn read_marker(dir: &Path) -> Result<Option<String>> {
     }
 }
 
+/// A unique number: from urandom, else time and pid (unique enough: an id,
+/// not a secret).
+fn random_u64() -> u64 {
+    let mut random = [0u8; 8];
+    match std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+    {
+        Ok(()) => u64::from_le_bytes(random),
+        Err(_) => now_ms() << 20 ^ u64::from(std::process::id()),
+    }
+}
+
 /// Writes the marker (0600) durably: temporary file, fsync, rename, fsync of the directory.
 fn write_marker(dir: &Path) -> Result<String> {
     let path = dir.join(MARKER_FILE);
     let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
-    let mut random = [0u8; 8];
-    // A unique id is nice to have, not a security property: time and pid will do without urandom.
-    let id = match std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
-    {
-        Ok(()) => format!("{:016x}", u64::from_le_bytes(random)),
-        Err(_) => format!("{:x}-{:x}", now_ms(), std::process::id()),
-    };
+    let id = format!("{:016x}", random_u64());
     let text = format!(
         "fan-agent state directory: with this file present, an empty or missing {DB_FILE} \
          means lost state, and the agent refuses to start (see fan-agent --recover)\n\
@@ -1347,14 +1398,12 @@ fn open_database(path: &Path) -> std::result::Result<Database, OpenFailure> {
 
 /// Creates the tables of a new database, migrates schema 1, refuses other versions.
 fn init_schema(db: &Database) -> Result<()> {
-    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    let txn = db.begin_write().storage("begin")?;
     {
-        let mut meta = txn
-            .open_table(META)
-            .map_err(|e| storage("open meta")(e.into()))?;
+        let mut meta = txn.open_table(META).storage("open meta")?;
         let version = meta
             .get("schema_version")
-            .map_err(|e| storage("read schema version")(e.into()))?
+            .storage("read schema version")?
             .map(|v| v.value());
         match version {
             None | Some(SCHEMA_VERSION) => {}
@@ -1373,18 +1422,18 @@ fn init_schema(db: &Database) -> Result<()> {
             }
         }
         meta.insert("schema_version", SCHEMA_VERSION)
-            .map_err(|e| storage("write schema version")(e.into()))?;
+            .storage("write schema version")?;
+        if meta.get(WAL_EPOCH).storage("read log epoch")?.is_none() {
+            meta.insert(WAL_EPOCH, random_u64().max(1))
+                .storage("write log epoch")?;
+        }
         // Create the other tables so read transactions can open them.
-        txn.open_table(NETWORKS)
-            .map_err(|e| storage("open networks")(e.into()))?;
-        txn.open_table(ALLOCATIONS)
-            .map_err(|e| storage("open allocations")(e.into()))?;
-        txn.open_table(CURSORS)
-            .map_err(|e| storage("open cursors")(e.into()))?;
-        txn.open_table(QUARANTINE)
-            .map_err(|e| storage("open quarantine")(e.into()))?;
+        txn.open_table(NETWORKS).storage("open networks")?;
+        txn.open_table(ALLOCATIONS).storage("open allocations")?;
+        txn.open_table(CURSORS).storage("open cursors")?;
+        txn.open_table(QUARANTINE).storage("open quarantine")?;
     }
-    txn.commit().map_err(|e| storage("commit schema")(e.into()))
+    txn.commit().storage("commit schema")
 }
 
 /// Schema 1 → 2, inside the caller's transaction: every network and
@@ -1393,58 +1442,43 @@ fn init_schema(db: &Database) -> Result<()> {
 /// and cursors move to a checksummed table.
 fn migrate_v1(txn: &redb::WriteTransaction) -> Result<()> {
     {
-        let mut networks = txn
-            .open_table(NETWORKS)
-            .map_err(|e| storage("open networks")(e.into()))?;
+        let mut networks = txn.open_table(NETWORKS).storage("open networks")?;
         let mut rows = Vec::new();
-        for entry in networks
-            .iter()
-            .map_err(|e| storage("scan networks")(e.into()))?
-        {
-            let (key, value) = entry.map_err(|e| storage("scan networks")(e.into()))?;
+        for entry in networks.iter().storage("scan networks")? {
+            let (key, value) = entry.storage("scan networks")?;
             rows.push((key.value().to_owned(), value.value().to_vec()));
         }
         for (key, payload) in rows {
             networks
                 .insert(key.as_str(), seal(&payload).as_slice())
-                .map_err(|e| storage("migrate network")(e.into()))?;
+                .storage("migrate network")?;
         }
     }
     {
-        let mut allocations = txn
-            .open_table(ALLOCATIONS)
-            .map_err(|e| storage("open allocations")(e.into()))?;
+        let mut allocations = txn.open_table(ALLOCATIONS).storage("open allocations")?;
         let mut rows = Vec::new();
-        for entry in allocations
-            .iter()
-            .map_err(|e| storage("scan allocations")(e.into()))?
-        {
-            let (key, value) = entry.map_err(|e| storage("scan allocations")(e.into()))?;
+        for entry in allocations.iter().storage("scan allocations")? {
+            let (key, value) = entry.storage("scan allocations")?;
             let (network, address) = key.value();
             rows.push((network.to_owned(), address, value.value().to_vec()));
         }
         for (network, address, payload) in rows {
             allocations
                 .insert((network.as_str(), address), seal(&payload).as_slice())
-                .map_err(|e| storage("migrate allocation")(e.into()))?;
+                .storage("migrate allocation")?;
         }
     }
     {
-        let old = txn
-            .open_table(CURSORS_V1)
-            .map_err(|e| storage("open cursors")(e.into()))?;
-        let mut cursors = txn
-            .open_table(CURSORS)
-            .map_err(|e| storage("open cursors")(e.into()))?;
-        for entry in old.iter().map_err(|e| storage("scan cursors")(e.into()))? {
-            let (key, value) = entry.map_err(|e| storage("scan cursors")(e.into()))?;
+        let old = txn.open_table(CURSORS_V1).storage("open cursors")?;
+        let mut cursors = txn.open_table(CURSORS).storage("open cursors")?;
+        for entry in old.iter().storage("scan cursors")? {
+            let (key, value) = entry.storage("scan cursors")?;
             cursors
                 .insert(key.value(), seal(&value.value().to_be_bytes()).as_slice())
-                .map_err(|e| storage("migrate cursor")(e.into()))?;
+                .storage("migrate cursor")?;
         }
     }
-    txn.delete_table(CURSORS_V1)
-        .map_err(|e| storage("drop old cursors")(e.into()))?;
+    txn.delete_table(CURSORS_V1).storage("drop old cursors")?;
     Ok(())
 }
 
@@ -1493,26 +1527,17 @@ struct Scan {
 
 /// Reads everything durable, verifying every record.
 fn scan(db: &Database) -> Result<Scan> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| storage("begin read")(e.into()))?;
-    let networks = txn
-        .open_table(NETWORKS)
-        .map_err(|e| storage("open networks")(e.into()))?;
-    let allocations = txn
-        .open_table(ALLOCATIONS)
-        .map_err(|e| storage("open allocations")(e.into()))?;
-    let cursors = txn
-        .open_table(CURSORS)
-        .map_err(|e| storage("open cursors")(e.into()))?;
+    let txn = db.begin_read().storage("begin read")?;
+    let Records {
+        networks,
+        allocations,
+        cursors,
+    } = Records::read(&txn)?;
     let mut problems = Vec::new();
     let mut bad_networks = BTreeSet::new();
     let mut good: BTreeMap<String, (NetworkRecord, SlicePool)> = BTreeMap::new();
-    for entry in networks
-        .iter()
-        .map_err(|e| storage("scan networks")(e.into()))?
-    {
-        let (key, value) = entry.map_err(|e| storage("scan networks")(e.into()))?;
+    for entry in networks.iter().storage("scan networks")? {
+        let (key, value) = entry.storage("scan networks")?;
         let id = key.value().to_owned();
         let checked = decode_json::<NetworkRecord>(value.value()).and_then(|record| {
             if record.id != id {
@@ -1540,11 +1565,8 @@ fn scan(db: &Database) -> Result<Scan> {
     }
     let mut details: BTreeMap<String, BTreeMap<Ipv4Addr, AllocationRecord>> = BTreeMap::new();
     let mut owners: BTreeSet<(String, Owner)> = BTreeSet::new();
-    for entry in allocations
-        .iter()
-        .map_err(|e| storage("scan allocations")(e.into()))?
-    {
-        let (key, value) = entry.map_err(|e| storage("scan allocations")(e.into()))?;
+    for entry in allocations.iter().storage("scan allocations")? {
+        let (key, value) = entry.storage("scan allocations")?;
         let (network, address) = key.value();
         if bad_networks.contains(network) {
             continue; // quarantined with its network
@@ -1604,11 +1626,8 @@ fn scan(db: &Database) -> Result<Scan> {
         }
     }
     let mut cursor_of = BTreeMap::new();
-    for entry in cursors
-        .iter()
-        .map_err(|e| storage("scan cursors")(e.into()))?
-    {
-        let (key, value) = entry.map_err(|e| storage("scan cursors")(e.into()))?;
+    for entry in cursors.iter().storage("scan cursors")? {
+        let (key, value) = entry.storage("scan cursors")?;
         let network = key.value().to_owned();
         if bad_networks.contains(&network) {
             continue;
@@ -1633,23 +1652,18 @@ fn scan(db: &Database) -> Result<Scan> {
     }
     let revision = txn
         .open_table(META)
-        .map_err(|e| storage("open meta")(e.into()))?
+        .storage("open meta")?
         .get("revision")
-        .map_err(|e| storage("read revision")(e.into()))?
+        .storage("read revision")?
         .map(|v| v.value())
         .unwrap_or(0);
     let mut memory = Memory {
         revision,
         ..Memory::default()
     };
-    let quarantine = txn
-        .open_table(QUARANTINE)
-        .map_err(|e| storage("open quarantine")(e.into()))?;
-    for entry in quarantine
-        .iter()
-        .map_err(|e| storage("scan quarantine")(e.into()))?
-    {
-        let (key, _) = entry.map_err(|e| storage("scan quarantine")(e.into()))?;
+    let quarantine = txn.open_table(QUARANTINE).storage("open quarantine")?;
+    for entry in quarantine.iter().storage("scan quarantine")? {
+        let (key, _) = entry.storage("scan quarantine")?;
         let key = key.value();
         // "<ms>/allocation/<network>/<address>"
         let Some((network, address)) = key
@@ -1715,24 +1729,18 @@ fn reservation(address: Ipv4Addr, why: &str, key: &str) -> AllocationRecord {
 fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
     let stamp = now_ms();
     let mut report = Vec::new();
-    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    let txn = db.begin_write().storage("begin")?;
     {
-        let mut networks = txn
-            .open_table(NETWORKS)
-            .map_err(|e| storage("open networks")(e.into()))?;
-        let mut allocations = txn
-            .open_table(ALLOCATIONS)
-            .map_err(|e| storage("open allocations")(e.into()))?;
-        let mut cursors = txn
-            .open_table(CURSORS)
-            .map_err(|e| storage("open cursors")(e.into()))?;
-        let mut quarantine = txn
-            .open_table(QUARANTINE)
-            .map_err(|e| storage("open quarantine")(e.into()))?;
+        let Records {
+            mut networks,
+            mut allocations,
+            mut cursors,
+        } = Records::write(&txn)?;
+        let mut quarantine = txn.open_table(QUARANTINE).storage("open quarantine")?;
         let mut keep = |key: String, raw: Vec<u8>| -> Result<String> {
             quarantine
                 .insert(key.as_str(), raw.as_slice())
-                .map_err(|e| storage("write quarantine")(e.into()))?;
+                .storage("write quarantine")?;
             Ok(key)
         };
         for problem in problems {
@@ -1740,23 +1748,22 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                 Problem::Network { id, why } => {
                     let raw = networks
                         .remove(id.as_str())
-                        .map_err(|e| storage("move network")(e.into()))?
+                        .storage("move network")?
                         .map(|v| v.value().to_vec())
                         .unwrap_or_default();
                     keep(format!("{stamp}/network/{id}"), raw)?;
                     let mut moved = Vec::new();
                     for entry in allocations
                         .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
-                        .map_err(|e| storage("scan allocations")(e.into()))?
+                        .storage("scan allocations")?
                     {
-                        let (key, value) =
-                            entry.map_err(|e| storage("scan allocations")(e.into()))?;
+                        let (key, value) = entry.storage("scan allocations")?;
                         moved.push((key.value().1, value.value().to_vec()));
                     }
                     for (address, raw) in &moved {
                         allocations
                             .remove((id.as_str(), *address))
-                            .map_err(|e| storage("move allocation")(e.into()))?;
+                            .storage("move allocation")?;
                         keep(
                             format!("{stamp}/allocation/{id}/{}", Ipv4Addr::from(*address)),
                             raw.clone(),
@@ -1764,7 +1771,7 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                     }
                     if let Some(raw) = cursors
                         .remove(id.as_str())
-                        .map_err(|e| storage("move cursor")(e.into()))?
+                        .storage("move cursor")?
                         .map(|v| v.value().to_vec())
                     {
                         keep(format!("{stamp}/cursor/{id}"), raw)?;
@@ -1785,7 +1792,7 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                     let addr = Ipv4Addr::from(*address);
                     let raw = allocations
                         .remove((network.as_str(), *address))
-                        .map_err(|e| storage("move allocation")(e.into()))?
+                        .storage("move allocation")?
                         .map(|v| v.value().to_vec())
                         .unwrap_or_default();
                     let key = keep(format!("{stamp}/allocation/{network}/{addr}"), raw)?;
@@ -1796,7 +1803,7 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                                 (network.as_str(), *address),
                                 encode_json("allocation", &record)?.as_slice(),
                             )
-                            .map_err(|e| storage("write reservation")(e.into()))?;
+                            .storage("write reservation")?;
                         report.push(format!(
                             "recover: quarantined allocation {addr} of network {network:?} ({why}); \
                              the address stays reserved for owner {} until you release it \
@@ -1812,7 +1819,7 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
                 Problem::Cursor { network, why } => {
                     let raw = cursors
                         .remove(network.as_str())
-                        .map_err(|e| storage("move cursor")(e.into()))?
+                        .storage("move cursor")?
                         .map(|v| v.value().to_vec())
                         .unwrap_or_default();
                     keep(format!("{stamp}/cursor/{network}"), raw)?;
@@ -1823,17 +1830,56 @@ fn quarantine(db: &Database, problems: &[Problem]) -> Result<Vec<String>> {
             }
         }
     }
-    txn.commit()
-        .map_err(|e| storage("commit quarantine")(e.into()))?;
+    txn.commit().storage("commit quarantine")?;
     for line in &report {
         tracing::warn!("{line}");
     }
     Ok(report)
 }
 
-/// Writes one batch of mutations in one durable transaction.
-fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
-    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+/// The three record tables, opened in one transaction.
+struct Records<N, A, C> {
+    networks: N,
+    allocations: A,
+    cursors: C,
+}
+
+type Writable<'t, K, V> = redb::Table<'t, K, V>;
+type RecordTables<'t> = Records<
+    Writable<'t, &'static str, &'static [u8]>,
+    Writable<'t, (&'static str, u32), &'static [u8]>,
+    Writable<'t, &'static str, &'static [u8]>,
+>;
+type ReadRecordTables = Records<
+    redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    redb::ReadOnlyTable<(&'static str, u32), &'static [u8]>,
+    redb::ReadOnlyTable<&'static str, &'static [u8]>,
+>;
+
+impl<'t> RecordTables<'t> {
+    fn write(txn: &'t redb::WriteTransaction) -> Result<Self> {
+        Ok(Records {
+            networks: txn.open_table(NETWORKS).storage("open networks")?,
+            allocations: txn.open_table(ALLOCATIONS).storage("open allocations")?,
+            cursors: txn.open_table(CURSORS).storage("open cursors")?,
+        })
+    }
+}
+
+impl ReadRecordTables {
+    fn read(txn: &redb::ReadTransaction) -> Result<Self> {
+        Ok(Records {
+            networks: txn.open_table(NETWORKS).storage("open networks")?,
+            allocations: txn.open_table(ALLOCATIONS).storage("open allocations")?,
+            cursors: txn.open_table(CURSORS).storage("open cursors")?,
+        })
+    }
+}
+
+/// A batch's mutations as the key/value writes that store them (the events
+/// write only the revision counter, first).
+fn ops_of(mutations: &[Mutation]) -> Result<Vec<Op>> {
+    let mut ops = Vec::with_capacity(mutations.len());
     let revision = mutations
         .iter()
         .filter_map(|m| match m {
@@ -1841,91 +1887,156 @@ fn persist(db: &Database, mutations: &[Mutation]) -> Result<()> {
             _ => None,
         })
         .max();
-    if let Some(revision) = revision {
-        let mut meta = txn
-            .open_table(META)
-            .map_err(|e| storage("open meta")(e.into()))?;
-        meta.insert("revision", revision)
-            .map_err(|e| storage("write revision")(e.into()))?;
+    ops.extend(revision.map(Op::Revision));
+    let network = |record: &NetworkRecord| -> Result<Op> {
+        Ok(Op::PutNetwork {
+            id: record.id.clone(),
+            value: encode_json("network", record)?,
+        })
+    };
+    for mutation in mutations {
+        match mutation {
+            Mutation::PutNetwork(record) | Mutation::UpdateNetwork { record, .. } => {
+                ops.push(network(record)?)
+            }
+            Mutation::DeleteNetwork(state) => {
+                let id = &state.record.id;
+                ops.push(Op::DeleteNetwork { id: id.clone() });
+                ops.push(Op::DeleteCursor {
+                    network: id.clone(),
+                });
+                ops.extend(
+                    state
+                        .allocations
+                        .keys()
+                        .map(|address| Op::DeleteAllocation {
+                            network: id.clone(),
+                            address: u32::from(*address),
+                        }),
+                );
+            }
+            Mutation::PutAllocation { network, record } => ops.push(Op::PutAllocation {
+                network: network.clone(),
+                address: u32::from(record.address),
+                value: encode_json("allocation", record)?,
+            }),
+            Mutation::DeleteAllocation {
+                network, address, ..
+            } => ops.push(Op::DeleteAllocation {
+                network: network.clone(),
+                address: u32::from(*address),
+            }),
+            Mutation::Event(_) => {}
+            Mutation::MoveNetwork { record, .. } => {
+                ops.push(network(record)?);
+                ops.push(Op::DeleteCursor {
+                    network: record.id.clone(),
+                });
+            }
+            Mutation::PutCursor { network, cursor } => ops.push(Op::PutCursor {
+                network: network.clone(),
+                value: seal(&cursor.octets()),
+            }),
+        }
     }
-    {
-        let mut networks = txn
-            .open_table(NETWORKS)
-            .map_err(|e| storage("open networks")(e.into()))?;
-        let mut allocations = txn
-            .open_table(ALLOCATIONS)
-            .map_err(|e| storage("open allocations")(e.into()))?;
-        let mut cursors = txn
-            .open_table(CURSORS)
-            .map_err(|e| storage("open cursors")(e.into()))?;
-        for mutation in mutations {
-            match mutation {
-                Mutation::PutNetwork(record) => {
-                    networks
-                        .insert(
-                            record.id.as_str(),
-                            encode_json("network", record)?.as_slice(),
-                        )
-                        .map_err(|e| storage("write network")(e.into()))?;
-                }
-                Mutation::DeleteNetwork(network) => {
-                    let id = network.record.id.as_str();
-                    networks
-                        .remove(id)
-                        .map_err(|e| storage("delete network")(e.into()))?;
-                    cursors
-                        .remove(id)
-                        .map_err(|e| storage("delete cursor")(e.into()))?;
-                    for address in network.allocations.keys() {
-                        allocations
-                            .remove((id, u32::from(*address)))
-                            .map_err(|e| storage("delete allocation")(e.into()))?;
-                    }
-                }
-                Mutation::PutAllocation { network, record } => {
-                    allocations
-                        .insert(
-                            (network.as_str(), u32::from(record.address)),
-                            encode_json("allocation", record)?.as_slice(),
-                        )
-                        .map_err(|e| storage("write allocation")(e.into()))?;
-                }
-                Mutation::DeleteAllocation {
-                    network, address, ..
-                } => {
-                    allocations
-                        .remove((network.as_str(), u32::from(*address)))
-                        .map_err(|e| storage("delete allocation")(e.into()))?;
-                }
-                Mutation::UpdateNetwork { record, .. } => {
-                    networks
-                        .insert(
-                            record.id.as_str(),
-                            encode_json("network", record)?.as_slice(),
-                        )
-                        .map_err(|e| storage("write network")(e.into()))?;
-                }
-                Mutation::Event(_) => {}
-                Mutation::MoveNetwork { record, .. } => {
-                    networks
-                        .insert(
-                            record.id.as_str(),
-                            encode_json("network", record)?.as_slice(),
-                        )
-                        .map_err(|e| storage("write network")(e.into()))?;
-                    cursors
-                        .remove(record.id.as_str())
-                        .map_err(|e| storage("delete cursor")(e.into()))?;
-                }
-                Mutation::PutCursor { network, cursor } => {
-                    cursors
-                        .insert(network.as_str(), seal(&cursor.octets()).as_slice())
-                        .map_err(|e| storage("write cursor")(e.into()))?;
-                }
+    Ok(ops)
+}
+
+/// Writes `ops` (batch `sequence` of the log) in one transaction.
+fn commit_ops(db: &Database, ops: &[Op], sequence: u64, durability: Durability) -> Result<()> {
+    let mut txn = db.begin_write().storage("begin")?;
+    txn.set_durability(durability).storage("set durability")?;
+    apply(&txn, ops, sequence)?;
+    txn.commit().storage("commit")
+}
+
+/// Applies `ops` inside `txn` and records `sequence` as the last batch it holds.
+fn apply(txn: &redb::WriteTransaction, ops: &[Op], sequence: u64) -> Result<()> {
+    let mut meta = txn.open_table(META).storage("open meta")?;
+    meta.insert(WAL_SEQUENCE, sequence)
+        .storage("write log sequence")?;
+    let Records {
+        mut networks,
+        mut allocations,
+        mut cursors,
+    } = Records::write(txn)?;
+    for op in ops {
+        match op {
+            Op::Revision(revision) => {
+                meta.insert("revision", *revision)
+                    .storage("write revision")?;
+            }
+            Op::PutNetwork { id, value } => {
+                networks
+                    .insert(id.as_str(), value.as_slice())
+                    .storage("write network")?;
+            }
+            Op::DeleteNetwork { id } => {
+                networks.remove(id.as_str()).storage("delete network")?;
+            }
+            Op::PutAllocation {
+                network,
+                address,
+                value,
+            } => {
+                allocations
+                    .insert((network.as_str(), *address), value.as_slice())
+                    .storage("write allocation")?;
+            }
+            Op::DeleteAllocation { network, address } => {
+                allocations
+                    .remove((network.as_str(), *address))
+                    .storage("delete allocation")?;
+            }
+            Op::PutCursor { network, value } => {
+                cursors
+                    .insert(network.as_str(), value.as_slice())
+                    .storage("write cursor")?;
+            }
+            Op::DeleteCursor { network } => {
+                cursors.remove(network.as_str()).storage("delete cursor")?;
             }
         }
     }
-    txn.commit().map_err(|e| storage("commit")(e.into()))
+    Ok(())
+}
+
+/// The database's log epoch and the last logged batch it holds.
+fn log_position(db: &Database) -> Result<(u64, u64)> {
+    let txn = db.begin_read().storage("begin read")?;
+    let meta = txn.open_table(META).storage("open meta")?;
+    let read = |key: &str| -> Result<u64> {
+        Ok(meta
+            .get(key)
+            .storage("read log position")?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    Ok((read(WAL_EPOCH)?, read(WAL_SEQUENCE)?))
+}
+
+/// Applies the batches the log holds beyond the database, in one
+/// transaction of `durability`; returns the epoch and the last batch's sequence.
+fn replay(db: &Database, wal: &Wal, durability: Durability) -> Result<(u64, u64)> {
+    let (epoch, applied) = log_position(db)?;
+    let frames = wal
+        .replay(epoch, applied)
+        .map_err(|e| AgentError::Storage(format!("read {WAL_FILE}: {e}")))?;
+    let Some(last) = frames.last().map(|(sequence, _)| *sequence) else {
+        return Ok((epoch, applied));
+    };
+    let mut txn = db.begin_write().storage("begin")?;
+    txn.set_durability(durability).storage("set durability")?;
+    for (sequence, ops) in &frames {
+        apply(&txn, ops, *sequence)?;
+    }
+    txn.commit().storage("commit replayed log")?;
+    tracing::info!(
+        batches = frames.len(),
+        through = last,
+        "state log replayed: the batches committed after the last checkpoint"
+    );
+    Ok((epoch, last))
 }
 
 /// Takes a failed batch's changes back out of memory, newest first, so memory
@@ -1995,26 +2106,20 @@ fn undo(memory: &mut Memory, mutations: Vec<Mutation>) {
 /// Writes (and frees) [`PROBE_BYTES`] in two durable transactions: the
 /// store is writable again when this succeeds.
 fn probe(db: &Database) -> Result<()> {
-    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    let txn = db.begin_write().storage("begin")?;
     {
-        let mut table = txn
-            .open_table(PROBE)
-            .map_err(|e| storage("open probe")(e.into()))?;
+        let mut table = txn.open_table(PROBE).storage("open probe")?;
         table
             .insert("probe", vec![0x5a; PROBE_BYTES].as_slice())
-            .map_err(|e| storage("write probe")(e.into()))?;
+            .storage("write probe")?;
     }
-    txn.commit().map_err(|e| storage("commit")(e.into()))?;
-    let txn = db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    txn.commit().storage("commit")?;
+    let txn = db.begin_write().storage("begin")?;
     {
-        let mut table = txn
-            .open_table(PROBE)
-            .map_err(|e| storage("open probe")(e.into()))?;
-        table
-            .remove("probe")
-            .map_err(|e| storage("clear probe")(e.into()))?;
+        let mut table = txn.open_table(PROBE).storage("open probe")?;
+        table.remove("probe").storage("clear probe")?;
     }
-    txn.commit().map_err(|e| storage("commit")(e.into()))
+    txn.commit().storage("commit")
 }
 
 /// The writer thread: owns the database (while it is usable) and memory.
@@ -2027,6 +2132,14 @@ struct Writer {
     path: PathBuf,
     /// None while the database is closed after a failure.
     db: Option<Database>,
+    /// Where batches become durable between checkpoints.
+    wal: Wal,
+    /// The database's log epoch, carried by every frame.
+    epoch: u64,
+    /// The last batch's sequence number (logged or checkpointed).
+    sequence: u64,
+    /// Batches logged since the last checkpoint.
+    unchecked: u32,
     memory: Memory,
     health: watch::Sender<StoreHealth>,
     retry_after: Duration,
@@ -2037,7 +2150,8 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         // A small runtime of its own so the wait for jobs can time out while
-        // the store is unwritable (retries run between batches).
+        // the store is unwritable (retries run between batches) and while
+        // logged batches wait for their checkpoint.
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -2049,17 +2163,34 @@ impl Writer {
             }
         };
         loop {
-            let first = if self.health.borrow().is_writable() {
-                runtime.block_on(jobs.recv())
+            let wait = if !self.health.borrow().is_writable() {
+                Some(self.next_retry.saturating_duration_since(Instant::now()))
+            } else if !self.wal.is_empty() {
+                Some(CHECKPOINT_IDLE)
             } else {
-                let wait = self.next_retry.saturating_duration_since(Instant::now());
-                match runtime.block_on(async { tokio::time::timeout(wait, jobs.recv()).await }) {
-                    Ok(job) => job,
-                    Err(_) => {
-                        self.try_recover();
-                        continue;
+                None
+            };
+            let first = match jobs.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => match wait {
+                    None => runtime.block_on(jobs.recv()),
+                    Some(wait) => {
+                        match runtime
+                            .block_on(async { tokio::time::timeout(wait, jobs.recv()).await })
+                        {
+                            Ok(job) => job,
+                            Err(_) => {
+                                if self.health.borrow().is_writable() {
+                                    self.checkpoint();
+                                } else {
+                                    self.try_recover();
+                                }
+                                continue;
+                            }
+                        }
                     }
-                }
+                },
             };
             let Some(first) = first else {
                 break;
@@ -2076,6 +2207,62 @@ impl Writer {
                 self.try_recover();
             }
         }
+        // Every handle is gone: leave the database file holding everything.
+        if self.health.borrow().is_writable() {
+            self.checkpoint();
+        }
+    }
+
+    /// Makes everything logged durable in the database itself (one durable
+    /// redb commit) and starts the log again. On failure the store turns
+    /// unwritable; what was logged stays in the log (and in memory).
+    fn checkpoint(&mut self) {
+        if self.wal.is_empty() {
+            return;
+        }
+        let Some(db) = &self.db else {
+            return;
+        };
+        match commit_ops(db, &[], self.sequence, Durability::Immediate) {
+            Ok(()) => {
+                self.wal.reset();
+                self.unchecked = 0;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "state checkpoint failed; reopening the database");
+                self.set_unwritable(&err);
+                self.try_recover();
+            }
+        }
+    }
+
+    /// Commits one batch's mutations: to redb without durability, then to
+    /// the log with one write and one fdatasync. A batch too large for the
+    /// log's room goes to redb durably instead (a checkpoint).
+    fn commit(&mut self, mutations: &[Mutation]) -> Result<()> {
+        let Some(db) = &self.db else {
+            return Err(AgentError::Storage("state database is closed".into()));
+        };
+        let ops = ops_of(mutations)?;
+        let mut payload = Vec::with_capacity(512);
+        wal::encode(&ops, &mut payload);
+        let sequence = self.sequence + 1;
+        if !self.wal.fits(payload.len()) {
+            commit_ops(db, &ops, sequence, Durability::Immediate)?;
+            self.sequence = sequence;
+            self.wal.reset();
+            self.unchecked = 0;
+            return Ok(());
+        }
+        commit_ops(db, &ops, sequence, Durability::None)?;
+        self.wal
+            .append(self.epoch, sequence, &payload)
+            .map_err(|e| {
+                AgentError::Storage(format!("write {}: {e}", self.dir.join(WAL_FILE).display()))
+            })?;
+        self.sequence = sequence;
+        self.unchecked += 1;
+        Ok(())
     }
 
     fn refusal(&self) -> Option<AgentError> {
@@ -2089,6 +2276,7 @@ impl Writer {
         let mut mutations = Vec::new();
         let mut completions = Vec::new();
         let mut reads = Vec::new();
+        let mut checkpoints = Vec::new();
         let refusal = self.refusal();
         for job in batch {
             match job {
@@ -2098,6 +2286,7 @@ impl Writer {
                 },
                 // Reads run after the commit so they never see undurable changes.
                 Job::Read(read) => reads.push(read),
+                Job::Checkpoint(done) => checkpoints.push(done),
             }
         }
         // Events are numbered in commit order; the counter is persisted with the batch.
@@ -2108,10 +2297,9 @@ impl Writer {
                 event.revision = self.memory.revision;
             }
         }
-        let committed = match (&self.db, mutations.is_empty()) {
-            (_, true) => Ok(()),
-            (Some(db), false) => crate::metrics::time_commit(|| persist(db, &mutations)),
-            (None, false) => Err(AgentError::Storage("state database is closed".into())),
+        let committed = match mutations.is_empty() {
+            true => Ok(()),
+            false => crate::metrics::time_commit(|| self.commit(&mutations)),
         };
         let committed = match committed {
             Ok(()) => {
@@ -2145,6 +2333,13 @@ impl Writer {
         for read in reads {
             read(&self.memory);
         }
+        if self.unchecked >= CHECKPOINT_BATCHES {
+            self.checkpoint();
+        }
+        for checkpoint in checkpoints {
+            self.checkpoint();
+            checkpoint();
+        }
     }
 
     fn set_unwritable(&mut self, err: &AgentError) {
@@ -2168,9 +2363,11 @@ impl Writer {
     fn try_recover(&mut self) {
         // redb refuses every operation after an I/O error until the database is reopened.
         self.db = None;
-        let attempt = (|| -> Result<Database> {
+        let attempt = (|| -> Result<(Database, u64)> {
             let db = Database::open(&self.path)
                 .map_err(|e| AgentError::Storage(format!("reopen {}: {e}", self.path.display())))?;
+            // Without durability: the probe's durable commits below carry it.
+            let (_, sequence) = replay(&db, &self.wal, Durability::None)?;
             let scan = scan(&db)?;
             if let Some(problem) = scan.problems.first() {
                 return Err(AgentError::Storage(format!(
@@ -2181,11 +2378,14 @@ impl Writer {
             // Memory follows the disk: a commit reported failed may still have landed.
             self.memory = scan.memory;
             probe(&db)?;
-            Ok(db)
+            Ok((db, sequence))
         })();
         match attempt {
-            Ok(db) => {
+            Ok((db, sequence)) => {
                 self.db = Some(db);
+                self.sequence = sequence;
+                self.wal.reset();
+                self.unchecked = 0;
                 self.retry_after = RETRY_FIRST;
                 if !self.health.borrow().is_writable() {
                     self.health.send_replace(StoreHealth::Writable);
