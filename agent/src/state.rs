@@ -73,9 +73,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const WAL_EPOCH: &str = "wal_epoch";
 /// META key: the sequence number of the last logged batch the database holds.
 const WAL_SEQUENCE: &str = "wal_sequence";
-/// Batches logged between two checkpoints at most: bounds the replay and
-/// the redb pages a checkpoint writes, and lets a full disk show soon.
-const CHECKPOINT_BATCHES: u32 = 128;
+/// Batches logged between two checkpoints at most: bounds the replay.
+const CHECKPOINT_BATCHES: u32 = 1024;
+/// Age of the oldest batch in the log that calls for a checkpoint: bounds
+/// the redb pages a checkpoint writes and lets a full disk show soon, while
+/// few requests (one in hundreds under load) wait behind a checkpoint.
+const CHECKPOINT_AGE: Duration = Duration::from_millis(100);
 /// A checkpoint follows this long without requests, so that an idle agent's
 /// database file alone holds its state.
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
@@ -451,6 +454,7 @@ impl Store {
             epoch,
             sequence,
             unchecked: 0,
+            unchecked_since: Instant::now(),
             memory: scan.memory,
             health: health_tx,
             retry_after: RETRY_FIRST,
@@ -2140,6 +2144,8 @@ struct Writer {
     sequence: u64,
     /// Batches logged since the last checkpoint.
     unchecked: u32,
+    /// When the first of them was logged.
+    unchecked_since: Instant,
     memory: Memory,
     health: watch::Sender<StoreHealth>,
     retry_after: Duration,
@@ -2261,6 +2267,9 @@ impl Writer {
                 AgentError::Storage(format!("write {}: {e}", self.dir.join(WAL_FILE).display()))
             })?;
         self.sequence = sequence;
+        if self.unchecked == 0 {
+            self.unchecked_since = Instant::now();
+        }
         self.unchecked += 1;
         Ok(())
     }
@@ -2333,7 +2342,9 @@ impl Writer {
         for read in reads {
             read(&self.memory);
         }
-        if self.unchecked >= CHECKPOINT_BATCHES {
+        if self.unchecked >= CHECKPOINT_BATCHES
+            || (self.unchecked > 0 && self.unchecked_since.elapsed() >= CHECKPOINT_AGE)
+        {
             self.checkpoint();
         }
         for checkpoint in checkpoints {

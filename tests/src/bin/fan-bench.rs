@@ -2,8 +2,9 @@
 //! against a baseline measured in the same run on the same machine.
 //!
 //! - AllocateAddress latency p50/p99 and allocations/s at 1 and 16 concurrent
-//!   clients over the unix socket (durable commits), against CNI host-local
-//!   (one exec per allocation, as a container runtime calls it);
+//!   clients over the unix socket (durable commits), beside their floor (a
+//!   measured fdatasync plus the gRPC round trip, same rounds) and against CNI
+//!   host-local (one exec per allocation, as a container runtime calls it);
 //! - the agent's RSS with one network and 250 allocations, and the time of a
 //!   `/metrics` scrape there;
 //! - TCP throughput (iperf3, 1 and 4 streams), RTT and CPU-seconds per GB in
@@ -143,6 +144,163 @@ async fn round_trip_floor(socket: &Path, calls: usize) -> Result<Run> {
         latencies,
         elapsed: start.elapsed(),
     })
+}
+
+/// A file of `dir` to measure the least a durable allocation costs on that
+/// file system: a small record written after the previous one (`pwrite` +
+/// `fdatasync`, no metadata), as a log appends it. Also, for reference, a
+/// whole 4 KiB page overwritten in place each time, elsewhere in the file.
+struct SyncFloor {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    next: u64,
+}
+
+impl SyncFloor {
+    /// Size of the file, its blocks allocated up front as the agent's log's are.
+    const BYTES: u64 = 1 << 20;
+    /// One record: about what the agent logs per allocation.
+    const RECORD: usize = 256;
+
+    fn new(dir: &Path) -> Result<SyncFloor> {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join("bench-fdatasync");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all_at(&vec![0u8; Self::BYTES as usize], 0)?;
+        file.sync_all()?;
+        Ok(SyncFloor {
+            file,
+            path,
+            next: 0,
+        })
+    }
+
+    /// `samples` appended records, then `samples` page overwrites: their latencies.
+    fn sample(&mut self, samples: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+        use std::os::unix::fs::FileExt;
+        let (record, page) = ([0x5au8; Self::RECORD], [0xa5u8; 4096]);
+        let (mut appends, mut pages) = (vec![], vec![]);
+        let records = Self::BYTES / 2 / Self::RECORD as u64;
+        for _ in 0..samples {
+            let t = Instant::now();
+            self.file
+                .write_all_at(&record, (self.next % records) * Self::RECORD as u64)?;
+            self.file.sync_data()?;
+            appends.push(t.elapsed());
+            self.next += 1;
+        }
+        let pages_at = Self::BYTES / 2;
+        for i in 0..samples as u64 {
+            let t = Instant::now();
+            let at = pages_at + (self.next + i * 37) % (Self::BYTES / 2 / 4096) * 4096;
+            self.file.write_all_at(&page, at)?;
+            self.file.sync_data()?;
+            pages.push(t.elapsed());
+        }
+        Ok((appends, pages))
+    }
+}
+
+impl Drop for SyncFloor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// "median [min–max]" of per-round figures.
+fn spread(values: &[f64], digits: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.d$} [{min:.d$}–{max:.d$}]",
+        bench_dataplane::median(values),
+        d = digits
+    )
+}
+
+/// AllocateAddress beside its floor (issue 14), in alternating rounds
+/// (FAN_BENCH_ROUNDS, default 5; medians with min–max): per round a
+/// measured fdatasync on the state directory's file system, the gRPC round
+/// trip over the same socket (ResolveAddress: no I/O), 1-client latency and
+/// 16-client throughput. Returns the median allocations/s at 1 and 16 clients.
+async fn allocations_at_the_floor(socket: &Path, state_fs: &Path) -> Result<(f64, f64)> {
+    const ONE: usize = 500;
+    const SIXTEEN: usize = 125;
+    let rounds = std::env::var("FAN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5usize)
+        .max(1);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let p = |mut v: Vec<Duration>, q: f64| {
+        v.sort();
+        ms(percentile(&v, q))
+    };
+    let mut floor_file = SyncFloor::new(state_fs)?;
+    let (mut sync, mut rtt, mut floor, mut p50, mut p99, mut ratio) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut rate_1, mut rate_16, mut page_sync) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        // The floor and the allocations interleaved in slices of 25 calls,
+        // so that both see the same disk (shared machines vary by 10x).
+        let (mut synced, mut paged, mut trips, mut one) = (vec![], vec![], vec![], vec![]);
+        let mut one_time = Duration::ZERO;
+        for slice in 0..ONE / 25 {
+            let (appends, pages) = floor_file.sample(25)?;
+            synced.extend(appends);
+            paged.extend(pages);
+            trips.extend(round_trip_floor(socket, 25).await?.latencies);
+            let run =
+                agent_allocations(socket, "bench", 1, 25, &format!("one{round}-{slice}")).await?;
+            one.extend(run.latencies);
+            one_time += run.elapsed;
+        }
+        let many =
+            agent_allocations(socket, "bench", 16, SIXTEEN, &format!("sixteen{round}")).await?;
+        let (synced, trip) = (p(synced, 50.0), p(trips, 50.0));
+        page_sync.push(p(paged, 50.0));
+        rate_1.push(one.len() as f64 / one_time.as_secs_f64());
+        let one_p50 = p(one.clone(), 50.0);
+        sync.push(synced);
+        rtt.push(trip);
+        floor.push(synced + trip);
+        p50.push(one_p50);
+        p99.push(p(one, 99.0));
+        ratio.push(one_p50 / (synced + trip));
+        rate_16.push(many.latencies.len() as f64 / many.elapsed.as_secs_f64());
+    }
+    println!("  {rounds} alternating rounds, median [min–max]:");
+    println!(
+        "  floor: {}-byte record appended + fdatasync on the state directory's file system p50 {} ms + gRPC round trip (ResolveAddress, no I/O) p50 {} ms = {} ms",
+        SyncFloor::RECORD,
+        spread(&sync, 3),
+        spread(&rtt, 3),
+        spread(&floor, 3)
+    );
+    println!(
+        "    (for reference: a 4 KiB page overwritten elsewhere + fdatasync p50 {} ms)",
+        spread(&page_sync, 3)
+    );
+    println!(
+        "  AllocateAddress, 1 client ({ONE} a round): p50 {} ms   p99 {} ms   {} allocations/s",
+        spread(&p50, 3),
+        spread(&p99, 3),
+        spread(&rate_1, 0)
+    );
+    println!("    p50 / floor: {}   (target ≤ 1.20)", spread(&ratio, 2));
+    println!(
+        "  AllocateAddress, 16 clients (16 × {SIXTEEN} a round): {} allocations/s   (target ≥ 20000)",
+        spread(&rate_16, 0)
+    );
+    Ok((
+        bench_dataplane::median(&rate_1),
+        bench_dataplane::median(&rate_16),
+    ))
 }
 
 /// CNI host-local, one exec per ADD, as runtimes call it.
@@ -351,15 +509,9 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         .await?;
     let socket = bed.host("h7").agent.socket.clone();
     agent_allocations(&socket, "bench", 1, 200, "warm").await?;
-    round_trip_floor(&socket, 2000)
-        .await?
-        .report("gRPC round trip, no I/O (ResolveAddress)");
-    let agent_1 = agent_allocations(&socket, "bench", 1, 2000, "one")
-        .await?
-        .report("fan-agent, 1 client");
-    let agent_16 = agent_allocations(&socket, "bench", 16, 1000, "sixteen")
-        .await?
-        .report("fan-agent, 16 clients");
+    let host_dir = bed.host("h7").agent.state_dir.clone();
+    let host_dir = host_dir.parent().context("state directory's parent")?;
+    let (agent_1, agent_16) = allocations_at_the_floor(&socket, host_dir).await?;
     let local_1 =
         host_local_allocations(1, 200, scratch, "one")?.report("CNI host-local (exec), 1 client");
     let local_16 = host_local_allocations(16, 50, scratch, "sixteen")?
