@@ -3,9 +3,11 @@
 //! One writer thread owns the database and an in-memory copy of every network's
 //! allocator. Requests reach it over a channel; it takes every request that is
 //! waiting, applies them to memory, writes all their changes in ONE redb
-//! transaction with immediate durability, and only then answers. Concurrent
-//! clients therefore share one fsync instead of queueing for one each, and no
-//! request is acknowledged before its change is on disk.
+//! transaction (without durability) and ONE frame of the write-ahead log
+//! (`wal`: one write, one fdatasync), and only then answers. Concurrent
+//! clients therefore share one fdatasync instead of queueing for one each, and
+//! no request is acknowledged before its change is on disk. Checkpoints (a
+//! durable redb commit) take the log over; the log is replayed at open.
 //!
 //! Every stored value is framed with a CRC-32 of its payload ([`seal`]) and
 //! checked when loaded: a record that fails its check or does not decode stops
