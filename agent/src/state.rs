@@ -2,12 +2,12 @@
 //!
 //! One writer thread owns the database and an in-memory copy of every network's
 //! allocator. Requests reach it over a channel; it takes every request that is
-//! waiting, applies them to memory, writes all their changes in ONE redb
-//! transaction (without durability) and ONE frame of the write-ahead log
-//! (`wal`: one write, one fdatasync), and only then answers. Concurrent
-//! clients therefore share one fdatasync instead of queueing for one each, and
-//! no request is acknowledged before its change is on disk. Checkpoints (a
-//! durable redb commit) take the log over; the log is replayed at open.
+//! waiting, applies them to memory, writes all their changes in ONE frame of
+//! the write-ahead log (`wal`: one write, one fdatasync), and only then
+//! answers. Concurrent clients therefore share one fdatasync instead of
+//! queueing for one each, and no request is acknowledged before its change is
+//! on disk. Checkpoints (one durable redb transaction) take the logged changes
+//! into the database; the log is replayed at open.
 //!
 //! Every stored value is framed with a CRC-32 of its payload ([`seal`]) and
 //! checked when loaded: a record that fails its check or does not decode stops
@@ -457,6 +457,7 @@ impl Store {
             sequence,
             unchecked: 0,
             unchecked_since: Instant::now(),
+            pending: Vec::new(),
             memory: scan.memory,
             health: health_tx,
             retry_after: RETRY_FIRST,
@@ -2148,6 +2149,8 @@ struct Writer {
     unchecked: u32,
     /// When the first of them was logged.
     unchecked_since: Instant,
+    /// Their writes, for redb at the next checkpoint (memory serves reads).
+    pending: Vec<Op>,
     memory: Memory,
     health: watch::Sender<StoreHealth>,
     retry_after: Duration,
@@ -2231,7 +2234,8 @@ impl Writer {
         let Some(db) = &self.db else {
             return;
         };
-        match commit_ops(db, &[], self.sequence, Durability::Immediate) {
+        let pending = std::mem::take(&mut self.pending);
+        match commit_ops(db, &pending, self.sequence, Durability::Immediate) {
             Ok(()) => {
                 self.wal.reset();
                 self.unchecked = 0;
@@ -2244,9 +2248,10 @@ impl Writer {
         }
     }
 
-    /// Commits one batch's mutations: to redb without durability, then to
-    /// the log with one write and one fdatasync. A batch too large for the
-    /// log's room goes to redb durably instead (a checkpoint).
+    /// Commits one batch's mutations to the log with one write and one
+    /// fdatasync; redb takes them at the next checkpoint. A batch too large
+    /// for the log's room goes to redb durably at once, with everything
+    /// pending (a checkpoint).
     fn commit(&mut self, mutations: &[Mutation]) -> Result<()> {
         let Some(db) = &self.db else {
             return Err(AgentError::Storage("state database is closed".into()));
@@ -2256,19 +2261,23 @@ impl Writer {
         wal::encode(&ops, &mut payload);
         let sequence = self.sequence + 1;
         if !self.wal.fits(payload.len()) {
-            commit_ops(db, &ops, sequence, Durability::Immediate)?;
+            // On failure the log still holds the pending batches: the
+            // recovery that must succeed before the next commit replays them.
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend(ops);
+            commit_ops(db, &pending, sequence, Durability::Immediate)?;
             self.sequence = sequence;
             self.wal.reset();
             self.unchecked = 0;
             return Ok(());
         }
-        commit_ops(db, &ops, sequence, Durability::None)?;
         self.wal
             .append(self.epoch, sequence, &payload)
             .map_err(|e| {
                 AgentError::Storage(format!("write {}: {e}", self.dir.join(WAL_FILE).display()))
             })?;
         self.sequence = sequence;
+        self.pending.extend(ops);
         if self.unchecked == 0 {
             self.unchecked_since = Instant::now();
         }
@@ -2399,6 +2408,7 @@ impl Writer {
                 self.sequence = sequence;
                 self.wal.reset();
                 self.unchecked = 0;
+                self.pending.clear();
                 self.retry_after = RETRY_FIRST;
                 if !self.health.borrow().is_writable() {
                     self.health.send_replace(StoreHealth::Writable);

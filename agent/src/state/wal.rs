@@ -4,11 +4,11 @@
 //! A durable redb commit rewrites about seven scattered pages (the changed
 //! leaves, the table tree, the freed-page tree, the header) and does the
 //! bookkeeping of its page allocator: measured, it cost a single client about
-//! twice the floor of one write plus one fdatasync. So each batch is committed
-//! to redb without durability (memory only, no I/O) and then appended here as
-//! one frame, written and fdatasynced before anyone hears of it. From time to
-//! time ([`super::Writer`]'s checkpoints) a durable redb commit takes over
-//! everything logged so far and the log starts again at offset 0.
+//! twice the floor of one write plus one fdatasync. So each batch is appended
+//! here as one frame, written and fdatasynced before anyone hears of it (reads
+//! are served from memory). From time to time ([`super::Writer`]'s
+//! checkpoints) one durable redb transaction takes in everything logged so far
+//! and the log starts again at offset 0.
 //!
 //! The file is allocated once at its full size and filled with zeros, so an
 //! append overwrites blocks the file already owns: `fdatasync` then writes the
