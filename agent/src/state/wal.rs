@@ -221,8 +221,16 @@ impl Wal {
         let mut at = 0usize;
         let mut expected = applied.wrapping_add(1);
         while let Some(header) = content.get(at..at + HEADER) {
-            let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
-            let long = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap());
+            let word = |i: usize| {
+                let mut bytes = [0u8; 4];
+                bytes.copy_from_slice(&header[i..i + 4]);
+                u32::from_le_bytes(bytes)
+            };
+            let long = |i: usize| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&header[i..i + 8]);
+                u64::from_le_bytes(bytes)
+            };
             let (magic, length, crc) = (word(0), word(4) as usize, word(8));
             if magic != MAGIC || long(12) != epoch || long(20) != expected {
                 break;
