@@ -110,7 +110,7 @@ impl Metrics {
         .expect("valid metric");
         let store_commit_failures = IntCounter::new(
             "fan_store_commit_failures_total",
-            "State-store commits that failed (the batch was refused and undone)",
+            "State-store commits that failed (a batch: refused and undone; a checkpoint: the store turns unwritable)",
         )
         .expect("valid metric");
         let reconcile_runs = IntCounter::new(

@@ -411,6 +411,9 @@ impl Store {
             }
         };
         init_schema(&db)?;
+        if dir.join(WAL_FILE).exists() {
+            secure_file(&dir.join(WAL_FILE))?;
+        }
         let wal = Wal::open(dir).map_err(|e| {
             AgentError::Storage(format!("open {}: {e}", dir.join(WAL_FILE).display()))
         })?;
@@ -2235,7 +2238,11 @@ impl Writer {
             return;
         };
         let pending = std::mem::take(&mut self.pending);
-        match commit_ops(db, &pending, self.sequence, Durability::Immediate) {
+        // Timed and counted like a batch's commit: a full disk shows here first.
+        let sequence = self.sequence;
+        match crate::metrics::time_commit(|| {
+            commit_ops(db, &pending, sequence, Durability::Immediate)
+        }) {
             Ok(()) => {
                 self.wal.reset();
                 self.unchecked = 0;
@@ -3074,13 +3081,17 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
         assert_eq!(mode(&dir.join(MARKER_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(WAL_FILE)), 0o600);
         close(store, &dir).await;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        for file in [DB_FILE, WAL_FILE] {
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
         let _store = Store::open(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(WAL_FILE)), 0o600);
     }
 
     #[test]
