@@ -26,4 +26,6 @@ pub mod page_token;
 pub mod reason;
 pub mod server;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;

@@ -20,6 +20,8 @@ use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
 pub mod ebpf;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod host;
 pub mod ipip;
 pub mod kernel;
@@ -267,7 +269,8 @@ pub trait Encapsulation: Send + Sync {
 }
 
 /// The agent's view of the data plane: host setup plus the backends.
-/// Implemented by [`KernelDataplane`]; the agent's unit tests use a fake.
+/// Implemented by [`KernelDataplane`]; the agent's unit tests use
+/// `fake::FakeDataplane` (feature `fake`).
 #[async_trait]
 pub trait Dataplane: Send + Sync {
     /// Every backend with its availability on this host.
