@@ -101,6 +101,7 @@ impl TestAgentBuilder {
     /// Starts the agent and returns once it answers on its socket (before
     /// the start-up pass is done: readiness is what the health service says).
     pub async fn start(self) -> Result<TestAgent, TestingError> {
+        let restart = self.dir.is_some();
         let dir = match self.dir {
             Some(dir) => dir,
             None => tempfile::Builder::new()
@@ -121,41 +122,34 @@ impl TestAgentBuilder {
             state_open: OpenOptions::default(),
             metrics_listen: None,
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (done_tx, mut done) = oneshot::channel();
-        let shared: Arc<dyn Dataplane> = dataplane.clone();
-        // Its own runtime: the agent outlives no test, and a test's runtime
-        // flavour or a blocked test thread cannot stall it.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("fan-test-agent")
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("fan-test-agent".into())
-            .spawn(move || {
-                let result = runtime.block_on(server::run(config, shared, async move {
-                    // A dropped TestAgent stops the agent too.
-                    let _ = stopped.await;
-                }));
-                // Dropping the runtime ends the agent's tasks, and with them
-                // its hold on the state directory.
-                drop(runtime);
-                let _ = done_tx.send(result);
-            })?;
-        // Serving means the socket answers; the server ending first is its error.
-        loop {
-            match done.try_recv() {
-                Ok(Ok(())) => return Err(TestingError::Gone),
-                Ok(Err(err)) => return Err(TestingError::Server(err)),
-                Err(oneshot::error::TryRecvError::Closed) => return Err(TestingError::Gone),
-                Err(oneshot::error::TryRecvError::Empty) => {}
+        let (stop, done) = loop {
+            let (stop, mut done) = launch(config.clone(), dataplane.clone())?;
+            // Serving means the socket answers; the server ending first is its error.
+            let served = loop {
+                match done.try_recv() {
+                    Ok(Ok(())) | Err(oneshot::error::TryRecvError::Closed) => {
+                        break Err(TestingError::Gone)
+                    }
+                    Ok(Err(err)) => break Err(TestingError::Server(err)),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                    break Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            match served {
+                Ok(()) => break (stop, done),
+                // A restart may find the previous agent's writer thread still
+                // closing the database (after the directory lock is released).
+                Err(TestingError::Server(ServerError::State(
+                    crate::error::AgentError::Storage(message),
+                ))) if restart && message.contains("another agent holds") => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(err) => return Err(err),
             }
-            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        };
         Ok(TestAgent {
             socket,
             dataplane,
@@ -164,6 +158,43 @@ impl TestAgentBuilder {
             done: Some(done),
         })
     }
+}
+
+/// Runs `server::run` in a thread of its own, with its own runtime: a
+/// test's runtime flavour or a blocked test thread cannot stall the agent.
+/// Returns the stop signal and the server's result.
+#[allow(clippy::type_complexity)]
+fn launch(
+    config: ServerConfig,
+    dataplane: Arc<FakeDataplane>,
+) -> Result<
+    (
+        oneshot::Sender<()>,
+        oneshot::Receiver<Result<(), ServerError>>,
+    ),
+    TestingError,
+> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (done_tx, done) = oneshot::channel();
+    let shared: Arc<dyn Dataplane> = dataplane;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fan-test-agent")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("fan-test-agent".into())
+        .spawn(move || {
+            let result = runtime.block_on(server::run(config, shared, async move {
+                // A dropped TestAgent stops the agent too.
+                let _ = stopped.await;
+            }));
+            // Dropping the runtime ends the agent's tasks, and with them its
+            // hold on the state directory.
+            drop(runtime);
+            let _ = done_tx.send(result);
+        })?;
+    Ok((stop, done))
 }
 
 /// The real agent served on a temporary unix socket over a [`FakeDataplane`]
@@ -260,7 +291,25 @@ impl TestAgent {
             None => Ok(()),
         };
         result?;
-        self.dir.take().ok_or(TestingError::Gone)
+        let dir = self.dir.take().ok_or(TestingError::Gone)?;
+        state_released(&dir.path().join("state")).await?;
+        Ok(dir)
+    }
+}
+
+/// Waits until no store holds `state_dir` (the writer thread closes the
+/// database after the agent's runtime is gone), so a restart can open it.
+async fn state_released(state_dir: &Path) -> Result<(), TestingError> {
+    loop {
+        let dir = std::fs::File::open(state_dir)?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            // Dropping the lock releases it at once.
+            Ok(_lock) => return Ok(()),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((_, errno)) => return Err(std::io::Error::from(errno).into()),
+        }
     }
 }
 
@@ -309,3 +358,5 @@ impl AgentOnFake {
 
 #[cfg(test)]
 mod agent_tests;
+#[cfg(test)]
+mod api_tests;
