@@ -192,7 +192,11 @@ impl FakeDataplane {
     /// agent once, when it starts.
     pub fn set_availability(&self, backend: BackendKind, available: bool, reason: &str) {
         let mut state = self.state();
-        for a in state.availability.iter_mut().filter(|a| a.backend == backend) {
+        for a in state
+            .availability
+            .iter_mut()
+            .filter(|a| a.backend == backend)
+        {
             a.available = available;
             a.reason = reason.to_owned();
         }
@@ -546,11 +550,18 @@ mod tests {
     async fn a_failed_apply_is_spent_once_and_leaves_a_partial_network() {
         let fake = FakeDataplane::new();
         let p = plan("fan");
-        fake.fail_next(Op::Apply, "fan", DataplaneError::other("create bridge", "EPERM"));
+        fake.fail_next(
+            Op::Apply,
+            "fan",
+            DataplaneError::other("create bridge", "EPERM"),
+        );
         let err = fake.apply(&p).await.unwrap_err();
         assert_eq!(err.to_string(), "create bridge: EPERM");
         assert!(!fake.programmed("fan").unwrap().complete);
-        assert_eq!(fake.observe(&p).await.unwrap().drifts[0].observed, "programmed part-way");
+        assert_eq!(
+            fake.observe(&p).await.unwrap().drifts[0].observed,
+            "programmed part-way"
+        );
         fake.apply(&p).await.unwrap();
         assert!(fake.programmed("fan").unwrap().complete);
         // Other networks were never affected.
@@ -565,10 +576,23 @@ mod tests {
         fake.fail_always(Op::Remove, "fan", "EBUSY");
         fake.fail_always(Op::Observe, "fan", "EIO");
         for _ in 0..2 {
-            assert!(fake.remove(&p).await.unwrap_err().to_string().contains("EBUSY"));
-            assert!(fake.observe(&p).await.unwrap_err().to_string().contains("EIO"));
+            assert!(fake
+                .remove(&p)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("EBUSY"));
+            assert!(fake
+                .observe(&p)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("EIO"));
         }
-        assert!(fake.programmed("fan").is_some(), "a failed remove removes nothing");
+        assert!(
+            fake.programmed("fan").is_some(),
+            "a failed remove removes nothing"
+        );
         fake.clear_failures("fan");
         fake.remove(&p).await.unwrap();
         assert!(fake.programmed("fan").is_none());
@@ -581,7 +605,13 @@ mod tests {
         fake.apply(&p).await.unwrap();
         fake.inject_drift("fan", drift("route"));
         fake.pin_drift("fan", drift("nft table"));
-        fake.set_counters("fan", Some(Counters { encapsulated: 3, ..Default::default() }));
+        fake.set_counters(
+            "fan",
+            Some(Counters {
+                encapsulated: 3,
+                ..Default::default()
+            }),
+        );
         let seen = fake.observe(&p).await.unwrap();
         assert_eq!(seen.drifts, [drift("route"), drift("nft table")]);
         assert_eq!(seen.counters.unwrap().encapsulated, 3);
@@ -614,7 +644,10 @@ mod tests {
             async move { fake.apply(&plan("fan")).await }
         });
         fake.wait_for_calls(|calls| calls.len() == 1).await;
-        assert!(fake.programmed("fan").is_none(), "held before the kernel changes");
+        assert!(
+            fake.programmed("fan").is_none(),
+            "held before the kernel changes"
+        );
         // Other operations are not held.
         fake.observe(&plan("fan")).await.unwrap();
         drop(paused);

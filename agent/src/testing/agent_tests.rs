@@ -91,7 +91,11 @@ async fn a_failed_removal_keeps_the_network_for_a_retry() {
         "fan",
         DataplaneError::other("delete bridge fan-250", "EBUSY"),
     );
-    let err = on.agent.delete_network("fan", false, false).await.unwrap_err();
+    let err = on
+        .agent
+        .delete_network("fan", false, false)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), Reason::DataplaneFailed);
     assert!(on.agent.get_network("fan").await.is_ok(), "still known");
     assert!(on.dataplane.programmed("fan").is_some());
@@ -126,7 +130,12 @@ async fn an_allocation_racing_a_delete_keeps_the_network_and_its_data_path() {
     // The network, its allocation and its data path are all back.
     let view = on.agent.get_network("fan").await.unwrap();
     assert_eq!(view.status.allocated, 1);
-    assert_eq!(view.status.state, NetworkState::Ready, "{}", view.status.reason);
+    assert_eq!(
+        view.status.state,
+        NetworkState::Ready,
+        "{}",
+        view.status.reason
+    );
     assert!(on.dataplane.programmed("fan").unwrap().complete);
     assert_eq!(
         on.agent
@@ -176,7 +185,10 @@ async fn not_ready_until_the_start_up_pass_has_applied_every_network() {
         ..spec()
     };
     on.agent.create_network("b", &other).await.unwrap();
-    assert!(!*ready.borrow(), "created networks do not make the agent ready");
+    assert!(
+        !*ready.borrow(),
+        "created networks do not make the agent ready"
+    );
 
     // The start-up pass, held in its first apply: still not ready.
     let paused = on.dataplane.pause(Op::Apply).await;
@@ -233,7 +245,11 @@ async fn reconcile_reports_drift_and_repairs_it_through_the_data_plane() {
     assert_eq!(checked.len(), 2, "{checked:?}");
     let view = on.agent.get_network("fan").await.unwrap();
     assert_eq!(view.status.state, NetworkState::Degraded);
-    assert!(view.status.reason.contains("route 250.0.0.0/8"), "{}", view.status.reason);
+    assert!(
+        view.status.reason.contains("route 250.0.0.0/8"),
+        "{}",
+        view.status.reason
+    );
     on.dataplane.clear_calls();
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 0);
     // Observed, applied, observed again to confirm the repair.
@@ -284,7 +300,11 @@ async fn a_failed_observation_degrades_the_network_without_failing_reads() {
     );
     let view = on.agent.get_network("fan").await.unwrap();
     assert_eq!(view.status.state, NetworkState::Degraded);
-    assert!(view.status.reason.contains("ENOBUFS"), "{}", view.status.reason);
+    assert!(
+        view.status.reason.contains("ENOBUFS"),
+        "{}",
+        view.status.reason
+    );
     // CheckNetwork has no status to degrade: it reports the failure.
     on.dataplane.fail_next(
         Op::Observe,
@@ -379,7 +399,11 @@ async fn an_unavailable_backend_is_refused_by_name_and_auto_skips_it() {
         backend: Some(crate::model::BackendChoice::KernelFan),
         ..spec()
     };
-    let err = on.agent.create_network("fan", &kernel_fan).await.unwrap_err();
+    let err = on
+        .agent
+        .create_network("fan", &kernel_fan)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), Reason::BackendUnavailable);
     assert!(err.to_string().contains("no fan map"), "{err}");
     assert!(fake.calls().is_empty(), "nothing programmed");

@@ -110,7 +110,10 @@ const NOT_FROM_A_REQUEST: [(Reason, &str); 7] = [
         Reason::StateCorrupt,
         "refuses the start-up (state tests), not a request",
     ),
-    (Reason::ShuttingDown, "only between the stop signal and the last stream"),
+    (
+        Reason::ShuttingDown,
+        "only between the stop signal and the last stream",
+    ),
     (
         Reason::WatcherTooSlow,
         "needs a watcher over 1024 events behind",
@@ -316,7 +319,10 @@ async fn every_reason_a_request_can_cause_leaves_with_its_code() {
             .into_inner()
             .network
             .unwrap();
-        if network.status.is_some_and(|s| s.state == pb::NetworkState::Failed as i32) {
+        if network
+            .status
+            .is_some_and(|s| s.state == pb::NetworkState::Failed as i32)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -434,79 +440,473 @@ async fn every_field_rule_is_invalid_argument_naming_the_field_and_changes_nothi
     }
 
     // CreateNetwork
-    case!("empty id", ["network_id"], c.create_network(create("", spec("251.0.0.0/8"))));
-    case!("upper-case id", ["network_id"], c.create_network(create("Fan", spec("251.0.0.0/8"))));
-    case!("id of 64 characters", ["network_id"], c.create_network(create(&"a".repeat(64), spec("251.0.0.0/8"))));
-    case!("no spec", ["spec"], c.create_network(pb::CreateNetworkRequest { network_id: "new".into(), spec: None }));
-    case!("no overlay", ["spec.overlay"], c.create_network(network_spec(|s| s.overlay.clear())));
-    case!("overlay not a CIDR", ["spec.overlay"], c.create_network(network_spec(|s| s.overlay = "250.0.0.0/99".into())));
-    case!("no underlay", ["spec.underlay"], c.create_network(network_spec(|s| s.underlay.clear())));
-    case!("underlay not a CIDR", ["spec.underlay"], c.create_network(network_spec(|s| s.underlay = "eth0/x".into())));
-    case!("bridge name too long", ["spec.bridge"], c.create_network(network_spec(|s| s.bridge = "b".repeat(16))));
-    case!("bridge name with a slash", ["spec.bridge"], c.create_network(network_spec(|s| s.bridge = "a/b".into())));
-    case!("MTU below 576", ["spec.mtu"], c.create_network(network_spec(|s| s.mtu = 575)));
-    case!("MTU above 65535", ["spec.mtu"], c.create_network(network_spec(|s| s.mtu = 65536)));
-    case!("MTU above the underlay's minus 20", ["spec.mtu"], c.create_network(network_spec(|s| s.mtu = DEFAULT_MTU - 19)));
-    case!("host reserve 0", ["spec.host_reserve"], c.create_network(network_spec(|s| s.host_reserve = Some(0))));
-    case!("host reserve leaving nothing", ["spec.host_reserve"], c.create_network(network_spec(|s| s.host_reserve = Some(254))));
-    case!("unknown backend", ["spec.backend"], c.create_network(network_spec(|s| s.backend = 99)));
-    case!("DHCP options without DHCP", ["spec.dhcp_dns", "spec.dhcp_lease_seconds"], c.create_network(network_spec(|s| { s.dhcp_dns = vec!["10.0.0.53".into()]; s.dhcp_lease_seconds = 600; })));
-    case!("DHCP DNS not an address", ["spec.dhcp_dns[1]"], c.create_network(network_spec(|s| { s.dhcp = true; s.dhcp_dns = vec!["10.0.0.53".into(), "dns".into()]; })));
-    case!("nine DHCP DNS servers", ["spec.dhcp_dns"], c.create_network(network_spec(|s| { s.dhcp = true; s.dhcp_dns = vec!["10.0.0.53".into(); 9]; })));
-    case!("DHCP lease of 5 s", ["spec.dhcp_lease_seconds"], c.create_network(network_spec(|s| { s.dhcp = true; s.dhcp_lease_seconds = 5; })));
-    case!("label key with a space", ["spec.labels[\"a b\"]"], c.create_network(network_spec(|s| { s.labels.insert("a b".into(), "v".into()); })));
-    case!("every bad field at once", ["network_id", "spec.overlay", "spec.underlay", "spec.mtu"], c.create_network(pb::CreateNetworkRequest { network_id: "-".into(), spec: Some(pb::NetworkSpec { overlay: "x".into(), underlay: String::new(), mtu: 1, ..Default::default() }) }));
+    case!(
+        "empty id",
+        ["network_id"],
+        c.create_network(create("", spec("251.0.0.0/8")))
+    );
+    case!(
+        "upper-case id",
+        ["network_id"],
+        c.create_network(create("Fan", spec("251.0.0.0/8")))
+    );
+    case!(
+        "id of 64 characters",
+        ["network_id"],
+        c.create_network(create(&"a".repeat(64), spec("251.0.0.0/8")))
+    );
+    case!(
+        "no spec",
+        ["spec"],
+        c.create_network(pb::CreateNetworkRequest {
+            network_id: "new".into(),
+            spec: None
+        })
+    );
+    case!(
+        "no overlay",
+        ["spec.overlay"],
+        c.create_network(network_spec(|s| s.overlay.clear()))
+    );
+    case!(
+        "overlay not a CIDR",
+        ["spec.overlay"],
+        c.create_network(network_spec(|s| s.overlay = "250.0.0.0/99".into()))
+    );
+    case!(
+        "no underlay",
+        ["spec.underlay"],
+        c.create_network(network_spec(|s| s.underlay.clear()))
+    );
+    case!(
+        "underlay not a CIDR",
+        ["spec.underlay"],
+        c.create_network(network_spec(|s| s.underlay = "eth0/x".into()))
+    );
+    case!(
+        "bridge name too long",
+        ["spec.bridge"],
+        c.create_network(network_spec(|s| s.bridge = "b".repeat(16)))
+    );
+    case!(
+        "bridge name with a slash",
+        ["spec.bridge"],
+        c.create_network(network_spec(|s| s.bridge = "a/b".into()))
+    );
+    case!(
+        "MTU below 576",
+        ["spec.mtu"],
+        c.create_network(network_spec(|s| s.mtu = 575))
+    );
+    case!(
+        "MTU above 65535",
+        ["spec.mtu"],
+        c.create_network(network_spec(|s| s.mtu = 65536))
+    );
+    case!(
+        "MTU above the underlay's minus 20",
+        ["spec.mtu"],
+        c.create_network(network_spec(|s| s.mtu = DEFAULT_MTU - 19))
+    );
+    case!(
+        "host reserve 0",
+        ["spec.host_reserve"],
+        c.create_network(network_spec(|s| s.host_reserve = Some(0)))
+    );
+    case!(
+        "host reserve leaving nothing",
+        ["spec.host_reserve"],
+        c.create_network(network_spec(|s| s.host_reserve = Some(254)))
+    );
+    case!(
+        "unknown backend",
+        ["spec.backend"],
+        c.create_network(network_spec(|s| s.backend = 99))
+    );
+    case!(
+        "DHCP options without DHCP",
+        ["spec.dhcp_dns", "spec.dhcp_lease_seconds"],
+        c.create_network(network_spec(|s| {
+            s.dhcp_dns = vec!["10.0.0.53".into()];
+            s.dhcp_lease_seconds = 600;
+        }))
+    );
+    case!(
+        "DHCP DNS not an address",
+        ["spec.dhcp_dns[1]"],
+        c.create_network(network_spec(|s| {
+            s.dhcp = true;
+            s.dhcp_dns = vec!["10.0.0.53".into(), "dns".into()];
+        }))
+    );
+    case!(
+        "nine DHCP DNS servers",
+        ["spec.dhcp_dns"],
+        c.create_network(network_spec(|s| {
+            s.dhcp = true;
+            s.dhcp_dns = vec!["10.0.0.53".into(); 9];
+        }))
+    );
+    case!(
+        "DHCP lease of 5 s",
+        ["spec.dhcp_lease_seconds"],
+        c.create_network(network_spec(|s| {
+            s.dhcp = true;
+            s.dhcp_lease_seconds = 5;
+        }))
+    );
+    case!(
+        "label key with a space",
+        ["spec.labels[\"a b\"]"],
+        c.create_network(network_spec(|s| {
+            s.labels.insert("a b".into(), "v".into());
+        }))
+    );
+    case!(
+        "every bad field at once",
+        ["network_id", "spec.overlay", "spec.underlay", "spec.mtu"],
+        c.create_network(pb::CreateNetworkRequest {
+            network_id: "-".into(),
+            spec: Some(pb::NetworkSpec {
+                overlay: "x".into(),
+                underlay: String::new(),
+                mtu: 1,
+                ..Default::default()
+            })
+        })
+    );
 
     // Reads and deletes of a network
-    case!("GetNetwork id", ["network_id"], c.get_network(pb::GetNetworkRequest { network_id: "a_b".into() }));
-    case!("CheckNetwork id", ["network_id"], c.check_network(pb::CheckNetworkRequest { network_id: String::new() }));
-    case!("DeleteNetwork id", ["network_id"], c.delete_network(pb::DeleteNetworkRequest { network_id: "FAN".into(), force: true, allow_missing: true }));
-    case!("ListNetworks page size", ["page_size"], c.list_networks(pb::ListNetworksRequest { page_size: 1001, ..Default::default() }));
-    case!("ListNetworks page token", ["page_token"], c.list_networks(pb::ListNetworksRequest { page_token: "garbage".into(), ..Default::default() }));
+    case!(
+        "GetNetwork id",
+        ["network_id"],
+        c.get_network(pb::GetNetworkRequest {
+            network_id: "a_b".into()
+        })
+    );
+    case!(
+        "CheckNetwork id",
+        ["network_id"],
+        c.check_network(pb::CheckNetworkRequest {
+            network_id: String::new()
+        })
+    );
+    case!(
+        "DeleteNetwork id",
+        ["network_id"],
+        c.delete_network(pb::DeleteNetworkRequest {
+            network_id: "FAN".into(),
+            force: true,
+            allow_missing: true
+        })
+    );
+    case!(
+        "ListNetworks page size",
+        ["page_size"],
+        c.list_networks(pb::ListNetworksRequest {
+            page_size: 1001,
+            ..Default::default()
+        })
+    );
+    case!(
+        "ListNetworks page token",
+        ["page_token"],
+        c.list_networks(pb::ListNetworksRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+    );
 
     // UpdateNetwork
-    case!("no update mask", ["update_mask"], c.update_network(pb::UpdateNetworkRequest { network_id: "fan".into(), spec: None, update_mask: None }));
-    case!("a field that cannot change", ["update_mask.paths[0]"], c.update_network(mask(&["overlay"], spec("251.0.0.0/8"))));
-    case!("update id", ["network_id"], c.update_network(pb::UpdateNetworkRequest { network_id: "Fan".into(), ..mask(&["mtu"], spec("")) }));
-    case!("update MTU", ["spec.mtu"], c.update_network(mask(&["mtu"], pb::NetworkSpec { mtu: 100, ..Default::default() })));
-    case!("update MTU above the underlay's", ["spec.mtu"], c.update_network(mask(&["mtu"], pb::NetworkSpec { mtu: DEFAULT_MTU, ..Default::default() })));
-    case!("update host reserve", ["spec.host_reserve"], c.update_network(mask(&["host_reserve"], pb::NetworkSpec { host_reserve: Some(0), ..Default::default() })));
-    case!("update labels", ["spec.labels[\"\"]"], c.update_network(mask(&["labels"], pb::NetworkSpec { labels: [(String::new(), "v".to_owned())].into(), ..Default::default() })));
-    case!("update DHCP lease without DHCP", ["spec.dhcp_lease_seconds"], c.update_network(mask(&["dhcp_lease_seconds"], pb::NetworkSpec { dhcp_lease_seconds: 60, ..Default::default() })));
+    case!(
+        "no update mask",
+        ["update_mask"],
+        c.update_network(pb::UpdateNetworkRequest {
+            network_id: "fan".into(),
+            spec: None,
+            update_mask: None
+        })
+    );
+    case!(
+        "a field that cannot change",
+        ["update_mask.paths[0]"],
+        c.update_network(mask(&["overlay"], spec("251.0.0.0/8")))
+    );
+    case!(
+        "update id",
+        ["network_id"],
+        c.update_network(pb::UpdateNetworkRequest {
+            network_id: "Fan".into(),
+            ..mask(&["mtu"], spec(""))
+        })
+    );
+    case!(
+        "update MTU",
+        ["spec.mtu"],
+        c.update_network(mask(
+            &["mtu"],
+            pb::NetworkSpec {
+                mtu: 100,
+                ..Default::default()
+            }
+        ))
+    );
+    case!(
+        "update MTU above the underlay's",
+        ["spec.mtu"],
+        c.update_network(mask(
+            &["mtu"],
+            pb::NetworkSpec {
+                mtu: DEFAULT_MTU,
+                ..Default::default()
+            }
+        ))
+    );
+    case!(
+        "update host reserve",
+        ["spec.host_reserve"],
+        c.update_network(mask(
+            &["host_reserve"],
+            pb::NetworkSpec {
+                host_reserve: Some(0),
+                ..Default::default()
+            }
+        ))
+    );
+    case!(
+        "update labels",
+        ["spec.labels[\"\"]"],
+        c.update_network(mask(
+            &["labels"],
+            pb::NetworkSpec {
+                labels: [(String::new(), "v".to_owned())].into(),
+                ..Default::default()
+            }
+        ))
+    );
+    case!(
+        "update DHCP lease without DHCP",
+        ["spec.dhcp_lease_seconds"],
+        c.update_network(mask(
+            &["dhcp_lease_seconds"],
+            pb::NetworkSpec {
+                dhcp_lease_seconds: 60,
+                ..Default::default()
+            }
+        ))
+    );
 
     // Allocations
-    case!("AllocateAddress id", ["network_id"], c.allocate_address(allocate("", "c2")));
-    case!("no owner", ["owner"], c.allocate_address(pb::AllocateAddressRequest { owner: None, ..allocate("fan", "c2") }));
-    case!("empty container id", ["owner.container_id"], c.allocate_address(allocate("fan", "")));
-    case!("interface name with a slash", ["owner.interface"], c.allocate_address(pb::AllocateAddressRequest { owner: Some(pb::Owner { container_id: "c2".into(), interface: "eth/0".into() }), ..allocate("fan", "c2") }));
-    case!("requested address not IPv4", ["address"], c.allocate_address(pb::AllocateAddressRequest { address: "250.0.28.300".into(), ..allocate("fan", "c2") }));
-    case!("allocation label", ["labels[\"a b\"]"], c.allocate_address(pb::AllocateAddressRequest { labels: [("a b".to_owned(), "v".to_owned())].into(), ..allocate("fan", "c2") }));
-    case!("no selector", ["selector"], c.get_allocation(pb::GetAllocationRequest { network_id: "fan".into(), selector: None }));
-    case!("selector address", ["selector.address"], c.get_allocation(pb::GetAllocationRequest { network_id: "fan".into(), selector: Some(pb::AllocationSelector { selector: Some(pb::allocation_selector::Selector::Address("x".into())) }) }));
-    case!("release: id and selector owner", ["network_id", "selector.owner.container_id"], c.release_address(pb::ReleaseAddressRequest { network_id: "F".into(), selector: by_owner(""), allow_missing: true }));
-    case!("ListAllocations id", ["network_id"], c.list_allocations(pb::ListAllocationsRequest { network_id: "F".into(), ..Default::default() }));
-    case!("ListAllocations owner of 257 characters", ["owner_container_id"], c.list_allocations(pb::ListAllocationsRequest { owner_container_id: "c".repeat(257), ..Default::default() }));
-    case!("ListAllocations label selector", ["label_selector"], c.list_allocations(pb::ListAllocationsRequest { label_selector: "novalue".into(), ..Default::default() }));
-    case!("ListAllocations page size", ["page_size"], c.list_allocations(pb::ListAllocationsRequest { page_size: 5000, ..Default::default() }));
-    case!("ListAllocations page token", ["page_token"], c.list_allocations(pb::ListAllocationsRequest { page_token: "AAAA".into(), ..Default::default() }));
-    case!("GC id and owner", ["network_id", "valid_owners[1].container_id"], c.garbage_collect_allocations(pb::GarbageCollectAllocationsRequest { network_id: String::new(), valid_owners: vec![owner("c1").unwrap(), pb::Owner::default()], dry_run: false }));
+    case!(
+        "AllocateAddress id",
+        ["network_id"],
+        c.allocate_address(allocate("", "c2"))
+    );
+    case!(
+        "no owner",
+        ["owner"],
+        c.allocate_address(pb::AllocateAddressRequest {
+            owner: None,
+            ..allocate("fan", "c2")
+        })
+    );
+    case!(
+        "empty container id",
+        ["owner.container_id"],
+        c.allocate_address(allocate("fan", ""))
+    );
+    case!(
+        "interface name with a slash",
+        ["owner.interface"],
+        c.allocate_address(pb::AllocateAddressRequest {
+            owner: Some(pb::Owner {
+                container_id: "c2".into(),
+                interface: "eth/0".into()
+            }),
+            ..allocate("fan", "c2")
+        })
+    );
+    case!(
+        "requested address not IPv4",
+        ["address"],
+        c.allocate_address(pb::AllocateAddressRequest {
+            address: "250.0.28.300".into(),
+            ..allocate("fan", "c2")
+        })
+    );
+    case!(
+        "allocation label",
+        ["labels[\"a b\"]"],
+        c.allocate_address(pb::AllocateAddressRequest {
+            labels: [("a b".to_owned(), "v".to_owned())].into(),
+            ..allocate("fan", "c2")
+        })
+    );
+    case!(
+        "no selector",
+        ["selector"],
+        c.get_allocation(pb::GetAllocationRequest {
+            network_id: "fan".into(),
+            selector: None
+        })
+    );
+    case!(
+        "selector address",
+        ["selector.address"],
+        c.get_allocation(pb::GetAllocationRequest {
+            network_id: "fan".into(),
+            selector: Some(pb::AllocationSelector {
+                selector: Some(pb::allocation_selector::Selector::Address("x".into()))
+            })
+        })
+    );
+    case!(
+        "release: id and selector owner",
+        ["network_id", "selector.owner.container_id"],
+        c.release_address(pb::ReleaseAddressRequest {
+            network_id: "F".into(),
+            selector: by_owner(""),
+            allow_missing: true
+        })
+    );
+    case!(
+        "ListAllocations id",
+        ["network_id"],
+        c.list_allocations(pb::ListAllocationsRequest {
+            network_id: "F".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "ListAllocations owner of 257 characters",
+        ["owner_container_id"],
+        c.list_allocations(pb::ListAllocationsRequest {
+            owner_container_id: "c".repeat(257),
+            ..Default::default()
+        })
+    );
+    case!(
+        "ListAllocations label selector",
+        ["label_selector"],
+        c.list_allocations(pb::ListAllocationsRequest {
+            label_selector: "novalue".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "ListAllocations page size",
+        ["page_size"],
+        c.list_allocations(pb::ListAllocationsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+    );
+    case!(
+        "ListAllocations page token",
+        ["page_token"],
+        c.list_allocations(pb::ListAllocationsRequest {
+            page_token: "AAAA".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "GC id and owner",
+        ["network_id", "valid_owners[1].container_id"],
+        c.garbage_collect_allocations(pb::GarbageCollectAllocationsRequest {
+            network_id: String::new(),
+            valid_owners: vec![owner("c1").unwrap(), pb::Owner::default()],
+            dry_run: false
+        })
+    );
 
     // Resolve and watch
-    case!("resolve address", ["address"], c.resolve_address(pb::ResolveAddressRequest { address: "nine".into(), ..Default::default() }));
-    case!("resolve overlay without underlay", ["underlay"], c.resolve_address(pb::ResolveAddressRequest { address: "250.0.28.2".into(), overlay: "250.0.0.0/8".into(), ..Default::default() }));
-    case!("resolve underlay without overlay", ["overlay"], c.resolve_address(pb::ResolveAddressRequest { address: "250.0.28.2".into(), underlay: "172.30.0.0/16".into(), ..Default::default() }));
-    case!("resolve bad overlay", ["overlay"], c.resolve_address(pb::ResolveAddressRequest { address: "250.0.28.2".into(), overlay: "x".into(), underlay: "172.30.0.0/16".into(), ..Default::default() }));
-    case!("resolve network id", ["network_id"], c.resolve_address(pb::ResolveAddressRequest { address: "250.0.28.2".into(), network_id: "F".into(), ..Default::default() }));
-    case!("watch network id", ["network_id"], c.watch_events(pb::WatchEventsRequest { network_id: "F".into(), ..Default::default() }));
-    case!("watch event kind", ["kinds[0]"], c.watch_events(pb::WatchEventsRequest { kinds: vec![0], ..Default::default() }));
-    case!("watch from the future", ["start_revision"], c.watch_events(pb::WatchEventsRequest { start_revision: Some(1 << 40), ..Default::default() }));
+    case!(
+        "resolve address",
+        ["address"],
+        c.resolve_address(pb::ResolveAddressRequest {
+            address: "nine".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "resolve overlay without underlay",
+        ["underlay"],
+        c.resolve_address(pb::ResolveAddressRequest {
+            address: "250.0.28.2".into(),
+            overlay: "250.0.0.0/8".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "resolve underlay without overlay",
+        ["overlay"],
+        c.resolve_address(pb::ResolveAddressRequest {
+            address: "250.0.28.2".into(),
+            underlay: "172.30.0.0/16".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "resolve bad overlay",
+        ["overlay"],
+        c.resolve_address(pb::ResolveAddressRequest {
+            address: "250.0.28.2".into(),
+            overlay: "x".into(),
+            underlay: "172.30.0.0/16".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "resolve network id",
+        ["network_id"],
+        c.resolve_address(pb::ResolveAddressRequest {
+            address: "250.0.28.2".into(),
+            network_id: "F".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "watch network id",
+        ["network_id"],
+        c.watch_events(pb::WatchEventsRequest {
+            network_id: "F".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "watch event kind",
+        ["kinds[0]"],
+        c.watch_events(pb::WatchEventsRequest {
+            kinds: vec![0],
+            ..Default::default()
+        })
+    );
+    case!(
+        "watch from the future",
+        ["start_revision"],
+        c.watch_events(pb::WatchEventsRequest {
+            start_revision: Some(1 << 40),
+            ..Default::default()
+        })
+    );
 
-    for Bad { what, fields, status } in &bad {
+    for Bad {
+        what,
+        fields,
+        status,
+    } in &bad
+    {
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert_eq!(reason_of(status), "FIELD_INVALID", "{what}");
         assert_eq!(&fields_of(status), fields, "{what}: {}", status.message());
         for field in *fields {
-            assert!(status.message().contains(field.split('[').next().unwrap_or(field)), "{what}: the message names {field}: {}", status.message());
+            assert!(
+                status
+                    .message()
+                    .contains(field.split('[').next().unwrap_or(field)),
+                "{what}: the message names {field}: {}",
+                status.message()
+            );
         }
     }
     assert_eq!(everything(&mut c).await, before, "nothing changed");
