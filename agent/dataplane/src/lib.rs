@@ -11,7 +11,9 @@
 //! name). `remove` deletes exactly those objects and nothing else.
 //!
 //! Layout: [`host`] (bridge, gateway address, MTU, sysctls, nftables masquerade;
-//! shared by every backend) and one module per encapsulation backend.
+//! shared by every backend) and one module per encapsulation backend; with
+//! the `fake` feature, `fake::FakeDataplane`, an in-memory data plane for
+//! tests that run without root.
 
 use std::fmt;
 use std::net::Ipv4Addr;

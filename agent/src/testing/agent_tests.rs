@@ -41,10 +41,16 @@ fn reason(err: &AgentError) -> Reason {
 
 /// The kinds of the events recorded so far for `network`, in order.
 async fn events(on: &AgentOnFake, network: &str) -> Vec<EventKind> {
-    // The store publishes a note asynchronously, with its next commit or
-    // on its own: wait for the writer by reading through it.
-    let _ = on.agent.list_networks(0, "").await;
-    let subscription = on.agent.events().subscribe(Some(0)).unwrap();
+    // Notes are committed by the writer in the background: the revision a
+    // read reports counts every change queued before it; wait until the
+    // history has it.
+    let hub = on.agent.events();
+    let mut live = hub.subscribe(None).unwrap().live;
+    let revision = on.agent.list_networks(0, "").await.unwrap().revision;
+    while hub.revision() < revision {
+        live.recv().await.unwrap();
+    }
+    let subscription = hub.subscribe(Some(0)).unwrap();
     subscription
         .backlog
         .iter()
@@ -256,6 +262,7 @@ async fn reconcile_reports_drift_and_repairs_it_through_the_data_plane() {
     let ops: Vec<Op> = on.dataplane.calls().iter().map(Call::op).collect();
     assert_eq!(ops, [Op::Observe, Op::Apply, Op::Observe]);
     assert!(on.agent.check_network("fan").await.unwrap().is_empty());
+    events(&on, "fan").await;
     let subscription = on.agent.events().subscribe(Some(0)).unwrap();
     let detected: Vec<_> = subscription
         .backlog

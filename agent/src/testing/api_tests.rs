@@ -962,8 +962,13 @@ async fn health_is_serving_only_after_the_start_up_pass() {
         .into_inner();
     assert_eq!(check.status, ServingStatus::NotServing as i32);
     drop(paused);
-    // The next change the watch reports is the flip to SERVING.
-    let next = statuses.message().await.unwrap().unwrap();
-    assert_eq!(status(&next), ServingStatus::Serving as i32);
+    // The watch reports NOT_SERVING until the flip to SERVING.
+    loop {
+        let next = statuses.message().await.unwrap().unwrap();
+        if status(&next) == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert_eq!(status(&next), ServingStatus::NotServing as i32);
+    }
     assert!(fake.programmed("fan").unwrap().complete);
 }
