@@ -8,7 +8,9 @@
 //! rules), [`state`] (redb, group commit), [`agent`] (the operations), [`api`]
 //! (protobuf conversion and the one error-to-status map), [`server`] (listeners,
 //! health, reflection, readiness). Pure fan arithmetic and the allocator live in
-//! `fan-core`; kernel side effects in `fan-dataplane`.
+//! `fan-core`; kernel side effects in `fan-dataplane`. With the `testing`
+//! feature, `testing` serves the real agent and API on an in-memory data
+//! plane over a temporary unix socket, for tests without root.
 
 #![cfg_attr(
     not(test),
@@ -26,4 +28,6 @@ pub mod page_token;
 pub mod reason;
 pub mod server;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
