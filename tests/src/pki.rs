@@ -23,10 +23,18 @@ impl Pki {
         let rogue = Ca::new("fan test rogue-ca")?;
         ca.write(&dir, "ca")?;
         rogue.write(&dir, "rogue-ca")?;
-        ca.issue("O=fan, CN=fan-agent-h1", &[host, "h1.fan.test"], Usage::Server)?
-            .write(&dir, "agent")?;
-        ca.issue("O=fan, CN=ops-alice", &["alice.ops.fan.test"], Usage::Client)?
-            .write(&dir, "alice")?;
+        ca.issue(
+            "O=fan, CN=fan-agent-h1",
+            &[host, "h1.fan.test"],
+            Usage::Server,
+        )?
+        .write(&dir, "agent")?;
+        ca.issue(
+            "O=fan, CN=ops-alice",
+            &["alice.ops.fan.test"],
+            Usage::Client,
+        )?
+        .write(&dir, "alice")?;
         // Same subject as alice, another CA: must be refused.
         rogue
             .issue("O=fan, CN=ops-alice", &[], Usage::Client)?

@@ -107,8 +107,8 @@ impl Netns {
         F: FnOnce() -> T + Send + 'static,
     {
         let path = self.path();
-        let file = std::fs::File::open(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let file =
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let result = std::thread::spawn(move || {
             // SAFETY: a valid namespace fd; setns affects only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -184,8 +184,8 @@ pub fn delete_netns(name: &str) -> Result<()> {
 
 /// Detaches the mount on `path`; not a mount point or absent is fine.
 fn unmount(path: &Path) -> Result<()> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .expect("path without NUL");
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
     // SAFETY: a valid NUL-terminated path; MNT_DETACH has no other preconditions.
     let rc = unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
     if rc != 0 {
@@ -263,7 +263,11 @@ impl Teardown {
     }
 
     /// Adds a step, run before the steps added earlier.
-    pub fn defer(&mut self, what: impl Into<String>, step: impl FnOnce() -> Result<()> + Send + 'static) {
+    pub fn defer(
+        &mut self,
+        what: impl Into<String>,
+        step: impl FnOnce() -> Result<()> + Send + 'static,
+    ) {
         self.steps.push((what.into(), Box::new(step)));
     }
 

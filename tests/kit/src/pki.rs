@@ -154,7 +154,11 @@ mod tests {
         let ca = Ca::new("kit CA").unwrap();
         ca.write(&dir, "ca").unwrap();
         let leaf = ca
-            .issue("O=fan, CN=agent", &["127.0.0.1", "agent.fan.test"], Usage::Server)
+            .issue(
+                "O=fan, CN=agent",
+                &["127.0.0.1", "agent.fan.test"],
+                Usage::Server,
+            )
             .unwrap();
         leaf.write(&dir, "agent").unwrap();
         let text = std::fs::read_to_string(dir.join("agent.pem")).unwrap();
