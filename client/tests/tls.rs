@@ -24,7 +24,9 @@ struct Pki {
 fn pki() -> Pki {
     let ca = Ca::new("ca").unwrap();
     let other = Ca::new("other").unwrap();
-    let server = ca.server("server", &["agent.fan.test", "127.0.0.1"]).unwrap();
+    let server = ca
+        .server("server", &["agent.fan.test", "127.0.0.1"])
+        .unwrap();
     let client = ca.client("client", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     ca.write(dir.path(), "ca").unwrap();

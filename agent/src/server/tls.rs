@@ -476,7 +476,10 @@ mod tests {
 
         /// Issues `name.pem` / `name.key` with CN=name and the given DNS names.
         fn issue(&self, name: &str, dns: &[&str]) -> Leaf {
-            let leaf = self.ca.issue(&format!("CN={name}"), dns, Usage::Any).unwrap();
+            let leaf = self
+                .ca
+                .issue(&format!("CN={name}"), dns, Usage::Any)
+                .unwrap();
             leaf.write(self.dir.path(), name).unwrap();
             leaf
         }

@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
 
 use crate::{Error, Result};
@@ -60,6 +60,7 @@ impl Ca {
             source,
         };
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
@@ -89,6 +90,8 @@ impl Ca {
         };
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).map_err(fail)?;
+        // rcgen starts from a placeholder CN; the subject is exactly the one given.
+        params.distinguished_name = DistinguishedName::new();
         for part in subject.split(',') {
             let (kind, value) = part
                 .trim()
