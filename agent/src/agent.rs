@@ -25,8 +25,7 @@ use crate::state::{Created, Store};
 use crate::validate::{self, SpecInput};
 
 /// How a network's data path on this host compares with its record (the
-/// API reports it as `NetworkState`; `state::NetworkState` is something else:
-/// a network's durable data held in memory).
+/// API reports it as `NetworkState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkHealth {
     /// Programmed and matching the desired state.

@@ -7,7 +7,8 @@
 //! Modules, from the middle out: [`model`] (domain records), [`validate`] (request
 //! rules), [`state`] (redb, group commit), [`agent`] (the operations), [`api`]
 //! (protobuf conversion and the one error-to-status map), [`server`] (listeners,
-//! health, reflection, readiness). Pure fan arithmetic and the allocator live in
+//! health, reflection, readiness). [`caller`] says who made a request, for
+//! both the server (which tags TLS peers) and the API (which audits). Pure fan arithmetic and the allocator live in
 //! `fan-core`; kernel side effects in `fan-dataplane`.
 
 #![cfg_attr(
@@ -17,6 +18,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod caller;
 pub mod dhcp;
 pub mod error;
 pub mod events;

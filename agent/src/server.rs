@@ -26,10 +26,6 @@ use crate::state::{OpenOptions, Store, StoreHealth};
 /// Largest request the agent decodes: a GC request with many owners fits; more is refused.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
-/// The identity of a TCP peer (its client-certificate subject), attached to requests.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity(pub String);
-
 /// How the agent serves.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -22,7 +22,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::server::PeerIdentity;
+use crate::caller::PeerIdentity;
 
 /// A peer that connects and stalls the handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,7 +244,7 @@ impl super::connections::Acceptor for KeepAliveListener {
     }
 }
 
-/// Tags a request with its peer's certificate subject, for [`crate::api::caller`].
+/// Tags a request with its peer's certificate subject, for [`crate::caller::caller`].
 fn attach_identity(mut request: http::Request<Body>) -> http::Request<Body> {
     let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     let Some(info) = info else {
