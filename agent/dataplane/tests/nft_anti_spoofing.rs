@@ -48,7 +48,7 @@ impl World {
             host: guards[0].name.clone(),
             container: guards[1].name.clone(),
             peer: guards[2].name.clone(),
-            guards: guards,
+            guards,
         };
         // Underlay: host .28 <-> peer .27.
         veth_pair(&w.guards[0], "ul0", &w.guards[2], "ul0").expect("underlay veth");
