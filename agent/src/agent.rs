@@ -24,9 +24,10 @@ use crate::model::{
 use crate::state::{Created, Store};
 use crate::validate::{self, SpecInput};
 
-/// The observed state of a network.
+/// How a network's data path on this host compares with its record (the
+/// API reports it as `NetworkState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetworkState {
+pub enum NetworkHealth {
     /// Programmed and matching the desired state.
     Ready,
     /// Stored, but the kernel differs.
@@ -39,7 +40,7 @@ pub enum NetworkState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkStatus {
     /// Lifecycle state.
-    pub state: NetworkState,
+    pub state: NetworkHealth,
     /// Why it is not ready; empty when ready.
     pub reason: String,
     /// Allocated addresses.
@@ -217,7 +218,7 @@ pub struct Agent {
     start_pass_done: std::sync::atomic::AtomicBool,
     /// The state (and reason) last reported per network in an event, so
     /// NETWORK_STATE_CHANGED is sent on transitions only.
-    reported_states: Mutex<HashMap<String, (NetworkState, String)>>,
+    reported_states: Mutex<HashMap<String, (NetworkHealth, String)>>,
     /// The drifts last reported per network, so a drift the pass cannot
     /// repair is reported once, not on every pass.
     reported_drifts: Mutex<HashMap<String, Vec<Drift>>>,
@@ -264,14 +265,14 @@ impl Agent {
 
     /// Records a NETWORK_STATE_CHANGED event when `record`'s state differs
     /// from the one last reported.
-    fn report_state(&self, record: &NetworkRecord, state: NetworkState, reason: &str) {
+    fn report_state(&self, record: &NetworkRecord, state: NetworkHealth, reason: &str) {
         let mut reported = self
             .reported_states
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let previous = reported.get(&record.id).map(|(s, _)| *s);
         // A network starts ready: no event for the first ready.
-        if previous == Some(state) || (previous.is_none() && state == NetworkState::Ready) {
+        if previous == Some(state) || (previous.is_none() && state == NetworkHealth::Ready) {
             return;
         }
         reported.insert(record.id.clone(), (state, reason.to_owned()));
@@ -344,8 +345,8 @@ impl Agent {
         }
         self.record_apply(&record.id, &result);
         match &result {
-            Ok(()) => self.report_state(record, NetworkState::Ready, ""),
-            Err(err) => self.report_state(record, NetworkState::Failed, &err.to_string()),
+            Ok(()) => self.report_state(record, NetworkHealth::Ready, ""),
+            Err(err) => self.report_state(record, NetworkHealth::Failed, &err.to_string()),
         }
         result
     }
@@ -761,7 +762,7 @@ impl Agent {
         };
         let (state, reason, counters) = match observed {
             Ok(observation) if observation.drifts.is_empty() && stale_allocations > 0 => (
-                NetworkState::Degraded,
+                NetworkHealth::Degraded,
                 format!(
                     "{stale_allocations} allocation(s) are stale: they belong to former slice(s) {} of this host, which now owns {}; re-address their containers and release them",
                     record
@@ -775,10 +776,10 @@ impl Agent {
                 observation.counters,
             ),
             Ok(observation) if observation.drifts.is_empty() => {
-                (NetworkState::Ready, String::new(), observation.counters)
+                (NetworkHealth::Ready, String::new(), observation.counters)
             }
             Ok(observation) => (
-                NetworkState::Degraded,
+                NetworkHealth::Degraded,
                 format!(
                     "kernel differs from the desired state: {}",
                     describe_drifts(&observation.drifts)
@@ -786,13 +787,13 @@ impl Agent {
                 observation.counters,
             ),
             Err(err) => (
-                NetworkState::Degraded,
+                NetworkHealth::Degraded,
                 format!("observing the data plane failed: {err}"),
                 None,
             ),
         };
         let (state, reason) = match self.failures().get(&record.id) {
-            Some(failure) => (NetworkState::Failed, failure.clone()),
+            Some(failure) => (NetworkHealth::Failed, failure.clone()),
             None => (state, reason),
         };
         Ok(NetworkView {

@@ -64,7 +64,7 @@ pub struct Event {
     /// The allocation concerned, for allocation events.
     pub allocation: Option<AllocationRecord>,
     /// The new state, for state changes.
-    pub state: Option<crate::agent::NetworkState>,
+    pub state: Option<crate::agent::NetworkHealth>,
     /// Why: the state's reason, or what drifted.
     pub reason: String,
     /// The differences, for drift events.

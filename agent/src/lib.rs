@@ -7,10 +7,12 @@
 //! Modules, from the middle out: [`model`] (domain records), [`validate`] (request
 //! rules), [`state`] (redb, group commit), [`agent`] (the operations), [`api`]
 //! (protobuf conversion and the one error-to-status map), [`server`] (listeners,
-//! health, reflection, readiness). Pure fan arithmetic and the allocator live in
-//! `fan-core`; kernel side effects in `fan-dataplane`. With the `testing`
-//! feature, `testing` serves the real agent and API on an in-memory data
-//! plane over a temporary unix socket, for tests without root.
+//! health, reflection, readiness). [`caller`] says who made a request, for
+//! both the server (which tags TLS peers) and the API (which audits). Pure fan
+//! arithmetic and the allocator live in `fan-core`; kernel side effects in
+//! `fan-dataplane`. With the `testing` feature, `testing` serves the real agent
+//! and API on an in-memory data plane over a temporary unix socket, for tests
+//! without root.
 
 #![cfg_attr(
     not(test),
@@ -19,6 +21,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod caller;
 pub mod dhcp;
 pub mod error;
 pub mod events;

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::codegen::http::{HeaderMap, Request, Response};
 
-use crate::agent::{Agent, NetworkState, NetworkView};
+use crate::agent::{Agent, NetworkHealth, NetworkView};
 
 /// Most scrape connections served at once; more are closed on arrival.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -590,9 +590,9 @@ fn network_registry(views: &[NetworkView]) -> prometheus::Result<Registry> {
             .with_label_values(&[id])
             .set(i64::from(status.stale_allocations));
         for (name, value) in [
-            ("ready", NetworkState::Ready),
-            ("degraded", NetworkState::Degraded),
-            ("failed", NetworkState::Failed),
+            ("ready", NetworkHealth::Ready),
+            ("degraded", NetworkHealth::Degraded),
+            ("failed", NetworkHealth::Failed),
         ] {
             state
                 .with_label_values(&[id, name])

@@ -15,6 +15,7 @@ use fan_dataplane::Dataplane;
 use fan_proto::v1::fan_agent_service_server::FanAgentServiceServer;
 use futures::FutureExt;
 use tokio::net::UnixListener;
+use tokio::task::JoinSet;
 use tonic::body::Body;
 use tonic::codegen::http::Request;
 use tonic_health::ServingStatus;
@@ -25,10 +26,6 @@ use crate::state::{OpenOptions, Store, StoreHealth};
 
 /// Largest request the agent decodes: a GC request with many owners fits; more is refused.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
-
-/// The identity of a TCP peer (its client-certificate subject), attached to requests.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity(pub String);
 
 /// How the agent serves.
 #[derive(Debug, Clone)]
@@ -159,11 +156,16 @@ pub async fn run(
     let listener = bind_unix(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(socket = %config.socket.display(), "serving");
 
+    // The tasks the agent runs beside its listeners are owned here: each ends
+    // at the shutdown signal, and the agent waits for them before it exits.
+    let shutdown = shutdown.shared();
+    let mut background = JoinSet::new();
+
     // Readiness follows the data path and the store: SERVING only while every
     // network is programmed and the state store can write.
     let mut ready = agent.readiness();
     let readiness_health = health.clone();
-    tokio::spawn(async move {
+    background.spawn(until(shutdown.clone(), async move {
         let mut notified = false;
         let mut store_was_writable = true;
         loop {
@@ -208,11 +210,11 @@ pub async fn run(
                 break;
             }
         }
-    });
+    }));
 
     if let Some(mut changes) = address_changes {
         let watcher = agent.clone();
-        tokio::spawn(async move {
+        background.spawn(until(shutdown.clone(), async move {
             while changes.recv().await.is_some() {
                 // Let a burst settle (`ip addr flush`, an address replaced).
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -222,12 +224,14 @@ pub async fn run(
                 }
             }
             tracing::warn!("address-change watch ended; relying on the reconcile timer");
-        });
+        }));
     }
 
+    // Cut short at the signal even mid-pass: a pass is idempotent and
+    // crash-safe, and the next start runs one first thing.
     let reconciler = agent.clone();
     let interval = config.reconcile_interval;
-    tokio::spawn(async move {
+    background.spawn(until(shutdown.clone(), async move {
         loop {
             // The underlay may have changed while the agent was down or
             // between two passes: settle each network's slice first.
@@ -246,13 +250,12 @@ pub async fn run(
             }
             tokio::time::sleep(interval).await;
         }
-    });
+    }));
 
     let events = agent.events();
     // Both listeners serve the same routes and stop on the same signal.
-    let shutdown = shutdown.shared();
     if let Some(listener) = metrics_listener {
-        tokio::spawn(crate::metrics::serve(
+        background.spawn(crate::metrics::serve(
             listener,
             agent.clone(),
             shutdown.clone(),
@@ -266,7 +269,7 @@ pub async fn run(
     // Watch streams never end by themselves: end them (UNAVAILABLE) when the
     // agent stops, so the graceful shutdown does not wait on them.
     let closing = shutdown.clone();
-    tokio::spawn(async move {
+    background.spawn(async move {
         closing.await;
         events.close();
     });
@@ -297,6 +300,7 @@ pub async fn run(
     let (result, tcp_result) = futures::join!(unix, tcp);
     let result = result.and(tcp_result);
     notify_systemd("STOPPING=1");
+    stop_background(background).await;
     dhcp.stop().await;
     // Leave no socket file behind for the next start to trip over.
     if std::fs::symlink_metadata(&config.socket).is_ok_and(|m| m.file_type().is_socket()) {
@@ -304,6 +308,29 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Runs `task` until it ends or `stop` resolves, whichever comes first.
+async fn until(stop: impl Future<Output = ()>, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = stop => {}
+        () = task => {}
+    }
+}
+
+/// Waits for the background tasks (each has seen the shutdown signal);
+/// one that did not end by itself is aborted, one that panicked is logged.
+async fn stop_background(mut tasks: JoinSet<()>) {
+    let count = tasks.len();
+    tasks.abort_all();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            if err.is_panic() {
+                tracing::error!(error = %err, "a background task panicked");
+            }
+        }
+    }
+    tracing::info!(tasks = count, "background tasks stopped");
 }
 
 /// Binds the unix socket: refuses when another agent is live on it, removes a

@@ -1,8 +1,8 @@
 //! The real `fan-client` binary against real `fan-agent` processes, each in
 //! its own network namespace on a shared underlay bridge (the fan-e2e
-//! harness). Needs root, like every namespace test of the workspace, and
-//! the agent binary built beside this test (`cargo build --workspace
-//! --bins`).
+//! harness). Needs root, like every namespace test of the workspace (skipped
+//! with a message otherwise), and the agent binary built beside this test
+//! (`cargo build --workspace --bins`).
 
 use std::process::Command;
 
@@ -66,6 +66,9 @@ fn target_of(bed: &Testbed, host: usize) -> String {
 
 #[test]
 fn cli_against_real_agents() -> anyhow::Result<()> {
+    if fan_testkit::skip_unless_root() {
+        return Ok(());
+    }
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", "172.30.0.28".parse()?)?;
     bed.add_host("h2", "172.30.0.29".parse()?)?;
@@ -298,6 +301,9 @@ fn cli_against_real_agents() -> anyhow::Result<()> {
 
 #[test]
 fn fanctl_config_file_against_a_real_agent() -> anyhow::Result<()> {
+    if fan_testkit::skip_unless_root() {
+        return Ok(());
+    }
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", "172.30.0.28".parse()?)?;
     let h1 = target_of(&bed, 0);
@@ -336,6 +342,9 @@ fn fanctl_config_file_against_a_real_agent() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_survives_an_agent_restart() -> anyhow::Result<()> {
     use fan_client::{AllocationRequest, FanClient, NetworkSpec, Owner};
+    if fan_testkit::skip_unless_root() {
+        return Ok(());
+    }
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", "172.30.0.28".parse()?)?;
     let client = FanClient::connect(&target_of(&bed, 0)).await?;

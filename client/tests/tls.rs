@@ -1,16 +1,16 @@
 //! TLS and mutual TLS to an agent (cargo feature `tls`):
 //! `cargo test -p fan-client --features tls --test tls`. Certificates are
-//! made with the openssl command for each run.
+//! made for each run by the test kit (rcgen).
 #![cfg(feature = "tls")]
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
 use fan_client::{ConnectOptions, FanClient, TlsConfig};
+use fan_testkit::pki::Ca;
 use support::TlsFakeAgent;
 
+/// A CA's certificate, the agent's and a client's (with keys), and another
+/// CA; the CA and the client's files are also written to `dir` for the CLI.
 struct Pki {
     dir: tempfile::TempDir,
     ca: Vec<u8>,
@@ -21,99 +21,23 @@ struct Pki {
     other_ca: Vec<u8>,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
-
-fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
-
 fn pki() -> Pki {
+    let ca = Ca::new("ca").unwrap();
+    let other = Ca::new("other").unwrap();
+    let server = ca
+        .server("server", &["agent.fan.test", "127.0.0.1"])
+        .unwrap();
+    let client = ca.client("client", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    ca(d, "ca");
-    ca(d, "other");
-    leaf(
-        d,
-        "ca",
-        "server",
-        "subjectAltName=DNS:agent.fan.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    leaf(d, "ca", "client", "extendedKeyUsage=clientAuth\n");
-    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    ca.write(dir.path(), "ca").unwrap();
+    client.write(dir.path(), "client").unwrap();
     Pki {
-        ca: read("ca.pem"),
-        server_cert: read("server.pem"),
-        server_key: read("server.key"),
-        client_cert: read("client.pem"),
-        client_key: read("client.key"),
-        other_ca: read("other.pem"),
+        ca: ca.pem().into_bytes(),
+        server_cert: server.cert_pem.into_bytes(),
+        server_key: server.key_pem.into_bytes(),
+        client_cert: client.cert_pem.into_bytes(),
+        client_key: client.key_pem.into_bytes(),
+        other_ca: other.pem().into_bytes(),
         dir,
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fan_dataplane::{Availability, BackendKind, Counters, Drift, HostAddress};
 use fan_proto::v1 as pb;
 
-use crate::agent::{AgentInfo, AllocationView, NetworkState, NetworkView, Resolution};
+use crate::agent::{AgentInfo, AllocationView, NetworkHealth, NetworkView, Resolution};
 use crate::error::{AgentError, Result};
 use crate::model::{BackendChoice, Owner, Selector};
 use crate::validate::{self, SpecInput};
@@ -132,9 +132,9 @@ pub fn network(view: &NetworkView) -> pb::Network {
             mtu: r.effective_mtu(),
             backend: backend(r.backend) as i32,
             state: match s.state {
-                NetworkState::Ready => pb::NetworkState::Ready,
-                NetworkState::Degraded => pb::NetworkState::Degraded,
-                NetworkState::Failed => pb::NetworkState::Failed,
+                NetworkHealth::Ready => pb::NetworkState::Ready,
+                NetworkHealth::Degraded => pb::NetworkState::Degraded,
+                NetworkHealth::Failed => pb::NetworkState::Failed,
             } as i32,
             reason: s.reason.clone(),
             allocated: s.allocated,

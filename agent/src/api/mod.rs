@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use generated::fan_agent_service_server::{FanAgentService, FanAgentServiceServer};
 
 use crate::agent::Agent;
+use crate::caller::{caller, caller_of};
 use crate::error::{clip, AgentError, Result};
 use crate::validate;
 
@@ -82,37 +83,6 @@ where
 
 impl NamedService for Audited {
     const NAME: &'static str = <FanAgentServiceServer<FanAgentApi> as NamedService>::NAME;
-}
-
-/// Who made a request: unix peer credentials, or the TCP peer and its
-/// client-certificate subject when mutual TLS is on.
-pub fn caller<T>(request: &Request<T>) -> String {
-    caller_of(request.extensions())
-}
-
-/// [`caller`], from the request's extensions.
-pub fn caller_of(extensions: &http::Extensions) -> String {
-    if let Some(info) = extensions.get::<tonic::transport::server::UdsConnectInfo>() {
-        if let Some(cred) = info.peer_cred {
-            return format!(
-                "unix:uid={},gid={},pid={}",
-                cred.uid(),
-                cred.gid(),
-                cred.pid().unwrap_or(0)
-            );
-        }
-        return "unix:unknown".to_owned();
-    }
-    if let Some(subject) = extensions.get::<crate::server::PeerIdentity>() {
-        return subject.0.clone();
-    }
-    match extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
-    {
-        Some(addr) => format!("tcp:{addr}"),
-        None => "unknown".to_owned(),
-    }
 }
 
 /// Logs one audit line for a mutating call and converts the result.

@@ -12,7 +12,7 @@ use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tonic::Status;
 
 use crate::agent::{
-    Agent, AllocationView, NetworkState, NetworkStatus, NetworkUpdate, NetworkView,
+    Agent, AllocationView, NetworkHealth, NetworkStatus, NetworkUpdate, NetworkView,
 };
 use crate::error::{AgentError, Reason, Result};
 use crate::events::{Event, EventFilter, EventKind};
@@ -53,11 +53,11 @@ fn kind_to_pb(kind: EventKind) -> pb::EventKind {
     }
 }
 
-fn state_to_pb(state: NetworkState) -> pb::NetworkState {
+fn state_to_pb(state: NetworkHealth) -> pb::NetworkState {
     match state {
-        NetworkState::Ready => pb::NetworkState::Ready,
-        NetworkState::Degraded => pb::NetworkState::Degraded,
-        NetworkState::Failed => pb::NetworkState::Failed,
+        NetworkHealth::Ready => pb::NetworkState::Ready,
+        NetworkHealth::Degraded => pb::NetworkState::Degraded,
+        NetworkHealth::Failed => pb::NetworkState::Failed,
     }
 }
 
@@ -67,7 +67,7 @@ pub fn event(e: &Event) -> pb::Event {
         let view = NetworkView {
             record: record.clone(),
             status: NetworkStatus {
-                state: NetworkState::Ready,
+                state: NetworkHealth::Ready,
                 reason: String::new(),
                 allocated: 0,
                 capacity: 0,

@@ -22,7 +22,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::server::PeerIdentity;
+use crate::caller::PeerIdentity;
 
 /// A peer that connects and stalls the handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,7 +244,7 @@ impl super::connections::Acceptor for KeepAliveListener {
     }
 }
 
-/// Tags a request with its peer's certificate subject, for [`crate::api::caller`].
+/// Tags a request with its peer's certificate subject, for [`crate::caller::caller`].
 fn attach_identity(mut request: http::Request<Body>) -> http::Request<Body> {
     let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     let Some(info) = info else {
@@ -375,6 +375,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fan_testkit::pki::{Ca, Leaf, Usage};
 
     fn flags(listen: bool, cert: bool, key: bool, ca: bool) -> TcpFlags {
         TcpFlags {
@@ -453,24 +454,17 @@ mod tests {
         assert_eq!(join_flags(&["--a", "--b", "--c"]), "--a, --b and --c");
     }
 
-    /// A CA and certificates it signs, written to a temporary directory.
+    /// A CA (the test kit's) and certificates it signs, written to a temporary directory.
     struct Pki {
         dir: tempfile::TempDir,
-        ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        ca: Ca,
     }
 
     impl Pki {
         fn new(ca_name: &str) -> Pki {
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, ca_name);
-            let key = rcgen::KeyPair::generate().unwrap();
-            let ca = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
             let pki = Pki {
                 dir: tempfile::tempdir().unwrap(),
-                ca,
+                ca: Ca::new(ca_name).unwrap(),
             };
             std::fs::write(pki.path("ca.pem"), pki.ca.pem()).unwrap();
             pki
@@ -481,17 +475,13 @@ mod tests {
         }
 
         /// Issues `name.pem` / `name.key` with CN=name and the given DNS names.
-        fn issue(&self, name: &str, dns: &[&str]) -> rcgen::Certificate {
-            let names: Vec<String> = dns.iter().map(|s| s.to_string()).collect();
-            let mut params = rcgen::CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &self.ca).unwrap();
-            std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-            cert
+        fn issue(&self, name: &str, dns: &[&str]) -> Leaf {
+            let leaf = self
+                .ca
+                .issue(&format!("CN={name}"), dns, Usage::Any)
+                .unwrap();
+            leaf.write(self.dir.path(), name).unwrap();
+            leaf
         }
 
         fn flags(&self, server: &str) -> TcpFlags {
@@ -537,11 +527,11 @@ mod tests {
         let pki = Pki::new("fan test CA");
         let cert = pki.issue("ops-team", &["ops.example"]);
         assert_eq!(
-            describe_certificate(cert.der().as_ref()),
+            describe_certificate(&cert.der),
             "CN=ops-team [DNS:ops.example]"
         );
         let cert = pki.issue("bare", &[]);
-        assert_eq!(describe_certificate(cert.der().as_ref()), "CN=bare");
+        assert_eq!(describe_certificate(&cert.der), "CN=bare");
     }
 
     /// Serves gRPC health on loopback with mutual TLS and asks it once with `client`'s
