@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fan_dataplane::{DataplaneError, Drift, HostAddress};
 
 use super::{AgentOnFake, Call, FakeDataplane, Op};
-use crate::agent::NetworkState;
+use crate::agent::NetworkHealth;
 use crate::error::{AgentError, Reason};
 use crate::events::EventKind;
 use crate::model::Owner;
@@ -84,7 +84,7 @@ async fn a_network_the_kernel_refuses_is_not_created_and_nothing_is_left() {
     assert!(*on.agent.readiness().borrow());
     // The next try is a clean create.
     let view = on.agent.create_network("fan", &spec()).await.unwrap();
-    assert_eq!(view.status.state, NetworkState::Ready);
+    assert_eq!(view.status.state, NetworkHealth::Ready);
     assert!(on.dataplane.programmed("fan").unwrap().complete);
 }
 
@@ -138,7 +138,7 @@ async fn an_allocation_racing_a_delete_keeps_the_network_and_its_data_path() {
     assert_eq!(view.status.allocated, 1);
     assert_eq!(
         view.status.state,
-        NetworkState::Ready,
+        NetworkHealth::Ready,
         "{}",
         view.status.reason
     );
@@ -218,7 +218,7 @@ async fn not_ready_until_the_start_up_pass_has_applied_every_network() {
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 1);
     assert!(!*ready.borrow());
     let b = on.agent.get_network("b").await.unwrap();
-    assert_eq!(b.status.state, NetworkState::Failed);
+    assert_eq!(b.status.state, NetworkHealth::Failed);
     assert!(b.status.reason.contains("ENOSPC"), "{}", b.status.reason);
     on.dataplane.clear_failures("b");
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 0);
@@ -250,7 +250,7 @@ async fn reconcile_reports_drift_and_repairs_it_through_the_data_plane() {
     let checked = on.agent.check_network("fan").await.unwrap();
     assert_eq!(checked.len(), 2, "{checked:?}");
     let view = on.agent.get_network("fan").await.unwrap();
-    assert_eq!(view.status.state, NetworkState::Degraded);
+    assert_eq!(view.status.state, NetworkHealth::Degraded);
     assert!(
         view.status.reason.contains("route 250.0.0.0/8"),
         "{}",
@@ -306,7 +306,7 @@ async fn a_failed_observation_degrades_the_network_without_failing_reads() {
         DataplaneError::other("dump links", "ENOBUFS"),
     );
     let view = on.agent.get_network("fan").await.unwrap();
-    assert_eq!(view.status.state, NetworkState::Degraded);
+    assert_eq!(view.status.state, NetworkHealth::Degraded);
     assert!(
         view.status.reason.contains("ENOBUFS"),
         "{}",
@@ -322,7 +322,7 @@ async fn a_failed_observation_degrades_the_network_without_failing_reads() {
     assert_eq!(reason(&err), Reason::DataplaneFailed);
     assert_eq!(
         on.agent.get_network("fan").await.unwrap().status.state,
-        NetworkState::Ready
+        NetworkHealth::Ready
     );
 }
 
@@ -347,7 +347,7 @@ async fn allocations_are_refused_while_the_underlay_address_is_gone() {
         .unwrap_err();
     assert_eq!(reason(&err), Reason::SliceNotOwned);
     let view = on.agent.get_network("fan").await.unwrap();
-    assert_eq!(view.status.state, NetworkState::Failed);
+    assert_eq!(view.status.state, NetworkHealth::Failed);
     // Not programmed while the host cannot send from the slice's address.
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 1);
     assert_eq!(fake.count(Op::Apply, "fan"), applies);
