@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::{
+use fan_client::{
     AllocationRequest, ConnectOptions, Error, FanClient, Ipv4Cidr, Network, Owner, Selector,
 };
 
@@ -573,7 +573,7 @@ pub fn plugin_recipe(net: &Network, plugin: &str, name: &str) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Backend, NetworkSpec, NetworkState, NetworkStatus};
+    use fan_client::{Backend, NetworkSpec, NetworkState, NetworkStatus};
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()

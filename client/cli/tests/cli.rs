@@ -1,6 +1,8 @@
 //! The real `fan-client` binary against an in-process fake agent: output
 //! for people, JSON shapes, exit codes, the one-line errors, fanctl forms.
 
+// The SDK's fake agent, shared (the CLI crate has no tests/support of its own).
+#[path = "../../sdk/tests/support/mod.rs"]
 mod support;
 
 use serde_json::{json, Value};

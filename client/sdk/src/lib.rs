@@ -48,9 +48,7 @@
 #![warn(missing_docs)]
 
 mod client;
-pub mod cni;
 mod convert;
-pub mod docker;
 mod error;
 mod types;
 mod watch;

@@ -3,7 +3,7 @@
 //! Serves Docker's plugin protocol (HTTP/1.1 + JSON) on a unix socket in
 //! `/run/docker/plugins/`, where dockerd discovers it by name; every
 //! address Docker hands to a container is then an allocation in the host's
-//! fan agent. See [`fan_client::docker`] for the calls and their answers.
+//! fan agent. See [`fan_cli::docker`] for the calls and their answers.
 //!
 //! ```sh
 //! fan-docker-ipam &                           # /run/docker/plugins/fan.sock
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fan_client::docker::{IpamPlugin, CONTENT_TYPE, DEFAULT_SOCKET};
+use fan_cli::docker::{IpamPlugin, CONTENT_TYPE, DEFAULT_SOCKET};
 use fan_client::{ConnectOptions, DEFAULT_TARGET};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -147,7 +147,7 @@ async fn answer(plugin: &IpamPlugin, req: Request<Incoming>) -> Response<Full<By
             }
             reply
         }
-        Err(e) => fan_client::docker::Reply {
+        Err(e) => fan_cli::docker::Reply {
             status: 400,
             body: serde_json::json!({ "Err": format!("cannot read the request body: {e}") }),
         },

@@ -2,7 +2,7 @@
 //!
 //! Run by a CNI main plugin (`bridge`, `ptp`, …) with the `CNI_*`
 //! environment and the network configuration on stdin; asks the host's fan
-//! agent for addresses. See [`fan_client::cni`] for the commands, the
+//! agent for addresses. See [`fan_cli::cni`] for the commands, the
 //! configuration and the error codes.
 //!
 //! Run by hand (no `CNI_COMMAND`), `fan-ipam conflist NETWORK` prints the
@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fan_client::cni::{self, CniError, ConflistOptions, Outcome};
+use fan_cli::cni::{self, CniError, ConflistOptions, Outcome};
 use fan_client::{FanClient, NetworkState, DEFAULT_TARGET};
 
 /// fan-ipam run by hand: helpers around the plugin.

@@ -24,7 +24,7 @@
 //! ```
 //!
 //! `network` is the fan network id on the host (required); `agent` the agent
-//! target (default [`crate::DEFAULT_TARGET`]); `routes` replaces the default
+//! target (default [`fan_client::DEFAULT_TARGET`]); `routes` replaces the default
 //! route through the gateway (an empty list gives no route, for a second
 //! interface that must not take the default route). Other keys in `ipam` are
 //! refused (error 2), so that a misspelt key is not silently ignored.
@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::{
+use fan_client::{
     AllocationRequest, ConnectOptions, Error, FanClient, Ipv4Cidr, NetworkState, Owner, Selector,
     Target, DEFAULT_TARGET,
 };
@@ -849,7 +849,7 @@ fn truncate(v: &str) -> String {
 /// is an invalid configuration; anything else is [`code::AGENT_ERROR`].
 /// `doing` says what was attempted ("allocate an address in \"fan\"").
 pub fn agent_error(err: &Error, doing: &str) -> CniError {
-    use tonic::Code;
+    use fan_client::Code;
     let details = err.to_string();
     let (code, msg) = match err {
         Error::InvalidTarget { .. } | Error::TlsUnsupported { .. } => (

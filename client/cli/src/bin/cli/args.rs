@@ -473,7 +473,7 @@ pub struct DockerArgs {
     #[arg(long)]
     pub bridge_mode: bool,
     /// The IPAM plugin's name (its socket is /run/docker/plugins/NAME.sock).
-    #[arg(long, default_value = fan_client::docker::DEFAULT_PLUGIN_NAME)]
+    #[arg(long, default_value = fan_cli::docker::DEFAULT_PLUGIN_NAME)]
     pub plugin: String,
     /// The Docker network name (default: the fan network id).
     #[arg(long)]
@@ -514,14 +514,14 @@ impl GcArgs {
         if self.all {
             return true;
         }
-        let created_by = a.labels.get(fan_client::cni::LABEL_CREATED_BY);
+        let created_by = a.labels.get(fan_cli::cni::LABEL_CREATED_BY);
         let maker_ok = match self.created_by.as_deref() {
             None => true,
             // Allocations fan-ipam made before it wrote fan.io/created-by.
             Some("cni") => {
                 created_by.map(String::as_str) == Some("cni")
                     || (created_by.is_none()
-                        && a.labels.contains_key(fan_client::cni::LABEL_CNI_NETWORK))
+                        && a.labels.contains_key(fan_cli::cni::LABEL_CNI_NETWORK))
             }
             Some(m) => created_by.map(String::as_str) == Some(m),
         };

@@ -192,10 +192,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let c = connect(&cli).await?;
             let net = c.get_network(&a.network).await?;
             let recipe = if a.bridge_mode {
-                fan_client::docker::bridge_recipe(&net)
+                fan_cli::docker::bridge_recipe(&net)
             } else {
                 let name = a.name.as_deref().unwrap_or(&a.network);
-                fan_client::docker::plugin_recipe(&net, &a.plugin, name)
+                fan_cli::docker::plugin_recipe(&net, &a.plugin, name)
             };
             out.write_all(recipe?.as_bytes())?;
             Ok(())
