@@ -8,7 +8,11 @@
 //! rules), [`state`] (redb, group commit), [`agent`] (the operations), [`api`]
 //! (protobuf conversion and the one error-to-status map), [`server`] (listeners,
 //! health, reflection, readiness). Pure fan arithmetic and the allocator live in
-//! `fan-core`; kernel side effects in `fan-dataplane`.
+//! `fan-core` (`proto/core/`); kernel side effects in `fan-dataplane`
+//! (`agent/dataplane/`); the API's messages in `fan-proto` (`proto/rust/`).
+//!
+//! This crate is `agent/daemon/`: the library and the `fan-agent` binary
+//! (`src/main.rs`). Nothing on the client side depends on it.
 
 #![cfg_attr(
     not(test),

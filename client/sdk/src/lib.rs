@@ -44,6 +44,15 @@
 //!
 //! The JSON shapes that the `fan-client` binary prints from these types are
 //! documented in the crate README.
+//!
+//! # Crate layout
+//!
+//! This crate (`client/sdk/`) is the library only and depends on `fan-proto`
+//! (the generated API) among the fan crates. The binaries that use it — the
+//! `fan-client` CLI, the `fan-ipam` CNI plugin and the `fan-docker-ipam`
+//! Docker plugin — are the `fan-cli` crate (`client/cli/`), which also holds
+//! their plugin logic (`fan_cli::cni`, `fan_cli::docker`) and their
+//! dependencies (clap, anyhow, fan-core, hyper's server).
 
 #![warn(missing_docs)]
 

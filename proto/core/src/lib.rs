@@ -2,7 +2,11 @@
 //! `/etc/network/fan` lines and the slice allocator.
 //!
 //! Everything here is deterministic and side-effect free so the agent, the client and the
-//! tests share one definition of the fan (agent/core/FAN.md §1-§3).
+//! tests share one definition of the fan (proto/core/FAN.md §1-§3). It lives under
+//! `proto/`, beside the API contract, because both sides use it: `fan-agent` and
+//! `fan-dataplane` validate and compute with it, the `fan-cli` binaries parse fanctl's
+//! lines with it. It depends on no other fan crate; the SDK (`fan-client`) does not
+//! depend on it.
 
 #![deny(missing_docs)]
 

@@ -1,4 +1,9 @@
-//! The fan agent's gRPC API, `fan.agent.v1`, generated from `proto/fan/agent/v1/agent.proto`.
+//! The fan agent's gRPC API, `fan.agent.v1`, generated from `proto/fan/agent/v1/agent.proto`
+//! (this crate is `proto/rust/`; its build script reads the .proto files from its parent,
+//! the buf module).
+//!
+//! Both sides depend on it: `fan-agent` serves the API, the `fan-client` SDK calls it,
+//! the e2e harness talks to real agents with it. It depends on no other fan crate.
 //!
 //! Other languages generate their SDKs from the same .proto file; see the README.
 
