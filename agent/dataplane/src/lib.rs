@@ -11,9 +11,11 @@
 //! name). `remove` deletes exactly those objects and nothing else.
 //!
 //! Layout: [`host`] (bridge, gateway address, MTU, sysctls, nftables masquerade;
-//! shared by every backend) and one module per encapsulation backend; with
-//! the `fake` feature, `fake::FakeDataplane`, an in-memory data plane for
-//! tests that run without root.
+//! shared by every backend) and one module per encapsulation backend; the tc
+//! eBPF programs are in `agent/bpf/`. With the `fake` feature,
+//! `fake::FakeDataplane`, an in-memory data plane for tests that run without
+//! root. Depends on `fan-core` only among the fan crates; `fan-agent`
+//! (`agent/daemon/`) is its one user.
 
 use std::fmt;
 use std::net::Ipv4Addr;
