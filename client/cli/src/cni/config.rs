@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Map, Value};
 
 use fan_client::{Ipv4Cidr, Owner, Target, DEFAULT_TARGET};
+use fan_core::names;
 
 use super::*;
 
@@ -62,21 +63,20 @@ impl Invocation {
                 format!("CNI_IFNAME is required for {}", self.command),
             )
         })?;
-        if container_id.len() > 256 || !container_id.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(CniError::new(
+        // The agent's own rules (fan-core), so what passes here is what the
+        // agent accepts.
+        names::validate_container_id(container_id).map_err(|e| {
+            CniError::new(
                 code::INVALID_ENVIRONMENT,
-                "invalid CNI_CONTAINERID: expected 1 to 256 printable ASCII characters",
-            ));
-        }
-        if ifname.len() > 15
-            || ifname.contains(['/', ':'])
-            || !ifname.chars().all(|c| c.is_ascii_graphic())
-        {
-            return Err(CniError::new(
+                format!("invalid CNI_CONTAINERID: {e}"),
+            )
+        })?;
+        names::validate_device_name(ifname).map_err(|e| {
+            CniError::new(
                 code::INVALID_ENVIRONMENT,
-                format!("invalid CNI_IFNAME {ifname:?}: expected a Linux interface name (at most 15 characters)"),
-            ));
-        }
+                format!("invalid CNI_IFNAME: {e}"),
+            )
+        })?;
         Ok(Owner::with_interface(container_id, ifname))
     }
 }

@@ -112,6 +112,21 @@ fn environment() {
         .code,
         4
     );
+    // The agent's device-name rule, not a looser one: `eth@0` is refused
+    // here, naming the variable and the rule, before any call to the agent.
+    for bad in ["eth@0", "eth:0", ".", ""] {
+        let err = missing(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", bad),
+        ]);
+        assert_eq!(err.code, 4, "{bad:?}");
+        assert!(err.msg.contains("CNI_IFNAME"), "{bad:?}: {}", err.msg);
+        assert!(
+            fan_core::names::validate_device_name(bad).is_err(),
+            "{bad:?} must also be refused by the agent's rule"
+        );
+    }
     assert_eq!(
         missing(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "novalue")]).code,
         4
