@@ -391,7 +391,11 @@ async fn addresses() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("250.0.28.51/24  stale"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("250.0.28.51/24  stale"),
+        "{}",
+        out.stdout
+    );
     assert!(out
         .stdout
         .ends_with("run again with --yes to release them\n"));

@@ -14,7 +14,8 @@ fn allocate_example_runs() {
     let agent = rt.block_on(support::FaultProxy::start());
     // Only this test runs in this binary, so setting the environment is safe.
     std::env::set_var("FAN_AGENT", &agent.target);
-    std::env::set_var("FAN_UNDERLAY", "172.30.0.28/16");
+    // FAN_UNDERLAY unset: the example's "default/16" is the fake host's
+    // default-route interface, resolved by the agent.
     std::env::set_var("FAN_CONTAINER", "web-1");
     allocate::main().unwrap();
     assert_eq!(agent.calls("CreateNetwork"), 1);
@@ -23,5 +24,6 @@ fn allocate_example_runs() {
     // a second run finds the network and does not create it again
     allocate::main().unwrap();
     assert_eq!(agent.calls("CreateNetwork"), 1);
+    assert_eq!(agent.agent.dataplane().programmed_networks(), ["fan-250"]);
     drop(agent);
 }

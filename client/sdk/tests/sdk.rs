@@ -89,7 +89,11 @@ async fn agent_info() {
     assert_eq!(info.addresses[0].interface, "eth0");
     assert_eq!(info.addresses[0].address.to_string(), "172.30.0.28/16");
     assert_eq!(info.addresses[0].mtu, 1500);
-    let backends: Vec<_> = info.backends.iter().map(|b| (b.backend, b.available)).collect();
+    let backends: Vec<_> = info
+        .backends
+        .iter()
+        .map(|b| (b.backend, b.available))
+        .collect();
     assert_eq!(
         backends,
         [
@@ -366,8 +370,7 @@ async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
     let unavailable = || status(Code::Unavailable, "agent restarting", "SHUTTING_DOWN");
 
     // a read: two failures, then success on the third attempt
-    agent
-        .fail("GetAgentInfo", vec![unavailable(), unavailable()]);
+    agent.fail("GetAgentInfo", vec![unavailable(), unavailable()]);
     c.get_agent_info().await.unwrap();
     assert_eq!(agent.calls("GetAgentInfo"), 3);
 
@@ -407,8 +410,7 @@ async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
         .await
         .is_err());
     assert_eq!(agent.calls("ReleaseAddress"), 1);
-    agent
-        .fail("GarbageCollectAllocations", vec![unavailable()]);
+    agent.fail("GarbageCollectAllocations", vec![unavailable()]);
     assert!(c
         .garbage_collect_allocations("fan-250", &[], true)
         .await
@@ -436,8 +438,7 @@ async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
 #[tokio::test]
 async fn per_call_timeout() {
     let (agent, c) = setup_proxied().await;
-    agent
-        .delay("GetAgentInfo", Duration::from_millis(1500));
+    agent.delay("GetAgentInfo", Duration::from_millis(1500));
     let fast = c.with_timeout(Duration::from_millis(200));
     assert_eq!(fast.timeout(), Duration::from_millis(200));
     let started = std::time::Instant::now();
@@ -470,4 +471,31 @@ async fn concurrent_calls_share_one_client() {
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 20);
+}
+
+/// One client outlives a restart of the agent on the same socket and state
+/// (stopped as by SIGTERM): the acknowledged allocation is still there.
+#[tokio::test]
+async fn a_client_outlives_an_agent_restart() {
+    let (agent, c) = setup().await;
+    c.create_network("fan-250", &spec()).await.unwrap();
+    let a = c
+        .allocate_address("fan-250", &AllocationRequest::new(Owner::new("c1")))
+        .await
+        .unwrap();
+    let host = agent.dataplane().clone();
+    let dir = agent.stop().await.unwrap();
+    let err = c.get_network("fan-250").await.unwrap_err();
+    assert!(err.is_unreachable(), "{err:?}");
+    let _agent = TestAgent::builder()
+        .dataplane(host)
+        .directory(dir)
+        .start()
+        .await
+        .unwrap();
+    let got = c
+        .get_allocation("fan-250", &Owner::new("c1").into())
+        .await
+        .unwrap();
+    assert_eq!(got, a);
 }

@@ -37,10 +37,7 @@ async fn tls_and_mutual_tls() {
 
     // server-authenticated TLS
     let agent = FaultProxy::start_tls(&pki.server_cert, &pki.server_key, None).await;
-    assert_eq!(
-        info(&agent.target, tls(&pki.ca, None)).await.unwrap(),
-        HOST
-    );
+    assert_eq!(info(&agent.target, tls(&pki.ca, None)).await.unwrap(), HOST);
     let mut by_name = tls(&pki.ca, None);
     by_name.domain_name = Some("agent.fan.test".into());
     assert_eq!(info(&agent.target, by_name).await.unwrap(), HOST);

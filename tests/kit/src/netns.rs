@@ -403,9 +403,18 @@ mod tests {
         let a = Netns::unique("va").unwrap();
         let b = Netns::unique("vb").unwrap();
         veth_pair(&a, "left", &b, "right").unwrap();
-        assert!(a.ip(&["-d", "link", "show", "left"]).unwrap().contains("veth"));
-        assert!(b.ip(&["-d", "link", "show", "right"]).unwrap().contains("veth"));
-        assert!(a.ip(&["link", "show", "right"]).is_err(), "the peer is in b only");
+        assert!(a
+            .ip(&["-d", "link", "show", "left"])
+            .unwrap()
+            .contains("veth"));
+        assert!(b
+            .ip(&["-d", "link", "show", "right"])
+            .unwrap()
+            .contains("veth"));
+        assert!(
+            a.ip(&["link", "show", "right"]).is_err(),
+            "the peer is in b only"
+        );
         let in_a = a.run(|| crate::ip(&["-o", "link", "show"]).unwrap());
         assert!(in_a.contains("left") && !in_a.contains("right"), "{in_a}");
     }

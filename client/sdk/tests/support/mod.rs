@@ -91,7 +91,14 @@ impl FaultProxy {
             tokio::net::UnixListener::bind(&socket).unwrap(),
         );
         let target = format!("unix:{}", socket.display());
-        Self::serve(agent, dir, target, tonic::transport::Server::builder(), incoming).await
+        Self::serve(
+            agent,
+            dir,
+            target,
+            tonic::transport::Server::builder(),
+            incoming,
+        )
+        .await
     }
 
     /// A new real agent behind a proxy on TCP 127.0.0.1 with TLS: it
@@ -102,16 +109,24 @@ impl FaultProxy {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let agent = start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let target = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         if let Some(ca) = client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
-        let server = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap();
+        let server = tonic::transport::Server::builder().tls_config(tls).unwrap();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        Self::serve(agent, tempfile::tempdir().unwrap(), target, server, incoming).await
+        Self::serve(
+            agent,
+            tempfile::tempdir().unwrap(),
+            target,
+            server,
+            incoming,
+        )
+        .await
     }
 
     async fn serve<I, IO>(
