@@ -658,7 +658,7 @@ async fn usage_errors_exit_2() {
 
     // the seed's own line works as written, and `show` prints its flags
     let out = ok(
-        &agent,
+        agent,
         &["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"],
     )
     .await;
@@ -667,9 +667,9 @@ async fn usage_errors_exit_2() {
         "{}",
         out.stdout
     );
-    let out = ok(&agent, &["show"]).await;
+    let out = ok(agent, &["show"]).await;
     assert!(out.stdout.contains("dhcp host-reserve 1"), "{}", out.stdout);
-    let out = ok(&agent, &["down", "250.0.0.0/8", "eth0/16"]).await;
+    let out = ok(agent, &["down", "250.0.0.0/8", "eth0/16"]).await;
     assert!(out.stdout.contains("fan-250"), "{}", out.stdout);
 
     // clap's own usage errors exit 2 too (its message spans several lines)

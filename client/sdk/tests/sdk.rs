@@ -438,15 +438,14 @@ async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
 #[tokio::test]
 async fn per_call_timeout() {
     let (agent, c) = setup_proxied().await;
-    agent.delay("GetAgentInfo", Duration::from_millis(1500));
+    // Far longer than the deadline: only the deadline can end the call.
+    agent.delay("GetAgentInfo", Duration::from_secs(600));
     let fast = c.with_timeout(Duration::from_millis(200));
     assert_eq!(fast.timeout(), Duration::from_millis(200));
-    let started = std::time::Instant::now();
     let err = fast.get_agent_info().await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(err.reason(), "DEADLINE_EXCEEDED");
     // not retried
-    assert!(started.elapsed() < Duration::from_millis(1200));
     assert_eq!(agent.calls("GetAgentInfo"), 1);
     // the original client keeps its 10 s
     assert_eq!(c.timeout(), fan_client::DEFAULT_TIMEOUT);
