@@ -41,6 +41,8 @@ use crate::server::{self, ServerConfig, ServerError};
 use crate::state::{OpenOptions, Store};
 
 pub use fan_dataplane::fake::{Call, FakeDataplane, Op, Paused, Programmed};
+// What a test hands the fake (drift, host addresses, backend availability).
+pub use fan_dataplane::{BackendKind, Drift, HostAddress};
 
 /// Why a test agent could not be started or reached.
 #[derive(Debug, thiserror::Error)]

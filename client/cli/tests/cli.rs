@@ -1,12 +1,13 @@
-//! The real `fan-client` binary against an in-process fake agent: output
-//! for people, JSON shapes, exit codes, the one-line errors, fanctl forms.
+//! The real `fan-client` binary against the real agent, served in-process
+//! on the in-memory data plane (no root needed): output for people, JSON
+//! shapes, exit codes, the one-line errors, fanctl forms.
 
-// The SDK's fake agent, shared (the CLI crate has no tests/support of its own).
+// The SDK's test support, shared (the CLI crate has no tests/support of its own).
 #[path = "../../sdk/tests/support/mod.rs"]
 mod support;
 
 use serde_json::{json, Value};
-use support::FakeAgent;
+use support::{BackendKind, Drift, FakeDataplane, FaultProxy, HostAddress, TestAgent};
 use tokio::process::Command;
 
 struct Out {
@@ -37,8 +38,8 @@ async fn fan_client(agent: Option<&str>, args: &[&str]) -> Out {
 }
 
 /// Runs and expects success, no stderr.
-async fn ok(agent: &FakeAgent, args: &[&str]) -> Out {
-    let out = fan_client(Some(&agent.target), args).await;
+async fn ok(agent: &TestAgent, args: &[&str]) -> Out {
+    let out = fan_client(Some(&agent.target()), args).await;
     assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
     assert_eq!(out.stderr, "", "{args:?}");
     out
@@ -55,10 +56,14 @@ async fn fails(agent: Option<&str>, args: &[&str], code: i32) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn info() {
-    let agent = FakeAgent::start().await;
+    // A host whose kernel has no fan patch: the agent picks eBPF.
+    let host = FakeDataplane::new();
+    host.set_availability(BackendKind::KernelFan, false, "no fan patch in this kernel");
+    let agent = support::start_on(host).await;
     let out = ok(&agent, &["info"]).await;
     assert!(
-        out.stdout.starts_with("Version:       0.1.0-fake\n"),
+        out.stdout
+            .starts_with(&format!("Version:       {}\n", env!("CARGO_PKG_VERSION"))),
         "{}",
         out.stdout
     );
@@ -70,17 +75,19 @@ async fn info() {
         .stdout
         .contains("kernel-fan  no         no fan patch in this kernel\n"));
     let v = ok(&agent, &["-o", "json", "info"]).await.json();
-    assert_eq!(v["hostname"], json!("fake-host"));
+    // The agent reports this machine's name.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(v["hostname"], json!(hostname.trim()));
     assert_eq!(v["auto_backend"], json!("ebpf"));
     assert_eq!(
         v["backends"][1],
-        json!({"backend": "ebpf", "available": true, "reason": ""})
+        json!({"backend": "ebpf", "available": true, "reason": "fake data plane"})
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn networks() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     let v = ok(
         &agent,
         &[
@@ -109,7 +116,7 @@ async fn networks() {
     assert_eq!(v["spec"]["masquerade"], json!(false));
     assert_eq!(v["spec"]["anti_spoofing"], json!(true));
     assert_eq!(v["status"]["slice"], json!("250.0.28.0/24"));
-    assert_eq!(v["create_time"], json!("2025-01-01T00:00:00Z"));
+    assert!(is_utc_time(v["create_time"].as_str().unwrap()), "{v}");
 
     let out = ok(
         &agent,
@@ -164,13 +171,13 @@ async fn networks() {
         .json();
     assert_eq!(v, json!({"network": "fan-250", "drifts": []}));
 
-    let line = fails(Some(&agent.target), &["network", "show", "nope"], 1).await;
+    let line = fails(Some(&agent.target()), &["network", "show", "nope"], 1).await;
     assert_eq!(
         line,
         "fan-client: network \"nope\" not found (NETWORK_NOT_FOUND)"
     );
     let line = fails(
-        Some(&agent.target),
+        Some(&agent.target()),
         &[
             "network",
             "create",
@@ -208,30 +215,66 @@ async fn networks() {
         v,
         json!({"network": "fan-10", "deleted": false, "released_allocations": 0})
     );
-    fails(Some(&agent.target), &["network", "delete", "fan-10"], 1).await;
+    fails(Some(&agent.target()), &["network", "delete", "fan-10"], 1).await;
+}
+
+/// RFC 3339 in UTC, as the CLI prints times: 2025-01-01T00:00:00.123Z.
+fn is_utc_time(text: &str) -> bool {
+    text.len() >= 20 && text.ends_with('Z') && text.as_bytes()[10] == b'T'
+}
+
+/// A table without its last column (the agent's clock: CREATED), each
+/// time checked.
+fn without_times(table: &str) -> String {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut out = format!("{}\n", header.trim_end_matches("CREATED").trim_end());
+    for line in lines {
+        let (rest, time) = line.trim_end().rsplit_once(' ').unwrap();
+        assert!(is_utc_time(time), "{line}");
+        out.push_str(rest.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Creates fan-250 over the fake host's underlay.
+async fn up_fan_250(agent: &TestAgent) {
+    ok(agent, &["up", "-o", "250", "-u", "172.30.0.0/16"]).await;
+}
+
+/// The drift the kernel shows when someone deleted fan-250's bridge.
+fn bridge_missing() -> Drift {
+    Drift {
+        object: "bridge fan-250".into(),
+        expected: "present".into(),
+        observed: "missing".into(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn degraded_network_check_lists_drifts() {
-    let agent = FakeAgent::start().await;
-    agent.fake.insert_network(
-        "fan-250",
-        "250.0.0.0/8",
-        "172.30.0.28/16",
-        fan_proto::v1::NetworkState::Degraded,
-    );
+    let agent = support::start().await;
+    up_fan_250(&agent).await;
+    agent.dataplane().pin_drift("fan-250", bridge_missing());
     let out = ok(&agent, &["network", "check", "fan-250"]).await;
     assert_eq!(
         out.stdout,
         "OBJECT          EXPECTED  OBSERVED\nbridge fan-250  present   missing\n"
     );
     let out = ok(&agent, &["network", "list"]).await;
-    assert!(out.stdout.contains("degraded: bridge fan missing"));
+    assert!(
+        out.stdout.contains(
+            "  degraded: kernel differs from the desired state: bridge fan-250: expected present, found missing  "
+        ),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn addresses() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     ok(
         &agent,
         &[
@@ -288,13 +331,14 @@ async fn addresses() {
     )
     .await;
 
+    // The agent hands out the next address after the last one given.
     let out = ok(&agent, &["address", "list", "fan-250"]).await;
     assert_eq!(
-        out.stdout,
-        "ADDRESS         OWNER  INTERFACE  LABELS   CREATED\n\
-         250.0.28.2/24   web-1  eth0       app=web  2025-01-01T00:01:40Z\n\
-         250.0.28.3/24   stale  eth0       -        2025-01-01T00:01:40Z\n\
-         250.0.28.50/24  db     net1       -        2025-01-01T00:01:40Z\n"
+        without_times(&out.stdout),
+        "ADDRESS         OWNER  INTERFACE  LABELS\n\
+         250.0.28.2/24   web-1  eth0       app=web\n\
+         250.0.28.50/24  db     net1       -\n\
+         250.0.28.51/24  stale  eth0       -\n"
     );
     let v = ok(
         &agent,
@@ -347,7 +391,11 @@ async fn addresses() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("250.0.28.3/24  stale"));
+    assert!(
+        out.stdout.contains("250.0.28.51/24  stale"),
+        "{}",
+        out.stdout
+    );
     assert!(out
         .stdout
         .ends_with("run again with --yes to release them\n"));
@@ -404,20 +452,20 @@ async fn addresses() {
     .json();
     assert_eq!(v, json!({"network": "fan-250", "released": null}));
     let line = fails(
-        Some(&agent.target),
+        Some(&agent.target()),
         &["address", "release", "fan-250", "--owner", "web-1"],
         1,
     )
     .await;
     assert_eq!(
         line,
-        "fan-client: allocation not found (ALLOCATION_NOT_FOUND)"
+        "fan-client: allocation with owner web-1/eth0 in network \"fan-250\" not found (ALLOCATION_NOT_FOUND)"
     );
 
-    let line = fails(Some(&agent.target), &["network", "delete", "fan-250"], 1).await;
+    let line = fails(Some(&agent.target()), &["network", "delete", "fan-250"], 1).await;
     assert_eq!(
         line,
-        "fan-client: network \"fan-250\" still has 1 allocations (NETWORK_IN_USE)"
+        "fan-client: network \"fan-250\" still has 1 allocation(s); release them first or delete with force (NETWORK_IN_USE)"
     );
     let out = ok(&agent, &["network", "delete", "fan-250", "--force"]).await;
     assert_eq!(
@@ -428,7 +476,7 @@ async fn addresses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resolve() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     ok(
         &agent,
         &[
@@ -473,7 +521,7 @@ async fn resolve() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fanctl_up_show_down() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     let out = ok(
         &agent,
         &[
@@ -519,7 +567,7 @@ async fn fanctl_up_show_down() {
     );
 
     let line = fails(
-        Some(&agent.target),
+        Some(&agent.target()),
         &["down", "-o", "250", "-u", "10.1.0.1/16"],
         1,
     )
@@ -550,7 +598,7 @@ async fn fanctl_up_show_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fanctl_config_file() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fan");
     std::fs::write(
@@ -593,22 +641,24 @@ async fn fanctl_config_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_errors_exit_2() {
-    let agent = FakeAgent::start().await;
-    let t = Some(agent.target.as_str());
+    // Behind the proxy, which counts the calls that reach the agent.
+    let proxied = FaultProxy::start().await;
+    let agent = &proxied.agent;
+    let t = Some(proxied.target.as_str());
     // fanctl's positional form with a flag it does not know
     let line = fails(t, &["up", "250.0.0.0/8", "eth0/16", "dhcpx"], 2).await;
     assert!(line.contains("dhcpx"), "{line}");
-    assert_eq!(agent.fake.calls("CreateNetwork"), 0);
+    assert_eq!(proxied.calls("CreateNetwork"), 0);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fan");
     std::fs::write(&config, "250 eth0/16\n251 eth0/16 dhcpx\n").unwrap();
     let line = fails(t, &["up", "-a", "--config", config.to_str().unwrap()], 2).await;
     assert!(line.ends_with("(CONFIG_INVALID)"), "{line}");
-    assert_eq!(agent.fake.calls("CreateNetwork"), 0);
+    assert_eq!(proxied.calls("CreateNetwork"), 0);
 
     // the seed's own line works as written, and `show` prints its flags
     let out = ok(
-        &agent,
+        agent,
         &["up", "250.0.0.0/8", "eth0/16", "dhcp", "host-reserve", "1"],
     )
     .await;
@@ -617,9 +667,9 @@ async fn usage_errors_exit_2() {
         "{}",
         out.stdout
     );
-    let out = ok(&agent, &["show"]).await;
+    let out = ok(agent, &["show"]).await;
     assert!(out.stdout.contains("dhcp host-reserve 1"), "{}", out.stdout);
-    let out = ok(&agent, &["down", "250.0.0.0/8", "eth0/16"]).await;
+    let out = ok(agent, &["down", "250.0.0.0/8", "eth0/16"]).await;
     assert!(out.stdout.contains("fan-250"), "{}", out.stdout);
 
     // clap's own usage errors exit 2 too (its message spans several lines)
@@ -652,35 +702,33 @@ async fn unreachable_agent_and_fan_agent_env() {
     let line = fails(Some("bogus"), &["info"], 1).await;
     assert!(line.ends_with("(INVALID_TARGET)"), "{line}");
 
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     let out = Command::new(env!("CARGO_BIN_EXE_fan-client"))
-        .env("FAN_AGENT", &agent.target)
+        .env("FAN_AGENT", agent.target())
         .args(["-o", "json", "info"])
         .output()
         .await
         .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["version"], json!("0.1.0-fake"));
+    assert_eq!(v["version"], json!(env!("CARGO_PKG_VERSION")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_status() {
-    let a = FakeAgent::start().await;
-    let b = FakeAgent::start().await;
-    a.fake.insert_network(
-        "fan-250",
-        "250.0.0.0/8",
-        "172.30.0.28/16",
-        fan_proto::v1::NetworkState::Ready,
-    );
-    b.fake.insert_network(
-        "fan-250",
-        "250.0.0.0/8",
-        "172.30.0.29/16",
-        fan_proto::v1::NetworkState::Degraded,
-    );
-    let agents = format!("{},{},unix:/nonexistent/c.sock", a.target, b.target);
+    // Two hosts of one underlay; b's bridge has gone.
+    let a = support::start().await;
+    let host_b = FakeDataplane::new();
+    host_b.set_addresses(vec![HostAddress {
+        interface: "eth0".into(),
+        address: "172.30.0.29/16".parse().unwrap(),
+        mtu: 1500,
+    }]);
+    let b = support::start_on(host_b).await;
+    up_fan_250(&a).await;
+    up_fan_250(&b).await;
+    b.dataplane().pin_drift("fan-250", bridge_missing());
+    let agents = format!("{},{},unix:/nonexistent/c.sock", a.target(), b.target());
 
     let out = fan_client(None, &["cluster", "status", "--agents", &agents]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -723,7 +771,7 @@ async fn cluster_status() {
 
     let out = fan_client(
         None,
-        &["cluster", "status", "--agents", &a.target, "--strict"],
+        &["cluster", "status", "--agents", &a.target(), "--strict"],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -1,6 +1,7 @@
-//! The SDK against an in-process fake agent on a unix socket: connection,
-//! every typed call, ErrorInfo decoding over the wire, retries, timeouts,
-//! page following.
+//! The SDK against the real agent, served in-process on the in-memory data
+//! plane over a unix socket (`support`; no root needed): connection, every
+//! typed call, ErrorInfo decoding over the wire, page following; retries and
+//! timeouts through the fault proxy in front of it.
 
 mod support;
 
@@ -11,12 +12,19 @@ use fan_client::{
     AllocationRequest, Backend, Code, ConnectOptions, DeleteNetworkOptions, Error, FanClient,
     NetworkSpec, NetworkState, Owner, ResolveScope, RetryPolicy, Selector,
 };
-use support::{status, FakeAgent};
+use support::{status, BackendKind, FakeDataplane, FaultProxy, TestAgent};
 
-async fn setup() -> (FakeAgent, FanClient) {
-    let agent = FakeAgent::start().await;
-    let client = FanClient::connect(&agent.target).await.unwrap();
+async fn setup() -> (TestAgent, FanClient) {
+    let agent = support::start().await;
+    let client = FanClient::connect(&agent.target()).await.unwrap();
     (agent, client)
+}
+
+/// The real agent behind the fault proxy, and a client through it.
+async fn setup_proxied() -> (FaultProxy, FanClient) {
+    let proxy = FaultProxy::start().await;
+    let client = FanClient::connect(&proxy.target).await.unwrap();
+    (proxy, client)
 }
 
 fn spec() -> NetworkSpec {
@@ -25,15 +33,16 @@ fn spec() -> NetworkSpec {
 
 #[tokio::test]
 async fn connect_forms_and_unreachable() {
-    let agent = FakeAgent::start().await;
+    let agent = support::start().await;
     for target in [
-        agent.target.clone(),
-        format!("unix://{}", agent.path().display()),
-        agent.path().display().to_string(),
+        agent.target(),
+        format!("unix:{}", agent.socket().display()),
+        agent.socket().display().to_string(),
     ] {
         let c = FanClient::connect(&target).await.unwrap();
         assert_eq!(c.target(), target);
-        assert_eq!(c.get_agent_info().await.unwrap().hostname, "fake-host");
+        let info = c.get_agent_info().await.unwrap();
+        assert_eq!(info.addresses[0].address.to_string(), "172.30.0.28/16");
     }
     let err = FanClient::connect("unix:/nonexistent/agent.sock")
         .await
@@ -67,14 +76,33 @@ async fn https_without_tls_feature_is_refused_clearly() {
 
 #[tokio::test]
 async fn agent_info() {
-    let (_agent, c) = setup().await;
+    // A host whose kernel has no fan patch: the agent picks eBPF.
+    let host = FakeDataplane::new();
+    host.set_availability(BackendKind::KernelFan, false, "no fan patch in this kernel");
+    let agent = support::start_on(host).await;
+    let c = FanClient::connect(&agent.target()).await.unwrap();
     let info = c.get_agent_info().await.unwrap();
-    assert_eq!(info.version, "0.1.0-fake");
-    assert_eq!(info.kernel_release, "6.8.0-fake");
+    // The agent reports its own version and this machine's kernel.
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(info.kernel_release, release.trim());
+    assert_eq!(info.addresses[0].interface, "eth0");
     assert_eq!(info.addresses[0].address.to_string(), "172.30.0.28/16");
-    assert_eq!(info.backends.len(), 2);
-    assert_eq!(info.backends[0].backend, Backend::KernelFan);
-    assert!(!info.backends[0].available);
+    assert_eq!(info.addresses[0].mtu, 1500);
+    let backends: Vec<_> = info
+        .backends
+        .iter()
+        .map(|b| (b.backend, b.available))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            (Backend::KernelFan, false),
+            (Backend::Ebpf, true),
+            (Backend::Ipip, true)
+        ]
+    );
+    assert_eq!(info.backends[0].reason, "no fan patch in this kernel");
     assert_eq!(info.auto_backend, Some(Backend::Ebpf));
 }
 
@@ -94,10 +122,9 @@ async fn network_lifecycle() {
     let again = c.create_network("fan-250", &spec()).await.unwrap();
     assert_eq!(again, n);
     // different spec
-    let err = c
-        .create_network("fan-250", &NetworkSpec::new("250", "10.1.0.1/16"))
-        .await
-        .unwrap_err();
+    let mut other = spec();
+    other.host_reserve = Some(3);
+    let err = c.create_network("fan-250", &other).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert_eq!(err.reason(), fan_client::reason::NETWORK_EXISTS);
 
@@ -135,8 +162,8 @@ async fn network_lifecycle() {
 }
 
 #[tokio::test]
-async fn list_networks_follows_every_page() {
-    let (agent, c) = setup().await;
+async fn lists_follow_every_page() {
+    let (proxy, c) = setup_proxied().await;
     for (i, octet) in (240..245).enumerate() {
         c.create_network(
             &format!("net-{i}"),
@@ -145,14 +172,52 @@ async fn list_networks_follows_every_page() {
         .await
         .unwrap();
     }
-    let page = c.list_networks_page(0, None).await.unwrap();
-    assert_eq!(page.items.len(), support::FAKE_PAGE_SIZE);
-    assert!(page.next_page_token.is_some());
-    let before = agent.fake.calls("ListNetworks");
-    let all = c.list_networks().await.unwrap();
-    let ids: Vec<_> = all.iter().map(|n| n.id.as_str()).collect();
+    // Pages of two, followed by hand.
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = c.list_networks_page(2, token.as_deref()).await.unwrap();
+        assert!(page.items.len() <= 2);
+        pages += 1;
+        ids.extend(page.items.into_iter().map(|n| n.id));
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
     assert_eq!(ids, ["net-0", "net-1", "net-2", "net-3", "net-4"]);
-    assert_eq!(agent.fake.calls("ListNetworks") - before, 3);
+    assert_eq!(pages, 3);
+    let all = c.list_networks().await.unwrap();
+    assert_eq!(all.len(), 5);
+
+    // More allocations than the agent's default page holds: the SDK
+    // follows every page.
+    let calls = (0..205).map(|i| {
+        let c = c.clone();
+        async move {
+            c.allocate_address(
+                "net-0",
+                &AllocationRequest::new(Owner::new(format!("c{i}"))),
+            )
+            .await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap();
+    }
+    let first = c.list_allocations_page("net-0", 0, None).await.unwrap();
+    assert!(first.next_page_token.is_some());
+    let default_page = first.items.len();
+    assert!(default_page < 205, "{default_page}");
+    let before = proxy.calls("ListAllocations");
+    let all = c.list_allocations("net-0").await.unwrap();
+    assert_eq!(all.len(), 205);
+    assert!(all.windows(2).all(|w| w[0].address < w[1].address));
+    assert_eq!(
+        proxy.calls("ListAllocations") - before,
+        205usize.div_ceil(default_page)
+    );
 }
 
 #[tokio::test]
@@ -193,7 +258,7 @@ async fn allocation_lifecycle() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.reason(), "ADDRESS_IN_USE");
+    assert_eq!(err.reason(), "ADDRESS_HELD_BY_OTHER_OWNER");
 
     let got = c
         .get_allocation("fan-250", &Selector::Address(b.address))
@@ -227,7 +292,7 @@ async fn allocation_lifecycle() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(
         err.to_string(),
-        "network \"fan-250\" still has 5 allocations (NETWORK_IN_USE)"
+        "network \"fan-250\" still has 5 allocation(s); release them first or delete with force (NETWORK_IN_USE)"
     );
 
     let gone = c
@@ -301,66 +366,62 @@ async fn resolve() {
 
 #[tokio::test]
 async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
-    let (agent, c) = setup().await;
+    let (agent, c) = setup_proxied().await;
     let unavailable = || status(Code::Unavailable, "agent restarting", "SHUTTING_DOWN");
 
     // a read: two failures, then success on the third attempt
-    agent
-        .fake
-        .fail("GetAgentInfo", vec![unavailable(), unavailable()]);
+    agent.fail("GetAgentInfo", vec![unavailable(), unavailable()]);
     c.get_agent_info().await.unwrap();
-    assert_eq!(agent.fake.calls("GetAgentInfo"), 3);
+    assert_eq!(agent.calls("GetAgentInfo"), 3);
 
     // three failures exhaust the three attempts
-    agent.fake.fail(
+    agent.fail(
         "ListNetworks",
         vec![unavailable(), unavailable(), unavailable()],
     );
     let err = c.list_networks().await.unwrap_err();
     assert_eq!(err.reason(), "SHUTTING_DOWN");
     assert_eq!(err.code(), Code::Unavailable);
-    assert_eq!(agent.fake.calls("ListNetworks"), 3);
+    assert_eq!(agent.calls("ListNetworks"), 3);
 
     // CreateNetwork and AllocateAddress are idempotent: retried
-    agent.fake.fail("CreateNetwork", vec![unavailable()]);
+    agent.fail("CreateNetwork", vec![unavailable()]);
     c.create_network("fan-250", &spec()).await.unwrap();
-    assert_eq!(agent.fake.calls("CreateNetwork"), 2);
-    agent.fake.fail("AllocateAddress", vec![unavailable()]);
+    assert_eq!(agent.calls("CreateNetwork"), 2);
+    agent.fail("AllocateAddress", vec![unavailable()]);
     c.allocate_address("fan-250", &AllocationRequest::new(Owner::new("c1")))
         .await
         .unwrap();
-    assert_eq!(agent.fake.calls("AllocateAddress"), 2);
+    assert_eq!(agent.calls("AllocateAddress"), 2);
 
     // other codes are not retried, even for reads
-    agent.fake.fail(
+    agent.fail(
         "GetNetwork",
         vec![status(Code::Internal, "disk on fire", "STATE_STORE_FAILED")],
     );
     let err = c.get_network("fan-250").await.unwrap_err();
     assert_eq!(err.to_string(), "disk on fire (STATE_STORE_FAILED)");
-    assert_eq!(agent.fake.calls("GetNetwork"), 1);
+    assert_eq!(agent.calls("GetNetwork"), 1);
 
     // Release, Delete and GC are never retried
-    agent.fake.fail("ReleaseAddress", vec![unavailable()]);
+    agent.fail("ReleaseAddress", vec![unavailable()]);
     assert!(c
         .release_address("fan-250", &Owner::new("c1").into(), false)
         .await
         .is_err());
-    assert_eq!(agent.fake.calls("ReleaseAddress"), 1);
-    agent
-        .fake
-        .fail("GarbageCollectAllocations", vec![unavailable()]);
+    assert_eq!(agent.calls("ReleaseAddress"), 1);
+    agent.fail("GarbageCollectAllocations", vec![unavailable()]);
     assert!(c
         .garbage_collect_allocations("fan-250", &[], true)
         .await
         .is_err());
-    assert_eq!(agent.fake.calls("GarbageCollectAllocations"), 1);
-    agent.fake.fail("DeleteNetwork", vec![unavailable()]);
+    assert_eq!(agent.calls("GarbageCollectAllocations"), 1);
+    agent.fail("DeleteNetwork", vec![unavailable()]);
     assert!(c
         .delete_network("fan-250", DeleteNetworkOptions::default())
         .await
         .is_err());
-    assert_eq!(agent.fake.calls("DeleteNetwork"), 1);
+    assert_eq!(agent.calls("DeleteNetwork"), 1);
 
     // retries can be switched off
     let once = FanClient::connect_with(
@@ -369,26 +430,23 @@ async fn reads_and_idempotent_writes_retry_on_unavailable_only() {
     )
     .await
     .unwrap();
-    agent.fake.fail("CheckNetwork", vec![unavailable()]);
+    agent.fail("CheckNetwork", vec![unavailable()]);
     assert!(once.check_network("fan-250").await.is_err());
-    assert_eq!(agent.fake.calls("CheckNetwork"), 1);
+    assert_eq!(agent.calls("CheckNetwork"), 1);
 }
 
 #[tokio::test]
 async fn per_call_timeout() {
-    let (agent, c) = setup().await;
-    agent
-        .fake
-        .delay("GetAgentInfo", Duration::from_millis(1500));
+    let (agent, c) = setup_proxied().await;
+    // Far longer than the deadline: only the deadline can end the call.
+    agent.delay("GetAgentInfo", Duration::from_secs(600));
     let fast = c.with_timeout(Duration::from_millis(200));
     assert_eq!(fast.timeout(), Duration::from_millis(200));
-    let started = std::time::Instant::now();
     let err = fast.get_agent_info().await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(err.reason(), "DEADLINE_EXCEEDED");
     // not retried
-    assert!(started.elapsed() < Duration::from_millis(1200));
-    assert_eq!(agent.fake.calls("GetAgentInfo"), 1);
+    assert_eq!(agent.calls("GetAgentInfo"), 1);
     // the original client keeps its 10 s
     assert_eq!(c.timeout(), fan_client::DEFAULT_TIMEOUT);
 }
@@ -412,4 +470,31 @@ async fn concurrent_calls_share_one_client() {
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 20);
+}
+
+/// One client outlives a restart of the agent on the same socket and state
+/// (stopped as by SIGTERM): the acknowledged allocation is still there.
+#[tokio::test]
+async fn a_client_outlives_an_agent_restart() {
+    let (agent, c) = setup().await;
+    c.create_network("fan-250", &spec()).await.unwrap();
+    let a = c
+        .allocate_address("fan-250", &AllocationRequest::new(Owner::new("c1")))
+        .await
+        .unwrap();
+    let host = agent.dataplane().clone();
+    let dir = agent.stop().await.unwrap();
+    let err = c.get_network("fan-250").await.unwrap_err();
+    assert!(err.is_unreachable(), "{err:?}");
+    let _agent = TestAgent::builder()
+        .dataplane(host)
+        .directory(dir)
+        .start()
+        .await
+        .unwrap();
+    let got = c
+        .get_allocation("fan-250", &Owner::new("c1").into())
+        .await
+        .unwrap();
+    assert_eq!(got, a);
 }

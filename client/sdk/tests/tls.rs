@@ -1,4 +1,5 @@
-//! TLS and mutual TLS to an agent (cargo feature `tls`):
+//! TLS and mutual TLS to an agent (cargo feature `tls`), served by the
+//! support's proxy in front of the real agent:
 //! `cargo test -p fan-client --features tls --test tls`. Certificates are
 //! made by the test kit (rcgen) for each run (`support/pki.rs`); the CLI
 //! over mutual TLS is tested in `client/cli/tests/tls.rs`.
@@ -8,7 +9,7 @@ mod support;
 
 use fan_client::{ConnectOptions, FanClient, TlsConfig};
 use support::pki::pki;
-use support::TlsFakeAgent;
+use support::FaultProxy;
 
 fn tls(ca: &[u8], client: Option<(&[u8], &[u8])>) -> TlsConfig {
     let mut t = TlsConfig::default();
@@ -20,25 +21,26 @@ fn tls(ca: &[u8], client: Option<(&[u8], &[u8])>) -> TlsConfig {
     t
 }
 
-/// Connects and makes one call; the error of whichever step failed.
+/// Connects and makes one call; the agent's underlay address, or the
+/// error of whichever step failed.
 async fn info(target: &str, tls: TlsConfig) -> Result<String, fan_client::Error> {
     let c = FanClient::connect_with(target, ConnectOptions::default().with_tls(tls)).await?;
-    Ok(c.get_agent_info().await?.hostname)
+    Ok(c.get_agent_info().await?.addresses[0].address.to_string())
 }
+
+/// The address the test agent's fake host has.
+const HOST: &str = "172.30.0.28/16";
 
 #[tokio::test]
 async fn tls_and_mutual_tls() {
     let pki = pki();
 
     // server-authenticated TLS
-    let agent = TlsFakeAgent::start(&pki.server_cert, &pki.server_key, None).await;
-    assert_eq!(
-        info(&agent.target, tls(&pki.ca, None)).await.unwrap(),
-        "fake-host"
-    );
+    let agent = FaultProxy::start_tls(&pki.server_cert, &pki.server_key, None).await;
+    assert_eq!(info(&agent.target, tls(&pki.ca, None)).await.unwrap(), HOST);
     let mut by_name = tls(&pki.ca, None);
     by_name.domain_name = Some("agent.fan.test".into());
-    assert_eq!(info(&agent.target, by_name).await.unwrap(), "fake-host");
+    assert_eq!(info(&agent.target, by_name).await.unwrap(), HOST);
     // an agent certificate from another CA is refused
     let err = info(&agent.target, tls(&pki.other_ca, None))
         .await
@@ -54,9 +56,9 @@ async fn tls_and_mutual_tls() {
     drop(agent);
 
     // mutual TLS: a client certificate is required
-    let agent = TlsFakeAgent::start(&pki.server_cert, &pki.server_key, Some(&pki.ca)).await;
+    let agent = FaultProxy::start_tls(&pki.server_cert, &pki.server_key, Some(&pki.ca)).await;
     let with_cert = tls(&pki.ca, Some((&pki.client_cert, &pki.client_key)));
-    assert_eq!(info(&agent.target, with_cert).await.unwrap(), "fake-host");
+    assert_eq!(info(&agent.target, with_cert).await.unwrap(), HOST);
     let err = info(&agent.target, tls(&pki.ca, None)).await.unwrap_err();
     assert!(!err.to_string().contains('\n'), "{err}");
 
