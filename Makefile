@@ -39,7 +39,7 @@ check-proto: deps
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
 
-# The Python wheel and the Go module of sdk/, generated from proto/ (the e2e test
+# The Python wheel (client/python) and the Go module (client/go), generated from proto/ (the e2e test
 # tests/tests/sdk_clients.rs builds and runs both against a real agent).
 sdk: deps
 	client/go/generate.sh

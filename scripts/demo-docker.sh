@@ -23,8 +23,8 @@ work="$(mktemp -d "/tmp/$id.XXXX")"
 ul="$id-ul"
 pids=()
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say() { printf '   $ %s\n' "$*"; }
+# shellcheck source=lib/demo-common.sh
+. "$root/scripts/lib/demo-common.sh"
 dk() { local h="$1"; shift; /usr/bin/docker -H "unix://$work/h$h/docker.sock" "$@"; }
 fc() { local h="$1"; shift; "$bin/fan-client" --agent "unix:$work/h$h/agent.sock" "$@"; }
 
@@ -48,12 +48,8 @@ cleanup() {
     # Anything our daemons started that outlived them (shims) names $work.
     for pid in $(pgrep -f "$work" || true); do kill -KILL "$pid" 2>/dev/null || true; done
     grep " $work/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$id-" || true); do ip netns del "$ns" || true; done
-    for h in 28 27; do
-        umount -l "/sys/fs/bpf/$id-h$h" 2>/dev/null || true
-        rm -rf "/sys/fs/bpf/$id-h$h"
-        rm -f "/run/docker/plugins/$id-h$h.sock"
-    done
+    remove_host_state 28 27
+    for h in 28 27; do rm -f "/run/docker/plugins/$id-h$h.sock"; done
     rm -rf "$work"
     echo "   removed containers, dockerd, plugins, agents, namespaces $id-*, pins and $work"
     exit "$rc"
@@ -61,33 +57,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-
 step "Underlay: a switch (bridge) and two hosts, 172.30.0.28/16 and 172.30.0.27/16"
-ip netns add "$ul"
-ip -n "$ul" link add br0 type bridge
-ip -n "$ul" link set br0 up
-for h in 28 27; do
-    ns="$id-h$h"
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add eth0 type veth peer name "${id: -6}u$h"
-    ip -n "$ns" link set "${id: -6}u$h" netns "$ul"
-    ip -n "$ul" link set "${id: -6}u$h" master br0 up
-    ip -n "$ns" addr add "172.30.0.$h/16" dev eth0
-    ip -n "$ns" link set eth0 up
-    say "host $ns: eth0 172.30.0.$h/16"
-done
+make_underlay 28 27
 
 step "Per host: fan-agent, the fan 250.0.0.0/8, fan-docker-ipam, dockerd"
 for h in 28 27; do
     ns="$id-h$h"
     d="$work/h$h"
-    mkdir -p "$d"
-    nsenter --net="/run/netns/$ns" -- "$bin/fan-agent" --socket "$d/agent.sock" \
-        --state-dir "$d/state" --bpffs-dir "/sys/fs/bpf/$id-h$h" >"$d/agent.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 200); do [ -S "$d/agent.sock" ] && break; sleep 0.05; done
+    start_agent "$h"
+    pids+=("$started_pid")
     say "fan-client network create fan-250 --overlay 250.0.0.0/8 --underlay 172.30.0.0/16   (host $ns)"
     fc "$h" network create fan-250 --overlay 250.0.0.0/8 --underlay 172.30.0.0/16 >/dev/null
     "$bin/fan-docker-ipam" --agent "unix://$d/agent.sock" --socket "/run/docker/plugins/$id-h$h.sock" >"$d/ipam.log" 2>&1 &

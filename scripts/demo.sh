@@ -8,10 +8,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${FAN_BIN_DIR:-$root/target/debug}"
-agent_bin="$bin/fan-agent"
-client_bin="$bin/fan-client"
-for b in "$agent_bin" "$client_bin"; do
-    [ -x "$b" ] || { echo "demo: $b missing; run 'make demo' (it builds first)" >&2; exit 2; }
+for b in fan-agent fan-client; do
+    [ -x "$bin/$b" ] || { echo "demo: $bin/$b missing; run 'make demo' (it builds first)" >&2; exit 2; }
 done
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 2; }
 
@@ -20,8 +18,8 @@ work="$(mktemp -d "/tmp/$id.XXXX")"
 ul="$id-ul"
 agent_pids=()
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say() { printf '   $ %s\n' "$*"; }
+# shellcheck source=lib/demo-common.sh
+. "$root/scripts/lib/demo-common.sh"
 in_ns() { local ns="$1"; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
 
 cleanup() {
@@ -30,8 +28,7 @@ cleanup() {
     step "Cleaning up"
     for pid in "${agent_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${agent_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$id-" || true); do ip netns del "$ns" || true; done
-    for h in h28 h27; do umount -l "/sys/fs/bpf/$id-$h" 2>/dev/null || true; rm -rf "/sys/fs/bpf/$id-$h"; done
+    remove_host_state 28 27
     rm -rf "$work"
     echo "   removed namespaces $id-*, agents, pins and $work"
     exit "$rc"
@@ -39,36 +36,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-
 step "Underlay: a switch (bridge) and two hosts, 172.30.0.28/16 and 172.30.0.27/16"
-ip netns add "$ul"
-ip -n "$ul" link add br0 type bridge
-ip -n "$ul" link set br0 up
-for h in 28 27; do
-    ns="$id-h$h"
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add eth0 type veth peer name "${id: -6}u$h"
-    ip -n "$ns" link set "${id: -6}u$h" netns "$ul"
-    ip -n "$ul" link set "${id: -6}u$h" master br0 up
-    ip -n "$ns" addr add "172.30.0.$h/16" dev eth0
-    ip -n "$ns" link set eth0 up
-    say "host $ns: eth0 172.30.0.$h/16"
-done
+make_underlay 28 27
 
 step "One fan-agent per host (gRPC on a unix socket, state in its own directory)"
 for h in 28 27; do
-    ns="$id-h$h"
-    mkdir -p "$work/h$h"
-    nsenter --net="/run/netns/$ns" -- "$agent_bin" \
-        --socket "$work/h$h/agent.sock" --state-dir "$work/h$h/state" \
-        --bpffs-dir "/sys/fs/bpf/$id-h$h" >"$work/h$h/agent.log" 2>&1 &
-    agent_pids+=($!)
-    for _ in $(seq 100); do [ -S "$work/h$h/agent.sock" ] && break; sleep 0.05; done
-    say "fan-agent --socket $work/h$h/agent.sock   (pid ${agent_pids[-1]}, host $ns)"
+    start_agent "$h"
+    agent_pids+=("$started_pid")
+    say "fan-agent --socket $work/h$h/agent.sock   (pid ${agent_pids[-1]}, host $id-h$h)"
 done
-fc() { local h="$1"; shift; "$client_bin" --agent "unix:$work/h$h/agent.sock" "$@"; }
+fc() { local h="$1"; shift; "$bin/fan-client" --agent "unix:$work/h$h/agent.sock" "$@"; }
 say "fan-client info"
 fc 28 info
 

@@ -104,7 +104,7 @@ if ! [ -e "$node_dir/node_modules/@grpc/grpc-js/package.json" ] ||
         @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
 fi
 
-# --- SDK helper: the Python and Go SDK packages (sdk/, tests/tests/sdk_clients.rs). ---
+# --- SDK helper: the Python and Go SDK packages (client/python, client/go; tests/tests/sdk_clients.rs). ---
 # Python: setuptools and wheel in the venv, so `pip install --no-build-isolation
 # client/python` builds fan-agent-sdk offline (its runtime deps are installed above).
 if ! "$venv/bin/python" -c 'import importlib.metadata as m

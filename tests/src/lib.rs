@@ -2,9 +2,11 @@
 //! a real `fan-agent` process per host, containers as namespaces plugged into the
 //! fan bridge with addresses from the agent.
 //!
-//! Everything a [`Testbed`] creates carries its unique prefix (`fe<id>`), and is
-//! removed when the testbed drops, also when the test panics. Leftovers of a
-//! killed test run (whose process no longer exists) are swept at the next start.
+//! Everything a [`Testbed`] creates carries its unique prefix (`fe<id>`, the
+//! test kit's one naming rule: [`fan_testkit::unique_id`]), and is removed
+//! when the testbed drops, also when the test panics; every removal is tried
+//! and every failure reported. Leftovers of a killed test run (whose process
+//! no longer exists) are swept at the next start.
 //!
 //! Agents run under `nsenter --net`, not `ip netns exec`: they share the root
 //! mount namespace, so the bpffs they pin maps in outlives an agent process and
@@ -15,41 +17,21 @@ pub mod pki;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_proto::v1 as pb;
 use fan_proto::v1::fan_agent_service_client::FanAgentServiceClient;
+use fan_testkit::netns::{unmount_and_remove, veth_pair, Teardown};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The generated gRPC client over a unix socket.
 pub type Client = FanAgentServiceClient<Channel>;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Runs a command, failing with its stderr when it exits non-zero.
-pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("spawn {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(output)
-}
-
-/// `ip ARGS...`
-pub fn ip(args: &[&str]) -> Result<String> {
-    Ok(String::from_utf8_lossy(&run("ip", args)?.stdout).into_owned())
-}
+pub use fan_testkit::netns::Netns;
+pub use fan_testkit::{ip, run};
 
 /// Where the workspace's binaries are (`target/<profile>/`), from the test executable's path.
 pub fn bin_dir() -> PathBuf {
@@ -76,102 +58,6 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    /// Its name under /run/netns.
-    pub name: String,
-    /// Whether dropping this handle deletes the namespace.
-    owned: bool,
-}
-
-impl Netns {
-    /// Creates the namespace with loopback up.
-    pub fn new(name: &str) -> Result<Netns> {
-        ip(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_owned(),
-            owned: true,
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// A handle on a namespace someone else owns (not deleted on drop),
-    /// e.g. to use one from another thread.
-    pub fn existing(name: &str) -> Netns {
-        Netns {
-            name: name.to_owned(),
-            owned: false,
-        }
-    }
-
-    /// `ip -n NS ARGS...`
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// A command that runs inside the namespace (net namespace only).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(program);
-        command
-    }
-
-    /// Runs a command in the namespace, failing on a non-zero exit.
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        let output = self
-            .command(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("spawn {program}"))?;
-        if !output.status.success() {
-            bail!(
-                "{program} {} in {} failed: {}{}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&output.stdout).trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(output)
-    }
-
-    /// Pings `target` `count` times (fails when any is lost... ping's own rule: any reply succeeds).
-    pub fn ping(&self, target: Ipv4Addr, count: u32) -> Result<()> {
-        self.exec(
-            "ping",
-            &[
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &target.to_string(),
-            ],
-        )
-        .map(|_| ())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.owned {
-            return;
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// A running (or stopped) agent on a host.
@@ -364,13 +250,9 @@ pub struct Testbed {
 impl Testbed {
     /// Creates the underlay (a bridge in its own namespace) for `prefix`-long underlay addresses.
     pub fn new(underlay_prefix: u8) -> Result<Testbed> {
-        sweep_leftovers();
+        fan_testkit::sweep_leftovers();
         ensure_bpffs()?;
-        let id = format!(
-            "fe{}{:x}",
-            pid_tag(std::process::id()),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let id = fan_testkit::unique_id();
         let dir = std::env::temp_dir().join(format!("fan-e2e-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -402,11 +284,7 @@ impl Testbed {
     ) -> Result<&mut Host> {
         let netns = Netns::new(&format!("{}-{name}", self.id))?;
         let outside = format!("{}{name}", self.id);
-        // The veth is created inside the host namespace and its peer moved to the underlay.
-        netns.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", &outside,
-        ])?;
-        netns.ip(&["link", "set", &outside, "netns", &self.underlay.name])?;
+        veth_pair(&netns, "eth0", &self.underlay, &outside)?;
         self.underlay
             .ip(&["link", "set", &outside, "master", "br0", "up"])?;
         netns.ip(&[
@@ -529,18 +407,7 @@ pub fn plug(
     mtu: u32,
 ) -> Result<()> {
     let mtu = mtu.to_string();
-    host.ip(&[
-        "link",
-        "add",
-        outside,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &container.name,
-    ])?;
+    veth_pair(host, outside, container, "eth0")?;
     host.ip(&["link", "set", outside, "mtu", &mtu, "master", bridge, "up"])?;
     container.ip(&["addr", "add", cidr, "dev", "eth0"])?;
     container.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
@@ -550,34 +417,35 @@ pub fn plug(
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        // Every step runs whatever fails before it; the failures are reported together.
+        let mut teardown = Teardown::new();
         // Containers first (their veths live in host namespaces), then agents, then hosts.
-        self.containers.clear();
-        for host in &mut self.hosts {
-            let _ = host.agent.kill9();
+        for container in self.containers.drain(..) {
+            let what = format!("delete container {}", container.netns.name);
+            teardown.check(&what, container.netns.delete());
         }
-        let pin_dirs: Vec<PathBuf> = self
-            .hosts
-            .iter()
-            .map(|h| h.agent.bpffs_dir.clone())
-            .collect();
-        self.hosts.clear();
+        for host in &mut self.hosts {
+            let what = format!("stop the agent of {}", host.name);
+            teardown.check(&what, host.agent.kill9());
+        }
+        let mut pin_dirs = Vec::new();
+        for host in self.hosts.drain(..) {
+            pin_dirs.push(host.agent.bpffs_dir.clone());
+            let what = format!("delete host {}", host.netns.name);
+            teardown.check(&what, host.netns.delete());
+        }
         for dir in pin_dirs {
-            remove_pin_dir(&dir);
+            let what = format!("remove pins {}", dir.display());
+            teardown.check(&what, unmount_and_remove(&dir));
         }
         if std::env::var_os("FAN_E2E_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let what = format!("remove {}", self.dir.display());
+            teardown.check(&what, std::fs::remove_dir_all(&self.dir));
+        }
+        if let Err(err) = teardown.run() {
+            eprintln!("testbed {}: {err}", self.id);
         }
     }
-}
-
-/// Unmounts (if mounted) and removes a bpffs pin directory.
-fn remove_pin_dir(dir: &Path) {
-    let _ = Command::new("umount")
-        .arg("-l")
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Mounts bpffs on /sys/fs/bpf when nothing is mounted there, as systemd does on boot.
@@ -601,42 +469,6 @@ pub fn ensure_bpffs() -> Result<()> {
         bail!("mount -t bpf bpf /sys/fs/bpf failed");
     }
     Ok(())
-}
-
-/// The 4 hex digits of a process id that prefix its testbeds' names.
-fn pid_tag(pid: u32) -> String {
-    format!("{:04x}", pid % 0x10000)
-}
-
-/// Removes namespaces of earlier test processes that no longer run
-/// (`fe<pid tag>...`), so a killed run does not leave hosts behind.
-fn sweep_leftovers() {
-    let live: std::collections::HashSet<String> = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-                .map(pid_tag)
-                .collect()
-        })
-        .unwrap_or_default();
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(tag) = name.strip_prefix("fe").and_then(|rest| rest.get(..4)) else {
-            continue;
-        };
-        if tag.chars().all(|c| c.is_ascii_hexdigit()) && !live.contains(tag) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", name])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 /// The gRPC status of a failed call, with its ErrorInfo reason.

@@ -173,7 +173,7 @@ fn last_lease(log: &Path) -> Result<(String, Ipv4Addr, String, String)> {
 }
 
 fn default_route(ns: &Netns) -> Result<String> {
-    ns.ip(&["route", "show", "default"])
+    Ok(ns.ip(&["route", "show", "default"])?)
 }
 
 fn link_mtu(ns: &Netns) -> Result<String> {

@@ -5,7 +5,7 @@
 //! The TLS agent listens on its underlay address inside its host namespace;
 //! clients (the real `fan-client`, built with `--features fan-client/tls`)
 //! run in that namespace under nsenter, so no traffic leaves namespaces the
-//! test made. Certificates are made for each run with the openssl command.
+//! test made. Certificates are made for each run with the test kit (rcgen).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

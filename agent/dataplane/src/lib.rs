@@ -11,7 +11,11 @@
 //! name). `remove` deletes exactly those objects and nothing else.
 //!
 //! Layout: [`host`] (bridge, gateway address, MTU, sysctls, nftables masquerade;
-//! shared by every backend) and one module per encapsulation backend.
+//! shared by every backend) and one module per encapsulation backend; the tc
+//! eBPF programs are in `agent/bpf/`. With the `fake` feature,
+//! `fake::FakeDataplane`, an in-memory data plane for tests that run without
+//! root. Depends on `fan-core` only among the fan crates; `fan-agent`
+//! (`agent/daemon/`) is its one user.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -20,6 +24,8 @@ use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
 pub mod ebpf;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod host;
 pub mod ipip;
 pub mod kernel;
@@ -267,7 +273,8 @@ pub trait Encapsulation: Send + Sync {
 }
 
 /// The agent's view of the data plane: host setup plus the backends.
-/// Implemented by [`KernelDataplane`]; the agent's unit tests use a fake.
+/// Implemented by [`KernelDataplane`]; the agent's unit tests use
+/// `fake::FakeDataplane` (feature `fake`).
 #[async_trait]
 pub trait Dataplane: Send + Sync {
     /// Every backend with its availability on this host.

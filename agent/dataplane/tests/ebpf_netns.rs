@@ -4,94 +4,25 @@
 //!
 //! Backend calls run on a dedicated thread that `setns`es into the host
 //! namespace and drives a current-thread tokio runtime there, so netlink
-//! sockets, /proc/sys/net and child processes belong to that host. Every
-//! name starts with `fhc-<pid>-<n>`; a guard deletes the namespaces and
-//! unmounts the per-host bpffs pin roots even when a test panics.
+//! sockets, /proc/sys/net and child processes belong to that host (the test
+//! kit's `Netns::block_on`). Every name starts with a kit `unique_id()`; a
+//! teardown deletes the namespaces and unmounts the per-host bpffs pin roots
+//! even when a test panics, reporting every step that fails.
 //!
 //! Needs root; skipped (with a message) otherwise. `throughput` is ignored by
 //! default: `cargo test --test ebpf_netns -- --ignored --nocapture`.
 
-use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fan_dataplane::ebpf::{tc_priority, EbpfBackend, ROUTE_PROTOCOL};
 use fan_dataplane::{BackendKind, Counters, Encapsulation, NetworkPlan, Observation};
+use fan_testkit::{sh, try_sh, veth_pair, Netns, Teardown};
 use ipnetwork::Ipv4Network;
 
 // ------------------------------------------------------------------ harness
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs a command; panics with its stderr on failure; returns stdout.
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command; returns (success, stdout + stderr).
-fn try_sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-/// Runs `body` on a thread inside network namespace `ns`.
-fn in_ns<T, F>(ns: &str, body: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let path = format!("/run/netns/{ns}");
-    let result = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns file");
-        // SAFETY: a valid namespace fd; setns affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        body()
-    })
-    .join();
-    match result {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Runs an async `body` on a current-thread runtime inside namespace `ns`.
-fn block_in<T, F, Fut>(ns: &str, body: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-{
-    in_ns(ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(body())
-    })
-}
 
 /// One "host": its namespace, its container's namespace, its plan and backend.
 struct Host {
@@ -106,7 +37,7 @@ struct Host {
 /// Two hosts; cleans everything up on drop.
 struct World {
     hosts: Vec<Host>,
-    namespaces: Vec<String>,
+    namespaces: Vec<Netns>,
 }
 
 impl Drop for World {
@@ -115,15 +46,13 @@ impl Drop for World {
         for h in &mut self.hosts {
             h.backend.take();
         }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // Every step runs, whatever fails; the failures are reported together.
+        let mut teardown = Teardown::new();
         for h in &self.hosts {
-            let _ = Command::new("umount")
-                .args(["-l"])
-                .arg(&h.pin_root)
-                .status();
-            let _ = std::fs::remove_dir_all(&h.pin_root);
+            teardown.unmount_dir(h.pin_root.clone());
+        }
+        for ns in self.namespaces.drain(..) {
+            teardown.netns(ns);
         }
     }
 }
@@ -164,16 +93,10 @@ impl World {
     /// Builds both hosts (underlay veth, fan bridge, container). With
     /// `apply`, applies the backend in both.
     fn new(shape: &Shape, apply: bool) -> Option<World> {
-        if !is_root() {
-            eprintln!("skipping: eBPF netns tests need root");
+        if fan_testkit::skip_unless_root() {
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let id = format!(
-            "fhc-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
+        let id = fan_testkit::unique_id();
         let mut world = World {
             hosts: Vec::new(),
             namespaces: Vec::new(),
@@ -183,8 +106,9 @@ impl World {
             let ns = format!("{id}-h{}", i + 1);
             let container_ns = format!("{id}-c{}", i + 1);
             for n in [&ns, &container_ns] {
-                sh(&["ip", "netns", "add", n]);
-                world.namespaces.push(n.clone());
+                world
+                    .namespaces
+                    .push(Netns::new(n).expect("create namespace"));
             }
             let slice: Ipv4Network = slice.parse().unwrap();
             let plan = NetworkPlan {
@@ -217,10 +141,8 @@ impl World {
             });
         }
         let (h1, h2) = (&world.hosts[0].ns, &world.hosts[1].ns);
-        sh(&[
-            "ip", "link", "add", "name", UPLINK, "netns", h1, "type", "veth", "peer", "name",
-            UPLINK, "netns", h2,
-        ]);
+        veth_pair(&Netns::existing(h1), UPLINK, &Netns::existing(h2), UPLINK)
+            .expect("underlay veth");
         for h in &world.hosts {
             let ns = h.ns.as_str();
             let cns = h.container_ns.as_str();
@@ -276,7 +198,7 @@ impl World {
         let host = &mut self.hosts[i];
         let backend = host.backend.take().expect("backend");
         let plan = host.plan.clone();
-        let backend = block_in(&host.ns, move || async move {
+        let backend = Netns::existing(&host.ns).block_on(move || async move {
             backend.apply(&plan).await.expect("apply");
             backend
         });
@@ -287,7 +209,7 @@ impl World {
         let host = &mut self.hosts[i];
         let backend = host.backend.take().expect("backend");
         let plan = host.plan.clone();
-        let (backend, obs) = block_in(&host.ns, move || async move {
+        let (backend, obs) = Netns::existing(&host.ns).block_on(move || async move {
             let obs = backend.observe(&plan).await.expect("observe");
             (backend, obs)
         });
@@ -299,7 +221,7 @@ impl World {
         let host = &mut self.hosts[i];
         let backend = host.backend.take().expect("backend");
         let plan = host.plan.clone();
-        let backend = block_in(&host.ns, move || async move {
+        let backend = Netns::existing(&host.ns).block_on(move || async move {
             backend.remove(&plan).await.expect("remove");
             backend
         });
@@ -310,7 +232,7 @@ impl World {
         let host = &mut self.hosts[i];
         let backend = host.backend.take().expect("backend");
         let plan = host.plan.clone();
-        let (backend, n) = block_in(&host.ns, move || async move {
+        let (backend, n) = Netns::existing(&host.ns).block_on(move || async move {
             let n = backend.refresh_endpoints(&plan).await.expect("refresh");
             (backend, n)
         });
@@ -580,9 +502,7 @@ fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
     // slice: decapsulated, and c1's answer goes back encapsulated.
     let capture = start_capture(&w.hosts[1].ns, "ip proto 4 and src host 172.30.0.28", 1);
     let probe = Ipv4Addr::new(250, 0, 27, 77);
-    in_ns(&w.hosts[1].ns, move || {
-        send_ipip(h1, &icmp_echo(probe, c1, 32))
-    });
+    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(probe, c1, 32)));
     let dump = finish_capture(capture);
     assert!(
         dump.contains(&format!("{c1} > {probe}")) && dump.contains("echo reply"),
@@ -592,22 +512,17 @@ fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
     // Inner source in another host's slice (maps to 172.30.0.99, not .27).
     let before = w.counters(0);
     let spoofed = Ipv4Addr::new(250, 0, 99, 9);
-    in_ns(&w.hosts[1].ns, move || {
-        send_ipip(h1, &icmp_echo(spoofed, c1, 32))
-    });
+    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(spoofed, c1, 32)));
     // Inner source outside the overlay altogether.
-    in_ns(&w.hosts[1].ns, move || {
-        send_ipip(h1, &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1, 32))
-    });
+    Netns::existing(&w.hosts[1].ns)
+        .run(move || send_ipip(h1, &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1, 32)));
     wait_for("spoofed packets counted", || {
         w.counters(0).dropped_spoofed >= before.dropped_spoofed + 2
     });
 
     // 3000 bytes through a 1500 underlay: the kernel fragments the outer packet.
     let legit = Ipv4Addr::new(250, 0, 27, 78);
-    in_ns(&w.hosts[1].ns, move || {
-        send_ipip(h1, &icmp_echo(legit, c1, 3000))
-    });
+    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(legit, c1, 3000)));
     wait_for("outer fragments counted", || {
         w.counters(0).dropped_fragment >= before.dropped_fragment + 2
     });
@@ -810,7 +725,7 @@ fn endpoint_map_follows_kernel_events() {
     );
     let root = h2.pin_root.clone();
     let plan = w.hosts[1].plan.clone();
-    block_in(&ns, move || async move {
+    Netns::existing(&ns).block_on(move || async move {
         let backend = EbpfBackend::new(root.clone());
         backend.apply(&plan).await.expect("apply");
         assert_eq!(
@@ -894,7 +809,7 @@ fn two_networks_share_the_underlay() {
         }
         let root = h.pin_root.clone();
         let p = plan.clone();
-        block_in(&h.ns, move || async move {
+        Netns::existing(&h.ns).block_on(move || async move {
             EbpfBackend::new(root)
                 .apply(&p)
                 .await
@@ -939,7 +854,7 @@ fn two_networks_share_the_underlay() {
     ping_gw(0);
     for (h, plan) in w.hosts.iter().zip(&plans) {
         let (root, p) = (h.pin_root.clone(), plan.clone());
-        block_in(&h.ns, move || async move {
+        Netns::existing(&h.ns).block_on(move || async move {
             EbpfBackend::new(root)
                 .remove(&p)
                 .await

@@ -1,16 +1,14 @@
 //! Host setup against the real kernel, each test in a fresh network namespace.
 //!
-//! Each test body runs on a dedicated thread that `setns`es into a namespace
-//! made with `ip netns add fhb-<pid>-<n>` and builds a current-thread tokio
-//! runtime there, so the netlink socket, /proc/sys/net and every child process
-//! (`ip`, `nft`) belong to that namespace. A guard deletes the namespace even
-//! when the test panics. Needs root; skipped (with a message) otherwise.
+//! Each test body runs on a dedicated thread inside a fresh namespace (the
+//! test kit's `in_fresh_netns`) on a current-thread tokio runtime, so the
+//! netlink socket, /proc/sys/net and every child process (`ip`, `nft`) belong
+//! to that namespace. The kit deletes the namespace even when the test
+//! panics. Needs root; skipped (with a message) otherwise.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -20,88 +18,20 @@ use fan_dataplane::{
     sysctl, Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, KernelDataplane,
     NetworkPlan, Observation,
 };
+use fan_testkit::sh;
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
 // ------------------------------------------------------------------ harness
 
-/// Deletes the namespace on drop, panic or not.
-struct NetnsGuard {
-    name: String,
-}
-
-impl NetnsGuard {
-    fn create() -> NetnsGuard {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "fhb-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(status.success(), "ip netns add {name} failed");
-        NetnsGuard { name }
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs `body` inside a fresh network namespace on its own thread.
+/// Runs `body` inside a fresh network namespace on its own thread (the
+/// test kit's runner: deleted after, panic or not; skipped unless root).
 fn in_netns<F, Fut>(body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    if !is_root() {
-        eprintln!("skipping: network namespace tests need root");
-        return;
-    }
-    let guard = NetnsGuard::create();
-    let path = format!("/run/netns/{}", guard.name);
-    let result = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns file");
-        // SAFETY: a valid namespace fd; setns affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(body());
-    })
-    .join();
-    drop(guard);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs a command (inside the current thread's namespace); panics on failure.
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    fan_testkit::in_fresh_netns("hb", body);
 }
 
 const UNDERLAY_DEV: &str = "fhb-u0";

@@ -3,22 +3,20 @@
 //! themselves need ipip.ko, which this kernel lacks; the rules do not: they
 //! match on the bridge and the underlay device, whatever carries the packet on.
 //!
-//! Three namespaces, named `fhn-<pid>-<n>-{h,c,p}` and deleted by a guard even
-//! when a test panics: the host `h` (the host part applied for an ipip plan,
-//! the overlay routed to the peer over the underlay veth), a container `c`
-//! plugged into the bridge, and an underlay peer `p`. Needs root; skipped
-//! (with a message) otherwise.
+//! Three namespaces, named `<kit unique id>-{h,c,p}` and deleted by the test
+//! kit's guards even when a test panics: the host `h` (the host part applied
+//! for an ipip plan, the overlay routed to the peer over the underlay veth), a
+//! container `c` plugged into the bridge, and an underlay peer `p`. Needs
+//! root; skipped (with a message) otherwise.
 
-use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fan_dataplane::host::HostSetup;
 use fan_dataplane::netlink::Netlink;
 use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
+use fan_testkit::{sh, veth_pair, Netns};
 
 const BRIDGE: &str = "fhn-250";
 const NETWORK: &str = "fhn-test";
@@ -28,57 +26,32 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(250, 0, 27, 2);
 const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 28);
 const PEER: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 27);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The three namespaces; deleted on drop.
+/// The three namespaces (names), each deleted on drop by its kit guard.
 struct World {
     host: String,
     container: String,
     peer: String,
+    guards: Vec<Netns>,
 }
 
 impl World {
     fn new() -> Option<World> {
-        if !is_root() {
-            eprintln!("skipping: network namespace tests need root");
+        if fan_testkit::skip_unless_root() {
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let base = format!(
-            "fhn-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
+        let base = fan_testkit::unique_id();
+        let guards: Vec<Netns> = ["h", "c", "p"]
+            .iter()
+            .map(|role| Netns::new(&format!("{base}-{role}")).expect("create namespace"))
+            .collect();
         let w = World {
-            host: format!("{base}-h"),
-            container: format!("{base}-c"),
-            peer: format!("{base}-p"),
+            host: guards[0].name.clone(),
+            container: guards[1].name.clone(),
+            peer: guards[2].name.clone(),
+            guards,
         };
-        for ns in [&w.host, &w.container, &w.peer] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         // Underlay: host .28 <-> peer .27.
-        sh(&[
-            "ip", "-n", &w.host, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0",
-            "netns", &w.peer,
-        ]);
+        veth_pair(&w.guards[0], "ul0", &w.guards[2], "ul0").expect("underlay veth");
         sh(&[
             "ip",
             "-n",
@@ -130,7 +103,7 @@ impl World {
     /// in for the ipip device's computed routes).
     fn apply(&self, plan: &NetworkPlan, plug: bool) {
         let plan = plan.clone();
-        block_in(&self.host, move || async move {
+        Netns::existing(&self.host).block_on(move || async move {
             let host = HostSetup::new(Netlink::new().expect("netlink"));
             host.apply(&plan).await.expect("apply host part");
         });
@@ -189,7 +162,7 @@ impl World {
 
     fn observe(&self, plan: &NetworkPlan) -> Observation {
         let plan = plan.clone();
-        block_in(&self.host, move || async move {
+        Netns::existing(&self.host).block_on(move || async move {
             let host = HostSetup::new(Netlink::new().expect("netlink"));
             host.observe(&plan).await.expect("observe host part")
         })
@@ -197,54 +170,10 @@ impl World {
 
     fn remove(&self, plan: &NetworkPlan) {
         let plan = plan.clone();
-        block_in(&self.host, move || async move {
+        Netns::existing(&self.host).block_on(move || async move {
             let host = HostSetup::new(Netlink::new().expect("netlink"));
             host.remove(&plan).await.expect("remove host part")
         })
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for ns in [&self.container, &self.peer, &self.host] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Runs an async `body` on a current-thread runtime inside namespace `ns`.
-fn block_in<T, F, Fut>(ns: &str, body: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-{
-    in_ns(ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(body())
-    })
-}
-
-fn in_ns<T, F>(ns: &str, body: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let path = format!("/run/netns/{ns}");
-    let result = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns file");
-        // SAFETY: a valid namespace fd; setns affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        body()
-    })
-    .join();
-    match result {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
@@ -303,7 +232,7 @@ fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 
 /// Sends complete IPv4 packets (sources as written) from namespace `ns`.
 fn send_raw(ns: &str, packets: Vec<Vec<u8>>) {
-    in_ns(ns, move || {
+    Netns::existing(ns).run(move || {
         // SAFETY: plain socket calls on a socket we own; buffers outlive the calls.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);

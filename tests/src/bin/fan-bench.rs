@@ -1216,15 +1216,7 @@ async fn events() -> Result<()> {
 /// namespace: connect, request, read to the end.
 fn metrics_scrape_tcp(netns: &str, scrapes: usize) -> Result<()> {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
-    let path = format!("/run/netns/{netns}");
-    let scraper = std::thread::spawn(move || -> Result<(Vec<Duration>, usize)> {
-        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-        // SAFETY: a valid namespace fd; setns affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
+    let scraped = Netns::existing(netns).run(move || -> Result<(Vec<Duration>, usize)> {
         let request =
             format!("GET /metrics HTTP/1.1\r\nHost: {METRICS_LISTEN}\r\nConnection: close\r\n\r\n");
         let mut latencies = Vec::with_capacity(scrapes);
@@ -1250,9 +1242,7 @@ fn metrics_scrape_tcp(netns: &str, scrapes: usize) -> Result<()> {
         }
         Ok((latencies, body_bytes))
     });
-    let (mut latencies, bytes) = scraper
-        .join()
-        .map_err(|_| anyhow!("scrape thread panicked"))??;
+    let (mut latencies, bytes) = scraped?;
     latencies.sort();
     println!(
         "  GET /metrics over TCP (connect to last byte), 1 network, 250 allocations: p50 {:.3} ms   p99 {:.3} ms  ({bytes} bytes of body, n={scrapes})",

@@ -1,5 +1,6 @@
-//! The ipip and kernel-fan backends against a real kernel, in network
-//! namespaces named `fhf-<pid>-<n>-…` (removed on drop, also on panic).
+//! The ipip and kernel-fan backends against a real kernel, in the test
+//! kit's network namespaces (named `<unique id>-…`, removed on
+//! drop, also on panic).
 //!
 //! Most tests need ipip.ko, which this project's CI kernel lacks: they are
 //! `#[ignore]`d and run inside the stock-kernel VM by `make test-kernels`
@@ -13,12 +14,11 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use fan_core::fan::FanMap;
+use fan_testkit::{sh, try_sh, veth_pair, Netns};
 use ipnetwork::Ipv4Network;
 
 use super::device::{self, Role};
@@ -28,11 +28,6 @@ use crate::kernel_fan::KernelFanBackend;
 use crate::netlink::{Netlink, Route4, RouteChange, ROUTE_BATCH_SIZE, TABLE_MAIN};
 use crate::{BackendKind, DataplaneError, Encapsulation, NetworkPlan, ROUTE_PROTOCOL};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// True inside the kernel suite (then ipip must be there); false, with a
 /// message, elsewhere.
 fn kernel_suite() -> bool {
@@ -40,42 +35,24 @@ fn kernel_suite() -> bool {
         eprintln!("skipped: needs ipip.ko (run make test-kernels)");
         return false;
     }
-    assert!(is_root(), "FAN_KERNEL_SUITE=1 but not root");
+    assert!(fan_testkit::is_root(), "FAN_KERNEL_SUITE=1 but not root");
     if let Err(reason) = probe::ipip_module() {
         panic!("FAN_KERNEL_SUITE=1 but {reason}");
     }
     true
 }
 
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop.
-struct Ns(String);
+/// A network namespace (the test kit's guard: deleted on drop, also on
+/// panic) with panicking shorthands.
+struct Ns(Netns);
 
 impl Ns {
-    fn new(name: String) -> Ns {
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Ns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+    fn new(tag: &str) -> Ns {
+        Ns(Netns::unique(tag).expect("create namespace"))
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.0];
-        full.extend_from_slice(args);
-        sh(&full)
+        self.0.ip(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `ip -n NS` with the words of `line`.
@@ -84,14 +61,9 @@ impl Ns {
     }
 
     fn exec(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        let mut full = vec!["ip", "netns", "exec", &self.0.name];
+        full.extend_from_slice(args);
+        try_sh(&full)
     }
 
     /// Runs an async `body` on a current-thread runtime inside the namespace.
@@ -101,39 +73,8 @@ impl Ns {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T>,
     {
-        let path = format!("/run/netns/{}", self.0);
-        let result = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns file");
-            // SAFETY: a valid namespace fd; setns affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(body())
-        })
-        .join();
-        match result {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        self.0.block_on(body)
     }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn unique(tag: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "fhf-{}-{}-{tag}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 fn net(s: &str) -> Ipv4Network {
@@ -173,11 +114,8 @@ struct Pair {
 
 impl Pair {
     fn new(underlay: &str, addrs: [&str; 2]) -> Pair {
-        let h = [Ns::new(unique("h1")), Ns::new(unique("h2"))];
-        sh(&[
-            "ip", "link", "add", "name", "uplink", "netns", &h[0].0, "type", "veth", "peer",
-            "name", "uplink", "netns", &h[1].0,
-        ]);
+        let h = [Ns::new("h1"), Ns::new("h2")];
+        veth_pair(&h[0].0, "uplink", &h[1].0, "uplink").expect("underlay veth");
         let prefix = net(underlay).prefix();
         for (ns, addr) in h.iter().zip(addrs) {
             ns.ip(&["addr", "add", &format!("{addr}/{prefix}"), "dev", "uplink"]);
@@ -225,11 +163,10 @@ async fn fan_devices(role: Role) -> Vec<(String, Option<String>)> {
 
 #[test]
 fn route_batches_on_a_veth() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if fan_testkit::skip_unless_root() {
         return;
     }
-    let ns = Ns::new(unique("batch"));
+    let ns = Ns::new("batch");
     ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
     ns.ip(&["addr", "add", "172.30.0.28/16", "dev", "v0"]);
     ns.ip(&["link", "set", "v0", "up"]);
