@@ -121,7 +121,11 @@ impl Dataplane for KernelDataplane {
         // Check the backend first: no point building a bridge we cannot feed.
         let backend = self.backend(plan.backend)?;
         debug!(network = %plan.network_id, backend = %plan.backend, "apply");
-        self.host.apply(plan).await?;
+        {
+            let _phase = crate::timing::phase("host");
+            self.host.apply(plan).await?;
+        }
+        let _phase = crate::timing::phase("backend");
         backend.apply(plan).await
     }
 

@@ -26,6 +26,7 @@ pub mod kernel;
 pub mod kernel_fan;
 pub mod netlink;
 pub mod sysctl;
+pub mod timing;
 
 pub use kernel::KernelDataplane;
 

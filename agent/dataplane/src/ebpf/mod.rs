@@ -505,6 +505,7 @@ impl EbpfBackend {
             });
         }
 
+        let load_phase = crate::timing::phase("ebpf.load");
         drop_incompatible_pins(pin_dir);
         let mut ebpf = load_object(Some(pin_dir))?;
         let fast = match fast {
@@ -533,6 +534,8 @@ impl EbpfBackend {
             set_config(&mut array, config, &plan.network_id)?;
         }
 
+        drop(load_phase);
+        let _attach_phase = crate::timing::phase("ebpf.attach");
         let pinned = pinned_map_ids(pin_dir);
         let config_id = config_map_id(pin_dir);
         let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
@@ -653,6 +656,7 @@ impl Encapsulation for EbpfBackend {
             .map_err(|e| other(format!("create {}", pin_dir.display()), e))?;
         let previous = read_config(&pin_dir);
 
+        let tunnel_phase = crate::timing::phase("ebpf.tunnel");
         let nl = Netlink::new()?;
         let underlay = Self::underlay_link(&nl, plan).await?;
         let tunnel = tunnel::ensure_tunnel(&nl, plan).await?;
@@ -678,6 +682,8 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
+        drop(tunnel_phase);
+        let tc_phase = crate::timing::phase("ebpf.tc_list");
         tc::ensure_clsact(nl.handle(), tunnel.index).await?;
         if tc::ensure_clsact(nl.handle(), underlay.index).await? {
             config.agent_flags |= AGENT_OWNS_UNDERLAY_CLSACT;
@@ -749,6 +755,7 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
+        drop(tc_phase);
         let attached = self.load_and_attach(
             plan,
             &pin_dir,
@@ -767,7 +774,10 @@ impl Encapsulation for EbpfBackend {
         }
 
         // The route last: traffic reaches the tunnel only once encap is there.
+        let route_phase = crate::timing::phase("ebpf.route");
         tunnel::ensure_route(&nl, plan, tunnel.index).await?;
+        drop(route_phase);
+        let _endpoints_phase = crate::timing::phase("ebpf.endpoints");
 
         // A network the refresher already follows (a reconcile pass) is
         // left to it: a sync here would read every link and neighbour of the

@@ -232,6 +232,7 @@ impl HostSetup {
     /// Makes the host match the plan; idempotent.
     pub async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
         let gateway = gateway_address(plan)?;
+        let bridge_phase = crate::timing::phase("host.bridge");
         let bridge = self.ensure_bridge(plan).await?;
         let index = bridge.index;
 
@@ -262,7 +263,9 @@ impl HostSetup {
         if !bridge.up {
             self.netlink.set_up(index, true).await?;
         }
+        drop(bridge_phase);
 
+        let sysctl_phase = crate::timing::phase("host.sysctl");
         sysctl::set_ip_forward(true)?;
         // The kernel uses max(all, dev) for rp_filter, so loose on the device
         // wins over a strict `all`.
@@ -273,7 +276,9 @@ impl HostSetup {
         // Decapsulated packets arrive on the underlay device with overlay
         // sources: strict rp_filter would drop them.
         sysctl::set_rp_filter(&plan.underlay_interface, sysctl::RP_FILTER_LOOSE)?;
+        drop(sysctl_phase);
 
+        let _nft_phase = crate::timing::phase("host.nft");
         if nft::needs_table(plan) {
             self.nft.ensure_table(plan).await?;
         } else {
