@@ -55,6 +55,9 @@ impl KernelDataplane {
         host: HostSetup,
         backends: Vec<Box<dyn Encapsulation>>,
     ) -> Self {
+        for backend in &backends {
+            backend.use_netlink(&netlink);
+        }
         KernelDataplane {
             netlink,
             host,
@@ -123,10 +126,16 @@ impl Dataplane for KernelDataplane {
         debug!(network = %plan.network_id, backend = %plan.backend, "apply");
         {
             let _phase = crate::timing::phase("host");
-            self.host.apply(plan).await?;
+            self.host.apply_devices(plan).await?;
         }
-        let _phase = crate::timing::phase("backend");
-        backend.apply(plan).await
+        // The nft table needs nothing the backend makes (and the reverse):
+        // the `nft` process runs while the backend loads its programs.
+        let backend_apply = async {
+            let _phase = crate::timing::phase("backend");
+            backend.apply(plan).await
+        };
+        let (nft, encap) = tokio::join!(self.host.apply_nft(plan), backend_apply);
+        nft.and(encap)
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {

@@ -255,6 +255,10 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub trait Encapsulation: Send + Sync {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+    /// Gives the backend the data plane's netlink connection, used by
+    /// every later operation instead of a connection of its own (its
+    /// calls are serialized by the data plane, see [`KernelDataplane`]).
+    fn use_netlink(&self, _netlink: &netlink::Netlink) {}
     /// Probes the kernel: can this backend run here?
     async fn availability(&self) -> Availability;
     /// Makes the kernel match the plan's encapsulation; idempotent, adopts

@@ -301,6 +301,28 @@ fn parse_route(msg: RouteMessage) -> Option<Route4> {
     Some(route)
 }
 
+/// Where a backend gets its netlink connection: the data plane's own,
+/// injected once ([`crate::Encapsulation::use_netlink`]) and shared by every
+/// operation, or, for a backend driven on its own (tests, each call on its
+/// own runtime), a fresh connection per operation.
+#[derive(Debug, Default)]
+pub struct NetlinkSlot(std::sync::OnceLock<Netlink>);
+
+impl NetlinkSlot {
+    /// Uses `netlink` from now on (the first injection wins).
+    pub fn set(&self, netlink: &Netlink) {
+        let _ = self.0.set(netlink.clone());
+    }
+
+    /// The injected connection, or a new one.
+    pub fn get(&self) -> Result<Netlink> {
+        match self.0.get() {
+            Some(netlink) => Ok(netlink.clone()),
+            None => Netlink::new(),
+        }
+    }
+}
+
 /// The rtnetlink connection of the agent (cheap to clone: clones share one socket).
 #[derive(Clone, Debug)]
 pub struct Netlink {
@@ -919,12 +941,16 @@ mod batch {
 
     impl BatchSocket {
         pub(super) fn open() -> io::Result<Self> {
+            Self::open_protocol(libc::NETLINK_ROUTE)
+        }
+
+        fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
             // SAFETY: plain socket(2); the fd is owned right away.
             let raw = check(unsafe {
                 libc::socket(
                     libc::AF_NETLINK,
                     libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_ROUTE,
+                    protocol,
                 )
             })?;
             // SAFETY: raw is a fresh fd nobody else owns.
@@ -1104,6 +1130,66 @@ mod batch {
         }
     }
 
+    /// The nf_tables ruleset generation (NFT_MSG_GETGEN): it changes with
+    /// every committed nftables transaction in this network namespace.
+    pub(super) fn nft_generation() -> io::Result<u32> {
+        const NFNL_SUBSYS_NFTABLES: u16 = 10;
+        const NFT_MSG_GETGEN: u16 = 16;
+        const NFTA_GEN_ID: u16 = 1;
+        const KIND: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+        // The socket's receive timeout (30 s) bounds a kernel that never answers.
+        let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+        // nlmsghdr + struct nfgenmsg { family AF_UNSPEC, version 0, res_id 0 }.
+        let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
+        request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
+        request.extend_from_slice(&KIND.to_ne_bytes());
+        request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        request.extend_from_slice(&1u32.to_ne_bytes());
+        request.extend_from_slice(&0u32.to_ne_bytes());
+        request.extend_from_slice(&[0; 4]);
+        socket.send(&request)?;
+        let mut buf = vec![0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        parse_generation(&buf[..n], KIND, NFTA_GEN_ID)
+    }
+
+    /// NFTA_GEN_ID of a NEWGEN answer (or the errno of an NLMSG_ERROR).
+    pub(super) fn parse_generation(data: &[u8], kind: u16, attr: u16) -> io::Result<u32> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        if data.len() < NLMSG_HDRLEN {
+            return Err(invalid("short netlink answer"));
+        }
+        let len = (u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize)
+            .clamp(NLMSG_HDRLEN, data.len());
+        let msg_kind = u16::from_ne_bytes([data[4], data[5]]);
+        let p = &data[NLMSG_HDRLEN..len];
+        if msg_kind == NLMSG_ERROR {
+            let error = p
+                .get(0..4)
+                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(-libc::EIO);
+            return Err(io::Error::from_raw_os_error(error.saturating_abs().max(1)));
+        }
+        if msg_kind != kind || p.len() < 4 {
+            return Err(invalid("unexpected nf_tables answer"));
+        }
+        // After struct nfgenmsg (4 bytes): attributes.
+        let mut offset = 4;
+        while offset + 4 <= p.len() {
+            let alen = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+            let akind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+            if alen < 4 || offset + alen > p.len() {
+                break;
+            }
+            if akind == attr && alen >= 8 {
+                let v = &p[offset + 4..offset + 8];
+                return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+            }
+            offset += (alen + 3) & !3;
+        }
+        Err(invalid("nf_tables answer without a generation id"))
+    }
+
     impl BatchSocket {
         /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
         /// and parses them straight from the bytes.
@@ -1240,6 +1326,13 @@ mod batch {
         }
         out
     }
+}
+
+/// The nf_tables ruleset generation of this network namespace: it changes
+/// with every committed nftables transaction, so an unchanged generation
+/// means an unchanged ruleset (used to skip `nft` listings).
+pub fn nft_generation() -> Result<u32> {
+    batch::nft_generation().map_err(|e| DataplaneError::other("nf_tables generation", e))
 }
 
 impl Netlink {
@@ -1520,6 +1613,37 @@ mod tests {
         data.extend(ack(42, -17));
         assert_eq!(batch::acks(&data), vec![(41, 0), (42, 17)]);
         assert_eq!(batch::acks(&data[..30]), vec![]);
+    }
+
+    #[test]
+    fn nft_generation_answers_parse() {
+        const KIND: u16 = 0x0a10;
+        // NEWGEN: header, nfgenmsg, NFTA_GEN_ID (big endian), NFTA_GEN_PROC_PID.
+        let mut answer = Vec::new();
+        answer.extend_from_slice(&36u32.to_ne_bytes());
+        answer.extend_from_slice(&KIND.to_ne_bytes());
+        answer.extend_from_slice(&[0; 10]);
+        answer.extend_from_slice(&[0; 4]);
+        answer.extend_from_slice(&8u16.to_ne_bytes());
+        answer.extend_from_slice(&1u16.to_ne_bytes());
+        answer.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        answer.extend_from_slice(&8u16.to_ne_bytes());
+        answer.extend_from_slice(&2u16.to_ne_bytes());
+        answer.extend_from_slice(&77u32.to_be_bytes());
+        assert_eq!(
+            batch::parse_generation(&answer, KIND, 1).unwrap(),
+            0x0102_0304
+        );
+        // Without the attribute, another message kind, an error answer.
+        assert!(batch::parse_generation(&answer[..20], KIND, 1).is_err());
+        assert!(batch::parse_generation(&answer, KIND + 1, 1).is_err());
+        let mut error = Vec::new();
+        error.extend_from_slice(&20u32.to_ne_bytes());
+        error.extend_from_slice(&2u16.to_ne_bytes());
+        error.extend_from_slice(&[0; 10]);
+        error.extend_from_slice(&(-libc::EPERM).to_ne_bytes());
+        let err = batch::parse_generation(&error, KIND, 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
 
     #[test]

@@ -52,7 +52,7 @@ use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
 use crate::host::Errors;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Link, Netlink, NetlinkSlot};
 use crate::{
     Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
     Observation, Result,
@@ -118,9 +118,12 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
             loader.map_pin_path(name, dir.join(name));
         }
     }
+    let object_phase = crate::timing::phase("ebpf.load.object");
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| other("load eBPF object", error_chain(&e)))?;
+    drop(object_phase);
+    let _programs_phase = crate::timing::phase("ebpf.load.verify");
     for name in [ENCAP_PROGRAM, DECAP_PROGRAM] {
         program(&mut ebpf, name)?
             .load()
@@ -130,6 +133,7 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
 }
 
 fn load_fast_path(ebpf: &mut Ebpf) -> Result<()> {
+    let _phase = crate::timing::phase("ebpf.load.verify");
     program(ebpf, FASTPATH_PROGRAM)?
         .load()
         .map_err(|e| other(format!("load program {FASTPATH_PROGRAM}"), error_chain(&e)))
@@ -319,6 +323,8 @@ pub struct EbpfBackend {
     synced: endpoints::Registry,
     /// The one task doing that for all of them (started with the first).
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The data plane's connection (or one per operation).
+    netlink: NetlinkSlot,
 }
 
 impl EbpfBackend {
@@ -333,6 +339,7 @@ impl EbpfBackend {
             program_tags: Mutex::new(HashMap::new()),
             synced: Default::default(),
             refresher: Mutex::new(None),
+            netlink: NetlinkSlot::default(),
         }
     }
 
@@ -372,7 +379,7 @@ impl EbpfBackend {
     /// `apply` starts a task doing this on netlink events; call this when
     /// the runtime does not run continuously (tests) or to force a sync.
     pub async fn refresh_endpoints(&self, plan: &NetworkPlan) -> Result<usize> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         endpoints::refresh(&nl, plan, &self.pin_dir(plan)?).await
     }
 
@@ -436,7 +443,7 @@ impl EbpfBackend {
                 .is_some_and(|t| !t.is_finished())
     }
 
-    fn ensure_refresher(&self, nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
+    fn ensure_refresher(&self, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
         self.synced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -448,7 +455,12 @@ impl EbpfBackend {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
         }
-        *task = Some(endpoints::spawn_refresher(nl.clone(), self.synced.clone())?);
+        // A connection of its own: its dumps run outside the data plane's
+        // serialization, and one socket allows one dump at a time.
+        *task = Some(endpoints::spawn_refresher(
+            Netlink::new()?,
+            self.synced.clone(),
+        )?);
         Ok(())
     }
 
@@ -626,6 +638,10 @@ impl Encapsulation for EbpfBackend {
         BackendKind::Ebpf
     }
 
+    fn use_netlink(&self, netlink: &Netlink) {
+        self.netlink.set(netlink);
+    }
+
     async fn availability(&self) -> Availability {
         // Loading both programs makes the verifier check the program type
         // and every helper (skb_adjust_room, redirect_neigh, redirect_peer).
@@ -657,7 +673,7 @@ impl Encapsulation for EbpfBackend {
         let previous = read_config(&pin_dir);
 
         let tunnel_phase = crate::timing::phase("ebpf.tunnel");
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let underlay = Self::underlay_link(&nl, plan).await?;
         let tunnel = tunnel::ensure_tunnel(&nl, plan).await?;
         let tunnel_mac = tunnel.mac.ok_or_else(|| {
@@ -789,7 +805,7 @@ impl Encapsulation for EbpfBackend {
             }
         }
         if self.peer_fast_path {
-            self.ensure_refresher(&nl, plan, &pin_dir)?;
+            self.ensure_refresher(plan, &pin_dir)?;
         } else {
             self.stop_refresher(&plan.network_id);
         }
@@ -807,7 +823,7 @@ impl Encapsulation for EbpfBackend {
         };
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let tunnel_name = tunnel::tunnel_name(plan.index);
 
         // Tunnel device.
@@ -985,7 +1001,7 @@ impl Encapsulation for EbpfBackend {
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;
         let config = read_config(&pin_dir);
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
 
         errors.record(tunnel::delete_route(&nl, plan).await);
 

@@ -22,8 +22,10 @@
 //! (`add table; delete table; add table …`), so it is idempotent and never
 //! leaves a half-written ruleset.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
@@ -344,9 +346,27 @@ fn render_expr(expr: &Value) -> String {
 }
 
 /// Runs the `nft` binary.
+///
+/// Listings are cached by the kernel's ruleset generation
+/// ([`crate::netlink::nft_generation`], one netlink round trip): while it
+/// has not moved, no table changed, so a reconcile pass over unchanged
+/// networks spawns no `nft` at all. Counters change without a new
+/// generation: callers that need them list the table ([`Nft::list_table`]).
 #[derive(Debug, Clone)]
 pub struct Nft {
     program: PathBuf,
+    cache: Arc<Mutex<Listings>>,
+}
+
+/// Table summaries ([`summarize`]; `None`: absent) valid at `generation`.
+#[derive(Debug, Default)]
+struct Listings {
+    generation: Option<u32>,
+    tables: HashMap<String, Option<Vec<String>>>,
+}
+
+fn generation() -> Option<u32> {
+    crate::netlink::nft_generation().ok()
 }
 
 impl Default for Nft {
@@ -363,6 +383,7 @@ impl Nft {
     pub fn new() -> Self {
         Nft {
             program: PathBuf::from("nft"),
+            cache: Arc::default(),
         }
     }
 
@@ -370,6 +391,7 @@ impl Nft {
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Nft {
             program: program.into(),
+            cache: Arc::default(),
         }
     }
 
@@ -456,22 +478,93 @@ impl Nft {
             .map_err(|e| DataplaneError::other(context, format!("parse nft JSON: {e}")))
     }
 
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Listings> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached summary of table `name` if the ruleset is still at
+    /// `generation`: `Some(None)` for a table known absent.
+    fn cached(&self, name: &str, generation: Option<u32>) -> Option<Option<Vec<String>>> {
+        let cache = self.lock_cache();
+        if generation.is_none() || cache.generation != generation {
+            return None;
+        }
+        cache.tables.get(name).cloned()
+    }
+
+    /// Remembers `summary` for table `name` at `generation` (a new
+    /// generation forgets every other table).
+    fn remember(&self, name: &str, generation: Option<u32>, summary: Option<Vec<String>>) {
+        let Some(generation) = generation else {
+            return;
+        };
+        let mut cache = self.lock_cache();
+        if cache.generation != Some(generation) {
+            cache.generation = Some(generation);
+            cache.tables.clear();
+        }
+        cache.tables.insert(name.to_string(), summary);
+    }
+
+    /// Runs a script that changes only table `name`, and remembers the
+    /// table as `summary` when the ruleset moved by exactly that one
+    /// transaction (the generation counts commits).
+    async fn run_table_script(
+        &self,
+        context: &str,
+        script: &str,
+        name: &str,
+        summary: Option<Vec<String>>,
+    ) -> Result<()> {
+        let before = generation();
+        let result = self.run_script(context, script).await;
+        let after = generation();
+        if result.is_ok() && before.is_some() && after == before.map(|g| g.wrapping_add(1)) {
+            self.remember(name, after, summary);
+        }
+        result
+    }
+
+    /// The [`summarize`]d table `name` (`None`: absent), from the cache
+    /// while the ruleset generation has not moved.
+    pub async fn table_summary(&self, name: &str) -> Result<Option<Vec<String>>> {
+        let before = generation();
+        if let Some(summary) = self.cached(name, before) {
+            return Ok(summary);
+        }
+        let summary = self.list_table(name).await?.map(|l| summarize(&l));
+        // Cached only when nothing changed while nft listed.
+        if generation() == before {
+            self.remember(name, before, summary.clone());
+        }
+        Ok(summary)
+    }
+
     /// Creates or replaces the network's table (masquerade and
     /// anti-spoofing rules as the plan asks).
     pub async fn apply_table(&self, plan: &NetworkPlan) -> Result<()> {
         let context = format!("apply {}", table_object(&plan.network_id));
-        self.run_script(&context, &apply_script(plan)?).await
+        let name = table_name(&plan.network_id);
+        self.run_table_script(
+            &context,
+            &apply_script(plan)?,
+            &name,
+            Some(expected_summary(plan)),
+        )
+        .await
     }
 
     /// Like [`Nft::apply_table`], but leaves a table that already
     /// lists as the plan wants alone: every reconcile pass applies every
     /// network, and rewriting a table costs a kernel transaction that grows
-    /// with the number of tables (a listing is read-only and cheap).
+    /// with the number of tables. Known from the cache (no `nft` run) while
+    /// the ruleset generation has not moved; otherwise written without
+    /// listing it first (the script replaces the table atomically anyway).
     pub async fn ensure_table(&self, plan: &NetworkPlan) -> Result<()> {
         let name = table_name(&plan.network_id);
         check_table_name(&name)?;
-        if let Ok(Some(listing)) = self.list_table(&name).await {
-            if summarize(&listing) == expected_summary(plan) {
+        if let Some(Some(summary)) = self.cached(&name, generation()) {
+            if summary == expected_summary(plan) {
                 return Ok(());
             }
         }
@@ -481,11 +574,12 @@ impl Nft {
     /// Removes the network's table; absent (or no nft binary) is success.
     pub async fn delete_table(&self, network_id: &str) -> Result<()> {
         let name = table_name(network_id);
-        if self.list_table(&name).await?.is_none() {
+        if self.table_summary(&name).await?.is_none() {
             return Ok(());
         }
         let context = format!("delete {}", table_object(network_id));
-        self.run_script(&context, &delete_script(network_id)?).await
+        self.run_table_script(&context, &delete_script(network_id)?, &name, None)
+            .await
     }
 }
 

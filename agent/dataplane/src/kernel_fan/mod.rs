@@ -57,7 +57,7 @@ use tracing::{info, warn};
 use crate::host::Errors;
 use crate::ipip::device::{self, Role, TunnelDevice};
 use crate::ipip::{probe, routes};
-use crate::netlink::{Netlink, Route4, TABLE_MAIN};
+use crate::netlink::{Netlink, NetlinkSlot, Route4, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
     Result, ROUTE_PROTOCOL,
@@ -86,12 +86,14 @@ pub fn detect() -> std::result::Result<String, String> {
 
 /// Ubuntu's kernel fan map backend. See the module docs.
 #[derive(Debug, Default)]
-pub struct KernelFanBackend {}
+pub struct KernelFanBackend {
+    netlink: NetlinkSlot,
+}
 
 impl KernelFanBackend {
     /// The backend (stateless: the maps live in the kernel).
     pub fn new() -> Self {
-        KernelFanBackend {}
+        KernelFanBackend::default()
     }
 
     fn want(plan: &NetworkPlan) -> FanMapping {
@@ -191,6 +193,10 @@ impl Encapsulation for KernelFanBackend {
         BackendKind::KernelFan
     }
 
+    fn use_netlink(&self, netlink: &Netlink) {
+        self.netlink.set(netlink);
+    }
+
     async fn availability(&self) -> Availability {
         let (available, reason) = match detect() {
             Ok(version) => (
@@ -215,7 +221,7 @@ impl Encapsulation for KernelFanBackend {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut drifts = Vec::new();
         let devices = device::owned(&nl, plan, Role::KernelFan).await?;
         let Some(dev) = devices.first() else {
@@ -286,7 +292,7 @@ impl Encapsulation for KernelFanBackend {
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut errors = Errors::new();
         let _guard = device::lock().await;
         let Some(devices) = errors.record(device::owned(&nl, plan, Role::KernelFan).await) else {
@@ -314,7 +320,7 @@ impl KernelFanBackend {
     /// kernel fan is detected. Public so that tests can drive it on a
     /// kernel without the patch and check that it fails cleanly.
     pub async fn apply_unchecked(&self, plan: &NetworkPlan) -> Result<()> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let dev = {
             let _guard = device::lock().await;
             let dev = device::ensure(&nl, plan, Role::KernelFan).await?;
