@@ -72,6 +72,21 @@ pub struct NetworkPlan {
     pub backend: BackendKind,
 }
 
+impl NetworkPlan {
+    /// The overlay's catch-all route through a tunnel device (`overlay dev
+    /// TUNNEL src GATEWAY proto 250`), the same for every backend that
+    /// routes into a tunnel.
+    pub fn overlay_route(&self, tunnel_index: u32) -> netlink::Route4 {
+        netlink::Route4 {
+            oif: Some(tunnel_index),
+            src: Some(self.gateway),
+            protocol: ROUTE_PROTOCOL,
+            scope: Some(netlink::RouteScope::Link),
+            ..netlink::Route4::new(self.overlay)
+        }
+    }
+}
+
 /// A concrete encapsulation backend. All produce the same wire format:
 /// outer IPv4 with protocol 4 (RFC 2003), inner packet unchanged.
 #[derive(

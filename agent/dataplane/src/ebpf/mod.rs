@@ -518,7 +518,9 @@ impl EbpfBackend {
         }
 
         let load_phase = crate::timing::phase("ebpf.load");
+        let pins_phase = crate::timing::phase("ebpf.load.pins");
         drop_incompatible_pins(pin_dir);
+        drop(pins_phase);
         let mut ebpf = load_object(Some(pin_dir))?;
         let fast = match fast {
             Some(site) => match load_fast_path(&mut ebpf) {
@@ -538,6 +540,7 @@ impl EbpfBackend {
 
         // Config before attach: a new filter never runs unconfigured.
         {
+            let _phase = crate::timing::phase("ebpf.load.config");
             let map = ebpf
                 .map_mut(CONFIG_MAP)
                 .ok_or_else(|| other("eBPF object", "no config map"))?;
@@ -862,7 +865,7 @@ impl Encapsulation for EbpfBackend {
         let route_ok = tunnel.as_ref().is_some_and(|t| {
             routes
                 .iter()
-                .any(|r| tunnel::route_matches(r, &tunnel::overlay_route(plan, t.index)))
+                .any(|r| tunnel::route_matches(r, &plan.overlay_route(t.index)))
         });
         if !route_ok {
             let observed = if routes.is_empty() {

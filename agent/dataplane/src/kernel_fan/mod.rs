@@ -56,7 +56,7 @@ use tracing::{info, warn};
 
 use crate::host::Errors;
 use crate::ipip::device::{self, Role, TunnelDevice};
-use crate::ipip::{probe, routes};
+use crate::ipip::probe;
 use crate::netlink::{Netlink, NetlinkSlot, Route4, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
@@ -148,7 +148,7 @@ impl KernelFanBackend {
     }
 
     async fn ensure_route(nl: &Netlink, plan: &NetworkPlan, tunnel_index: u32) -> Result<()> {
-        let want = routes::overlay_route(plan, tunnel_index);
+        let want = plan.overlay_route(tunnel_index);
         let current: Vec<Route4> = nl
             .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
@@ -265,7 +265,7 @@ impl Encapsulation for KernelFanBackend {
             }),
         }
 
-        let route = routes::overlay_route(plan, dev.link.index);
+        let route = plan.overlay_route(dev.link.index);
         let present = nl
             .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
