@@ -22,6 +22,7 @@ use ipnetwork::Ipv4Network;
 pub mod ebpf;
 pub mod host;
 pub mod ipip;
+pub mod iptun;
 pub mod kernel;
 pub mod kernel_fan;
 pub mod netlink;

@@ -36,6 +36,7 @@
 pub mod endpoints;
 pub mod maps;
 pub mod pin;
+mod observe;
 mod prog_info;
 pub mod tc;
 pub mod tunnel;
@@ -54,7 +55,7 @@ use tracing::{debug, info, warn};
 use crate::host::Errors;
 use crate::netlink::{Link, Netlink, NetlinkSlot};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
+    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan,
     Observation, Result,
 };
 
@@ -816,186 +817,39 @@ impl Encapsulation for EbpfBackend {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let mut drifts = Vec::new();
-        let mut drift = |object: String, expected: String, observed: String| {
-            drifts.push(Drift {
-                object,
-                expected,
-                observed,
-            })
-        };
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;
         let nl = self.netlink.get()?;
-        let tunnel_name = tunnel::tunnel_name(plan.index);
-
-        // Tunnel device.
-        let tunnel_object = format!("tunnel device {tunnel_name}");
-        let expected_tunnel = format!("veth, mtu {}, arp off, up", plan.mtu);
-        let tunnel = match tunnel::owned_tunnel(&nl, plan).await {
-            Ok(Some(link)) => {
-                let observed = format!(
-                    "veth, mtu {}, arp {}, {}",
-                    link.mtu,
-                    if link.noarp { "off" } else { "on" },
-                    if link.up { "up" } else { "down" }
-                );
-                if observed != expected_tunnel {
-                    drift(tunnel_object, expected_tunnel, observed);
-                }
-                Some(link)
-            }
-            Ok(None) => {
-                drift(tunnel_object, expected_tunnel, "absent".into());
-                None
-            }
-            Err(e) => {
-                drift(tunnel_object, expected_tunnel, e.to_string());
-                None
-            }
-        };
-
-        // Route.
-        let route_object = format!("route {}", plan.overlay);
-        let expected_route = format!(
-            "dev {tunnel_name} src {} proto {ROUTE_PROTOCOL}",
-            plan.gateway
-        );
-        let routes = tunnel::overlay_routes(&nl, plan).await?;
-        let route_ok = tunnel.as_ref().is_some_and(|t| {
-            routes
-                .iter()
-                .any(|r| tunnel::route_matches(r, &plan.overlay_route(t.index)))
-        });
-        if !route_ok {
-            let observed = if routes.is_empty() {
-                "absent".to_string()
-            } else {
-                let names = nl.links().await.unwrap_or_default();
-                let name_of = |i: u32| {
-                    names
-                        .iter()
-                        .find(|l| l.index == i)
-                        .map(|l| l.name.clone())
-                        .unwrap_or_else(|| format!("#{i}"))
-                };
-                routes
-                    .iter()
-                    .map(|r| tunnel::describe_route(r, name_of))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            drift(route_object, expected_route, observed);
-        }
-
-        // Pinned maps and config.
-        let mut maps_present = true;
-        for name in maps::ALL_MAPS {
-            let path = pin_dir.join(name);
-            if MapInfo::from_pin(&path).is_err() {
-                maps_present = false;
-                drift(
-                    format!("pinned map {}", path.display()),
-                    "present".into(),
-                    "absent".into(),
-                );
-            }
-        }
-        let pinned = pinned_map_ids(&pin_dir);
-        let config_id = config_map_id(&pin_dir);
+        let mut drifts = observe::Drifts::default();
+        let tunnel = observe::tunnel_device(&nl, plan, &mut drifts).await;
+        observe::overlay_route(&nl, plan, tunnel.as_ref(), &mut drifts).await?;
+        let maps_present = observe::pinned_maps(&pin_dir, &mut drifts);
         let underlay = nl.link_by_name(&plan.underlay_interface).await?;
-        if let (Some(cfg), Ok(mut want)) = (read_config(&pin_dir), maps::config_from_plan(plan)) {
-            want.underlay_ifindex = underlay.as_ref().map(|l| l.index).unwrap_or(0);
-            want.tunnel_ifindex = tunnel.as_ref().map(|l| l.index).unwrap_or(0);
-            if self.peer_fast_path {
-                want.flags |= FLAG_PEER_FASTPATH;
-            }
-            if self.egress_fast_path_active() {
-                want.flags |= FLAG_EGRESS_FASTPATH;
-            }
-            let got = FanConfig {
-                agent_flags: 0,
-                tunnel_mac: [0; 6],
-                ..cfg
-            };
-            let want = FanConfig {
-                agent_flags: 0,
-                tunnel_mac: [0; 6],
-                ..want
-            };
-            if got != want {
-                drift(
-                    format!("eBPF config of network {}", plan.network_id),
-                    format!("{want:?}"),
-                    format!("{got:?}"),
-                );
-            }
-        }
-
-        // Filters.
-        let mut sites = Vec::new();
-        if let Some(t) = &tunnel {
-            sites.push((ENCAP_PROGRAM, t.name.clone(), t.index, Hook::Egress));
-        } else {
-            drift(
-                format!("tc filter {ENCAP_PROGRAM} on {tunnel_name} egress"),
-                format!("bpf pref {priority} handle {TC_HANDLE:#x}"),
-                "absent (no tunnel device)".into(),
-            );
-        }
-        match &underlay {
-            Some(u) => sites.push((DECAP_PROGRAM, u.name.clone(), u.index, Hook::Ingress)),
-            None => drift(
-                format!("underlay device {}", plan.underlay_interface),
-                "present".into(),
-                "absent".into(),
-            ),
-        }
-        // The bridge itself is the host part's to report when absent.
-        if self.egress_fast_path_active() {
-            if let Some(b) = nl.link_by_name(&plan.bridge).await? {
-                sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
-            }
-        }
-        for (program, interface, ifindex, hook) in sites {
-            let object = format!("tc filter {program} on {interface} {}", hook.as_str());
-            let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");
-            let filters = tc::list_filters_at(nl.handle(), ifindex, hook, priority).await?;
-            let (main, extra) = Self::ours(&filters, priority, program);
-            match main {
-                None => drift(object, expected, "absent".into()),
-                Some(f) if f.name.as_deref() != Some(program) => drift(
-                    object,
-                    expected,
-                    format!("bpf {} at our priority", f.name.as_deref().unwrap_or("?")),
-                ),
-                Some(f) => {
-                    if maps_present
-                        && !f
-                            .prog_id
-                            .is_some_and(|id| uses_pinned_maps(id, pinned.as_ref(), config_id))
-                    {
-                        drift(
-                            object.clone(),
-                            format!("uses the maps pinned in {}", pin_dir.display()),
-                            "uses other maps".into(),
-                        );
-                    }
-                    if !extra.is_empty() {
-                        drift(
-                            object,
-                            "one filter".into(),
-                            format!("{} filters", extra.len() + 1),
-                        );
-                    }
-                }
-            }
-        }
-
+        self.observe_config(
+            plan,
+            &pin_dir,
+            underlay.as_ref(),
+            tunnel.as_ref(),
+            &mut drifts,
+        );
+        self.observe_filters(
+            &nl,
+            plan,
+            &pin_dir,
+            priority,
+            maps_present,
+            tunnel.as_ref(),
+            underlay.as_ref(),
+            &mut drifts,
+        )
+        .await?;
         let counters = read_counter_slots(&pin_dir)
             .ok()
             .map(|slots| maps::counters_from_slots(&slots));
-        Ok(Observation { drifts, counters })
+        Ok(Observation {
+            drifts: drifts.0,
+            counters,
+        })
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {

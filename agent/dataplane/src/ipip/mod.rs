@@ -38,9 +38,9 @@
 //! two hosts, ping and TCP both ways, interop with the eBPF backend in both
 //! directions, and the /16 install and removal times.
 
-pub mod device;
-pub mod probe;
 pub mod routes;
+
+use crate::iptun::{device, probe};
 
 #[cfg(test)]
 mod kernel_tests;

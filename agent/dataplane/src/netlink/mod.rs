@@ -714,6 +714,7 @@ pub fn watch_ipv4_addresses() -> Result<tokio::sync::mpsc::Receiver<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::route::RouteFlags;
 
     #[test]
     fn route_scope_defaults_like_iproute2() {

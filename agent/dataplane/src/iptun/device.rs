@@ -28,7 +28,7 @@ use netlink_packet_route::link::{
 };
 use tracing::{info, warn};
 
-use crate::kernel_fan::abi::{ipip_info_data, FanMapping};
+use super::fan_map::{ipip_info_data, FanMapping};
 use crate::netlink::{Link, Netlink, IFNAME_MAX};
 use crate::{sysctl, DataplaneError, NetworkPlan, Result};
 
@@ -226,7 +226,7 @@ pub fn create_message(name: &str, params: &TunnelParams, mtu: u32) -> LinkMessag
 /// changelink resets every parameter the request leaves out.
 pub fn change_message(index: u32, params: &TunnelParams, maps: &[FanMapping]) -> LinkMessage {
     let mut data = params.attributes();
-    data.push(crate::kernel_fan::abi::fan_map_nla(maps));
+    data.push(super::fan_map::fan_map_nla(maps));
     let mut message = LinkMessage::default();
     message.header.index = index;
     message.attributes = vec![link_info(data)];
