@@ -44,7 +44,7 @@ pub mod tunnel;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use async_trait::async_trait;
 use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
@@ -109,12 +109,13 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> DataplaneErro
 /// is loaded on demand ([`load_fast_path`]): it needs Linux 5.12
 /// (`bpf_check_mtu`), the rest of the backend 5.10.
 fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    // The programs use only the stable __sk_buff context and packet data, so no
-    // CO-RE relocation needs the kernel's BTF: parsing /sys/kernel/btf/vmlinux
-    // on every load would cost ~20 MiB of agent RSS and tens of milliseconds.
-    loader.btf(None);
+    let loader = match pin_dir {
+        Some(_) => &PINNED_LOADER,
+        None => &PROBE_LOADER,
+    };
+    let mut loader = loader.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(dir) = pin_dir {
+        // Every map's path, every time: nothing of the last network's stays.
         for name in maps::ALL_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -124,6 +125,7 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
         .load(OBJECT)
         .map_err(|e| other("load eBPF object", error_chain(&e)))?;
     drop(object_phase);
+    drop(loader);
     let _programs_phase = crate::timing::phase("ebpf.load.verify");
     for name in [ENCAP_PROGRAM, DECAP_PROGRAM] {
         program(&mut ebpf, name)?
@@ -132,6 +134,21 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
     }
     Ok(ebpf)
 }
+
+/// A loader without kernel BTF. The programs use only the stable
+/// __sk_buff context and packet data, so no CO-RE relocation needs it; but
+/// `EbpfLoader::new` parses /sys/kernel/btf/vmlinux all the same (~20 ms
+/// and ~20 MiB each time), so a loader is made once per process and reused.
+fn loader_without_btf() -> Mutex<EbpfLoader<'static>> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    Mutex::new(loader)
+}
+
+/// The loader of the networks' objects (their pin paths are set on each use).
+static PINNED_LOADER: LazyLock<Mutex<EbpfLoader<'static>>> = LazyLock::new(loader_without_btf);
+/// The loader of the availability probe (no pins).
+static PROBE_LOADER: LazyLock<Mutex<EbpfLoader<'static>>> = LazyLock::new(loader_without_btf);
 
 fn load_fast_path(ebpf: &mut Ebpf) -> Result<()> {
     let _phase = crate::timing::phase("ebpf.load.verify");
@@ -647,6 +664,9 @@ impl Encapsulation for EbpfBackend {
     }
 
     async fn availability(&self) -> Availability {
+        // The agent probes at start: the networks' loader is made then
+        // too, not on the first create.
+        LazyLock::force(&PINNED_LOADER);
         // Loading both programs makes the verifier check the program type
         // and every helper (skb_adjust_room, redirect_neigh, redirect_peer).
         let (available, reason) = match load_object(None) {
