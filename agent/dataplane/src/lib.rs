@@ -279,6 +279,12 @@ pub trait Encapsulation: Send + Sync {
     async fn availability(&self) -> Availability;
     /// Makes the kernel match the plan's encapsulation; idempotent, adopts
     /// objects a previous agent process made instead of duplicating them.
+    ///
+    /// Serialisation: `apply`, `observe` and `remove` of the backends of one
+    /// network namespace must not overlap (networks of the ipip and
+    /// kernel-fan backends share tunnel devices, whose ifalias records the
+    /// users: a read-modify-write). [`KernelDataplane`] runs every call
+    /// under its one lock; code driving backends itself does the same.
     async fn apply(&self, plan: &NetworkPlan) -> Result<()>;
     /// Reports differences from the plan, and counters.
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation>;

@@ -149,10 +149,7 @@ impl Encapsulation for IpipBackend {
     async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
         probe::ipip_module().map_err(Self::unavailable)?;
         let nl = self.netlink.get()?;
-        let dev = {
-            let _guard = device::lock().await;
-            device::ensure(&nl, plan, Role::Ipip).await?
-        };
+        let dev = device::ensure(&nl, plan, Role::Ipip).await?;
         let desired = routes::desired_routes(plan, dev.link.index)?;
         let current = nl.ipv4_routes_bulk(Some(TABLE_MAIN)).await?;
         let diff = routes::diff(desired, &current, dev.link.index, plan.overlay);
@@ -234,7 +231,6 @@ impl Encapsulation for IpipBackend {
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
         let nl = self.netlink.get()?;
         let mut errors = Errors::new();
-        let _guard = device::lock().await;
         let Some(devices) = errors.record(device::owned(&nl, plan, Role::Ipip).await) else {
             return errors.into_result();
         };

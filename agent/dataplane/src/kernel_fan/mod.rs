@@ -293,7 +293,6 @@ impl Encapsulation for KernelFanBackend {
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
         let nl = self.netlink.get()?;
         let mut errors = Errors::new();
-        let _guard = device::lock().await;
         let Some(devices) = errors.record(device::owned(&nl, plan, Role::KernelFan).await) else {
             return errors.into_result();
         };
@@ -321,7 +320,6 @@ impl KernelFanBackend {
     pub async fn apply_unchecked(&self, plan: &NetworkPlan) -> Result<()> {
         let nl = self.netlink.get()?;
         let dev = {
-            let _guard = device::lock().await;
             let dev = device::ensure(&nl, plan, Role::KernelFan).await?;
             if let Err(e) = Self::ensure_map(&nl, plan, &dev).await {
                 // Do not leave a device (or our name on a shared one) behind
