@@ -22,7 +22,7 @@
 //! (`add table; delete table; add table …`), so it is idempotent and never
 //! leaves a half-written ruleset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -350,19 +350,58 @@ fn render_expr(expr: &Value) -> String {
 /// Listings are cached by the kernel's ruleset generation
 /// ([`crate::netlink::nft_generation`], one netlink round trip): while it
 /// has not moved, no table changed, so a reconcile pass over unchanged
-/// networks spawns no `nft` at all. Counters change without a new
-/// generation: callers that need them list the table ([`Nft::list_table`]).
+/// networks spawns no `nft` at all. The agent's own writes keep the rest
+/// of the cache: a script that moved the generation by exactly one changed
+/// only its table. Counters change without a new generation: callers that
+/// need them list the table ([`Nft::list_table`]).
 #[derive(Debug, Clone)]
 pub struct Nft {
     program: PathBuf,
     cache: Arc<Mutex<Listings>>,
 }
 
-/// Table summaries ([`summarize`]; `None`: absent) valid at `generation`.
+/// What is known of the ruleset at `generation`: table summaries
+/// ([`summarize`]; `None`: absent) and, once read, the names of every
+/// `ip` table (a table not among them is absent).
 #[derive(Debug, Default)]
 struct Listings {
     generation: Option<u32>,
     tables: HashMap<String, Option<Vec<String>>>,
+    names: Option<HashSet<String>>,
+}
+
+impl Listings {
+    /// Forgets everything unless it is valid at `generation`.
+    fn at(&mut self, generation: u32) {
+        if self.generation != Some(generation) {
+            *self = Listings {
+                generation: Some(generation),
+                ..Listings::default()
+            };
+        }
+    }
+
+    /// The summary of table `name` if known (`Some(None)`: absent).
+    fn get(&self, name: &str) -> Option<Option<Vec<String>>> {
+        if let Some(summary) = self.tables.get(name) {
+            return Some(summary.clone());
+        }
+        match &self.names {
+            Some(names) if !names.contains(name) => Some(None),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, name: &str, summary: Option<Vec<String>>) {
+        if let Some(names) = &mut self.names {
+            if summary.is_some() {
+                names.insert(name.to_string());
+            } else {
+                names.remove(name);
+            }
+        }
+        self.tables.insert(name.to_string(), summary);
+    }
 }
 
 fn generation() -> Option<u32> {
@@ -482,33 +521,47 @@ impl Nft {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached summary of table `name` if the ruleset is still at
-    /// `generation`: `Some(None)` for a table known absent.
-    fn cached(&self, name: &str, generation: Option<u32>) -> Option<Option<Vec<String>>> {
-        let cache = self.lock_cache();
-        if generation.is_none() || cache.generation != generation {
-            return None;
+    /// What the cache knows of table `name` at the current generation
+    /// (reading the table names by netlink once per generation, no `nft`
+    /// run): `Some(None)` when absent, `None` when present but not listed yet.
+    fn known(&self, name: &str) -> (Option<u32>, Option<Option<Vec<String>>>) {
+        let Some(generation) = generation() else {
+            return (None, None);
+        };
+        {
+            let mut cache = self.lock_cache();
+            cache.at(generation);
+            if let Some(known) = cache.get(name) {
+                return (Some(generation), Some(known));
+            }
+            if cache.names.is_some() {
+                return (Some(generation), None);
+            }
         }
-        cache.tables.get(name).cloned()
-    }
-
-    /// Remembers `summary` for table `name` at `generation` (a new
-    /// generation forgets every other table).
-    fn remember(&self, name: &str, generation: Option<u32>, summary: Option<Vec<String>>) {
-        let Some(generation) = generation else {
-            return;
+        let Ok(names) = crate::netlink::nft_ip_tables() else {
+            return (Some(generation), None);
         };
         let mut cache = self.lock_cache();
-        if cache.generation != Some(generation) {
-            cache.generation = Some(generation);
-            cache.tables.clear();
+        // Kept only when nothing changed while the names were read.
+        if crate::netlink::nft_generation().ok() == Some(generation) {
+            cache.at(generation);
+            cache.names = Some(names.into_iter().collect());
+            return (Some(generation), cache.get(name));
         }
-        cache.tables.insert(name.to_string(), summary);
+        (Some(generation), None)
+    }
+
+    /// Remembers `summary` for table `name` at `generation`.
+    fn remember(&self, name: &str, generation: u32, summary: Option<Vec<String>>) {
+        let mut cache = self.lock_cache();
+        cache.at(generation);
+        cache.set(name, summary);
     }
 
     /// Runs a script that changes only table `name`, and remembers the
     /// table as `summary` when the ruleset moved by exactly that one
-    /// transaction (the generation counts commits).
+    /// transaction (the generation counts commits): what was known of
+    /// the other tables stays true.
     async fn run_table_script(
         &self,
         context: &str,
@@ -519,8 +572,12 @@ impl Nft {
         let before = generation();
         let result = self.run_script(context, script).await;
         let after = generation();
-        if result.is_ok() && before.is_some() && after == before.map(|g| g.wrapping_add(1)) {
-            self.remember(name, after, summary);
+        if let (Ok(()), Some(before), Some(after)) = (&result, before, after) {
+            let mut cache = self.lock_cache();
+            if after == before.wrapping_add(1) && cache.generation == Some(before) {
+                cache.generation = Some(after);
+                cache.set(name, summary);
+            }
         }
         result
     }
@@ -528,14 +585,16 @@ impl Nft {
     /// The [`summarize`]d table `name` (`None`: absent), from the cache
     /// while the ruleset generation has not moved.
     pub async fn table_summary(&self, name: &str) -> Result<Option<Vec<String>>> {
-        let before = generation();
-        if let Some(summary) = self.cached(name, before) {
+        let (before, known) = self.known(name);
+        if let Some(summary) = known {
             return Ok(summary);
         }
         let summary = self.list_table(name).await?.map(|l| summarize(&l));
         // Cached only when nothing changed while nft listed.
-        if generation() == before {
-            self.remember(name, before, summary.clone());
+        if let Some(before) = before {
+            if generation() == Some(before) {
+                self.remember(name, before, summary.clone());
+            }
         }
         Ok(summary)
     }
@@ -558,12 +617,15 @@ impl Nft {
     /// lists as the plan wants alone: every reconcile pass applies every
     /// network, and rewriting a table costs a kernel transaction that grows
     /// with the number of tables. Known from the cache (no `nft` run) while
-    /// the ruleset generation has not moved; otherwise written without
-    /// listing it first (the script replaces the table atomically anyway).
+    /// the ruleset generation has not moved; a table the kernel does not
+    /// have (its table names are read by netlink) is written without a
+    /// listing, which is all a new network's create costs.
     pub async fn ensure_table(&self, plan: &NetworkPlan) -> Result<()> {
         let name = table_name(&plan.network_id);
         check_table_name(&name)?;
-        if let Some(Some(summary)) = self.cached(&name, generation()) {
+        // A table that exists is listed before it is replaced: rewriting
+        // would reset its counters (and costs more than a listing).
+        if let Ok(Some(summary)) = self.table_summary(&name).await {
             if summary == expected_summary(plan) {
                 return Ok(());
             }

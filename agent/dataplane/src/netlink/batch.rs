@@ -271,6 +271,74 @@ pub(super) fn nft_generation() -> io::Result<u32> {
     parse_generation(&buf[..n], KIND, NFTA_GEN_ID)
 }
 
+/// The names of the nf_tables tables of family `ip` (NFT_MSG_GETTABLE dump).
+pub(super) fn nft_ip_tables() -> io::Result<Vec<String>> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFPROTO_IPV4: u8 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_DUMP: u16 = 0x300;
+    let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+    let seq = 1u32;
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
+    request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
+    request.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
+    socket.send(&request)?;
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket.recv(&mut buf)?;
+        let mut offset = 0;
+        while offset + NLMSG_HDRLEN <= n {
+            let h = &buf[offset..n];
+            let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let kind = u16::from_ne_bytes([h[4], h[5]]);
+            if len < NLMSG_HDRLEN || len > h.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink message",
+                ));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(names),
+                NLMSG_ERROR => {
+                    let error = h
+                        .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(-libc::EIO);
+                    if error != 0 {
+                        return Err(io::Error::from_raw_os_error(error.saturating_abs()));
+                    }
+                }
+                _ => {
+                    // struct nfgenmsg (4 bytes), then attributes.
+                    let p = &h[NLMSG_HDRLEN..len];
+                    let mut a = 4;
+                    while a + 4 <= p.len() {
+                        let alen = usize::from(u16::from_ne_bytes([p[a], p[a + 1]]));
+                        let akind = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
+                        if alen < 4 || a + alen > p.len() {
+                            break;
+                        }
+                        if akind == NFTA_TABLE_NAME {
+                            let v = &p[a + 4..a + alen];
+                            let v = v.split(|b| *b == 0).next().unwrap_or_default();
+                            names.push(String::from_utf8_lossy(v).into_owned());
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                }
+            }
+            offset += (len + 3) & !3;
+        }
+    }
+}
+
 /// NFTA_GEN_ID of a NEWGEN answer (or the errno of an NLMSG_ERROR).
 pub(super) fn parse_generation(data: &[u8], kind: u16, attr: u16) -> io::Result<u32> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());

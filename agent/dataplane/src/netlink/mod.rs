@@ -529,6 +529,12 @@ pub fn nft_generation() -> Result<u32> {
     batch::nft_generation().map_err(|e| DataplaneError::other("nf_tables generation", e))
 }
 
+/// The names of this network namespace's nftables tables of family `ip`
+/// (a netlink dump: no `nft` process).
+pub fn nft_ip_tables() -> Result<Vec<String>> {
+    batch::nft_ip_tables().map_err(|e| DataplaneError::other("list nf_tables tables", e))
+}
+
 impl Netlink {
     /// Applies many route changes quickly: the requests go to the kernel
     /// `batch` at a time in one `sendmsg` on a socket of their own (the
