@@ -660,6 +660,27 @@ mod tests {
         assert!(check_table_name(&table_name(&longest)).is_ok());
     }
 
+    #[test]
+    fn listings_know_absent_tables_only_from_a_full_name_list() {
+        let mut cache = Listings::default();
+        cache.at(7);
+        assert_eq!(cache.get("fan_a"), None);
+        cache.names = Some(["fan_b".to_string()].into_iter().collect());
+        // Not among the kernel's tables: absent. Present but not listed: unknown.
+        assert_eq!(cache.get("fan_a"), Some(None));
+        assert_eq!(cache.get("fan_b"), None);
+        cache.set("fan_a", Some(vec!["chain".into()]));
+        assert_eq!(cache.get("fan_a"), Some(Some(vec!["chain".into()])));
+        cache.set("fan_b", None);
+        assert_eq!(cache.get("fan_b"), Some(None));
+        // The same generation keeps everything, another forgets it all.
+        cache.at(7);
+        assert!(cache.get("fan_a").is_some());
+        cache.at(8);
+        assert_eq!(cache.get("fan_a"), None);
+        assert!(cache.names.is_none());
+    }
+
     fn ipip_plan() -> NetworkPlan {
         NetworkPlan {
             network_id: "x".into(),
