@@ -35,8 +35,8 @@
 
 pub mod endpoints;
 pub mod maps;
-pub mod pin;
 mod observe;
+pub mod pin;
 mod prog_info;
 pub mod tc;
 pub mod tunnel;
@@ -55,8 +55,8 @@ use tracing::{debug, info, warn};
 use crate::host::Errors;
 use crate::netlink::{Link, Netlink, NetlinkSlot};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan,
-    Observation, Result,
+    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan, Observation,
+    Result,
 };
 
 use maps::{
