@@ -599,9 +599,21 @@ impl Agent {
         // (see fan_dataplane::timing).
         let started = std::time::Instant::now();
         let (result, phases) = timing::collect(self.create_network_timed(id, input)).await;
+        // An invalid id may be huge or hold anything: logged cut and tame.
+        let shown: String = id
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
         tracing::info!(
             target: timing::LOG_TARGET,
-            "phases network={id} ok={} total_ms={:.3} {}",
+            "phases network={shown} ok={} total_ms={:.3} {}",
             result.is_ok(),
             started.elapsed().as_secs_f64() * 1e3,
             timing::render(&phases)
