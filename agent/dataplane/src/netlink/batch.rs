@@ -252,6 +252,7 @@ impl BatchSocket {
 /// every committed nftables transaction in this network namespace.
 pub(super) fn nft_generation() -> io::Result<u32> {
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_NEWGEN: u16 = 15;
     const NFT_MSG_GETGEN: u16 = 16;
     const NFTA_GEN_ID: u16 = 1;
     const KIND: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
@@ -268,7 +269,12 @@ pub(super) fn nft_generation() -> io::Result<u32> {
     socket.send(&request)?;
     let mut buf = vec![0u8; 4096];
     let n = socket.recv(&mut buf)?;
-    parse_generation(&buf[..n], KIND, NFTA_GEN_ID)
+    // The answer is a NEWGEN message.
+    parse_generation(
+        &buf[..n],
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN,
+        NFTA_GEN_ID,
+    )
 }
 
 /// The names of the nf_tables tables of family `ip` (NFT_MSG_GETTABLE dump).

@@ -802,9 +802,25 @@ mod tests {
         assert_eq!(batch::acks(&data[..30]), vec![]);
     }
 
+    /// Needs nf_tables in the kernel and CAP_NET_ADMIN, as the agent does.
+    #[test]
+    fn nft_generation_and_tables_are_read() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: nf_tables requests need root");
+            return;
+        }
+        let generation = nft_generation().expect("nf_tables generation");
+        // Nothing committed in between: the same generation.
+        if nft_generation().unwrap() == generation {
+            nft_ip_tables().expect("nf_tables table names");
+        }
+    }
+
     #[test]
     fn nft_generation_answers_parse() {
-        const KIND: u16 = 0x0a10;
+        // NFT_MSG_NEWGEN, the answer to NFT_MSG_GETGEN.
+        const KIND: u16 = 0x0a0f;
         // NEWGEN: header, nfgenmsg, NFTA_GEN_ID (big endian), NFTA_GEN_PROC_PID.
         let mut answer = Vec::new();
         answer.extend_from_slice(&36u32.to_ne_bytes());
