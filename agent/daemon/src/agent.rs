@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use fan_core::fan::FanMap;
 use fan_core::host_change::{HostPrefix, UnderlayCheck};
 use fan_core::underlay::HostInterfaceAddress;
+use fan_dataplane::timing;
 use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
@@ -595,6 +596,34 @@ impl Agent {
 
     /// Creates a network (idempotent for the same spec) and programs it.
     pub async fn create_network(&self, id: &str, input: &SpecInput) -> Result<NetworkView> {
+        // The phases go to one log line that `fan-bench control` reads
+        // (see fan_dataplane::timing).
+        let started = std::time::Instant::now();
+        let (result, phases) = timing::collect(self.create_network_timed(id, input)).await;
+        // An invalid id may be huge or hold anything: logged cut and tame.
+        let shown: String = id
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        tracing::info!(
+            target: timing::LOG_TARGET,
+            "phases network={shown} ok={} total_ms={:.3} {}",
+            result.is_ok(),
+            started.elapsed().as_secs_f64() * 1e3,
+            timing::render(&phases)
+        );
+        result
+    }
+
+    async fn create_network_timed(&self, id: &str, input: &SpecInput) -> Result<NetworkView> {
+        let validate_phase = timing::phase("validate");
         // Every invalid field at once: the id and the spec together.
         let mut checks = validate::Checks::new();
         checks.check(validate::network_id("network_id", id));
@@ -639,6 +668,8 @@ impl Agent {
         let backend = self
             .choose_backend(spec.backend)
             .map_err(|e| e.with("network_id", id))?;
+        drop(validate_phase);
+        let overlap_phase = timing::phase("overlap_check");
         // Re-creating an existing network repairs it; only a new one is checked.
         if !spec.allow_overlap && self.store.network(id).await.is_err() {
             let conflicts = self.overlay_conflicts(spec.overlay).await?;
@@ -670,11 +701,18 @@ impl Agent {
             former_slices: Vec::new(),
         };
 
+        drop(overlap_phase);
         let _guard = self.network_ops.lock().await;
-        match self.store.create_network(record).await? {
+        let commit_phase = timing::phase("commit");
+        let created = self.store.create_network(record).await?;
+        drop(commit_phase);
+        match created {
             Created::New(record) => {
                 tracing::info!(network = %record.id, slice = %record.slice, backend = %record.backend, "network created");
-                if let Err(err) = self.apply(&record).await {
+                let apply_phase = timing::phase("apply");
+                let applied = self.apply(&record).await;
+                drop(apply_phase);
+                if let Err(err) = applied {
                     // A network that cannot be programmed is not created: undo
                     // whatever part was made and forget it.
                     let _ = self.dataplane.remove(&record.plan()).await;
@@ -686,6 +724,7 @@ impl Agent {
                     )
                     .with("network_id", &record.id));
                 }
+                let _view_phase = timing::phase("view");
                 self.view(record).await
             }
             Created::Existing(record) => {

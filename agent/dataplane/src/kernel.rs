@@ -55,6 +55,9 @@ impl KernelDataplane {
         host: HostSetup,
         backends: Vec<Box<dyn Encapsulation>>,
     ) -> Self {
+        for backend in &backends {
+            backend.use_netlink(&netlink);
+        }
         KernelDataplane {
             netlink,
             host,
@@ -121,8 +124,18 @@ impl Dataplane for KernelDataplane {
         // Check the backend first: no point building a bridge we cannot feed.
         let backend = self.backend(plan.backend)?;
         debug!(network = %plan.network_id, backend = %plan.backend, "apply");
-        self.host.apply(plan).await?;
-        backend.apply(plan).await
+        {
+            let _phase = crate::timing::phase("host");
+            self.host.apply_devices(plan).await?;
+        }
+        // The nft table needs nothing the backend makes (and the reverse):
+        // the `nft` process runs while the backend loads its programs.
+        let backend_apply = async {
+            let _phase = crate::timing::phase("backend");
+            backend.apply(plan).await
+        };
+        let (nft, encap) = tokio::join!(self.host.apply_nft(plan), backend_apply);
+        nft.and(encap)
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {

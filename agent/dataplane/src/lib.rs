@@ -28,10 +28,12 @@ pub mod ebpf;
 pub mod fake;
 pub mod host;
 pub mod ipip;
+pub mod iptun;
 pub mod kernel;
 pub mod kernel_fan;
 pub mod netlink;
 pub mod sysctl;
+pub mod timing;
 
 pub use kernel::KernelDataplane;
 
@@ -75,6 +77,21 @@ pub struct NetworkPlan {
     pub anti_spoofing: bool,
     /// The encapsulation backend (never "auto": the agent resolves it).
     pub backend: BackendKind,
+}
+
+impl NetworkPlan {
+    /// The overlay's catch-all route through a tunnel device (`overlay dev
+    /// TUNNEL src GATEWAY proto 250`), the same for every backend that
+    /// routes into a tunnel.
+    pub fn overlay_route(&self, tunnel_index: u32) -> netlink::Route4 {
+        netlink::Route4 {
+            oif: Some(tunnel_index),
+            src: Some(self.gateway),
+            protocol: ROUTE_PROTOCOL,
+            scope: Some(netlink::RouteScope::Link),
+            ..netlink::Route4::new(self.overlay)
+        }
+    }
 }
 
 /// A concrete encapsulation backend. All produce the same wire format:
@@ -260,10 +277,20 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub trait Encapsulation: Send + Sync {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+    /// Gives the backend the data plane's netlink connection, used by
+    /// every later operation instead of a connection of its own (its
+    /// calls are serialized by the data plane, see [`KernelDataplane`]).
+    fn use_netlink(&self, _netlink: &netlink::Netlink) {}
     /// Probes the kernel: can this backend run here?
     async fn availability(&self) -> Availability;
     /// Makes the kernel match the plan's encapsulation; idempotent, adopts
     /// objects a previous agent process made instead of duplicating them.
+    ///
+    /// Serialisation: `apply`, `observe` and `remove` of the backends of one
+    /// network namespace must not overlap (networks of the ipip and
+    /// kernel-fan backends share tunnel devices, whose ifalias records the
+    /// users: a read-modify-write). [`KernelDataplane`] runs every call
+    /// under its one lock; code driving backends itself does the same.
     async fn apply(&self, plan: &NetworkPlan) -> Result<()>;
     /// Reports differences from the plan, and counters.
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation>;

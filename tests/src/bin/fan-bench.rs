@@ -391,10 +391,15 @@ async fn main() -> Result<()> {
 
 async fn run(scratch: &Path) -> Result<()> {
     println!("fan-bench: figures are printed, not asserted; baselines measured in this run.\n");
-    // `fan-bench control`, `dataplane`, `networks`, `dhcp`, `events` or `docker` runs one part.
+    // `fan-bench control`, `dataplane`, `networks`, `dhcp`, `events` or `docker` runs one part
+    // (`create`: only the CreateNetwork → first packet part of `control`).
     let only = std::env::args().nth(1).unwrap_or_default();
     if only.is_empty() || only == "control" {
         control_plane(scratch).await?;
+    }
+    if only == "create" {
+        // The last part of `control` alone.
+        create_to_first_packet().await?;
     }
     if only.is_empty() || only == "dataplane" {
         data_plane().await?;
@@ -477,12 +482,19 @@ async fn networks_at_scale() -> Result<()> {
         late.as_secs_f64() / early.as_secs_f64()
     );
     let before = cpu_seconds(pid)?;
+    let children_before = children_cpu_seconds(pid)?;
     tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
     let used = cpu_seconds(pid)? - before;
+    let children = children_cpu_seconds(pid)? - children_before;
     println!(
         "  idle CPU over {IDLE_SECONDS} s with reconcile every {RECONCILE_SECONDS} s: {:.2} CPU-s = {:.2} % of a core   (target < 1 %)",
         used,
         used / IDLE_SECONDS as f64 * 100.0
+    );
+    println!(
+        "    and the processes it ran (nft): {:.2} CPU-s = {:.2} % of a core",
+        children,
+        children / IDLE_SECONDS as f64 * 100.0
     );
     let started = Instant::now();
     bed.host("h28")
@@ -498,6 +510,16 @@ async fn networks_at_scale() -> Result<()> {
         ms(started.elapsed())
     );
     Ok(())
+}
+
+/// CPU seconds of `pid`'s waited-for children (cutime + cstime): the `nft`
+/// processes the agent runs.
+fn children_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[13].parse::<f64>()? + fields[14].parse::<f64>()?;
+    Ok(ticks / 100.0)
 }
 
 async fn control_plane(scratch: &Path) -> Result<()> {
@@ -560,7 +582,141 @@ async fn control_plane(scratch: &Path) -> Result<()> {
         percentile(&latencies, 50.0).as_secs_f64() * 1e3,
         percentile(&latencies, 99.0).as_secs_f64() * 1e3,
     );
+    drop(bed);
+    create_to_first_packet().await
+}
+
+/// CreateNetwork → first packet through, p50 over FAN_BENCH_CREATES rounds
+/// (default 10; each a delete and a fresh create on h28 while h27 and its
+/// container stay), with the agent's own phase breakdown: the
+/// `fan_timing` line it logs per create (see fan_dataplane::timing), p50 of
+/// each phase.
+async fn create_to_first_packet() -> Result<()> {
+    let rounds: usize = std::env::var("FAN_BENCH_CREATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10usize)
+        .max(1);
+    println!("\n== CreateNetwork → first packet (eBPF backend, {rounds} rounds)");
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h28", "172.30.0.28".parse()?)?;
+    bed.add_host("h27", "172.30.0.27".parse()?)?;
+    let spec = || pb::NetworkSpec {
+        overlay: OVERLAY.into(),
+        underlay: "172.30.0.0/16".into(),
+        ..Default::default()
+    };
+    bed.host("h27")
+        .client()
+        .await?
+        .create_network(pb::CreateNetworkRequest {
+            network_id: "fan".into(),
+            spec: Some(spec()),
+        })
+        .await?;
+    bed.add_container("h27", "fan", "b").await?;
+    let b = bed.container("b").address.to_string();
+    let host28 = Netns::existing(&bed.host("h28").netns.name);
+    let mut c28 = bed.host("h28").client().await?;
+    let (mut totals, mut rpcs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        c28.create_network(pb::CreateNetworkRequest {
+            network_id: "fan".into(),
+            spec: Some(spec()),
+        })
+        .await?;
+        rpcs.push(t0.elapsed());
+        let mut through = false;
+        while t0.elapsed() < Duration::from_secs(5) {
+            // One probe, 50 ms to answer: a lost first probe costs 50 ms, not 1 s.
+            through = host28
+                .command("ping")
+                .args(["-c", "1", "-W", "0.05", "-I", "250.0.28.1", &b])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success();
+            if through {
+                break;
+            }
+        }
+        if !through {
+            bail!("CreateNetwork → first packet: no packet within 5 s");
+        }
+        totals.push(t0.elapsed());
+        c28.delete_network(pb::DeleteNetworkRequest {
+            network_id: "fan".into(),
+            force: true,
+            allow_missing: false,
+        })
+        .await?;
+    }
+    // What one ping exec costs on a ready path, to read the figure fairly.
+    c28.create_network(pb::CreateNetworkRequest {
+        network_id: "fan".into(),
+        spec: Some(spec()),
+    })
+    .await?;
+    let mut pings = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        host28.exec("ping", &["-c", "1", "-W", "1", "-I", "250.0.28.1", &b])?;
+        pings.push(t.elapsed());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        percentile(v, 50.0)
+    };
+    println!(
+        "  CreateNetwork → first packet through: p50 {:.1} ms, max {:.1} ms   (target ≤ 20 ms)",
+        ms(p50(&mut totals)),
+        ms(*totals.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "    the RPC: p50 {:.1} ms; one ping exec on a ready path: p50 {:.1} ms",
+        ms(p50(&mut rpcs)),
+        ms(p50(&mut pings))
+    );
+    let log = std::fs::read_to_string(&bed.host("h28").agent.log)?;
+    let phases = create_phases(&log, "fan");
+    // The first `rounds` creates (the last one, for the ping figure, too).
+    for (name, mut values) in phases {
+        values.truncate(rounds);
+        values.sort_by(f64::total_cmp);
+        let median = values[(values.len() - 1) / 2];
+        println!("    {name:<28} p50 {median:>7.2} ms");
+    }
     Ok(())
+}
+
+/// The phase figures (`name_ms=…`, milliseconds) of the agent's `fan_timing`
+/// lines for `network`, in log order, each phase in the order it first appears.
+fn create_phases(log: &str, network: &str) -> Vec<(String, Vec<f64>)> {
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    let tag = format!("network={network} ");
+    for line in log.lines() {
+        let Some(rest) = line.split_once("phases ").map(|(_, r)| r) else {
+            continue;
+        };
+        if !line.contains("fan_timing") || !rest.starts_with(&tag) {
+            continue;
+        }
+        for field in rest.split_whitespace() {
+            let Some((name, value)) = field.split_once("_ms=") else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            match phases.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value),
+                None => phases.push((name.to_string(), vec![value])),
+            }
+        }
+    }
+    phases
 }
 
 /// Where the RSS host's agent serves metrics (inside its namespace).

@@ -35,6 +35,7 @@
 
 pub mod endpoints;
 pub mod maps;
+mod observe;
 pub mod pin;
 mod prog_info;
 pub mod tc;
@@ -43,7 +44,7 @@ pub mod tunnel;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use async_trait::async_trait;
 use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
@@ -52,10 +53,10 @@ use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
 use crate::host::Errors;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Link, Netlink, NetlinkSlot};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Drift, Encapsulation, NetworkPlan,
-    Observation, Result,
+    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan, Observation,
+    Result,
 };
 
 use maps::{
@@ -108,19 +109,24 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> DataplaneErro
 /// is loaded on demand ([`load_fast_path`]): it needs Linux 5.12
 /// (`bpf_check_mtu`), the rest of the backend 5.10.
 fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    // The programs use only the stable __sk_buff context and packet data, so no
-    // CO-RE relocation needs the kernel's BTF: parsing /sys/kernel/btf/vmlinux
-    // on every load would cost ~20 MiB of agent RSS and tens of milliseconds.
-    loader.btf(None);
+    let loader = match pin_dir {
+        Some(_) => &PINNED_LOADER,
+        None => &PROBE_LOADER,
+    };
+    let mut loader = loader.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(dir) = pin_dir {
+        // Every map's path, every time: nothing of the last network's stays.
         for name in maps::ALL_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
     }
+    let object_phase = crate::timing::phase("ebpf.load.object");
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| other("load eBPF object", error_chain(&e)))?;
+    drop(object_phase);
+    drop(loader);
+    let _programs_phase = crate::timing::phase("ebpf.load.verify");
     for name in [ENCAP_PROGRAM, DECAP_PROGRAM] {
         program(&mut ebpf, name)?
             .load()
@@ -129,7 +135,23 @@ fn load_object(pin_dir: Option<&Path>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// A loader without kernel BTF. The programs use only the stable
+/// __sk_buff context and packet data, so no CO-RE relocation needs it; but
+/// `EbpfLoader::new` parses /sys/kernel/btf/vmlinux all the same (~20 ms
+/// and ~20 MiB each time), so a loader is made once per process and reused.
+fn loader_without_btf() -> Mutex<EbpfLoader<'static>> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    Mutex::new(loader)
+}
+
+/// The loader of the networks' objects (their pin paths are set on each use).
+static PINNED_LOADER: LazyLock<Mutex<EbpfLoader<'static>>> = LazyLock::new(loader_without_btf);
+/// The loader of the availability probe (no pins).
+static PROBE_LOADER: LazyLock<Mutex<EbpfLoader<'static>>> = LazyLock::new(loader_without_btf);
+
 fn load_fast_path(ebpf: &mut Ebpf) -> Result<()> {
+    let _phase = crate::timing::phase("ebpf.load.verify");
     program(ebpf, FASTPATH_PROGRAM)?
         .load()
         .map_err(|e| other(format!("load program {FASTPATH_PROGRAM}"), error_chain(&e)))
@@ -319,6 +341,8 @@ pub struct EbpfBackend {
     synced: endpoints::Registry,
     /// The one task doing that for all of them (started with the first).
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The data plane's connection (or one per operation).
+    netlink: NetlinkSlot,
 }
 
 impl EbpfBackend {
@@ -333,6 +357,7 @@ impl EbpfBackend {
             program_tags: Mutex::new(HashMap::new()),
             synced: Default::default(),
             refresher: Mutex::new(None),
+            netlink: NetlinkSlot::default(),
         }
     }
 
@@ -372,7 +397,7 @@ impl EbpfBackend {
     /// `apply` starts a task doing this on netlink events; call this when
     /// the runtime does not run continuously (tests) or to force a sync.
     pub async fn refresh_endpoints(&self, plan: &NetworkPlan) -> Result<usize> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         endpoints::refresh(&nl, plan, &self.pin_dir(plan)?).await
     }
 
@@ -436,7 +461,7 @@ impl EbpfBackend {
                 .is_some_and(|t| !t.is_finished())
     }
 
-    fn ensure_refresher(&self, nl: &Netlink, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
+    fn ensure_refresher(&self, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
         self.synced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -448,7 +473,12 @@ impl EbpfBackend {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
         }
-        *task = Some(endpoints::spawn_refresher(nl.clone(), self.synced.clone())?);
+        // A connection of its own: its dumps run outside the data plane's
+        // serialization, and one socket allows one dump at a time.
+        *task = Some(endpoints::spawn_refresher(
+            Netlink::new()?,
+            self.synced.clone(),
+        )?);
         Ok(())
     }
 
@@ -505,7 +535,10 @@ impl EbpfBackend {
             });
         }
 
+        let load_phase = crate::timing::phase("ebpf.load");
+        let pins_phase = crate::timing::phase("ebpf.load.pins");
         drop_incompatible_pins(pin_dir);
+        drop(pins_phase);
         let mut ebpf = load_object(Some(pin_dir))?;
         let fast = match fast {
             Some(site) => match load_fast_path(&mut ebpf) {
@@ -525,6 +558,7 @@ impl EbpfBackend {
 
         // Config before attach: a new filter never runs unconfigured.
         {
+            let _phase = crate::timing::phase("ebpf.load.config");
             let map = ebpf
                 .map_mut(CONFIG_MAP)
                 .ok_or_else(|| other("eBPF object", "no config map"))?;
@@ -533,6 +567,8 @@ impl EbpfBackend {
             set_config(&mut array, config, &plan.network_id)?;
         }
 
+        drop(load_phase);
+        let _attach_phase = crate::timing::phase("ebpf.attach");
         let pinned = pinned_map_ids(pin_dir);
         let config_id = config_map_id(pin_dir);
         let maps_match = |prog_id: u32| uses_pinned_maps(prog_id, pinned.as_ref(), config_id);
@@ -623,7 +659,14 @@ impl Encapsulation for EbpfBackend {
         BackendKind::Ebpf
     }
 
+    fn use_netlink(&self, netlink: &Netlink) {
+        self.netlink.set(netlink);
+    }
+
     async fn availability(&self) -> Availability {
+        // The agent probes at start: the networks' loader is made then
+        // too, not on the first create.
+        LazyLock::force(&PINNED_LOADER);
         // Loading both programs makes the verifier check the program type
         // and every helper (skb_adjust_room, redirect_neigh, redirect_peer).
         let (available, reason) = match load_object(None) {
@@ -653,7 +696,8 @@ impl Encapsulation for EbpfBackend {
             .map_err(|e| other(format!("create {}", pin_dir.display()), e))?;
         let previous = read_config(&pin_dir);
 
-        let nl = Netlink::new()?;
+        let tunnel_phase = crate::timing::phase("ebpf.tunnel");
+        let nl = self.netlink.get()?;
         let underlay = Self::underlay_link(&nl, plan).await?;
         let tunnel = tunnel::ensure_tunnel(&nl, plan).await?;
         let tunnel_mac = tunnel.mac.ok_or_else(|| {
@@ -678,6 +722,8 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
+        drop(tunnel_phase);
+        let tc_phase = crate::timing::phase("ebpf.tc_list");
         tc::ensure_clsact(nl.handle(), tunnel.index).await?;
         if tc::ensure_clsact(nl.handle(), underlay.index).await? {
             config.agent_flags |= AGENT_OWNS_UNDERLAY_CLSACT;
@@ -749,6 +795,7 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
+        drop(tc_phase);
         let attached = self.load_and_attach(
             plan,
             &pin_dir,
@@ -767,7 +814,10 @@ impl Encapsulation for EbpfBackend {
         }
 
         // The route last: traffic reaches the tunnel only once encap is there.
+        let route_phase = crate::timing::phase("ebpf.route");
         tunnel::ensure_route(&nl, plan, tunnel.index).await?;
+        drop(route_phase);
+        let _endpoints_phase = crate::timing::phase("ebpf.endpoints");
 
         // A network the refresher already follows (a reconcile pass) is
         // left to it: a sync here would read every link and neighbour of the
@@ -779,7 +829,7 @@ impl Encapsulation for EbpfBackend {
             }
         }
         if self.peer_fast_path {
-            self.ensure_refresher(&nl, plan, &pin_dir)?;
+            self.ensure_refresher(plan, &pin_dir)?;
         } else {
             self.stop_refresher(&plan.network_id);
         }
@@ -787,186 +837,39 @@ impl Encapsulation for EbpfBackend {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let mut drifts = Vec::new();
-        let mut drift = |object: String, expected: String, observed: String| {
-            drifts.push(Drift {
-                object,
-                expected,
-                observed,
-            })
-        };
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;
-        let nl = Netlink::new()?;
-        let tunnel_name = tunnel::tunnel_name(plan.index);
-
-        // Tunnel device.
-        let tunnel_object = format!("tunnel device {tunnel_name}");
-        let expected_tunnel = format!("veth, mtu {}, arp off, up", plan.mtu);
-        let tunnel = match tunnel::owned_tunnel(&nl, plan).await {
-            Ok(Some(link)) => {
-                let observed = format!(
-                    "veth, mtu {}, arp {}, {}",
-                    link.mtu,
-                    if link.noarp { "off" } else { "on" },
-                    if link.up { "up" } else { "down" }
-                );
-                if observed != expected_tunnel {
-                    drift(tunnel_object, expected_tunnel, observed);
-                }
-                Some(link)
-            }
-            Ok(None) => {
-                drift(tunnel_object, expected_tunnel, "absent".into());
-                None
-            }
-            Err(e) => {
-                drift(tunnel_object, expected_tunnel, e.to_string());
-                None
-            }
-        };
-
-        // Route.
-        let route_object = format!("route {}", plan.overlay);
-        let expected_route = format!(
-            "dev {tunnel_name} src {} proto {ROUTE_PROTOCOL}",
-            plan.gateway
-        );
-        let routes = tunnel::overlay_routes(&nl, plan).await?;
-        let route_ok = tunnel.as_ref().is_some_and(|t| {
-            routes
-                .iter()
-                .any(|r| tunnel::route_matches(r, &tunnel::overlay_route(plan, t.index)))
-        });
-        if !route_ok {
-            let observed = if routes.is_empty() {
-                "absent".to_string()
-            } else {
-                let names = nl.links().await.unwrap_or_default();
-                let name_of = |i: u32| {
-                    names
-                        .iter()
-                        .find(|l| l.index == i)
-                        .map(|l| l.name.clone())
-                        .unwrap_or_else(|| format!("#{i}"))
-                };
-                routes
-                    .iter()
-                    .map(|r| tunnel::describe_route(r, name_of))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            drift(route_object, expected_route, observed);
-        }
-
-        // Pinned maps and config.
-        let mut maps_present = true;
-        for name in maps::ALL_MAPS {
-            let path = pin_dir.join(name);
-            if MapInfo::from_pin(&path).is_err() {
-                maps_present = false;
-                drift(
-                    format!("pinned map {}", path.display()),
-                    "present".into(),
-                    "absent".into(),
-                );
-            }
-        }
-        let pinned = pinned_map_ids(&pin_dir);
-        let config_id = config_map_id(&pin_dir);
+        let nl = self.netlink.get()?;
+        let mut drifts = observe::Drifts::default();
+        let tunnel = observe::tunnel_device(&nl, plan, &mut drifts).await;
+        observe::overlay_route(&nl, plan, tunnel.as_ref(), &mut drifts).await?;
+        let maps_present = observe::pinned_maps(&pin_dir, &mut drifts);
         let underlay = nl.link_by_name(&plan.underlay_interface).await?;
-        if let (Some(cfg), Ok(mut want)) = (read_config(&pin_dir), maps::config_from_plan(plan)) {
-            want.underlay_ifindex = underlay.as_ref().map(|l| l.index).unwrap_or(0);
-            want.tunnel_ifindex = tunnel.as_ref().map(|l| l.index).unwrap_or(0);
-            if self.peer_fast_path {
-                want.flags |= FLAG_PEER_FASTPATH;
-            }
-            if self.egress_fast_path_active() {
-                want.flags |= FLAG_EGRESS_FASTPATH;
-            }
-            let got = FanConfig {
-                agent_flags: 0,
-                tunnel_mac: [0; 6],
-                ..cfg
-            };
-            let want = FanConfig {
-                agent_flags: 0,
-                tunnel_mac: [0; 6],
-                ..want
-            };
-            if got != want {
-                drift(
-                    format!("eBPF config of network {}", plan.network_id),
-                    format!("{want:?}"),
-                    format!("{got:?}"),
-                );
-            }
-        }
-
-        // Filters.
-        let mut sites = Vec::new();
-        if let Some(t) = &tunnel {
-            sites.push((ENCAP_PROGRAM, t.name.clone(), t.index, Hook::Egress));
-        } else {
-            drift(
-                format!("tc filter {ENCAP_PROGRAM} on {tunnel_name} egress"),
-                format!("bpf pref {priority} handle {TC_HANDLE:#x}"),
-                "absent (no tunnel device)".into(),
-            );
-        }
-        match &underlay {
-            Some(u) => sites.push((DECAP_PROGRAM, u.name.clone(), u.index, Hook::Ingress)),
-            None => drift(
-                format!("underlay device {}", plan.underlay_interface),
-                "present".into(),
-                "absent".into(),
-            ),
-        }
-        // The bridge itself is the host part's to report when absent.
-        if self.egress_fast_path_active() {
-            if let Some(b) = nl.link_by_name(&plan.bridge).await? {
-                sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
-            }
-        }
-        for (program, interface, ifindex, hook) in sites {
-            let object = format!("tc filter {program} on {interface} {}", hook.as_str());
-            let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");
-            let filters = tc::list_filters_at(nl.handle(), ifindex, hook, priority).await?;
-            let (main, extra) = Self::ours(&filters, priority, program);
-            match main {
-                None => drift(object, expected, "absent".into()),
-                Some(f) if f.name.as_deref() != Some(program) => drift(
-                    object,
-                    expected,
-                    format!("bpf {} at our priority", f.name.as_deref().unwrap_or("?")),
-                ),
-                Some(f) => {
-                    if maps_present
-                        && !f
-                            .prog_id
-                            .is_some_and(|id| uses_pinned_maps(id, pinned.as_ref(), config_id))
-                    {
-                        drift(
-                            object.clone(),
-                            format!("uses the maps pinned in {}", pin_dir.display()),
-                            "uses other maps".into(),
-                        );
-                    }
-                    if !extra.is_empty() {
-                        drift(
-                            object,
-                            "one filter".into(),
-                            format!("{} filters", extra.len() + 1),
-                        );
-                    }
-                }
-            }
-        }
-
+        self.observe_config(
+            plan,
+            &pin_dir,
+            underlay.as_ref(),
+            tunnel.as_ref(),
+            &mut drifts,
+        );
+        self.observe_filters(
+            &nl,
+            plan,
+            &pin_dir,
+            priority,
+            maps_present,
+            tunnel.as_ref(),
+            underlay.as_ref(),
+            &mut drifts,
+        )
+        .await?;
         let counters = read_counter_slots(&pin_dir)
             .ok()
             .map(|slots| maps::counters_from_slots(&slots));
-        Ok(Observation { drifts, counters })
+        Ok(Observation {
+            drifts: drifts.0,
+            counters,
+        })
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
@@ -975,7 +878,7 @@ impl Encapsulation for EbpfBackend {
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;
         let config = read_config(&pin_dir);
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
 
         errors.record(tunnel::delete_route(&nl, plan).await);
 

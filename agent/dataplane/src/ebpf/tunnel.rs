@@ -27,8 +27,6 @@ pub fn tunnel_peer_name(index: u16) -> String {
     format!("fantun{index}p")
 }
 
-pub use crate::netlink::overlay_route;
-
 /// The tunnel device if it exists and carries our mark; an error when a
 /// device of that name belongs to someone else.
 pub async fn owned_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Option<Link>> {
@@ -98,7 +96,7 @@ pub async fn ensure_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
 
 /// Adds or corrects the overlay route through the tunnel.
 pub async fn ensure_route(nl: &Netlink, plan: &NetworkPlan, tunnel_index: u32) -> Result<()> {
-    let want = overlay_route(plan, tunnel_index);
+    let want = plan.overlay_route(tunnel_index);
     let present = nl
         .ipv4_routes(Some(want.table))
         .await?

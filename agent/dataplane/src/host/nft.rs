@@ -22,8 +22,10 @@
 //! (`add table; delete table; add table …`), so it is idempotent and never
 //! leaves a half-written ruleset.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
@@ -344,9 +346,66 @@ fn render_expr(expr: &Value) -> String {
 }
 
 /// Runs the `nft` binary.
+///
+/// Listings are cached by the kernel's ruleset generation
+/// ([`crate::netlink::nft_generation`], one netlink round trip): while it
+/// has not moved, no table changed, so a reconcile pass over unchanged
+/// networks spawns no `nft` at all. The agent's own writes keep the rest
+/// of the cache: a script that moved the generation by exactly one changed
+/// only its table. Counters change without a new generation: callers that
+/// need them list the table ([`Nft::list_table`]).
 #[derive(Debug, Clone)]
 pub struct Nft {
     program: PathBuf,
+    cache: Arc<Mutex<Listings>>,
+}
+
+/// What is known of the ruleset at `generation`: table summaries
+/// ([`summarize`]; `None`: absent) and, once read, the names of every
+/// `ip` table (a table not among them is absent).
+#[derive(Debug, Default)]
+struct Listings {
+    generation: Option<u32>,
+    tables: HashMap<String, Option<Vec<String>>>,
+    names: Option<HashSet<String>>,
+}
+
+impl Listings {
+    /// Forgets everything unless it is valid at `generation`.
+    fn at(&mut self, generation: u32) {
+        if self.generation != Some(generation) {
+            *self = Listings {
+                generation: Some(generation),
+                ..Listings::default()
+            };
+        }
+    }
+
+    /// The summary of table `name` if known (`Some(None)`: absent).
+    fn get(&self, name: &str) -> Option<Option<Vec<String>>> {
+        if let Some(summary) = self.tables.get(name) {
+            return Some(summary.clone());
+        }
+        match &self.names {
+            Some(names) if !names.contains(name) => Some(None),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, name: &str, summary: Option<Vec<String>>) {
+        if let Some(names) = &mut self.names {
+            if summary.is_some() {
+                names.insert(name.to_string());
+            } else {
+                names.remove(name);
+            }
+        }
+        self.tables.insert(name.to_string(), summary);
+    }
+}
+
+fn generation() -> Option<u32> {
+    crate::netlink::nft_generation().ok()
 }
 
 impl Default for Nft {
@@ -363,6 +422,7 @@ impl Nft {
     pub fn new() -> Self {
         Nft {
             program: PathBuf::from("nft"),
+            cache: Arc::default(),
         }
     }
 
@@ -370,6 +430,7 @@ impl Nft {
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Nft {
             program: program.into(),
+            cache: Arc::default(),
         }
     }
 
@@ -456,22 +517,116 @@ impl Nft {
             .map_err(|e| DataplaneError::other(context, format!("parse nft JSON: {e}")))
     }
 
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Listings> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the cache knows of table `name` at the current generation
+    /// (reading the table names by netlink once per generation, no `nft`
+    /// run): `Some(None)` when absent, `None` when present but not listed yet.
+    fn known(&self, name: &str) -> (Option<u32>, Option<Option<Vec<String>>>) {
+        let Some(generation) = generation() else {
+            return (None, None);
+        };
+        {
+            let mut cache = self.lock_cache();
+            cache.at(generation);
+            if let Some(known) = cache.get(name) {
+                return (Some(generation), Some(known));
+            }
+            if cache.names.is_some() {
+                return (Some(generation), None);
+            }
+        }
+        let Ok(names) = crate::netlink::nft_ip_tables() else {
+            return (Some(generation), None);
+        };
+        let mut cache = self.lock_cache();
+        // Kept only when nothing changed while the names were read.
+        if crate::netlink::nft_generation().ok() == Some(generation) {
+            cache.at(generation);
+            cache.names = Some(names.into_iter().collect());
+            return (Some(generation), cache.get(name));
+        }
+        (Some(generation), None)
+    }
+
+    /// Remembers `summary` for table `name` at `generation`.
+    fn remember(&self, name: &str, generation: u32, summary: Option<Vec<String>>) {
+        let mut cache = self.lock_cache();
+        cache.at(generation);
+        cache.set(name, summary);
+    }
+
+    /// Runs a script that changes only table `name`, and remembers the
+    /// table as `summary` when the ruleset moved by exactly that one
+    /// transaction (the generation counts commits): what was known of
+    /// the other tables stays true.
+    async fn run_table_script(
+        &self,
+        context: &str,
+        script: &str,
+        name: &str,
+        summary: Option<Vec<String>>,
+    ) -> Result<()> {
+        let before = generation();
+        let result = self.run_script(context, script).await;
+        let after = generation();
+        if let (Ok(()), Some(before), Some(after)) = (&result, before, after) {
+            let mut cache = self.lock_cache();
+            if after == before.wrapping_add(1) && cache.generation == Some(before) {
+                cache.generation = Some(after);
+                cache.set(name, summary);
+            }
+        }
+        result
+    }
+
+    /// The [`summarize`]d table `name` (`None`: absent), from the cache
+    /// while the ruleset generation has not moved.
+    pub async fn table_summary(&self, name: &str) -> Result<Option<Vec<String>>> {
+        let (before, known) = self.known(name);
+        if let Some(summary) = known {
+            return Ok(summary);
+        }
+        let summary = self.list_table(name).await?.map(|l| summarize(&l));
+        // Cached only when nothing changed while nft listed.
+        if let Some(before) = before {
+            if generation() == Some(before) {
+                self.remember(name, before, summary.clone());
+            }
+        }
+        Ok(summary)
+    }
+
     /// Creates or replaces the network's table (masquerade and
     /// anti-spoofing rules as the plan asks).
     pub async fn apply_table(&self, plan: &NetworkPlan) -> Result<()> {
         let context = format!("apply {}", table_object(&plan.network_id));
-        self.run_script(&context, &apply_script(plan)?).await
+        let name = table_name(&plan.network_id);
+        self.run_table_script(
+            &context,
+            &apply_script(plan)?,
+            &name,
+            Some(expected_summary(plan)),
+        )
+        .await
     }
 
     /// Like [`Nft::apply_table`], but leaves a table that already
     /// lists as the plan wants alone: every reconcile pass applies every
     /// network, and rewriting a table costs a kernel transaction that grows
-    /// with the number of tables (a listing is read-only and cheap).
+    /// with the number of tables. Known from the cache (no `nft` run) while
+    /// the ruleset generation has not moved; a table the kernel does not
+    /// have (its table names are read by netlink) is written without a
+    /// listing, which is all a new network's create costs.
     pub async fn ensure_table(&self, plan: &NetworkPlan) -> Result<()> {
         let name = table_name(&plan.network_id);
         check_table_name(&name)?;
-        if let Ok(Some(listing)) = self.list_table(&name).await {
-            if summarize(&listing) == expected_summary(plan) {
+        // A table that exists is listed before it is replaced: rewriting
+        // would reset its counters (and costs more than a listing).
+        if let Ok(Some(summary)) = self.table_summary(&name).await {
+            if summary == expected_summary(plan) {
                 return Ok(());
             }
         }
@@ -481,11 +636,12 @@ impl Nft {
     /// Removes the network's table; absent (or no nft binary) is success.
     pub async fn delete_table(&self, network_id: &str) -> Result<()> {
         let name = table_name(network_id);
-        if self.list_table(&name).await?.is_none() {
+        if self.table_summary(&name).await?.is_none() {
             return Ok(());
         }
         let context = format!("delete {}", table_object(network_id));
-        self.run_script(&context, &delete_script(network_id)?).await
+        self.run_table_script(&context, &delete_script(network_id)?, &name, None)
+            .await
     }
 }
 
@@ -502,6 +658,27 @@ mod tests {
         // The longest valid network id gives a usable table name.
         let longest = "a".repeat(fan_core::names::MAX_NETWORK_ID_LEN);
         assert!(check_table_name(&table_name(&longest)).is_ok());
+    }
+
+    #[test]
+    fn listings_know_absent_tables_only_from_a_full_name_list() {
+        let mut cache = Listings::default();
+        cache.at(7);
+        assert_eq!(cache.get("fan_a"), None);
+        cache.names = Some(["fan_b".to_string()].into_iter().collect());
+        // Not among the kernel's tables: absent. Present but not listed: unknown.
+        assert_eq!(cache.get("fan_a"), Some(None));
+        assert_eq!(cache.get("fan_b"), None);
+        cache.set("fan_a", Some(vec!["chain".into()]));
+        assert_eq!(cache.get("fan_a"), Some(Some(vec!["chain".into()])));
+        cache.set("fan_b", None);
+        assert_eq!(cache.get("fan_b"), Some(None));
+        // The same generation keeps everything, another forgets it all.
+        cache.at(7);
+        assert!(cache.get("fan_a").is_some());
+        cache.at(8);
+        assert_eq!(cache.get("fan_a"), None);
+        assert!(cache.names.is_none());
     }
 
     fn ipip_plan() -> NetworkPlan {

@@ -460,10 +460,7 @@ fn ipip_refuses_a_foreign_tunnel_in_the_way() {
         let mut other = p.clone();
         other.network_id = "other".into();
         other.index = 6;
-        {
-            let _guard = device::lock().await;
-            device::ensure(&nl, &other, Role::KernelFan).await.unwrap();
-        }
+        device::ensure(&nl, &other, Role::KernelFan).await.unwrap();
         let err = apply_all(&backend, &p).await.unwrap_err().to_string();
         assert!(
             err.contains("ipip device fanmap6 (used by fan network(s) other of another backend)"),
@@ -527,10 +524,7 @@ fn kernel_fan_is_detected_absent_and_backs_out_cleanly() {
         let mut other = p.clone();
         other.network_id = "other".into();
         let nl = Netlink::new().unwrap();
-        {
-            let _guard = device::lock().await;
-            device::ensure(&nl, &other, Role::KernelFan).await.unwrap();
-        }
+        device::ensure(&nl, &other, Role::KernelFan).await.unwrap();
         assert!(backend.apply_unchecked(&p).await.is_err());
         assert_eq!(
             fan_devices(Role::KernelFan).await,

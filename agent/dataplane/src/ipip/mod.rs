@@ -38,9 +38,9 @@
 //! two hosts, ping and TCP both ways, interop with the eBPF backend in both
 //! directions, and the /16 install and removal times.
 
-pub mod device;
-pub mod probe;
 pub mod routes;
+
+use crate::iptun::{device, probe};
 
 #[cfg(test)]
 mod kernel_tests;
@@ -51,7 +51,7 @@ use async_trait::async_trait;
 use tracing::{info, warn};
 
 use crate::host::Errors;
-use crate::netlink::{Netlink, RouteChange, ROUTE_BATCH_SIZE, TABLE_MAIN};
+use crate::netlink::{Netlink, NetlinkSlot, RouteChange, ROUTE_BATCH_SIZE, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
     Result,
@@ -98,12 +98,14 @@ pub(crate) async fn run_route_batch(
 
 /// The ipip.ko backend. See the module docs for what it builds.
 #[derive(Debug, Default)]
-pub struct IpipBackend {}
+pub struct IpipBackend {
+    netlink: NetlinkSlot,
+}
 
 impl IpipBackend {
     /// The backend (stateless: everything it needs is in the kernel).
     pub fn new() -> Self {
-        IpipBackend {}
+        IpipBackend::default()
     }
 
     fn unavailable(reason: String) -> DataplaneError {
@@ -124,6 +126,10 @@ impl Encapsulation for IpipBackend {
         BackendKind::Ipip
     }
 
+    fn use_netlink(&self, netlink: &Netlink) {
+        self.netlink.set(netlink);
+    }
+
     async fn availability(&self) -> Availability {
         let (available, reason) = match probe::ipip_module() {
             Ok(()) => (
@@ -142,11 +148,8 @@ impl Encapsulation for IpipBackend {
 
     async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
         probe::ipip_module().map_err(Self::unavailable)?;
-        let nl = Netlink::new()?;
-        let dev = {
-            let _guard = device::lock().await;
-            device::ensure(&nl, plan, Role::Ipip).await?
-        };
+        let nl = self.netlink.get()?;
+        let dev = device::ensure(&nl, plan, Role::Ipip).await?;
         let desired = routes::desired_routes(plan, dev.link.index)?;
         let current = nl.ipv4_routes_bulk(Some(TABLE_MAIN)).await?;
         let diff = routes::diff(desired, &current, dev.link.index, plan.overlay);
@@ -173,7 +176,7 @@ impl Encapsulation for IpipBackend {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut drifts = Vec::new();
         let devices = device::owned(&nl, plan, Role::Ipip).await?;
         let underlay = nl.link_by_name(&plan.underlay_interface).await?;
@@ -226,9 +229,8 @@ impl Encapsulation for IpipBackend {
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut errors = Errors::new();
-        let _guard = device::lock().await;
         let Some(devices) = errors.record(device::owned(&nl, plan, Role::Ipip).await) else {
             return errors.into_result();
         };

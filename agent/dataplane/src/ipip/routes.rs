@@ -44,8 +44,6 @@ pub fn fan_map(plan: &NetworkPlan) -> Result<FanMap> {
         .map_err(|e| DataplaneError::other(format!("fan map of network {}", plan.network_id), e))
 }
 
-pub use crate::netlink::overlay_route;
-
 /// The route to one remote slice; its metric is the owner's host number
 /// in the underlay (see the module docs for why).
 pub fn slice_route(
@@ -72,7 +70,7 @@ pub fn slice_route(
 pub fn desired_routes(plan: &NetworkPlan, tunnel_index: u32) -> Result<Vec<Route4>> {
     let map = fan_map(plan)?;
     let mut routes = Vec::with_capacity(map.slice_count().min(1 << 20) as usize);
-    routes.push(overlay_route(plan, tunnel_index));
+    routes.push(plan.overlay_route(tunnel_index));
     routes.extend(
         map.remote_slices(plan.local_underlay)
             .map(|(owner, slice)| slice_route(plan, tunnel_index, owner, slice)),
@@ -285,7 +283,7 @@ mod tests {
         let routes = desired_routes(&p, 9).unwrap();
         // The catch-all + one per host but the network, broadcast and local addresses.
         assert_eq!(routes.len(), 1 + 65_533);
-        assert_eq!(routes[0], overlay_route(&p, 9));
+        assert_eq!(routes[0], p.overlay_route(9));
         let r = routes
             .iter()
             .find(|r| r.destination == "250.0.27.0/24".parse::<Ipv4Network>().unwrap())

@@ -7,16 +7,16 @@
 //!   <plan.underlay_interface>`, named `fanmap<plan.index>`, marked
 //!   `fan:<network_id>`, MTU `plan.mtu`, up, rp_filter loose. Networks on
 //!   one underlay address share it (the kernel allows one such tunnel per
-//!   (local, remote, device); see [`crate::ipip::device`]), each with its own
+//!   (local, remote, device); see [`crate::iptun::device`]), each with its own
 //!   map on it;
 //! - the map `plan.overlay:plan.underlay` on that device
-//!   ([`abi::IFLA_IPTUN_FAN_MAP`]); the kernel then computes the outer
+//!   ([`fan_map::IFLA_IPTUN_FAN_MAP`]); the kernel then computes the outer
 //!   destination of every overlay packet itself;
 //! - the route `plan.overlay dev fanmapN src plan.gateway proto 250`.
 //!
 //! One map is added or removed without disturbing the device's other
 //! maps: the current maps are read back (RTM_GETLINK), and only the delta
-//! is sent ([`abi::changes_to_add`], [`abi::changes_to_remove`]): the map,
+//! is sent ([`fan_map::changes_to_add`], [`fan_map::changes_to_remove`]): the map,
 //! or a delete entry (underlay 0/0) for its overlay. Re-sending the merged
 //! set is not possible: the patched kernel answers EEXIST for an overlay it
 //! already maps. A changelink carries the device's full tunnel parameters,
@@ -32,7 +32,7 @@
 //!
 //! What is verified, and how:
 //!
-//! - the bytes: golden tests in [`abi`] pin the nested attribute headers,
+//! - the bytes: golden tests in [`fan_map`] pin the nested attribute headers,
 //!   lengths, padding and byte order of several maps, a delete and a flush
 //!   entry, and of a whole IFLA_LINKINFO; the expected bytes are written by
 //!   hand from the ABI (Ubuntu's `include/uapi/linux/if_tunnel.h` and
@@ -49,21 +49,20 @@
 //! patched kernel has never accepted these maps in a test, and packets
 //! have never been encapsulated by the fan map code through this backend.
 
-pub mod abi;
-
 use async_trait::async_trait;
 use tracing::{info, warn};
 
 use crate::host::Errors;
-use crate::ipip::device::{self, Role, TunnelDevice};
-use crate::ipip::{probe, routes};
-use crate::netlink::{Netlink, Route4, TABLE_MAIN};
+use crate::iptun::device::{self, Role, TunnelDevice};
+use crate::iptun::fan_map;
+use crate::iptun::probe;
+use crate::netlink::{Netlink, NetlinkSlot, Route4, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, DataplaneError, Drift, Encapsulation, NetworkPlan, Observation,
     Result, ROUTE_PROTOCOL,
 };
 
-use abi::FanMapping;
+use fan_map::FanMapping;
 
 /// The file the patched ipip module creates (value 3 for the IPIP fan).
 pub const FAN_VERSION_FILE: &str = "/proc/sys/net/fan/version";
@@ -86,12 +85,14 @@ pub fn detect() -> std::result::Result<String, String> {
 
 /// Ubuntu's kernel fan map backend. See the module docs.
 #[derive(Debug, Default)]
-pub struct KernelFanBackend {}
+pub struct KernelFanBackend {
+    netlink: NetlinkSlot,
+}
 
 impl KernelFanBackend {
     /// The backend (stateless: the maps live in the kernel).
     pub fn new() -> Self {
-        KernelFanBackend {}
+        KernelFanBackend::default()
     }
 
     fn want(plan: &NetworkPlan) -> FanMapping {
@@ -99,7 +100,7 @@ impl KernelFanBackend {
     }
 
     fn maps(dev: &TunnelDevice) -> Result<Vec<FanMapping>> {
-        abi::fan_maps_of(&dev.message)
+        fan_map::fan_maps_of(&dev.message)
             .map_err(|e| DataplaneError::other(format!("fan maps of {}", dev.link.name), e))
     }
 
@@ -120,7 +121,7 @@ impl KernelFanBackend {
     async fn ensure_map(nl: &Netlink, plan: &NetworkPlan, dev: &TunnelDevice) -> Result<()> {
         let want = Self::want(plan);
         let current = Self::maps(dev)?;
-        let changes = abi::changes_to_add(&current, want).map_err(|e| {
+        let changes = fan_map::changes_to_add(&current, want).map_err(|e| {
             DataplaneError::other(format!("fan map {want} on {}", dev.link.name), e)
         })?;
         if changes.is_empty() {
@@ -146,7 +147,7 @@ impl KernelFanBackend {
     }
 
     async fn ensure_route(nl: &Netlink, plan: &NetworkPlan, tunnel_index: u32) -> Result<()> {
-        let want = routes::overlay_route(plan, tunnel_index);
+        let want = plan.overlay_route(tunnel_index);
         let current: Vec<Route4> = nl
             .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
@@ -191,6 +192,10 @@ impl Encapsulation for KernelFanBackend {
         BackendKind::KernelFan
     }
 
+    fn use_netlink(&self, netlink: &Netlink) {
+        self.netlink.set(netlink);
+    }
+
     async fn availability(&self) -> Availability {
         let (available, reason) = match detect() {
             Ok(version) => (
@@ -215,7 +220,7 @@ impl Encapsulation for KernelFanBackend {
     }
 
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut drifts = Vec::new();
         let devices = device::owned(&nl, plan, Role::KernelFan).await?;
         let Some(dev) = devices.first() else {
@@ -259,7 +264,7 @@ impl Encapsulation for KernelFanBackend {
             }),
         }
 
-        let route = routes::overlay_route(plan, dev.link.index);
+        let route = plan.overlay_route(dev.link.index);
         let present = nl
             .ipv4_routes_bulk(Some(TABLE_MAIN))
             .await?
@@ -286,9 +291,8 @@ impl Encapsulation for KernelFanBackend {
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let mut errors = Errors::new();
-        let _guard = device::lock().await;
         let Some(devices) = errors.record(device::owned(&nl, plan, Role::KernelFan).await) else {
             return errors.into_result();
         };
@@ -297,7 +301,7 @@ impl Encapsulation for KernelFanBackend {
             if !dev.sole_owner(&plan.network_id) {
                 // Shared: only our map goes; the others stay as they are.
                 if let Some(maps) = errors.record(Self::maps(&dev)) {
-                    let changes = abi::changes_to_remove(&maps, plan.overlay);
+                    let changes = fan_map::changes_to_remove(&maps, plan.overlay);
                     if !changes.is_empty() {
                         errors.record(Self::write_maps(&nl, &dev, &changes).await);
                     }
@@ -314,9 +318,8 @@ impl KernelFanBackend {
     /// kernel fan is detected. Public so that tests can drive it on a
     /// kernel without the patch and check that it fails cleanly.
     pub async fn apply_unchecked(&self, plan: &NetworkPlan) -> Result<()> {
-        let nl = Netlink::new()?;
+        let nl = self.netlink.get()?;
         let dev = {
-            let _guard = device::lock().await;
             let dev = device::ensure(&nl, plan, Role::KernelFan).await?;
             if let Err(e) = Self::ensure_map(&nl, plan, &dev).await {
                 // Do not leave a device (or our name on a shared one) behind

@@ -28,7 +28,7 @@ use netlink_packet_route::link::{
 };
 use tracing::{info, warn};
 
-use crate::kernel_fan::abi::{ipip_info_data, FanMapping};
+use super::fan_map::{ipip_info_data, FanMapping};
 use crate::netlink::{Link, Netlink, IFNAME_MAX};
 use crate::{sysctl, DataplaneError, NetworkPlan, Result};
 
@@ -226,7 +226,7 @@ pub fn create_message(name: &str, params: &TunnelParams, mtu: u32) -> LinkMessag
 /// changelink resets every parameter the request leaves out.
 pub fn change_message(index: u32, params: &TunnelParams, maps: &[FanMapping]) -> LinkMessage {
     let mut data = params.attributes();
-    data.push(crate::kernel_fan::abi::fan_map_nla(maps));
+    data.push(super::fan_map::fan_map_nla(maps));
     let mut message = LinkMessage::default();
     message.header.index = index;
     message.attributes = vec![link_info(data)];
@@ -272,15 +272,6 @@ impl TunnelDevice {
                 ..crate::Counters::default()
             }))
     }
-}
-
-/// Serialises joins and leaves of shared devices within this process
-/// (read-modify-write of the ifalias).
-static DEVICE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Takes the device lock; hold it across a find-and-join or a leave.
-pub async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
-    DEVICE_LOCK.lock().await
 }
 
 /// Every ipip device of the namespace with its parameters.
@@ -366,7 +357,8 @@ pub fn wanted_mtu(plan: &NetworkPlan, owners: usize) -> u32 {
 
 /// Finds the plan's tunnel (ours, or a shared one to join) or creates it;
 /// then makes it right: MTU, up, rp_filter loose, send_redirects off.
-/// Hold [`lock`] around the call.
+/// The caller serialises it with every other apply and remove (see
+/// [`crate::Encapsulation::apply`]).
 pub async fn ensure(nl: &Netlink, plan: &NetworkPlan, role: Role) -> Result<TunnelDevice> {
     let underlay = underlay(nl, plan).await?;
     let want = TunnelParams::fan(underlay.index, plan.local_underlay);
@@ -507,7 +499,7 @@ async fn configure(
 
 /// Takes `plan.network_id` off the device's mark; deletes the device when
 /// no network is left on it. Returns true when the device was deleted.
-/// The caller removes its own routes or maps first. Hold [`lock`].
+/// The caller removes its own routes or maps first, serialised as `ensure` is.
 pub async fn leave(nl: &Netlink, plan: &NetworkPlan, dev: &TunnelDevice) -> Result<bool> {
     let rest: Vec<String> = dev
         .owners

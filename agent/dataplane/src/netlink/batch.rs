@@ -1,0 +1,518 @@
+//! The raw NETLINK_ROUTE / NETLINK_NETFILTER sockets: route batches in one
+//! `sendmsg`, a route dump parsed straight from the bytes, and the nf_tables
+//! generation. Every `unsafe` block of the netlink code lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use super::{Route4, RouteChange, RouteScope};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+/// How long to wait for acknowledgements the kernel owes us.
+const ACK_TIMEOUT_SECS: libc::time_t = 30;
+
+#[derive(Debug)]
+pub(super) struct BatchSocket {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn set_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid fd and a c_int option of the right size.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+impl BatchSocket {
+    pub(super) fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        })?;
+        // SAFETY: raw is a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Acks without a copy of the request; room for a batch of them.
+        let _ = set_int(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        if set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20).is_err() {
+            let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
+        }
+        let timeout = libc::timeval {
+            tv_sec: ACK_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd and a timeval of the right size.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &timeout as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+        // SAFETY: zeroed sockaddr_nl is valid; pid 0 lets the kernel pick.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: addr is a valid sockaddr_nl of the given size.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        })?;
+        Ok(BatchSocket { fd, seq: 0 })
+    }
+
+    /// Encodes `change` exactly as rtnetlink's requests do.
+    pub(super) fn encode(change: &RouteChange, seq: u32, out: &mut Vec<u8>) {
+        let (payload, flags) = match change {
+            RouteChange::Add(r) => (
+                RouteNetlinkMessage::NewRoute(r.to_message(false)),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE,
+            ),
+            RouteChange::Replace(r) => (
+                RouteNetlinkMessage::NewRoute(r.to_message(false)),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+            ),
+            RouteChange::Delete(r) => (
+                RouteNetlinkMessage::DelRoute(r.to_message(true)),
+                NLM_F_REQUEST | NLM_F_ACK,
+            ),
+        };
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        message.finalize();
+        let start = out.len();
+        out.resize(start + message.buffer_len(), 0);
+        message.serialize(&mut out[start..]);
+        // Messages in one datagram start at 4-byte boundaries.
+        out.resize((out.len() + 3) & !3, 0);
+    }
+
+    /// Sends every change; returns the errno of each (0: done).
+    pub(super) fn run(
+        &mut self,
+        changes: &[RouteChange],
+        batch: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Vec<i32> {
+        let total = changes.len();
+        let mut results = vec![0i32; total];
+        let mut finished = 0;
+        let mut out = Vec::with_capacity(batch * 128);
+        let mut buf = vec![0u8; 1 << 16];
+        for (chunk_index, chunk) in changes.chunks(batch).enumerate() {
+            let first = chunk_index * batch;
+            let base = self.seq;
+            self.seq = self.seq.wrapping_add(chunk.len() as u32);
+            out.clear();
+            for (i, change) in chunk.iter().enumerate() {
+                Self::encode(change, base.wrapping_add(i as u32), &mut out);
+            }
+            let mut pending = vec![true; chunk.len()];
+            let mut waiting = chunk.len();
+            let failure = match self.send(&out) {
+                Err(e) => Some(e),
+                Ok(()) => loop {
+                    if waiting == 0 {
+                        break None;
+                    }
+                    match self.recv(&mut buf) {
+                        Err(e) => break Some(e),
+                        Ok(n) => {
+                            for (seq, errno) in acks(&buf[..n]) {
+                                let i = seq.wrapping_sub(base) as usize;
+                                if i < chunk.len() && pending[i] {
+                                    pending[i] = false;
+                                    waiting -= 1;
+                                    results[first + i] = errno;
+                                    finished += 1;
+                                    progress(finished, total);
+                                }
+                            }
+                        }
+                    }
+                },
+            };
+            if let Some(e) = failure {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                for (i, p) in pending.iter().enumerate() {
+                    if *p {
+                        results[first + i] = errno;
+                        finished += 1;
+                        progress(finished, total);
+                    }
+                }
+                // The socket may hold stale acks now: start afresh.
+                if let Ok(fresh) = BatchSocket::open() {
+                    *self = BatchSocket {
+                        seq: self.seq,
+                        ..fresh
+                    };
+                }
+            }
+        }
+        results
+    }
+
+    fn send(&self, data: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_nl is valid; pid 0 is the kernel.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        loop {
+            // SAFETY: data and addr are valid for the given lengths.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    data.as_ptr() as *const libc::c_void,
+                    data.len(),
+                    0,
+                    &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: buf is valid for its length.
+            let rc = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The nf_tables ruleset generation (NFT_MSG_GETGEN): it changes with
+/// every committed nftables transaction in this network namespace.
+pub(super) fn nft_generation() -> io::Result<u32> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_NEWGEN: u16 = 15;
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFTA_GEN_ID: u16 = 1;
+    const KIND: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+    // The socket's receive timeout (30 s) bounds a kernel that never answers.
+    let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+    // nlmsghdr + struct nfgenmsg { family AF_UNSPEC, version 0, res_id 0 }.
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
+    request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
+    request.extend_from_slice(&KIND.to_ne_bytes());
+    request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[0; 4]);
+    socket.send(&request)?;
+    let mut buf = vec![0u8; 4096];
+    let n = socket.recv(&mut buf)?;
+    // The answer is a NEWGEN message.
+    parse_generation(
+        &buf[..n],
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN,
+        NFTA_GEN_ID,
+    )
+}
+
+/// The names of the nf_tables tables of family `ip` (NFT_MSG_GETTABLE dump).
+pub(super) fn nft_ip_tables() -> io::Result<Vec<String>> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFPROTO_IPV4: u8 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_DUMP: u16 = 0x300;
+    let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+    let seq = 1u32;
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
+    request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
+    request.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
+    socket.send(&request)?;
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket.recv(&mut buf)?;
+        let mut offset = 0;
+        while offset + NLMSG_HDRLEN <= n {
+            let h = &buf[offset..n];
+            let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let kind = u16::from_ne_bytes([h[4], h[5]]);
+            if len < NLMSG_HDRLEN || len > h.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink message",
+                ));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(names),
+                NLMSG_ERROR => {
+                    let error = h
+                        .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(-libc::EIO);
+                    if error != 0 {
+                        return Err(io::Error::from_raw_os_error(error.saturating_abs()));
+                    }
+                }
+                _ => {
+                    // struct nfgenmsg (4 bytes), then attributes.
+                    let p = &h[NLMSG_HDRLEN..len];
+                    let mut a = 4;
+                    while a + 4 <= p.len() {
+                        let alen = usize::from(u16::from_ne_bytes([p[a], p[a + 1]]));
+                        let akind = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
+                        if alen < 4 || a + alen > p.len() {
+                            break;
+                        }
+                        if akind == NFTA_TABLE_NAME {
+                            let v = &p[a + 4..a + alen];
+                            let v = v.split(|b| *b == 0).next().unwrap_or_default();
+                            names.push(String::from_utf8_lossy(v).into_owned());
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                }
+            }
+            offset += (len + 3) & !3;
+        }
+    }
+}
+
+/// NFTA_GEN_ID of a NEWGEN answer (or the errno of an NLMSG_ERROR).
+pub(super) fn parse_generation(data: &[u8], kind: u16, attr: u16) -> io::Result<u32> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    if data.len() < NLMSG_HDRLEN {
+        return Err(invalid("short netlink answer"));
+    }
+    let len = (u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize)
+        .clamp(NLMSG_HDRLEN, data.len());
+    let msg_kind = u16::from_ne_bytes([data[4], data[5]]);
+    let p = &data[NLMSG_HDRLEN..len];
+    if msg_kind == NLMSG_ERROR {
+        let error = p
+            .get(0..4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(-libc::EIO);
+        return Err(io::Error::from_raw_os_error(error.saturating_abs().max(1)));
+    }
+    if msg_kind != kind || p.len() < 4 {
+        return Err(invalid("unexpected nf_tables answer"));
+    }
+    // After struct nfgenmsg (4 bytes): attributes.
+    let mut offset = 4;
+    while offset + 4 <= p.len() {
+        let alen = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+        let akind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+        if alen < 4 || offset + alen > p.len() {
+            break;
+        }
+        if akind == attr && alen >= 8 {
+            let v = &p[offset + 4..offset + 8];
+            return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        offset += (alen + 3) & !3;
+    }
+    Err(invalid("nf_tables answer without a generation id"))
+}
+
+impl BatchSocket {
+    /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
+    /// and parses them straight from the bytes.
+    pub(super) fn dump_ipv4_routes(&mut self) -> io::Result<Vec<Route4>> {
+        const RTM_GETROUTE: u16 = 26;
+        const NLMSG_DONE: u16 = 3;
+        const NLM_F_DUMP: u16 = 0x300;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        // nlmsghdr + struct rtmsg { family AF_INET, rest 0 }.
+        let mut request = Vec::with_capacity(NLMSG_HDRLEN + 12);
+        request.extend_from_slice(&((NLMSG_HDRLEN + 12) as u32).to_ne_bytes());
+        request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        request.extend_from_slice(&seq.to_ne_bytes());
+        request.extend_from_slice(&0u32.to_ne_bytes());
+        request.push(libc::AF_INET as u8);
+        request.extend_from_slice(&[0; 11]);
+        self.send(&request)?;
+        let mut routes = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut offset = 0;
+            while offset + NLMSG_HDRLEN <= n {
+                let h = &buf[offset..n];
+                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                let kind = u16::from_ne_bytes([h[4], h[5]]);
+                let msg_seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+                if len < NLMSG_HDRLEN || len > h.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink message",
+                    ));
+                }
+                if msg_seq == seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(routes),
+                        NLMSG_ERROR => {
+                            let p = &h[NLMSG_HDRLEN..len];
+                            let error = p
+                                .get(0..4)
+                                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                                .unwrap_or(-libc::EIO);
+                            if error != 0 {
+                                return Err(io::Error::from_raw_os_error(error.saturating_abs()));
+                            }
+                        }
+                        _ => routes.extend(parse_route_bytes(&h[NLMSG_HDRLEN..len])),
+                    }
+                }
+                offset += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// A route from the payload of an RTM_NEWROUTE (struct rtmsg and its
+/// attributes), with the same rules as `parse_route`: IPv4 unicast only.
+pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RTA_PRIORITY: u16 = 6;
+    const RTA_PREFSRC: u16 = 7;
+    const RTA_MULTIPATH: u16 = 9;
+    const RTA_TABLE: u16 = 15;
+    const RTN_UNICAST: u8 = 1;
+    const RTNH_F_ONLINK: u32 = 4;
+    if p.len() < 12 || p[0] != libc::AF_INET as u8 || p[7] != RTN_UNICAST {
+        return None;
+    }
+    let ip = |v: &[u8]| (v.len() == 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+    let int = |v: &[u8]| (v.len() >= 4).then(|| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+    let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut route = Route4 {
+        destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?,
+        oif: None,
+        via: None,
+        src: None,
+        table: u32::from(p[4]),
+        protocol: p[5],
+        scope: Some(RouteScope::from(p[6])),
+        onlink: flags & RTNH_F_ONLINK != 0,
+        metric: None,
+    };
+    let mut offset = 12;
+    while offset + 4 <= p.len() {
+        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > p.len() {
+            break;
+        }
+        let v = &p[offset + 4..offset + len];
+        match kind {
+            RTA_DST => destination = ip(v).unwrap_or(destination),
+            RTA_TABLE => route.table = int(v).unwrap_or(route.table),
+            RTA_OIF => route.oif = int(v).or(route.oif),
+            RTA_GATEWAY => route.via = ip(v).or(route.via),
+            RTA_PREFSRC => route.src = ip(v).or(route.src),
+            RTA_PRIORITY => route.metric = int(v).or(route.metric),
+            // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
+            RTA_MULTIPATH if route.oif.is_none() => route.oif = v.get(4..8).and_then(int),
+            _ => {}
+        }
+        offset += (len + 3) & !3;
+    }
+    route.destination = Ipv4Network::new(destination, p[1]).ok()?;
+    Some(route)
+}
+
+/// (sequence number, errno) of every NLMSG_ERROR (ack) in a datagram.
+pub(super) fn acks(data: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + NLMSG_HDRLEN <= data.len() {
+        let h = &data[offset..];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let kind = u16::from_ne_bytes([h[4], h[5]]);
+        if len < NLMSG_HDRLEN || offset + len > data.len() {
+            break;
+        }
+        // struct nlmsgerr: int error; struct nlmsghdr msg (the request's).
+        if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
+            let p = &h[NLMSG_HDRLEN..];
+            let error = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+            let seq = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
+            out.push((seq, error.saturating_abs()));
+        }
+        offset += (len + 3) & !3;
+    }
+    out
+}

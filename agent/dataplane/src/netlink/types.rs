@@ -1,0 +1,383 @@
+//! What the netlink helpers return and take: links, addresses, routes and
+//! route changes, with the parsers from rtnetlink's messages and the error
+//! mapping.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::RouteMessageBuilder;
+
+use crate::{DataplaneError, Result};
+
+pub use netlink_packet_route::route::RouteScope;
+
+/// The main routing table.
+pub const TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+// errno values the helpers treat as "already done" (positive, as in libc).
+pub(super) const EEXIST: i32 = libc::EEXIST;
+pub(super) const ENODEV: i32 = libc::ENODEV;
+pub(super) const ENOENT: i32 = libc::ENOENT;
+pub(super) const ESRCH: i32 = libc::ESRCH;
+pub(super) const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+
+/// What the kernel reports about one network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// ARP disabled (IFF_NOARP).
+    pub noarp: bool,
+    /// The loopback device (IFF_LOOPBACK).
+    pub loopback: bool,
+    /// The ifalias, when set and not empty.
+    pub alias: Option<String>,
+    /// The rtnl link kind ("bridge", "veth", …); `None` for physical devices.
+    pub kind: Option<String>,
+    /// Index of the master device (bridge, bond), when enslaved.
+    pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, the peer's index.
+    pub link: Option<u32>,
+    /// The Ethernet address, when the device has one.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAddress {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub interface: String,
+    /// Device MTU.
+    pub mtu: u32,
+    /// True for the loopback device.
+    pub loopback: bool,
+    /// The address with its prefix length.
+    pub address: Ipv4Network,
+}
+
+/// An IPv4 unicast route, for adding, replacing, deleting and listing.
+///
+/// Build with [`Route4::new`] and struct update syntax:
+/// `Route4 { oif: Some(idx), src: Some(gw), ..Route4::new(overlay) }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    /// Destination network.
+    pub destination: Ipv4Network,
+    /// Output device index.
+    pub oif: Option<u32>,
+    /// Gateway ("via").
+    pub via: Option<Ipv4Addr>,
+    /// Preferred source address ("src").
+    pub src: Option<Ipv4Addr>,
+    /// Routing table id ([`TABLE_MAIN`] by default).
+    pub table: u32,
+    /// Route protocol number: the agent marks its routes with its own.
+    pub protocol: u8,
+    /// Scope; `None` picks what `ip route` picks: link without a gateway,
+    /// universe with one. On delete, `None` matches any scope.
+    pub scope: Option<RouteScope>,
+    /// The gateway is on-link even if no address covers it ("onlink").
+    pub onlink: bool,
+    /// Metric ("priority"); `None` for the kernel default (0).
+    pub metric: Option<u32>,
+}
+
+impl Route4 {
+    /// A route to `destination` in the main table, protocol static, nothing else set.
+    pub fn new(destination: Ipv4Network) -> Self {
+        Route4 {
+            destination,
+            oif: None,
+            via: None,
+            src: None,
+            table: TABLE_MAIN,
+            protocol: u8::from(RouteProtocol::Static),
+            scope: None,
+            onlink: false,
+            metric: None,
+        }
+    }
+
+    pub(super) fn to_message(&self, for_delete: bool) -> RouteMessage {
+        let scope = match (self.scope, for_delete) {
+            (Some(scope), _) => scope,
+            // RT_SCOPE_NOWHERE on delete means "any scope" to the kernel.
+            (None, true) => RouteScope::NoWhere,
+            (None, false) if self.via.is_none() => RouteScope::Link,
+            (None, false) => RouteScope::Universe,
+        };
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(self.destination.network(), self.destination.prefix())
+            .table_id(self.table)
+            .protocol(RouteProtocol::from(self.protocol))
+            .scope(scope)
+            .kind(RouteType::Unicast);
+        if let Some(oif) = self.oif {
+            builder = builder.output_interface(oif);
+        }
+        if let Some(via) = self.via {
+            builder = builder.gateway(via);
+        }
+        if let Some(src) = self.src {
+            builder = builder.pref_source(src);
+        }
+        if let Some(metric) = self.metric {
+            builder = builder.priority(metric);
+        }
+        if self.onlink {
+            builder = builder.onlink();
+        }
+        builder.build()
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let mut s = format!("route {}", self.destination);
+        if let Some(via) = self.via {
+            s.push_str(&format!(" via {via}"));
+        }
+        if let Some(oif) = self.oif {
+            s.push_str(&format!(" oif {oif}"));
+        }
+        if self.table != TABLE_MAIN {
+            s.push_str(&format!(" table {}", self.table));
+        }
+        s
+    }
+}
+
+/// The kernel's errno (positive) inside an rtnetlink error, if it carries one.
+pub fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// Maps an rtnetlink error to [`DataplaneError::Netlink`] with `context`.
+pub fn netlink_error(context: impl Into<String>, error: rtnetlink::Error) -> DataplaneError {
+    let message = match &error {
+        // to_io() gives "File exists (os error 17)" instead of a Debug dump.
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().to_string(),
+        other => other.to_string(),
+    };
+    DataplaneError::Netlink {
+        context: context.into(),
+        message,
+    }
+}
+
+pub(super) fn check_ifname(name: &str, context: &str) -> Result<()> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', '\0']) {
+        return Err(DataplaneError::Netlink {
+            context: context.to_string(),
+            message: format!(
+                "invalid interface name {name:?} (1 to {IFNAME_MAX} bytes, no '/' or spaces)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn parse_link(msg: LinkMessage) -> Link {
+    let flags = msg.header.flags;
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        up: flags.contains(LinkFlags::Up),
+        noarp: flags.contains(LinkFlags::Noarp),
+        loopback: flags.contains(LinkFlags::Loopback),
+        alias: None,
+        kind: None,
+        master: None,
+        link: None,
+        mac: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::IfAlias(alias) if !alias.is_empty() => link.alias = Some(alias),
+            LinkAttribute::Controller(master) if master != 0 => link.master = Some(master),
+            LinkAttribute::Link(peer) if peer != 0 => link.link = Some(peer),
+            LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+pub(super) fn parse_address(msg: &AddressMessage) -> Option<Ipv4Network> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+    // peer on point-to-point links. Prefer LOCAL.
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            _ => {}
+        }
+    }
+    Ipv4Network::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+pub(super) fn parse_route(msg: RouteMessage) -> Option<Route4> {
+    let header = &msg.header;
+    if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut table = u32::from(header.table);
+    let mut route = Route4 {
+        destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?,
+        oif: None,
+        via: None,
+        src: None,
+        table,
+        protocol: u8::from(header.protocol),
+        scope: Some(header.scope),
+        onlink: header.flags.contains(RouteFlags::Onlink),
+        metric: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = a,
+            RouteAttribute::Table(t) => table = t,
+            RouteAttribute::Oif(i) => route.oif = Some(i),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.via = Some(a),
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.src = Some(a),
+            RouteAttribute::Priority(p) => route.metric = Some(p),
+            RouteAttribute::MultiPath(hops) if route.oif.is_none() => {
+                // Multipath: report the first next hop's device.
+                route.oif = hops.first().map(|h| h.interface_index);
+            }
+            _ => {}
+        }
+    }
+    route.table = table;
+    route.destination = Ipv4Network::new(destination, header.destination_prefix_length).ok()?;
+    Some(route)
+}
+
+// ------------------------------------------------- batches, raw links, stats
+
+/// One change in a [`Netlink::change_routes`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Add the route (NLM_F_EXCL); a route with the same key already there
+    /// counts as [`RouteBatchReport::already`], not as a failure.
+    Add(Route4),
+    /// Add or overwrite the route with the same key (NLM_F_REPLACE).
+    Replace(Route4),
+    /// Delete the route; already absent counts as [`RouteBatchReport::already`].
+    Delete(Route4),
+}
+
+impl RouteChange {
+    pub(super) fn route(&self) -> &Route4 {
+        match self {
+            RouteChange::Add(r) | RouteChange::Replace(r) | RouteChange::Delete(r) => r,
+        }
+    }
+
+    pub(super) fn verb(&self) -> &'static str {
+        match self {
+            RouteChange::Add(_) => "add",
+            RouteChange::Replace(_) => "replace",
+            RouteChange::Delete(_) => "delete",
+        }
+    }
+}
+
+/// What a [`Netlink::change_routes`] batch did.
+#[derive(Debug, Default)]
+pub struct RouteBatchReport {
+    /// Changes the kernel applied.
+    pub done: usize,
+    /// Adds whose key already existed (EEXIST) and deletes of routes
+    /// already gone: nothing to do.
+    pub already: usize,
+    /// Changes that failed, with the kernel's answer (at most
+    /// [`RouteBatchReport::MAX_ERRORS`] kept; `failed` counts them all).
+    pub errors: Vec<DataplaneError>,
+    /// Number of failed changes.
+    pub failed: usize,
+}
+
+impl RouteBatchReport {
+    /// How many errors are kept in [`RouteBatchReport::errors`].
+    pub const MAX_ERRORS: usize = 8;
+
+    /// Ok when nothing failed; otherwise one error naming the count and
+    /// the first failures.
+    pub fn into_result(self, context: &str) -> Result<()> {
+        if self.failed == 0 {
+            return Ok(());
+        }
+        let examples = self
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(DataplaneError::other(
+            context.to_string(),
+            format!(
+                "{} of {} route changes failed (first: {examples})",
+                self.failed,
+                self.done + self.already + self.failed
+            ),
+        ))
+    }
+}
+
+/// Packet counters of a device (IFLA_STATS64).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Transmit errors (for ip tunnels: no route, loops, no fan map).
+    pub tx_errors: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on transmit.
+    pub tx_dropped: u64,
+    /// For ip tunnels: packets whose outer route pointed back into the tunnel.
+    pub collisions: u64,
+}
+
+/// Default number of route requests [`Netlink::change_routes`] sends per
+/// system call (their acknowledgements must fit the receive buffer).
+pub const ROUTE_BATCH_SIZE: usize = 128;
