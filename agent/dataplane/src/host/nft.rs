@@ -125,21 +125,16 @@ pub fn bogus_outer_source_rule(plan: &NetworkPlan) -> Option<String> {
     })
 }
 
-/// Interface names go into the script quoted: refuse anything that could
-/// close the quote.
+/// Interface names go into the script quoted: the one device-name rule
+/// (fan-core: letters, digits, '_', '.', '-') leaves nothing that could close
+/// the quote.
 fn check_interface_name(name: &str) -> Result<()> {
-    if !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-    {
-        Ok(())
-    } else {
-        Err(DataplaneError::other(
+    fan_core::names::validate_device_name(name).map_err(|e| {
+        DataplaneError::other(
             format!("nft rule for bridge {name:?}"),
-            "bridge name is not usable in an nftables rule (letters, digits, '-', '_', '.', '@')",
-        ))
-    }
+            format!("bridge name is not usable in an nftables rule: {e}"),
+        )
+    })
 }
 
 /// The `nft -f -` script that (re)creates the network's table atomically.

@@ -21,7 +21,7 @@ pub use netlink_packet_route::route::RouteScope;
 pub const TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const IFNAME_MAX: usize = 15;
+pub const IFNAME_MAX: usize = fan_core::names::MAX_DEVICE_NAME_LEN;
 
 // errno values the helpers treat as "already done" (positive, as in libc).
 pub(super) const EEXIST: i32 = libc::EEXIST;
@@ -183,16 +183,13 @@ pub fn netlink_error(context: impl Into<String>, error: rtnetlink::Error) -> Dat
     }
 }
 
+/// Refuses a name before it reaches the kernel, by the one device-name rule
+/// the API and the CNI plugin apply too (fan-core).
 pub(super) fn check_ifname(name: &str, context: &str) -> Result<()> {
-    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', '\0']) {
-        return Err(DataplaneError::Netlink {
-            context: context.to_string(),
-            message: format!(
-                "invalid interface name {name:?} (1 to {IFNAME_MAX} bytes, no '/' or spaces)"
-            ),
-        });
-    }
-    Ok(())
+    fan_core::names::validate_device_name(name).map_err(|e| DataplaneError::Netlink {
+        context: context.to_string(),
+        message: e.to_string(),
+    })
 }
 
 pub(super) fn parse_link(msg: LinkMessage) -> Link {
