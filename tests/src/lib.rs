@@ -12,7 +12,8 @@
 //! mount namespace, so the bpffs they pin maps in outlives an agent process and
 //! a restarted agent finds (and adopts) what its predecessor attached.
 
-pub mod packets;
+/// Hand-made packets and captures, from the shared test kit.
+pub use fan_testkit::packets;
 pub mod pki;
 
 use std::net::Ipv4Addr;

@@ -10,12 +10,12 @@
 //! root; skipped (with a message) otherwise.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use fan_dataplane::host::HostSetup;
 use fan_dataplane::netlink::Netlink;
 use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
+use fan_testkit::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
 use fan_testkit::{sh, veth_pair, Netns};
 
 const BRIDGE: &str = "fhn-250";
@@ -196,110 +196,15 @@ fn plan(anti_spoofing: bool) -> NetworkPlan {
     }
 }
 
-// ------------------------------------------------------------ raw packets
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend(total.to_be_bytes());
-    ip.extend([0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend(payload);
-    ip
-}
-
-fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut icmp = vec![8u8, 0, 0, 0, 0xfa, 0x0a, 0, 1];
-    icmp.extend(std::iter::repeat_n(0xab, 32));
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, 1, &icmp)
+/// tcpdump on `ns`'s ul0 for `count` packets matching `filter`; returned
+/// once it listens.
+fn capture_on(ns: &str, filter: &str, count: usize) -> Child {
+    start_capture(&Netns::existing(ns), "ul0", filter, count).expect("tcpdump")
 }
 
 /// Sends complete IPv4 packets (sources as written) from namespace `ns`.
-fn send_raw(ns: &str, packets: Vec<Vec<u8>>) {
-    Netns::existing(ns).run(move || {
-        // SAFETY: plain socket calls on a socket we own; buffers outlive the calls.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            for p in &packets {
-                let addr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let n = libc::sendto(
-                    fd,
-                    p.as_ptr().cast(),
-                    p.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    p.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    });
-}
-
-/// tcpdump on `ns`'s ul0 for `count` packets matching `filter`; returned
-/// once it listens.
-fn start_capture(ns: &str, filter: &str, count: usize) -> Child {
-    let mut child = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-l", "-i", "ul0", "-c",
-        ])
-        .arg(count.to_string())
-        .arg(filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (apt-get install tcpdump)");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("listening on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("tcpdump did not start");
-    child
-}
-
-fn finish_capture(child: Child) -> String {
-    let out = child.wait_with_output().expect("tcpdump");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn send_from(ns: &str, packets: &[Vec<u8>]) {
+    send_raw(&Netns::existing(ns), packets).expect("raw send");
 }
 
 fn counters(obs: &Observation) -> Counters {
@@ -330,16 +235,16 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
 
     // Spoofed first, then the legitimate packet whose echo reply ends the
     // capture at the peer: a leaked spoofed packet would be in it.
-    let capture = start_capture(&w.peer, "icmp", 2);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp", 2);
+    send_from(
         &w.container,
-        vec![
+        &[
             icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
             icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
             icmp_echo(CONTAINER, REMOTE),
         ],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains("250.0.28.2 > 250.0.27.2: ICMP echo request")
             && dump.contains("250.0.27.2 > 250.0.28.2: ICMP echo reply"),
@@ -379,12 +284,12 @@ fn without_anti_spoofing_nft_lets_foreign_sources_through() {
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
     assert_eq!(obs.counters, None, "no anti-spoofing rules, no counters");
 
-    let capture = start_capture(&w.peer, "icmp", 1);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp", 1);
+    send_from(
         &w.container,
-        vec![icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE)],
+        &[icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE)],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains("250.0.26.9 > 250.0.27.2: ICMP echo request"),
         "{dump}"
@@ -401,17 +306,17 @@ fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
     let inner = icmp_echo(Ipv4Addr::new(250, 0, 0, 9), CONTAINER);
     // The host has no IPIP handler: the stack answers the real host's packet
     // (sent last) with an ICMP unreachable, proof that all three were seen.
-    let capture = start_capture(&w.peer, "icmp and src host 172.30.0.28", 1);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp and src host 172.30.0.28", 1);
+    send_from(
         &w.peer,
-        vec![
-            ipv4(Ipv4Addr::new(172, 30, 0, 0), HOST, 4, &inner),
-            ipv4(Ipv4Addr::new(172, 30, 255, 255), HOST, 4, &inner),
+        &[
+            ipip(Ipv4Addr::new(172, 30, 0, 0), HOST, &[], &inner),
+            ipip(Ipv4Addr::new(172, 30, 255, 255), HOST, &[], &inner),
             // A real host's IPIP is not this rule's business.
-            ipv4(PEER, HOST, 4, &inner),
+            ipip(PEER, HOST, &[], &inner),
         ],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(dump.contains("unreachable"), "{dump}");
     assert_eq!(counters(&w.observe(&plan)).dropped_spoofed, 2);
     let listing = sh(&[
