@@ -21,7 +21,6 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_e2e::{IperfServer, Netns, Testbed};
-use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
@@ -250,26 +249,8 @@ fn vxlan(bed: &Testbed) -> Result<[Netns; 2]> {
 /// Two hosts, the fan on both, container "a" on .28 and "b" on .27; the
 /// agents get `agent_args`.
 async fn fan_bed(agent_args: &[&str]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host_with("h28", H28, agent_args, &[])?;
-    bed.add_host_with("h27", H27, agent_args, &[])?;
-    for host in ["h28", "h27"] {
-        let mut client = bed.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: "fan".into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: OVERLAY.into(),
-                    underlay: UNDERLAY.into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
-    }
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let spec = fan_e2e::fan_spec(OVERLAY, UNDERLAY);
+    fan_e2e::two_host_fan(agent_args, &[], [spec.clone(), spec]).await
 }
 
 fn existing(ns: &Netns) -> Netns {

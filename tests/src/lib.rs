@@ -362,17 +362,7 @@ impl Testbed {
             .into_inner()
             .allocation
             .ok_or_else(|| anyhow!("no allocation returned"))?;
-        let bridge = client
-            .get_network(pb::GetNetworkRequest {
-                network_id: network.into(),
-            })
-            .await
-            .map_err(|s| anyhow!("get network: {s}"))?
-            .into_inner()
-            .network
-            .and_then(|n| n.status)
-            .map(|s| s.bridge)
-            .ok_or_else(|| anyhow!("network without status"))?;
+        let bridge = network_status(&mut client, network).await?.bridge;
         let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
         let outside = format!("{}c{}", self.id, self.containers.len());
         let cidr = format!("{}/{}", allocation.address, allocation.prefix_length);
@@ -494,6 +484,83 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) ->
     }
 }
 
+/// The spec of a fan over `underlay`: `overlay` and `underlay`, the rest
+/// the agent's defaults.
+pub fn fan_spec(overlay: &str, underlay: &str) -> pb::NetworkSpec {
+    pb::NetworkSpec {
+        overlay: overlay.into(),
+        underlay: underlay.into(),
+        ..Default::default()
+    }
+}
+
+/// Creates network `id` with `spec` through `client` (CreateNetwork);
+/// returns the network as the agent reports it. `on` names the agent in
+/// the error.
+pub async fn create_network(
+    client: &mut Client,
+    on: &str,
+    id: &str,
+    spec: pb::NetworkSpec,
+) -> Result<pb::Network> {
+    client
+        .create_network(pb::CreateNetworkRequest {
+            network_id: id.into(),
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|s| anyhow!("create {id} on {on}: {s}"))?
+        .into_inner()
+        .network
+        .ok_or_else(|| anyhow!("create {id} on {on}: no network in the response"))
+}
+
+/// Network `id` as the agent behind `client` reports it (GetNetwork).
+pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
+    client
+        .get_network(pb::GetNetworkRequest {
+            network_id: id.into(),
+        })
+        .await
+        .map_err(|s| anyhow!("get {id}: {s}"))?
+        .into_inner()
+        .network
+        .ok_or_else(|| anyhow!("get {id}: no network in the response"))
+}
+
+/// The status of network `id` as the agent behind `client` reports it.
+pub async fn network_status(client: &mut Client, id: &str) -> Result<pb::NetworkStatus> {
+    get_network(client, id)
+        .await?
+        .status
+        .ok_or_else(|| anyhow!("network {id} without status"))
+}
+
+/// The two-host fan the data-path tests share: hosts "h28" (172.30.0.28)
+/// and "h27" (172.30.0.27) on a /16 underlay, their agents given
+/// `agent_args` and `agent_env`; network "fan" made with `specs[0]` on h28
+/// and `specs[1]` on h27; container "a" on h28 and "b" on h27.
+pub async fn two_host_fan(
+    agent_args: &[&str],
+    agent_env: &[(&str, &str)],
+    specs: [pb::NetworkSpec; 2],
+) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    let hosts = [
+        ("h28", Ipv4Addr::new(172, 30, 0, 28)),
+        ("h27", Ipv4Addr::new(172, 30, 0, 27)),
+    ];
+    for (name, address) in hosts {
+        bed.add_host_with(name, address, agent_args, agent_env)?;
+    }
+    for ((name, _), spec) in hosts.into_iter().zip(specs) {
+        bed.create_network_with(name, "fan", spec).await?;
+    }
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
 impl Testbed {
     /// Creates network `id` on every host (same spec everywhere, as a fan needs).
     pub async fn create_network_everywhere(
@@ -503,18 +570,13 @@ impl Testbed {
         underlay: &str,
     ) -> Result<()> {
         for host in &self.hosts {
-            let mut client = host.client().await?;
-            client
-                .create_network(pb::CreateNetworkRequest {
-                    network_id: id.into(),
-                    spec: Some(pb::NetworkSpec {
-                        overlay: overlay.into(),
-                        underlay: underlay.into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(|s| anyhow!("create {id} on {}: {s}", host.name))?;
+            create_network(
+                &mut host.client().await?,
+                &host.name,
+                id,
+                fan_spec(overlay, underlay),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -530,22 +592,36 @@ impl Testbed {
         underlay: &str,
         backend: pb::Backend,
     ) -> Result<pb::Network> {
-        let mut client = self.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: id.into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: overlay.into(),
-                    underlay: underlay.into(),
-                    backend: backend as i32,
-                    ..Default::default()
-                }),
-            })
+        let spec = pb::NetworkSpec {
+            backend: backend as i32,
+            ..fan_spec(overlay, underlay)
+        };
+        self.create_network_with(host, id, spec).await
+    }
+
+    /// Creates network `id` with `spec` on the host called `host`.
+    pub async fn create_network_with(
+        &self,
+        host: &str,
+        id: &str,
+        spec: pb::NetworkSpec,
+    ) -> Result<pb::Network> {
+        create_network(&mut self.host(host).client().await?, host, id, spec).await
+    }
+
+    /// The status of network `id` on the host called `host`.
+    pub async fn network_status(&self, host: &str, id: &str) -> Result<pb::NetworkStatus> {
+        network_status(&mut self.host(host).client().await?, id)
             .await
-            .map_err(|s| anyhow!("create {id} on {host}: {s}"))?
-            .into_inner()
-            .network
-            .ok_or_else(|| anyhow!("create {id} on {host}: no network in the response"))
+            .with_context(|| format!("on {host}"))
+    }
+
+    /// The data-path counters of network `id` on the host called `host`.
+    pub async fn counters(&self, host: &str, id: &str) -> Result<pb::DataplaneCounters> {
+        self.network_status(host, id)
+            .await?
+            .counters
+            .ok_or_else(|| anyhow!("{host}: no counters on {id}"))
     }
 
     /// The container called `name` (as given to `add_container`).

@@ -19,9 +19,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
-use fan_e2e::{eventually, Testbed};
+use fan_e2e::{eventually, fan_spec, two_host_fan, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -34,18 +34,7 @@ fn addr(text: &str) -> Ipv4Addr {
 // ------------------------------------------------------------------ agents
 
 async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .and_then(|s| s.counters)
-        .ok_or_else(|| anyhow!("{host}: no counters"))
+    bed.counters(host, "fan").await
 }
 
 fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
@@ -55,27 +44,11 @@ fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
 /// Hosts .28 and .27, network "fan" with `anti_spoofing` on each, a
 /// container "a" on .28 and "b" on .27.
 async fn two_hosts(anti_spoofing: [bool; 2]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    for (host, anti_spoofing) in ["h28", "h27"].into_iter().zip(anti_spoofing) {
-        let mut client = bed.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: "fan".into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: OVERLAY.into(),
-                    underlay: UNDERLAY.into(),
-                    anti_spoofing: Some(anti_spoofing),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
-    }
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let specs = anti_spoofing.map(|on| pb::NetworkSpec {
+        anti_spoofing: Some(on),
+        ..fan_spec(OVERLAY, UNDERLAY)
+    });
+    two_host_fan(&[], &[], specs).await
 }
 
 // ------------------------------------------------------------------- tests

@@ -83,24 +83,13 @@ fn bare_container(bed: &Testbed, host: &str, bridge: &str, name: &str) -> Result
 }
 
 async fn create_dhcp_network(bed: &Testbed, host: &str, lease_seconds: u32) -> Result<pb::Network> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                dhcp: true,
-                dhcp_lease_seconds: lease_seconds,
-                dhcp_dns: vec!["250.0.28.1".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| anyhow!("create: {s}"))?
-        .into_inner()
-        .network
-        .ok_or_else(|| anyhow!("no network"))
+    let spec = pb::NetworkSpec {
+        dhcp: true,
+        dhcp_lease_seconds: lease_seconds,
+        dhcp_dns: vec!["250.0.28.1".into()],
+        ..fan_e2e::fan_spec(OVERLAY, UNDERLAY)
+    };
+    bed.create_network_with(host, "fan", spec).await
 }
 
 async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {

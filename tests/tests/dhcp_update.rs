@@ -63,15 +63,9 @@ fn lease(ns: &Netns, script: &Path, log: &Path, tries: u32) -> Result<Option<Ipv
 }
 
 async fn spec(client: &mut Client) -> Result<pb::NetworkSpec> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.spec)
+    fan_e2e::get_network(client, "fan")
+        .await?
+        .spec
         .context("no spec")
 }
 

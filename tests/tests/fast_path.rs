@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use anyhow::{anyhow, bail, Context, Result};
 use fan_dataplane::ebpf::{maps::slot, pin};
 use fan_e2e::packets::{finish_capture, icmp_echo, send_raw, start_capture};
-use fan_e2e::{iperf, plug, IperfServer, Netns, Testbed};
+use fan_e2e::{fan_spec, iperf, plug, two_host_fan, IperfServer, Netns, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -35,18 +35,7 @@ fn addr(text: &str) -> Ipv4Addr {
 }
 
 async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .and_then(|s| s.counters)
-        .ok_or_else(|| anyhow!("{host}: no counters"))
+    bed.counters(host, "fan").await
 }
 
 /// Packets the egress fast path of `host` encapsulated (its pinned counter).
@@ -66,33 +55,16 @@ fn fast_path_filter(host: &Netns, bridge: &str) -> Result<bool> {
 }
 
 async fn bridge_of(bed: &Testbed, host: &str) -> Result<String> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .map(|s| s.bridge)
-        .ok_or_else(|| anyhow!("{host}: no status"))
+    Ok(bed.network_status(host, "fan").await?.bridge)
 }
 
 /// Hosts .28 and .27 with the fan, container "a" on .28 and "b" on .27.
 async fn two_hosts() -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
     // On whatever the suite's environment says (FAN_AGENT_NO_FAST_PATH=1
     // runs the other files on the slow path): this file tests the fast path.
     let fast_path_on = [("FAN_AGENT_NO_FAST_PATH", "false")];
-    bed.add_host_with("h28", addr("172.30.0.28"), &[], &fast_path_on)?;
-    bed.add_host_with("h27", addr("172.30.0.27"), &[], &fast_path_on)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let spec = fan_spec(OVERLAY, UNDERLAY);
+    two_host_fan(&[], &fast_path_on, [spec.clone(), spec]).await
 }
 
 /// One short TCP run each way between two namespaces.

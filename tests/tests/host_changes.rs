@@ -18,15 +18,7 @@ const NO_TIMER: &[&str] = &["--reconcile-interval", "3600"];
 const REACT: Duration = Duration::from_secs(5);
 
 async fn status(client: &mut Client, id: &str) -> Result<pb::NetworkStatus> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: id.into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("network {id} without status"))
+    fan_e2e::network_status(client, id).await
 }
 
 async fn drifts(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {

@@ -45,16 +45,7 @@ fn kernel() -> String {
 }
 
 async fn status(client: &mut Client, network: &str) -> Result<pb::NetworkStatus> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: network.into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get {network}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("{network} has no status"))
+    fan_e2e::network_status(client, network).await
 }
 
 /// The network is READY on `host` with `backend`.

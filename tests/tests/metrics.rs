@@ -139,15 +139,7 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
     }
     let missing = allocate(&mut client, "no-such-network", "x").await;
     assert_eq!(missing.map_err(|s| s.code()), Err(tonic::Code::NotFound));
-    let status = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("no status"))?;
+    let status = fan_e2e::network_status(&mut client, "fan").await?;
 
     // Health: a unary Check and a Watch stream (counted when it starts).
     let socket = bed.host("h28").agent.socket.clone();
@@ -611,16 +603,13 @@ async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
     host.agent.state_dir = tmpfs.dir.join("state");
     host.start_agent()?;
     let mut client = host.client().await?;
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    fan_e2e::create_network(
+        &mut client,
+        "the agent",
+        "fan",
+        fan_e2e::fan_spec(OVERLAY, UNDERLAY),
+    )
+    .await?;
     tmpfs.fill()?;
     // The database may still have a few free pages: allocate until a commit needs more.
     let mut refused = 0;

@@ -109,15 +109,7 @@ async fn check_reports_each_drift_and_reconcile_repairs_it() -> Result<()> {
                 .any(|d| d.object.contains(names) || d.expected.contains(names)),
             "{what}: CheckNetwork did not report it: {found:?}"
         );
-        let status = client
-            .get_network(pb::GetNetworkRequest {
-                network_id: "fan".into(),
-            })
-            .await?
-            .into_inner()
-            .network
-            .and_then(|n| n.status)
-            .expect("status");
+        let status = fan_e2e::network_status(&mut client, "fan").await?;
         assert_eq!(status.state, pb::NetworkState::Degraded as i32, "{what}");
         assert!(
             !status.reason.is_empty(),
@@ -202,15 +194,7 @@ async fn health_is_not_serving_while_a_network_cannot_be_programmed() -> Result<
     })
     .await?;
     let mut client = bed.host("h28").client().await?;
-    let status = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .expect("status");
+    let status = fan_e2e::network_status(&mut client, "fan").await?;
     assert_ne!(status.state, pb::NetworkState::Ready as i32);
     assert!(
         status.reason.contains("fantun1"),

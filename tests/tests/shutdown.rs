@@ -22,16 +22,7 @@ const NETWORKS: [(&str, &str); 5] = [
 ];
 
 async fn bridge_of(client: &mut Client, network: &str) -> Result<String> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: network.into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .map(|s| s.bridge)
-        .ok_or_else(|| anyhow!("{network}: no status"))
+    Ok(fan_e2e::network_status(client, network).await?.bridge)
 }
 
 async fn addresses(client: &mut Client, network: &str) -> Result<Vec<String>> {

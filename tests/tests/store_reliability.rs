@@ -28,17 +28,8 @@ fn owner(name: &str) -> pb::Owner {
 }
 
 async fn create_network(client: &mut Client) -> Result<()> {
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| anyhow!("create network: {s}"))?;
+    let spec = fan_e2e::fan_spec(OVERLAY, UNDERLAY);
+    fan_e2e::create_network(client, "the agent", "fan", spec).await?;
     Ok(())
 }
 
@@ -348,12 +339,9 @@ async fn a_full_disk_makes_the_agent_not_serving_until_space_is_back() -> Result
     let again = allocate(&mut client, "while-full", &[]).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
     assert_eq!(allocations(&mut client).await?, acked);
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
+    fan_e2e::get_network(&mut client, "fan")
         .await
-        .map_err(|s| anyhow!("get network while full: {s}"))?;
+        .context("get network while full")?;
 
     // Space back: writes resume without a restart.
     std::fs::remove_file(&filler)?;

@@ -416,7 +416,11 @@ fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
     let spoofed = Ipv4Addr::new(250, 0, 99, 9);
     ipip_from(&w.hosts[1].ns, h1, &icmp_echo(spoofed, c1));
     // Inner source outside the overlay altogether.
-    ipip_from(&w.hosts[1].ns, h1, &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1));
+    ipip_from(
+        &w.hosts[1].ns,
+        h1,
+        &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1),
+    );
     wait_for("spoofed packets counted", || {
         w.counters(0).dropped_spoofed >= before.dropped_spoofed + 2
     });
