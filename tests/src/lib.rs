@@ -61,6 +61,45 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The workspace's root directory (the parent of this crate's).
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The Python of the venv `scripts/install-deps.sh` makes (or FAN_PYTHON).
+pub fn venv_python() -> Result<PathBuf> {
+    let python = std::env::var_os("FAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} not found: run scripts/install-deps.sh (make test does)",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// Generates the Python messages and gRPC stubs of `proto/` into `dir`
+/// with `python`'s grpcio-tools, as another language's user would.
+pub fn python_stubs(python: &Path, dir: &Path) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(workspace().join("proto"))
+        .arg(format!("--python_out={}", dir.display()))
+        .arg(format!("--grpc_python_out={}", dir.display()))
+        .arg("fan/agent/v1/agent.proto")
+        .output()
+        .context("run grpc_tools.protoc")?;
+    if !out.status.success() {
+        bail!("grpc_tools.protoc: {out:?}");
+    }
+    Ok(())
+}
+
 /// A running (or stopped) agent on a host.
 #[derive(Debug)]
 pub struct AgentProcess {
