@@ -1117,16 +1117,9 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
 
     // GC scoped to CNI-made allocations: lists first, releases with --yes,
     // never the hand-made one.
+    let scope = ["--created-by", "cni", "--valid-owner", "default-k28"];
     let mut dry = bed.fan_client("h28")?;
-    dry.args([
-        "address",
-        "gc",
-        NETWORK,
-        "--created-by",
-        "cni",
-        "--valid-owner",
-        "default-k28",
-    ]);
+    dry.args(["address", "gc", NETWORK]).args(scope);
     let listed = check(dry)?;
     assert!(
         listed.starts_with("would release 1 allocation(s) in fan-250"),
@@ -1141,18 +1134,9 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         "a listing releases nothing"
     );
     let mut gc = bed.fan_client("h28")?;
-    gc.args([
-        "-o",
-        "json",
-        "address",
-        "gc",
-        NETWORK,
-        "--created-by",
-        "cni",
-        "--valid-owner",
-        "default-k28",
-        "--yes",
-    ]);
+    gc.args(["-o", "json", "address", "gc", NETWORK])
+        .args(scope)
+        .arg("--yes");
     let released: serde_json::Value = serde_json::from_str(&check(gc)?)?;
     assert_eq!(
         released["released"][0]["owner"]["container_id"], "default-k28b",
