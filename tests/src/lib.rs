@@ -258,6 +258,21 @@ impl Host {
     pub fn start_agent(&mut self) -> Result<()> {
         self.agent.start()
     }
+
+    /// Moves the agent to the state directory `dir`: once it serves (its
+    /// SIGTERM handler in place) it is stopped, which must be a clean exit,
+    /// and started again there.
+    pub async fn move_state_to(&mut self, dir: PathBuf) -> Result<()> {
+        self.client()
+            .await?
+            .list_networks(pb::ListNetworksRequest::default())
+            .await?;
+        if !self.agent.terminate()? {
+            bail!("{}: the agent did not exit cleanly", self.name);
+        }
+        self.agent.state_dir = dir;
+        self.start_agent()
+    }
 }
 
 /// A container: a namespace with `eth0` plugged into a fan bridge.
@@ -669,6 +684,74 @@ impl Testbed {
             .iter()
             .find(|c| c.owner == format!("{}-{name}", self.id))
             .expect("no such container")
+    }
+}
+
+/// Sends the hand-made `spoofed` packets from container `from`, then one
+/// ping to `to`, while capturing the IPIP packets on the `eth0` of `host`
+/// (the underlay side of `from`'s host) until that ping's request and
+/// reply; returns what the capture printed.
+pub fn spoofed_then_ping(
+    host: &Netns,
+    from: &Container,
+    to: Ipv4Addr,
+    spoofed: &[Vec<u8>],
+) -> Result<String> {
+    let capture = packets::start_capture(host, "eth0", "ip proto 4", 2)?;
+    packets::send_raw(&from.netns, spoofed)?;
+    from.netns.ping(to, 1)?;
+    Ok(packets::finish_capture(capture)?)
+}
+
+/// A small tmpfs (for an agent's state directory), unmounted on drop (also
+/// on failure): filled up, it makes the store's disk full.
+pub struct Tmpfs {
+    /// Where it is mounted: `<temp dir>/<name>-tmpfs-<pid>`.
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `4m`) called `name`.
+    pub fn mount(name: &str, size: &str) -> Result<Tmpfs> {
+        let dir = std::env::temp_dir().join(format!("{name}-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let tmpfs = Tmpfs { dir };
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                name,
+                tmpfs.dir.to_str().context("utf-8 path")?,
+            ],
+        )?;
+        Ok(tmpfs)
+    }
+
+    /// Writes a filler file until the file system is full; returns its path.
+    pub fn fill(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0xffu8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
-use fan_e2e::{eventually, fan_spec, two_host_fan, Testbed};
+use fan_e2e::{eventually, fan_spec, spoofed_then_ping, two_host_fan, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -73,19 +73,14 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
 
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay altogether
-    let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
-    send_raw(
-        &a.netns,
-        &[
-            icmp_echo(third_host, b.address),
-            icmp_echo(third_host, b.address),
-            icmp_echo(third_host, b.address),
-            icmp_echo(made_up, b.address),
-        ],
-    )?;
+    let spoofed = [
+        icmp_echo(third_host, b.address),
+        icmp_echo(third_host, b.address),
+        icmp_echo(third_host, b.address),
+        icmp_echo(made_up, b.address),
+    ];
     // The legitimate request and its reply end the capture.
-    a.netns.ping(b.address, 1)?;
-    let dump = finish_capture(capture)?;
+    let dump = spoofed_then_ping(h28, a, b.address, &spoofed)?;
     assert!(
         dump.contains(&format!("{} > {}", a.address, b.address)),
         "the legitimate ping crossed: {dump}"

@@ -23,8 +23,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_dataplane::ebpf::{maps::slot, pin};
-use fan_e2e::packets::{finish_capture, icmp_echo, send_raw, start_capture};
-use fan_e2e::{fan_spec, iperf, plug, two_host_fan, IperfServer, Netns, Testbed};
+use fan_e2e::packets::{finish_capture, icmp_echo, start_capture};
+use fan_e2e::{
+    fan_spec, iperf, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed,
+};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -316,17 +318,12 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay
     tokio::task::block_in_place(|| -> Result<()> {
-        let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
-        send_raw(
-            &a.netns,
-            &[
-                icmp_echo(third_host, b.address),
-                icmp_echo(third_host, b.address),
-                icmp_echo(made_up, b.address),
-            ],
-        )?;
-        a.netns.ping(b.address, 1)?;
-        let dump = finish_capture(capture)?;
+        let spoofed = [
+            icmp_echo(third_host, b.address),
+            icmp_echo(third_host, b.address),
+            icmp_echo(made_up, b.address),
+        ];
+        let dump = spoofed_then_ping(h28, a, b.address, &spoofed)?;
         assert!(
             !dump.contains(&third_host.to_string()) && !dump.contains(&made_up.to_string()),
             "no spoofed packet left the host: {dump}"

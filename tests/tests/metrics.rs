@@ -536,57 +536,10 @@ async fn prometheus_server_scrapes_the_agent() -> Result<()> {
     Ok(())
 }
 
-/// A small tmpfs for a state directory, unmounted on drop (also on failure).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs> {
-        let dir =
-            std::env::temp_dir().join(format!("fan-e2e-metrics-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let tmpfs = Tmpfs { dir };
-        fan_e2e::run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "fan-e2e-metrics",
-                tmpfs.dir.to_str().context("utf-8 path")?,
-            ],
-        )?;
-        Ok(tmpfs)
-    }
-
-    /// Writes a filler file until the file system is full.
-    fn fill(&self) -> Result<()> {
-        let mut file = std::fs::File::create(self.dir.join("filler"))?;
-        let chunk = vec![0xffu8; 4096];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
     // Declared first, dropped last: the agent is gone before the unmount.
-    let tmpfs = Tmpfs::mount("4m")?;
+    let tmpfs = fan_e2e::Tmpfs::mount("fan-e2e-metrics", "4m")?;
     let mut bed = Testbed::new(16)?;
     let host = bed.add_host_with(
         "h28",
@@ -594,14 +547,7 @@ async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
         &["--metrics-listen", METRICS],
         &[],
     )?;
-    // Serving (its SIGTERM handler in place) before it is stopped.
-    host.client()
-        .await?
-        .list_networks(pb::ListNetworksRequest::default())
-        .await?;
-    assert!(host.agent.terminate()?, "clean exit");
-    host.agent.state_dir = tmpfs.dir.join("state");
-    host.start_agent()?;
+    host.move_state_to(tmpfs.dir.join("state")).await?;
     let mut client = host.client().await?;
     fan_e2e::create_network(
         &mut client,
