@@ -402,20 +402,9 @@ impl Testbed {
         let owner = format!("{}-{name}", self.id);
         let host = self.host(host);
         let mut client = host.client().await?;
-        let allocation = client
-            .allocate_address(pb::AllocateAddressRequest {
-                network_id: network.into(),
-                owner: Some(pb::Owner {
-                    container_id: owner.clone(),
-                    interface: "eth0".into(),
-                }),
-                ..Default::default()
-            })
+        let allocation = allocate_eth0(&mut client, network, &owner)
             .await
-            .map_err(|s| anyhow!("allocate: {s}"))?
-            .into_inner()
-            .allocation
-            .ok_or_else(|| anyhow!("no allocation returned"))?;
+            .map_err(|s| anyhow!("allocate: {s}"))?;
         let bridge = network_status(&mut client, network).await?.bridge;
         let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
         let outside = format!("{}c{}", self.id, self.containers.len());
@@ -567,6 +556,28 @@ pub async fn create_network(
         .into_inner()
         .network
         .ok_or_else(|| anyhow!("create {id} on {on}: no network in the response"))
+}
+
+/// Allocates an address in `network` for the `eth0` of container
+/// `container_id` (AllocateAddress); a refusal is the agent's status as is.
+pub async fn allocate_eth0(
+    client: &mut Client,
+    network: &str,
+    container_id: &str,
+) -> std::result::Result<pb::Allocation, tonic::Status> {
+    client
+        .allocate_address(pb::AllocateAddressRequest {
+            network_id: network.into(),
+            owner: Some(pb::Owner {
+                container_id: container_id.into(),
+                interface: "eth0".into(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .allocation
+        .ok_or_else(|| tonic::Status::internal("no allocation in the response"))
 }
 
 /// Network `id` as the agent behind `client` reports it (GetNetwork).

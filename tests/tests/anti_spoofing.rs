@@ -33,12 +33,26 @@ fn addr(text: &str) -> Ipv4Addr {
 
 // ------------------------------------------------------------------ agents
 
-async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    bed.counters(host, "fan").await
+fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
+    tokio::runtime::Handle::current().block_on(bed.counters(host, "fan"))
 }
 
-fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    tokio::runtime::Handle::current().block_on(counters(bed, host))
+/// `host`'s counters once `ready` holds of them (10 s at most).
+fn counters_once(
+    bed: &Testbed,
+    host: &str,
+    ready: impl Fn(&pb::DataplaneCounters) -> bool,
+) -> Result<pb::DataplaneCounters> {
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(10), || {
+            let now = counters_now(bed, host)?;
+            if ready(&now) {
+                Ok(now)
+            } else {
+                bail!("{host}: {now:?}")
+            }
+        })
+    })
 }
 
 /// Hosts .28 and .27, network "fan" with `anti_spoofing` on each, a
@@ -69,7 +83,10 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
         "dev",
         "eth0",
     ])?;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (s28, s27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
 
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay altogether
@@ -90,7 +107,10 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
         "no spoofed packet left the host: {dump}"
     );
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (e28, e27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         4,
@@ -110,7 +130,10 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
     let bed = two_hosts([false, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (s28, s27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
 
     let third_host = addr("250.0.26.9");
     let capture = start_capture(h28, "eth0", "ip proto 4", 1)?;
@@ -121,19 +144,12 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
             && dump.contains(&format!("{third_host} > {}", b.address)),
         "the spoofed packet left encapsulated: {dump}"
     );
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     assert_eq!(e28.dropped_spoofed_egress, s28.dropped_spoofed_egress);
     assert_eq!(e28.encapsulated - s28.encapsulated, 1, "{e28:?}");
     // The receiver's decap check stops it.
-    tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(10), || {
-            let e27 = counters_now(&bed, "h27")?;
-            if e27.dropped_spoofed == s27.dropped_spoofed + 1 {
-                Ok(())
-            } else {
-                bail!("h27 {s27:?} -> {e27:?}")
-            }
-        })
+    counters_once(&bed, "h27", |e27| {
+        e27.dropped_spoofed == s27.dropped_spoofed + 1
     })?;
     Ok(())
 }
@@ -144,7 +160,7 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     let a = bed.container("a");
     let h27 = &bed.host("h27").netns;
     let h28_address = bed.host("h28").address;
-    let before = counters(&bed, "h28").await?;
+    let before = bed.counters("h28", "fan").await?;
 
     // The fan formula maps these inner sources to exactly these outer
     // sources (172.30.0.0 owns 250.0.0.0/24, 172.30.255.255 owns
@@ -168,15 +184,8 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
             ),
         ],
     )?;
-    let after = tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(10), || {
-            let now = counters_now(&bed, "h28")?;
-            if now.dropped_spoofed >= before.dropped_spoofed + 2 {
-                Ok(now)
-            } else {
-                bail!("h28 {before:?} -> {now:?}")
-            }
-        })
+    let after = counters_once(&bed, "h28", |now| {
+        now.dropped_spoofed >= before.dropped_spoofed + 2
     })?;
     assert_eq!(
         after.dropped_spoofed - before.dropped_spoofed,
@@ -212,7 +221,10 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let bed = two_hosts([true, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h27 = &bed.host("h27").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (s28, s27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
 
     // Normal traffic both ways.
     a.netns.ping(b.address, 3)?;
@@ -239,7 +251,10 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let dump = finish_capture(capture)?;
     assert!(dump.contains("unreachable"), "{dump}");
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (e28, e27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
     assert!(
         e28.encapsulated - s28.encapsulated >= 3 && e28.decapsulated - s28.decapsulated >= 3,
         "the traffic was carried: {e28:?}"

@@ -343,20 +343,9 @@ async fn two_hundred_clients_get_distinct_addresses_beside_api_allocations() -> 
         );
         let mut got = Vec::new();
         for i in 0..40 {
-            let a = client
-                .allocate_address(pb::AllocateAddressRequest {
-                    network_id: "fan".into(),
-                    owner: Some(pb::Owner {
-                        container_id: format!("api-{i}"),
-                        interface: "eth0".into(),
-                    }),
-                    ..Default::default()
-                })
+            let a = fan_e2e::allocate_eth0(&mut client, "fan", &format!("api-{i}"))
                 .await
-                .map_err(|s| anyhow!("allocate: {s}"))?
-                .into_inner()
-                .allocation
-                .ok_or_else(|| anyhow!("no allocation"))?;
+                .map_err(|s| anyhow!("allocate: {s}"))?;
             got.push(a.address);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -616,45 +616,31 @@ async fn docker_with_the_fan_ipam_plugin() -> Result<()> {
         } else {
             "250.0.28.0/24"
         };
-        let out = refused(docker_args(
-            &bed,
-            host,
-            &[
+        // `docker network create` of a bridge "fanbad" with the plugin and `ipam` options.
+        let create_bad = |ipam: &[&str]| {
+            let head = [
                 "network",
                 "create",
                 "--driver",
                 "bridge",
                 "--ipam-driver",
                 &plugin,
-                "--ipam-opt",
-                "fan-network=fan-250",
-                "--subnet",
-                other,
-                "-o",
-                "com.docker.network.bridge.name=fan-250",
-                "fanbad",
-            ],
-        ))?;
+            ];
+            let tail = ["-o", "com.docker.network.bridge.name=fan-250", "fanbad"];
+            docker_args(&bed, host, &[&head[..], ipam, &tail].concat())
+        };
+        let out = refused(create_bad(&[
+            "--ipam-opt",
+            "fan-network=fan-250",
+            "--subnet",
+            other,
+        ]))?;
         assert!(
             out.contains(&format!("--subnet {other} is outside this host's slice")),
             "{out}"
         );
         let slice = bed.slice(host).await?;
-        let out = refused(docker_args(
-            &bed,
-            host,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "bridge",
-                "--ipam-driver",
-                &plugin,
-                "-o",
-                "com.docker.network.bridge.name=fan-250",
-                "fanbad",
-            ],
-        ))?;
+        let out = refused(create_bad(&[]))?;
         assert!(
             out.contains(&format!("--subnet is required: pass --subnet {slice}")),
             "{out}"

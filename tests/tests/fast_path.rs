@@ -27,17 +27,12 @@ use fan_e2e::packets::{finish_capture, icmp_echo, start_capture};
 use fan_e2e::{
     fan_spec, iperf, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed,
 };
-use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 
 fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
-}
-
-async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    bed.counters(host, "fan").await
 }
 
 /// Packets the egress fast path of `host` encapsulated (its pinned counter).
@@ -121,7 +116,10 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         fast_path_packets(&bed, "h28")?,
         fast_path_packets(&bed, "h27")?,
     );
-    let (c28, c27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (c28, c27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
 
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
@@ -150,7 +148,10 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         Ok(())
     })?;
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (e28, e27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
     // Both hosts encapsulated (pings, TCP data and acks, UDP)...
     assert!(
         e28.encapsulated - c28.encapsulated > 1000,
@@ -193,7 +194,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
     outside.ip(&["addr", "add", "172.30.0.99/16", "dev", "eth0"])?;
     outside.ip(&["link", "set", "eth0", "up"])?;
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
 
     tokio::task::block_in_place(|| -> Result<()> {
         let capture = start_capture(&outside, "eth0", "icmp", 2)?;
@@ -205,7 +206,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
         );
         tcp_both_ways(&a.netns, &outside, addr("172.30.0.99"))
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     assert_eq!(e28.encapsulated, c28.encapsulated, "nothing encapsulated");
     assert_eq!(fast_path_packets(&bed, "h28")?, t28);
     Ok(())
@@ -219,20 +220,9 @@ async fn a_df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() -> Result<()
     // A container plugged by a runtime that ignores the allocation's MTU
     // (1500 on both ends of its veth): its 1500-byte packets reach the host.
     let mut client = bed.host("h28").client().await?;
-    let allocation = client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: format!("{}-big", bed.id),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
+    let allocation = fan_e2e::allocate_eth0(&mut client, "fan", &format!("{}-big", bed.id))
         .await
-        .map_err(|s| anyhow!("allocate: {s}"))?
-        .into_inner()
-        .allocation
-        .context("no allocation")?;
+        .map_err(|s| anyhow!("allocate: {s}"))?;
     assert_eq!(allocation.mtu, 1480);
     let big = Netns::new(&format!("{}-big", bed.id))?;
     plug(
@@ -314,7 +304,10 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
     let bed = two_hosts().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (s28, s27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay
     tokio::task::block_in_place(|| -> Result<()> {
@@ -330,7 +323,10 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
         );
         Ok(())
     })?;
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (e28, e27) = (
+        bed.counters("h28", "fan").await?,
+        bed.counters("h27", "fan").await?,
+    );
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         3,
@@ -358,13 +354,13 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         1480,
     )?;
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         stray.ping(b.address, 2)?;
         b.netns.ping(addr("250.0.28.250"), 2)?;
         tcp_both_ways(&stray, &b.netns, b.address)
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     let fast = fast_path_packets(&bed, "h28")? - t28;
     assert!(fast >= 4, "{fast} on the fast path");
     assert_eq!(fast, e28.encapsulated - c28.encapsulated, "{e28:?}");
@@ -391,12 +387,12 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
     })?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
         tcp_both_ways(&a.netns, &b.netns, b.address)
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     // fan_encap on the tunnel device encapsulated it all.
     assert!(
         e28.encapsulated - c28.encapsulated > 100,

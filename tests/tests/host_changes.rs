@@ -32,17 +32,7 @@ async fn drifts(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
 }
 
 async fn allocate(client: &mut Client, owner: &str) -> Result<pb::Allocation, tonic::Status> {
-    client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: owner.into(),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().allocation.expect("allocation"))
+    fan_e2e::allocate_eth0(client, "fan", owner).await
 }
 
 async fn allocations(client: &mut Client) -> Result<Vec<pb::Allocation>> {

@@ -99,15 +99,7 @@ fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
 }
 
 async fn allocate(client: &mut Client, network: &str, owner: &str) -> Result<(), tonic::Status> {
-    client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: network.into(),
-            owner: Some(pb::Owner {
-                container_id: owner.into(),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
+    fan_e2e::allocate_eth0(client, network, owner)
         .await
         .map(|_| ())
 }

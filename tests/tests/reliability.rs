@@ -28,58 +28,42 @@ async fn drifts(client: &mut fan_e2e::Client) -> Result<Vec<pb::Drift>> {
         .drifts)
 }
 
-/// Each piece a network needs, and a way to break it by hand.
+/// Each piece a network needs, and a way to break it by hand (a command
+/// line) and what CheckNetwork's drift names.
 fn breakages() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
-    vec![
+    [
         (
             "gateway address",
-            vec!["ip", "addr", "del", "250.0.28.1/24", "dev", "fan-250"],
+            "ip addr del 250.0.28.1/24 dev fan-250",
             "250.0.28.1",
         ),
-        (
-            "bridge MTU",
-            vec!["ip", "link", "set", "fan-250", "mtu", "1400"],
-            "fan-250",
-        ),
-        (
-            "bridge down",
-            vec!["ip", "link", "set", "fan-250", "down"],
-            "fan-250",
-        ),
-        ("bridge", vec!["ip", "link", "del", "fan-250"], "fan-250"),
+        ("bridge MTU", "ip link set fan-250 mtu 1400", "fan-250"),
+        ("bridge down", "ip link set fan-250 down", "fan-250"),
+        ("bridge", "ip link del fan-250", "fan-250"),
         (
             "overlay route",
-            vec!["ip", "route", "del", "250.0.0.0/8", "proto", "250"],
+            "ip route del 250.0.0.0/8 proto 250",
             "route",
         ),
+        ("tunnel device", "ip link del fantun1", "fantun1"),
+        ("nft table", "nft delete table ip fan_fan", "nft"),
+        ("decap filter", "tc filter del dev eth0 ingress", "eth0"),
+        // Caught although the encap and decap filters are intact (the
+        // reconcile's keep-without-loading shortcut checks all three).
         (
-            "tunnel device",
-            vec!["ip", "link", "del", "fantun1"],
-            "fantun1",
-        ),
-        (
-            "nft table",
-            vec!["nft", "delete", "table", "ip", "fan_fan"],
-            "nft",
-        ),
-        (
-            "decap filter",
-            vec!["tc", "filter", "del", "dev", "eth0", "ingress"],
-            "eth0",
-        ),
-        (
-            // Caught although the encap and decap filters are intact (the
-            // reconcile's keep-without-loading shortcut checks all three).
             "fast-path filter",
-            vec!["tc", "filter", "del", "dev", "fan-250", "ingress"],
+            "tc filter del dev fan-250 ingress",
             "fan_fastpath",
         ),
         (
             "ip_forward",
-            vec!["sysctl", "-qw", "net.ipv4.ip_forward=0"],
+            "sysctl -qw net.ipv4.ip_forward=0",
             "ip_forward",
         ),
     ]
+    .into_iter()
+    .map(|(what, command, names)| (what, command.split_whitespace().collect(), names))
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

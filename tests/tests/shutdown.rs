@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use fan_e2e::{eventually, serving, wait_until, Client, Testbed};
 use fan_proto::v1 as pb;
 
@@ -65,19 +65,8 @@ async fn sigterm_during_reconcile_stops_every_task_and_exits_cleanly() -> Result
                 }),
             })
             .await?;
-        let allocation = client
-            .allocate_address(pb::AllocateAddressRequest {
-                network_id: id.into(),
-                owner: Some(pb::Owner {
-                    container_id: format!("{}-{id}", bed.id),
-                    interface: "eth0".into(),
-                }),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .allocation
-            .ok_or_else(|| anyhow!("{id}: no allocation"))?;
+        let allocation =
+            fan_e2e::allocate_eth0(&mut client, id, &format!("{}-{id}", bed.id)).await?;
         bridges.push(bridge_of(&mut client, id).await?);
         allocated.push(allocation.address);
     }
