@@ -10,13 +10,13 @@
 //! root; skipped (with a message) otherwise.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command};
+use std::process::Child;
 
 use fan_dataplane::host::HostSetup;
 use fan_dataplane::netlink::Netlink;
 use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
 use fan_testkit::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
-use fan_testkit::{sh, veth_pair, Netns};
+use fan_testkit::{sh, try_sh, veth_pair, Netns};
 
 const BRIDGE: &str = "fhn-250";
 const NETWORK: &str = "fhn-test";
@@ -35,6 +35,23 @@ struct World {
 }
 
 impl World {
+    /// The world with the host part applied for `plan(anti_spoofing)`, the
+    /// container plugged into the bridge when `plug`; None without root.
+    fn applied(anti_spoofing: bool, plug: bool) -> Option<(World, NetworkPlan)> {
+        let world = World::new()?;
+        let plan = plan(anti_spoofing);
+        world.apply(&plan, plug);
+        Some((world, plan))
+    }
+
+    /// `nft list table` of the plan's table in the host, None when it is absent.
+    fn table(&self) -> Option<String> {
+        let (ok, listing) = try_sh(&[
+            "ip", "netns", "exec", &self.host, "nft", "list", "table", "ip", TABLE,
+        ]);
+        ok.then_some(listing)
+    }
+
     fn new() -> Option<World> {
         if fan_testkit::skip_unless_root() {
             return None;
@@ -215,17 +232,13 @@ fn counters(obs: &Observation) -> Counters {
 
 #[test]
 fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(true, true) else {
         return;
     };
-    let plan = plan(true);
-    w.apply(&plan, true);
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
     assert_eq!(counters(&obs), Counters::default());
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(
         listing.contains(
             "iifname \"fhn-250\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter packets 0 bytes 0 drop"
@@ -260,25 +273,15 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
     // Counter values are not drift, and remove takes the table away.
     assert!(w.observe(&plan).drifts.is_empty());
     w.remove(&plan);
-    let listed = Command::new("ip")
-        .args([
-            "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-        ])
-        .output()
-        .unwrap();
-    assert!(!listed.status.success(), "table removed");
+    assert_eq!(w.table(), None, "table removed");
 }
 
 #[test]
 fn without_anti_spoofing_nft_lets_foreign_sources_through() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(false, true) else {
         return;
     };
-    let plan = plan(false);
-    w.apply(&plan, true);
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(!listing.contains("drop"), "masquerade only: {listing}");
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
@@ -298,11 +301,9 @@ fn without_anti_spoofing_nft_lets_foreign_sources_through() {
 
 #[test]
 fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(true, false) else {
         return;
     };
-    let plan = plan(true);
-    w.apply(&plan, false);
     let inner = icmp_echo(Ipv4Addr::new(250, 0, 0, 9), CONTAINER);
     // The host has no IPIP handler: the stack answers the real host's packet
     // (sent last) with an ICMP unreachable, proof that all three were seen.
@@ -319,9 +320,7 @@ fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
     let dump = finish_capture(capture).expect("tcpdump");
     assert!(dump.contains("unreachable"), "{dump}");
     assert_eq!(counters(&w.observe(&plan)).dropped_spoofed, 2);
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(
         listing.contains(
             "ip protocol ipencap ip saddr { 172.30.0.0, 172.30.255.255 } counter packets 2 "
