@@ -855,6 +855,27 @@ pub fn iperf(
     })
 }
 
+/// One short TCP run (iperf3, port 5201) each way between `client` and
+/// `server` (listening on `server_addr`); each must carry more than
+/// `min_bits_per_second`.
+pub fn tcp_both_ways(
+    client: &Netns,
+    server: &Netns,
+    server_addr: Ipv4Addr,
+    min_bits_per_second: f64,
+) -> Result<()> {
+    for reverse in [false, true] {
+        let _server = IperfServer::start(server, 5201)?;
+        let result = iperf(client, server_addr, 5201, 1, reverse).with_context(|| {
+            format!("TCP {} {server_addr}", if reverse { "from" } else { "to" })
+        })?;
+        if result.bits_per_second <= min_bits_per_second {
+            bail!("TCP reverse={reverse} to {server_addr}: {result:?}");
+        }
+    }
+    Ok(())
+}
+
 /// The agent's overall health (`grpc.health.v1`, service ""): SERVING only
 /// while every network's data path is programmed.
 pub async fn serving(socket: &Path) -> Result<bool> {

@@ -11,6 +11,8 @@ use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
+/// Agent arguments: no reconcile timer (drift stays until something repairs it).
+const NO_RECONCILE: &[&str] = &["--reconcile-interval", "0"];
 /// Long enough that nothing in these tests can come from the reconcile timer.
 const NO_TIMER: &[&str] = &["--reconcile-interval", "3600"];
 /// Bound for the agent to react to a netlink event (not a timing assertion:
@@ -295,12 +297,7 @@ async fn renamed_bridge_is_drift_repaired_to_one_bridge_and_deleted_with_force()
 async fn overlay_overlapping_the_host_is_refused_unless_allowed_and_later_overlap_is_drift(
 ) -> Result<()> {
     let mut bed = Testbed::new(16)?;
-    bed.add_host_with(
-        "h28",
-        "172.30.0.28".parse()?,
-        &["--reconcile-interval", "0"],
-        &[],
-    )?;
+    bed.add_host_with("h28", "172.30.0.28".parse()?, NO_RECONCILE, &[])?;
     let ns = &bed.host("h28").netns;
     // A LAN on 10.0.50.0/24 (a veth: this kernel may have no dummy module).
     ns.ip(&[

@@ -9,6 +9,8 @@ use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
+/// Agent arguments: no reconcile timer (drift stays until something repairs it).
+const NO_RECONCILE: &[&str] = &["--reconcile-interval", "0"];
 
 fn spec() -> pb::NetworkSpec {
     pb::NetworkSpec {
@@ -28,54 +30,42 @@ async fn drifts(client: &mut fan_e2e::Client) -> Result<Vec<pb::Drift>> {
         .drifts)
 }
 
-/// Each piece a network needs, and a way to break it by hand (a command
-/// line) and what CheckNetwork's drift names.
+/// Each piece a network needs: "what | a command that breaks it by hand |
+/// what CheckNetwork's drift names".
+const BREAKAGES: &[&str] = &[
+    "gateway address | ip addr del 250.0.28.1/24 dev fan-250 | 250.0.28.1",
+    "bridge MTU | ip link set fan-250 mtu 1400 | fan-250",
+    "bridge down | ip link set fan-250 down | fan-250",
+    "bridge | ip link del fan-250 | fan-250",
+    "overlay route | ip route del 250.0.0.0/8 proto 250 | route",
+    "tunnel device | ip link del fantun1 | fantun1",
+    "nft table | nft delete table ip fan_fan | nft",
+    "decap filter | tc filter del dev eth0 ingress | eth0",
+    // Caught although the encap and decap filters are intact (the
+    // reconcile's keep-without-loading shortcut checks all three).
+    "fast-path filter | tc filter del dev fan-250 ingress | fan_fastpath",
+    "ip_forward | sysctl -qw net.ipv4.ip_forward=0 | ip_forward",
+];
+
+/// [`BREAKAGES`] as (what, command line, what the drift names).
 fn breakages() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
-    [
-        (
-            "gateway address",
-            "ip addr del 250.0.28.1/24 dev fan-250",
-            "250.0.28.1",
-        ),
-        ("bridge MTU", "ip link set fan-250 mtu 1400", "fan-250"),
-        ("bridge down", "ip link set fan-250 down", "fan-250"),
-        ("bridge", "ip link del fan-250", "fan-250"),
-        (
-            "overlay route",
-            "ip route del 250.0.0.0/8 proto 250",
-            "route",
-        ),
-        ("tunnel device", "ip link del fantun1", "fantun1"),
-        ("nft table", "nft delete table ip fan_fan", "nft"),
-        ("decap filter", "tc filter del dev eth0 ingress", "eth0"),
-        // Caught although the encap and decap filters are intact (the
-        // reconcile's keep-without-loading shortcut checks all three).
-        (
-            "fast-path filter",
-            "tc filter del dev fan-250 ingress",
-            "fan_fastpath",
-        ),
-        (
-            "ip_forward",
-            "sysctl -qw net.ipv4.ip_forward=0",
-            "ip_forward",
-        ),
-    ]
-    .into_iter()
-    .map(|(what, command, names)| (what, command.split_whitespace().collect(), names))
-    .collect()
+    BREAKAGES
+        .iter()
+        .map(|row| {
+            let fields: Vec<&str> = row.split(" | ").collect();
+            let [what, command, names] = fields[..] else {
+                panic!("three fields in {row:?}");
+            };
+            (what, command.split_whitespace().collect(), names)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_each_drift_and_reconcile_repairs_it() -> Result<()> {
     let mut bed = Testbed::new(16)?;
     // No timer first: CheckNetwork must see the drift before anything repairs it.
-    bed.add_host_with(
-        "h28",
-        "172.30.0.28".parse()?,
-        &["--reconcile-interval", "0"],
-        &[],
-    )?;
+    bed.add_host_with("h28", "172.30.0.28".parse()?, NO_RECONCILE, &[])?;
     bed.add_host("h27", "172.30.0.27".parse()?)?;
     bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
         .await?;
