@@ -347,45 +347,31 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
         );
     }
     let [fan, slow_f, ctl, under, vx] = [0, 1, 2, 3, 4].map(|i| &figures[i]);
-    let target = |name: &str, values: Vec<f64>, goal: &str, met: fn(f64) -> bool| {
-        let m = median(&values);
-        println!(
-            "  {name:<34} {:<22} target {goal:<7} {}",
-            show(&values, 1.0, 2),
-            if met(m) { "met" } else { "NOT met" }
-        );
-    };
     println!("  ratios (per round, median [min–max]) against the issue's targets:");
-    target(
-        "fan/control, 1 stream",
-        ratios(&fan.one, &ctl.one),
-        "≥ 1.05",
-        |m| m >= 1.05,
-    );
-    target(
-        "fan/underlay, 1 stream",
-        ratios(&fan.one, &under.one),
-        "≥ 0.95",
-        |m| m >= 0.95,
-    );
-    target(
-        "fan/underlay, 4 streams",
-        ratios(&fan.four, &under.four),
-        "≥ 0.95",
-        |m| m >= 0.95,
-    );
-    target(
-        "RTT fan/control",
-        ratios(&fan.rtt, &ctl.rtt),
-        "≤ 1.0",
-        |m| m <= 1.0,
-    );
-    target(
-        "CPU per GB fan/control",
-        ratios(&fan.cpu_per_gb, &ctl.cpu_per_gb),
-        "≤ 1.0",
-        |m| m <= 1.0,
-    );
+    // (what, numerator, denominator, '≥' or '≤', the goal for the median)
+    for (name, num, den, cmp, goal) in [
+        ("fan/control, 1 stream", &fan.one, &ctl.one, '≥', 1.05),
+        ("fan/underlay, 1 stream", &fan.one, &under.one, '≥', 0.95),
+        ("fan/underlay, 4 streams", &fan.four, &under.four, '≥', 0.95),
+        ("RTT fan/control", &fan.rtt, &ctl.rtt, '≤', 1.0),
+        (
+            "CPU per GB fan/control",
+            &fan.cpu_per_gb,
+            &ctl.cpu_per_gb,
+            '≤',
+            1.0,
+        ),
+    ] {
+        let values = ratios(num, den);
+        let m = median(&values);
+        let met = if cmp == '≥' { m >= goal } else { m <= goal };
+        let target = format!("{cmp} {goal:?}");
+        println!(
+            "  {name:<34} {:<22} target {target:<7} {}",
+            show(&values, 1.0, 2),
+            if met { "met" } else { "NOT met" }
+        );
+    }
     println!("  for reference:");
     for (name, values) in [
         ("fan/control, 4 streams", ratios(&fan.four, &ctl.four)),

@@ -259,6 +259,23 @@ impl Host {
         self.agent.start()
     }
 
+    /// `fan-client --agent unix://<this agent's socket>` with `args`, run
+    /// to the end: its stdout, or a failure with its stderr.
+    pub fn fan_client(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let out = Command::new(binary("fan-client")?)
+            .arg("--agent")
+            .arg(format!("unix://{}", self.agent.socket.display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "fan-client {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    }
+
     /// Moves the agent to the state directory `dir`: once it serves (its
     /// SIGTERM handler in place) it is stopped, which must be a clean exit,
     /// and started again there.

@@ -6,7 +6,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -161,26 +160,16 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
     assert!(!spec(&mut client).await?.dhcp);
 
     // On with the CLI.
-    let target = format!("unix://{}", bed.host("h28").agent.socket.display());
-    let out = Command::new(fan_e2e::binary("fan-client")?)
-        .args([
-            "--agent",
-            &target,
-            "network",
-            "update",
-            "fan",
-            "--dhcp=true",
-            "--dhcp-dns",
-            "250.0.28.1",
-            "--dhcp-lease-seconds",
-            "600",
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "fan-client network update: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bed.host("h28").fan_client(&[
+        "network",
+        "update",
+        "fan",
+        "--dhcp=true",
+        "--dhcp-dns",
+        "250.0.28.1",
+        "--dhcp-lease-seconds",
+        "600",
+    ])?;
     let on = spec(&mut client).await?;
     assert!(on.dhcp);
     assert_eq!(on.dhcp_dns, ["250.0.28.1"]);

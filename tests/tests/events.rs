@@ -29,19 +29,7 @@ async fn testbed() -> Result<(Testbed, Client)> {
 }
 
 async fn create(client: &mut Client, id: &str, overlay: &str) -> Result<pb::Network> {
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: id.into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: overlay.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .network
-        .context("no network")
+    fan_e2e::create_network(client, "h1", id, fan_e2e::fan_spec(overlay, UNDERLAY)).await
 }
 
 fn owner(id: &str) -> Option<pb::Owner> {
@@ -778,28 +766,19 @@ async fn the_cli_updates_a_network_and_prints_events_as_they_come() -> Result<()
             .take(2)
             .collect::<std::io::Result<Vec<String>>>()
     });
-    let out = Command::new(&cli)
-        .args([
-            "--agent",
-            &target,
-            "-o",
-            "json",
-            "network",
-            "update",
-            "fan",
-            "--mtu",
-            "1300",
-            "--masquerade=false",
-            "--label",
-            "team=blue",
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let out = bed.host("h1").fan_client(&[
+        "-o",
+        "json",
+        "network",
+        "update",
+        "fan",
+        "--mtu",
+        "1300",
+        "--masquerade=false",
+        "--label",
+        "team=blue",
+    ])?;
+    let shown: serde_json::Value = serde_json::from_slice(&out)?;
     assert_eq!(shown["spec"]["mtu"], 1300, "{shown}");
     assert_eq!(shown["spec"]["masquerade"], false, "{shown}");
     assert_eq!(shown["spec"]["labels"]["team"], "blue", "{shown}");

@@ -24,9 +24,7 @@ use std::net::Ipv4Addr;
 use anyhow::{anyhow, bail, Context, Result};
 use fan_dataplane::ebpf::{maps::slot, pin};
 use fan_e2e::packets::{finish_capture, icmp_echo, start_capture};
-use fan_e2e::{
-    fan_spec, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed,
-};
+use fan_e2e::{fan_spec, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";

@@ -55,15 +55,7 @@ async fn sigterm_during_reconcile_stops_every_task_and_exits_cleanly() -> Result
     let mut bridges = Vec::new();
     let mut allocated = Vec::new();
     for (id, overlay) in NETWORKS {
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: id.into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: overlay.into(),
-                    underlay: UNDERLAY.into(),
-                    ..Default::default()
-                }),
-            })
+        fan_e2e::create_network(&mut client, "h1", id, fan_e2e::fan_spec(overlay, UNDERLAY))
             .await?;
         let allocation =
             fan_e2e::allocate_eth0(&mut client, id, &format!("{}-{id}", bed.id)).await?;
