@@ -34,6 +34,8 @@ where
     fan_testkit::in_fresh_netns("hb", body);
 }
 
+mod support;
+
 const UNDERLAY_DEV: &str = "fhb-u0";
 const BRIDGE: &str = "fhb-250";
 const NETWORK: &str = "fhb-test";
@@ -59,22 +61,7 @@ fn make_underlay() {
 }
 
 fn plan() -> NetworkPlan {
-    NetworkPlan {
-        network_id: NETWORK.to_string(),
-        index: 1,
-        overlay: "250.0.0.0/8".parse().unwrap(),
-        underlay: "172.30.0.0/16".parse().unwrap(),
-        local_underlay: Ipv4Addr::new(172, 30, 0, 28),
-        underlay_interface: UNDERLAY_DEV.to_string(),
-        underlay_mtu: 1500,
-        slice: "250.0.28.0/24".parse().unwrap(),
-        gateway: Ipv4Addr::new(250, 0, 28, 1),
-        bridge: BRIDGE.to_string(),
-        mtu: 1480,
-        masquerade: true,
-        anti_spoofing: true,
-        backend: BackendKind::Ebpf,
-    }
+    support::host28_plan(NETWORK, BRIDGE, UNDERLAY_DEV, BackendKind::Ebpf)
 }
 
 fn setup() -> (Netlink, HostSetup) {

@@ -18,6 +18,8 @@ use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
 use fan_testkit::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
 use fan_testkit::{sh, try_sh, veth_pair, Netns};
 
+mod support;
+
 const BRIDGE: &str = "fhn-250";
 const NETWORK: &str = "fhn-test";
 const TABLE: &str = "fan_fhn_test";
@@ -69,49 +71,13 @@ impl World {
         };
         // Underlay: host .28 <-> peer .27.
         veth_pair(&w.guards[0], "ul0", &w.guards[2], "ul0").expect("underlay veth");
-        sh(&[
-            "ip",
-            "-n",
-            &w.host,
-            "addr",
-            "add",
-            "172.30.0.28/16",
-            "dev",
-            "ul0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "addr",
-            "add",
-            "172.30.0.27/16",
-            "dev",
-            "ul0",
-        ]);
-        sh(&["ip", "-n", &w.host, "link", "set", "ul0", "up"]);
-        sh(&["ip", "-n", &w.peer, "link", "set", "ul0", "up"]);
+        ip_in(&w.host, "addr add 172.30.0.28/16 dev ul0");
+        ip_in(&w.peer, "addr add 172.30.0.27/16 dev ul0");
+        ip_in(&w.host, "link set ul0 up");
+        ip_in(&w.peer, "link set ul0 up");
         // The peer answers for its slice (it stands for the remote host).
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "addr",
-            "add",
-            "250.0.27.2/24",
-            "dev",
-            "lo",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "route",
-            "add",
-            "250.0.28.0/24",
-            "via",
-            "172.30.0.28",
-        ]);
+        ip_in(&w.peer, "addr add 250.0.27.2/24 dev lo");
+        ip_in(&w.peer, "route add 250.0.28.0/24 via 172.30.0.28");
         Some(w)
     }
 
@@ -125,55 +91,18 @@ impl World {
             host.apply(&plan).await.expect("apply host part");
         });
         if plug {
-            sh(&[
-                "ip",
-                "-n",
+            ip_in(
                 &self.host,
-                "link",
-                "add",
-                "c0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &self.container,
-            ]);
-            sh(&[
-                "ip", "-n", &self.host, "link", "set", "c0", "master", BRIDGE, "up",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.container,
-                "addr",
-                "add",
-                "250.0.28.2/24",
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &self.container, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.container,
-                "route",
-                "add",
-                "default",
-                "via",
-                "250.0.28.1",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.host,
-                "route",
-                "add",
-                "250.0.0.0/8",
-                "via",
-                "172.30.0.27",
-            ]);
+                &format!(
+                    "link add c0 type veth peer name eth0 netns {}",
+                    self.container
+                ),
+            );
+            ip_in(&self.host, &format!("link set c0 master {BRIDGE} up"));
+            ip_in(&self.container, "addr add 250.0.28.2/24 dev eth0");
+            ip_in(&self.container, "link set eth0 up");
+            ip_in(&self.container, "route add default via 250.0.28.1");
+            ip_in(&self.host, "route add 250.0.0.0/8 via 172.30.0.27");
         }
     }
 
@@ -196,20 +125,8 @@ impl World {
 
 fn plan(anti_spoofing: bool) -> NetworkPlan {
     NetworkPlan {
-        network_id: NETWORK.to_string(),
-        index: 1,
-        overlay: "250.0.0.0/8".parse().unwrap(),
-        underlay: "172.30.0.0/16".parse().unwrap(),
-        local_underlay: HOST,
-        underlay_interface: "ul0".to_string(),
-        underlay_mtu: 1500,
-        slice: "250.0.28.0/24".parse().unwrap(),
-        gateway: Ipv4Addr::new(250, 0, 28, 1),
-        bridge: BRIDGE.to_string(),
-        mtu: 1480,
-        masquerade: true,
         anti_spoofing,
-        backend: BackendKind::Ipip,
+        ..support::host28_plan(NETWORK, BRIDGE, "ul0", BackendKind::Ipip)
     }
 }
 
@@ -222,6 +139,13 @@ fn capture_on(ns: &str, filter: &str, count: usize) -> Child {
 /// Sends complete IPv4 packets (sources as written) from namespace `ns`.
 fn send_from(ns: &str, packets: &[Vec<u8>]) {
     send_raw(&Netns::existing(ns), packets).expect("raw send");
+}
+
+/// `ip -n ns ARGS` (`args` split at whitespace), failing with its output.
+fn ip_in(ns: &str, args: &str) {
+    let mut command = vec!["ip", "-n", ns];
+    command.extend(args.split_whitespace());
+    sh(&command);
 }
 
 fn counters(obs: &Observation) -> Counters {
