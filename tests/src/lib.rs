@@ -597,6 +597,21 @@ pub async fn allocate_eth0(
         .ok_or_else(|| tonic::Status::internal("no allocation in the response"))
 }
 
+/// The first page (the agent's default size) of network `id`'s
+/// allocations (ListAllocations).
+pub async fn list_allocations(
+    client: &mut Client,
+    id: &str,
+) -> Result<pb::ListAllocationsResponse> {
+    Ok(client
+        .list_allocations(pb::ListAllocationsRequest {
+            network_id: id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
 /// Network `id` as the agent behind `client` reports it (GetNetwork).
 pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
     client
@@ -696,6 +711,18 @@ impl Testbed {
         network_status(&mut self.host(host).client().await?, id)
             .await
             .with_context(|| format!("on {host}"))
+    }
+
+    /// The data-path counters of network `id` on two hosts, in that order.
+    pub async fn counters_of(
+        &self,
+        [first, second]: [&str; 2],
+        id: &str,
+    ) -> Result<[pb::DataplaneCounters; 2]> {
+        Ok([
+            self.counters(first, id).await?,
+            self.counters(second, id).await?,
+        ])
     }
 
     /// The data-path counters of network `id` on the host called `host`.

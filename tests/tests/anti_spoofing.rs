@@ -74,19 +74,9 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
     let h28 = &bed.host("h28").netns;
     // With a default route, loose rp_filter lets any source in from the
     // bridge: the fan must still not carry it.
-    h28.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "172.30.0.1",
-        "dev",
-        "eth0",
-    ])?;
-    let (s28, s27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let default_route = "route add default via 172.30.0.1 dev eth0";
+    h28.ip(&default_route.split(' ').collect::<Vec<_>>())?;
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay altogether
@@ -107,10 +97,7 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
         "no spoofed packet left the host: {dump}"
     );
 
-    let (e28, e27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         4,
@@ -130,10 +117,7 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
     let bed = two_hosts([false, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     let third_host = addr("250.0.26.9");
     let capture = start_capture(h28, "eth0", "ip proto 4", 1)?;
@@ -221,10 +205,7 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let bed = two_hosts([true, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h27 = &bed.host("h27").netns;
-    let (s28, s27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     // Normal traffic both ways.
     a.netns.ping(b.address, 3)?;
@@ -251,10 +232,7 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let dump = finish_capture(capture)?;
     assert!(dump.contains("unreachable"), "{dump}");
 
-    let (e28, e27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert!(
         e28.encapsulated - s28.encapsulated >= 3 && e28.decapsulated - s28.decapsulated >= 3,
         "the traffic was carried: {e28:?}"

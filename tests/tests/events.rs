@@ -105,14 +105,7 @@ async fn next(events: &mut Events) -> Result<pb::Event, tonic::Status> {
 }
 
 async fn list_revision(client: &mut Client, network: &str) -> Result<u64> {
-    Ok(client
-        .list_allocations(pb::ListAllocationsRequest {
-            network_id: network.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .revision)
+    Ok(fan_e2e::list_allocations(client, network).await?.revision)
 }
 
 fn kind(event: &pb::Event) -> pb::EventKind {

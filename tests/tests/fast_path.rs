@@ -106,10 +106,7 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         fast_path_packets(&bed, "h28")?,
         fast_path_packets(&bed, "h27")?,
     );
-    let (c28, c27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [c28, c27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
@@ -138,10 +135,7 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         Ok(())
     })?;
 
-    let (e28, e27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     // Both hosts encapsulated (pings, TCP data and acks, UDP)...
     assert!(
         e28.encapsulated - c28.encapsulated > 1000,
@@ -294,10 +288,7 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
     let bed = two_hosts().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay
     tokio::task::block_in_place(|| -> Result<()> {
@@ -313,10 +304,7 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
         );
         Ok(())
     })?;
-    let (e28, e27) = (
-        bed.counters("h28", "fan").await?,
-        bed.counters("h27", "fan").await?,
-    );
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         3,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use fan_e2e::{eventually, serving, wait_until, Client, Testbed};
-use fan_proto::v1 as pb;
 
 const UNDERLAY: &str = "172.30.0.0/16";
 const NETWORKS: [(&str, &str); 5] = [
@@ -26,13 +25,8 @@ async fn bridge_of(client: &mut Client, network: &str) -> Result<String> {
 }
 
 async fn addresses(client: &mut Client, network: &str) -> Result<Vec<String>> {
-    Ok(client
-        .list_allocations(pb::ListAllocationsRequest {
-            network_id: network.into(),
-            ..Default::default()
-        })
+    Ok(fan_e2e::list_allocations(client, network)
         .await?
-        .into_inner()
         .allocations
         .into_iter()
         .map(|a| a.address)

@@ -22,6 +22,8 @@ use fan_testkit::sh;
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
+mod support;
+
 // ------------------------------------------------------------------ harness
 
 /// Runs `body` inside a fresh network namespace on its own thread (the
@@ -33,8 +35,6 @@ where
 {
     fan_testkit::in_fresh_netns("hb", body);
 }
-
-mod support;
 
 const UNDERLAY_DEV: &str = "fhb-u0";
 const BRIDGE: &str = "fhb-250";
@@ -686,16 +686,8 @@ fn netlink_helpers_veth_master_arp_routes() {
 
         // Default route interface.
         assert_eq!(nl.default_route_interface().await.unwrap(), None);
-        sh(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "172.30.0.1",
-            "dev",
-            UNDERLAY_DEV,
-        ]);
+        let via = ["via", "172.30.0.1", "dev", UNDERLAY_DEV];
+        sh(&[&["ip", "route", "add", "default"][..], &via].concat());
         assert_eq!(
             nl.default_route_interface().await.unwrap().as_deref(),
             Some(UNDERLAY_DEV)
