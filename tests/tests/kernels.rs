@@ -73,6 +73,15 @@ fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Resul
     fan_e2e::tcp_both_ways(client, server, server_addr, 1e5)
 }
 
+/// Containers "a" and "b" ping each other, then TCP runs both ways from each side.
+fn ping_and_tcp_both_ways(bed: &Testbed) -> Result<()> {
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    a.netns.ping(b.address, 2)?;
+    b.netns.ping(a.address, 2)?;
+    tcp_both_ways(&a.netns, &b.netns, b.address)?;
+    tcp_both_ways(&b.netns, &a.netns, a.address)
+}
+
 /// Mbit/s of a TCP stream of `seconds` from `client` to `server_addr`.
 fn throughput(client: &Netns, server: &Netns, server_addr: Ipv4Addr, seconds: u32) -> Result<f64> {
     let _server = IperfServer::start(server, 5202)?;
@@ -124,22 +133,15 @@ async fn ipip_backend_two_hosts_ping_and_tcp() -> Result<()> {
         "{routes:?}"
     );
 
-    let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
 
     // The tunnel's counters are the network's.
-    let mut client = bed.host("h7").client().await?;
-    let counters = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("counters");
+    let counters = bed.counters("h7", "fan").await?;
     assert!(
         counters.encapsulated > 0 && counters.decapsulated > 0,
         "{counters:?}"
     );
+    let mut client = bed.host("h7").client().await?;
 
     // Deleting the network leaves no device and no route of ours.
     client
@@ -167,29 +169,15 @@ async fn ebpf_and_ipip_hosts_interoperate_both_ways() -> Result<()> {
     assert_ready(&bed, "h7", "fan", pb::Backend::Ebpf).await?;
     assert_ready(&bed, "h9", "fan", pb::Backend::Ipip).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
 
-    let mut ebpf = bed.host("h7").client().await?;
-    let counters = status(&mut ebpf, "fan")
-        .await?
-        .counters
-        .expect("eBPF counters");
-    assert!(
-        counters.encapsulated > 0 && counters.decapsulated > 0,
-        "the eBPF side encapsulated and decapsulated: {counters:?}"
-    );
-    let mut ipip = bed.host("h9").client().await?;
-    let counters = status(&mut ipip, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
-    assert!(
-        counters.encapsulated > 0 && counters.decapsulated > 0,
-        "the ipip.ko side encapsulated and decapsulated: {counters:?}"
-    );
+    for (host, side) in [("h7", "eBPF"), ("h9", "ipip.ko")] {
+        let counters = bed.counters(host, "fan").await?;
+        assert!(
+            counters.encapsulated > 0 && counters.decapsulated > 0,
+            "the {side} side encapsulated and decapsulated: {counters:?}"
+        );
+    }
     let there = throughput(&a.netns, &b.netns, b.address, 2)?;
     let back = throughput(&b.netns, &a.netns, a.address, 2)?;
     eprintln!(
@@ -232,11 +220,7 @@ async fn ebpf_backend_alone_on_the_stock_kernel() -> Result<()> {
         assert_ready(&bed, host, "fan", pb::Backend::Ebpf).await?;
     }
 
-    let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
     Ok(())
 }
 
@@ -414,11 +398,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
     assert_ready(&bed, "h7", "fan", pb::Backend::Ipip).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let (h7, h9) = (&bed.host("h7").netns, &bed.host("h9").netns);
-    let mut client = bed.host("h7").client().await?;
-    let start = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let start = bed.counters("h7", "fan").await?;
 
     // Egress: a source from 10.1.2.5's slice never leaves h7. The spoofed
     // packets go first; the legitimate ping's request and reply end the capture.
@@ -438,10 +418,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
         !dump.contains(&spoofed.to_string()),
         "nothing spoofed left: {dump}"
     );
-    let mid = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let mid = bed.counters("h7", "fan").await?;
     assert_eq!(
         mid.dropped_spoofed_egress - start.dropped_spoofed_egress,
         2,
@@ -481,10 +458,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
         dump.contains(&format!("{} > 250.9.0.77", a.address)),
         "{dump}"
     );
-    let end = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let end = bed.counters("h7", "fan").await?;
     assert_eq!(end.dropped_spoofed - mid.dropped_spoofed, 2, "{end:?}");
     assert_eq!(end.decapsulated - mid.decapsulated, 1, "{end:?}");
     Ok(())
