@@ -612,6 +612,33 @@ pub async fn list_allocations(
         .into_inner())
 }
 
+/// Every allocation of network `id`, read page by page (`page_size` a page).
+pub async fn all_allocations(
+    client: &mut Client,
+    id: &str,
+    page_size: u32,
+) -> Result<Vec<pb::Allocation>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_allocations(pb::ListAllocationsRequest {
+                network_id: id.into(),
+                page_size,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow!("list allocations of {id}: {s}"))?
+            .into_inner();
+        all.extend(page.allocations);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Network `id` as the agent behind `client` reports it (GetNetwork).
 pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
     client

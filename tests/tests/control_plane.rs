@@ -73,25 +73,10 @@ async fn allocate(
 }
 
 async fn all_allocations(client: &mut Client, network: &str) -> Vec<pb::Allocation> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: network.into(),
-                page_size: 100,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list allocations")
-            .into_inner();
-        out.extend(page.allocations);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
+    // Pages of 100: the 253-address slice takes three.
+    fan_e2e::all_allocations(client, network, 100)
+        .await
+        .expect("list allocations")
 }
 
 /// `ip -j` output of a command in the host namespace, parsed.

@@ -93,26 +93,7 @@ async fn create_dhcp_network(bed: &Testbed, host: &str, lease_seconds: u32) -> R
 }
 
 async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {
-    let mut client = bed.host(host).client().await?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: "fan".into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| anyhow!("list: {s}"))?
-            .into_inner();
-        all.extend(page.allocations);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = page.next_page_token;
-    }
+    fan_e2e::all_allocations(&mut bed.host(host).client().await?, "fan", 1000).await
 }
 
 fn udhcpc(ns: &Netns, script: &Path, log: &Path, extra: &[&str]) -> Result<()> {

@@ -55,30 +55,16 @@ async fn allocate(
 
 /// Every allocation of "fan": address → container id.
 async fn allocations(client: &mut Client) -> Result<BTreeMap<String, String>> {
-    let mut all = BTreeMap::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: "fan".into(),
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| anyhow!("list allocations: {s}"))?
-            .into_inner();
-        for a in page.allocations {
-            all.insert(
+    Ok(fan_e2e::all_allocations(client, "fan", 1000)
+        .await?
+        .into_iter()
+        .map(|a| {
+            (
                 a.address,
                 a.owner.map(|o| o.container_id).unwrap_or_default(),
-            );
-        }
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        token = page.next_page_token;
-    }
+            )
+        })
+        .collect())
 }
 
 fn log_of(host: &Host) -> String {
