@@ -639,6 +639,24 @@ pub async fn all_allocations(
     }
 }
 
+/// An UpdateNetwork request for network `id`: the mask lists `paths`, the
+/// spec is the default one with `change` applied.
+pub fn update_request(
+    id: &str,
+    paths: &[&str],
+    change: impl FnOnce(&mut pb::NetworkSpec),
+) -> pb::UpdateNetworkRequest {
+    let mut spec = pb::NetworkSpec::default();
+    change(&mut spec);
+    pb::UpdateNetworkRequest {
+        network_id: id.into(),
+        spec: Some(spec),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
+}
+
 /// Network `id` as the agent behind `client` reports it (GetNetwork).
 pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
     client

@@ -25,12 +25,6 @@ esac
 exit 0
 "#;
 
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
 /// One udhcpc run (`-n`: give up after `tries` DISCOVERs, 1 s apart):
 /// the address it was bound to, or None when no server answered.
 fn lease(ns: &Netns, script: &Path, log: &Path, tries: u32) -> Result<Option<Ipv4Addr>> {
@@ -122,15 +116,14 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
 
     // DHCP options need DHCP on, as at creation; nothing changes.
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                dhcp_dns: vec!["250.0.28.1".into()],
-                dhcp_lease_seconds: 600,
-                ..Default::default()
-            }),
-            update_mask: mask(&["dhcp_dns", "dhcp_lease_seconds"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["dhcp_dns", "dhcp_lease_seconds"],
+            |s| {
+                s.dhcp_dns = vec!["250.0.28.1".into()];
+                s.dhcp_lease_seconds = 600;
+            },
+        ))
         .await
         .err()
         .context("dhcp_dns without dhcp must be refused")?;
@@ -143,15 +136,14 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
         .collect();
     assert_eq!(fields, ["spec.dhcp_dns", "spec.dhcp_lease_seconds"]);
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                dhcp: true,
-                dhcp_lease_seconds: 5,
-                ..Default::default()
-            }),
-            update_mask: mask(&["dhcp", "dhcp_lease_seconds"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["dhcp", "dhcp_lease_seconds"],
+            |s| {
+                s.dhcp = true;
+                s.dhcp_lease_seconds = 5;
+            },
+        ))
         .await
         .err()
         .context("a 5 s lease must be refused")?;
@@ -187,11 +179,7 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
 
     // Off again: the options go with it and the server stops answering.
     let off = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec::default()),
-            update_mask: mask(&["dhcp"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["dhcp"], |_| {}))
         .await
         .map_err(|s| anyhow!("update dhcp off: {s}"))?
         .into_inner();

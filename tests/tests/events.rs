@@ -349,12 +349,6 @@ fn bridge_mtu(bed: &Testbed, bridge: &str) -> Result<u64> {
     value[0]["mtu"].as_u64().context("mtu")
 }
 
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() -> Result<()> {
     let (bed, mut client) = testbed().await?;
@@ -370,16 +364,15 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     let mut events = watch(&mut client, "fan", None).await?;
 
     let response = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 1400,
-                masquerade: Some(false),
-                labels: [("team".to_string(), "blue".to_string())].into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu", "masquerade", "labels"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["mtu", "masquerade", "labels"],
+            |s| {
+                s.mtu = 1400;
+                s.masquerade = Some(false);
+                s.labels = [("team".to_string(), "blue".to_string())].into();
+            },
+        ))
         .await?
         .into_inner();
     assert!(response.changed);
@@ -418,28 +411,16 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
 
     // The same values again change nothing.
     let again = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 1400,
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["mtu"], |s| s.mtu = 1400))
         .await?
         .into_inner();
     assert!(!again.changed);
 
     // Masquerade back on.
     client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                masquerade: Some(true),
-                ..Default::default()
-            }),
-            update_mask: mask(&["masquerade"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["masquerade"], |s| {
+            s.masquerade = Some(true)
+        }))
         .await?;
     assert!(nft_table(&bed, "fan")?.contains("masquerade"));
 
@@ -447,14 +428,9 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     let first = allocated.iter().next().context("an address")?.clone();
     let last_octet: u32 = first.rsplit('.').next().context("octet")?.parse()?;
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                host_reserve: Some(last_octet + 1),
-                ..Default::default()
-            }),
-            update_mask: mask(&["host_reserve"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["host_reserve"], |s| {
+            s.host_reserve = Some(last_octet + 1)
+        }))
         .await
         .err()
         .context("a reserve over an allocation must be refused")?;
@@ -470,14 +446,7 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     assert_eq!(failure.violations[0].subject, "networks/fan");
 
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 9000,
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["mtu"], |s| s.mtu = 9000))
         .await
         .err()
         .context("an mtu above the underlay's must be refused")?;
@@ -486,11 +455,7 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     assert_eq!(bad.field_violations[0].field, "spec.mtu");
 
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec::default()),
-            update_mask: mask(&["overlay"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["overlay"], |_| {}))
         .await
         .err()
         .context("a non-updatable field must be refused")?;
@@ -511,14 +476,9 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
 
     // A reserve that covers no allocation is accepted and kept.
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                host_reserve: Some(1),
-                ..Default::default()
-            }),
-            update_mask: mask(&["host_reserve"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["host_reserve"], |s| {
+            s.host_reserve = Some(1)
+        }))
         .await?;
     assert!(!status.into_inner().changed);
     assert_eq!(bridge_mtu(&bed, &bridge)?, 1400);
