@@ -657,6 +657,30 @@ pub fn update_request(
     }
 }
 
+/// The drifts CheckNetwork finds in network `id`.
+pub async fn check_network(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
+    Ok(client
+        .check_network(pb::CheckNetworkRequest {
+            network_id: id.into(),
+        })
+        .await?
+        .into_inner()
+        .drifts)
+}
+
+/// Hosts "h28" (its agent given `h28_args`) and "h27" with the fan
+/// 250.0.0.0/8 over 172.30.0.0/16, and container "far" on h27: a remote
+/// address for h28 to reach.
+pub async fn one_far_container(h28_args: &[&str]) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with("h28", Ipv4Addr::new(172, 30, 0, 28), h28_args, &[])?;
+    bed.add_host("h27", Ipv4Addr::new(172, 30, 0, 27))?;
+    bed.create_network_everywhere("fan", "250.0.0.0/8", "172.30.0.0/16")
+        .await?;
+    bed.add_container("h27", "fan", "far").await?;
+    Ok(bed)
+}
+
 /// Network `id` as the agent behind `client` reports it (GetNetwork).
 pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
     client

@@ -181,13 +181,7 @@ fn owners(list: &[pb::Allocation]) -> BTreeSet<String> {
 }
 
 async fn drifts(client: &mut Client, network: &str) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: network.into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, network).await
 }
 
 /// The IPv4 addresses on a device, `A.B.C.D/N` each.

@@ -24,13 +24,7 @@ async fn status(client: &mut Client, id: &str) -> Result<pb::NetworkStatus> {
 }
 
 async fn drifts(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: id.into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, id).await
 }
 
 async fn allocate(client: &mut Client, owner: &str) -> Result<pb::Allocation, tonic::Status> {
@@ -136,13 +130,7 @@ async fn expect_moved_to_29(bed: &mut Testbed, old_owner: &str) -> Result<()> {
 }
 
 async fn two_hosts(h28_args: &[&str]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host_with("h28", "172.30.0.28".parse()?, h28_args, &[])?;
-    bed.add_host("h27", "172.30.0.27".parse()?)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h27", "fan", "far").await?;
-    Ok(bed)
+    fan_e2e::one_far_container(h28_args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

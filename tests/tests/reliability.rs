@@ -21,13 +21,7 @@ fn spec() -> pb::NetworkSpec {
 }
 
 async fn drifts(client: &mut fan_e2e::Client) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, "fan").await
 }
 
 /// Each piece a network needs: "what | a command that breaks it by hand |
@@ -63,13 +57,8 @@ fn breakages() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_each_drift_and_reconcile_repairs_it() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
     // No timer first: CheckNetwork must see the drift before anything repairs it.
-    bed.add_host_with("h28", "172.30.0.28".parse()?, NO_RECONCILE, &[])?;
-    bed.add_host("h27", "172.30.0.27".parse()?)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h27", "fan", "far").await?;
+    let mut bed = fan_e2e::one_far_container(NO_RECONCILE).await?;
     let far = bed.container("far").address;
     let mut client = bed.host("h28").client().await?;
     assert!(drifts(&mut client).await?.is_empty());
