@@ -657,6 +657,15 @@ pub fn update_request(
     }
 }
 
+/// A bed of one host, "h1" at 172.30.0.28 on a /16 underlay, and a client
+/// of its agent.
+pub async fn one_host() -> Result<(Testbed, Client)> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h1", Ipv4Addr::new(172, 30, 0, 28))?;
+    let client = bed.host("h1").client().await?;
+    Ok((bed, client))
+}
+
 /// The drifts CheckNetwork finds in network `id`.
 pub async fn check_network(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
     Ok(client

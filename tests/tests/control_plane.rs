@@ -129,9 +129,7 @@ fn leftovers(bed: &Testbed) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_allocate_exhaust_survive_kill9_and_delete() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (mut bed, mut client) = fan_e2e::one_host().await?;
 
     let network = create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     let status = network.status.clone().expect("status");
@@ -241,9 +239,7 @@ struct Bad {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     let kept = allocate(&mut client, "fan", "keeper").await?;
 
@@ -578,9 +574,7 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_and_resolve() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     // Resolve: overlay → owner host and slice; underlay → its slice. Any host, pure arithmetic.
     let r = client
@@ -713,9 +707,7 @@ struct ServiceResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_all_succeed() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     // Status reads observe the kernel (netlink dumps); allocations commit to disk.
     // Many at once must neither fail nor make a ready network look degraded.

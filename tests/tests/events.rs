@@ -22,10 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 type Events = tonic::Streaming<pb::WatchEventsResponse>;
 
 async fn testbed() -> Result<(Testbed, Client)> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST)?;
-    let client = bed.host("h1").client().await?;
-    Ok((bed, client))
+    fan_e2e::one_host().await
 }
 
 async fn create(client: &mut Client, id: &str, overlay: &str) -> Result<pb::Network> {

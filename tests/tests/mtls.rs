@@ -402,9 +402,7 @@ fn socket_group_owns_the_socket() -> Result<()> {
 
 #[tokio::test]
 async fn oversize_request_is_refused_and_the_agent_keeps_serving() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
     // A garbage collection naming many owners is the largest request by design.
     let gc = |owners: usize| pb::GarbageCollectAllocationsRequest {
         network_id: "no-such-net".into(),
