@@ -31,6 +31,23 @@ fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
 }
 
+/// An ICMP echo from `inner_src` to `to` inside IPIP from `outer_src` to
+/// `outer_dst` with the outer IP `options`.
+fn echo_in_ipip(
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    options: &[u8],
+    inner_src: &str,
+    to: Ipv4Addr,
+) -> Vec<u8> {
+    ipip(
+        outer_src,
+        outer_dst,
+        options,
+        &icmp_echo(addr(inner_src), to),
+    )
+}
+
 // ------------------------------------------------------------------ agents
 
 fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
@@ -143,7 +160,7 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     let bed = two_hosts([true, true]).await?;
     let a = bed.container("a");
     let h27 = &bed.host("h27").netns;
-    let h28_address = bed.host("h28").address;
+    let (h27_address, h28_address) = (bed.host("h27").address, bed.host("h28").address);
     let before = bed.counters("h28", "fan").await?;
 
     // The fan formula maps these inner sources to exactly these outer
@@ -154,18 +171,8 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     send_raw(
         h27,
         &[
-            ipip(
-                network,
-                h28_address,
-                &[],
-                &icmp_echo(addr("250.0.0.9"), a.address),
-            ),
-            ipip(
-                broadcast,
-                h28_address,
-                &[],
-                &icmp_echo(addr("250.255.255.9"), a.address),
-            ),
+            echo_in_ipip(network, h28_address, &[], "250.0.0.9", a.address),
+            echo_in_ipip(broadcast, h28_address, &[], "250.255.255.9", a.address),
         ],
     )?;
     let after = counters_once(&bed, "h28", |now| {
@@ -185,11 +192,12 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     let capture = start_capture(h27, "eth0", "ip proto 4 and src host 172.30.0.28", 1)?;
     send_raw(
         h27,
-        &[ipip(
-            bed.host("h27").address,
+        &[echo_in_ipip(
+            h27_address,
             h28_address,
             &[],
-            &icmp_echo(addr("250.0.27.77"), a.address),
+            "250.0.27.77",
+            a.address,
         )],
     )?;
     let dump = finish_capture(capture)?;
@@ -205,6 +213,7 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let bed = two_hosts([true, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h27 = &bed.host("h27").netns;
+    let (h27_address, h28_address) = (bed.host("h27").address, bed.host("h28").address);
     let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     // Normal traffic both ways.
@@ -222,11 +231,12 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     )?;
     send_raw(
         h27,
-        &[ipip(
-            bed.host("h27").address,
-            bed.host("h28").address,
+        &[echo_in_ipip(
+            h27_address,
+            h28_address,
             &[1, 1, 1, 1],
-            &icmp_echo(addr("250.0.27.78"), a.address),
+            "250.0.27.78",
+            a.address,
         )],
     )?;
     let dump = finish_capture(capture)?;
