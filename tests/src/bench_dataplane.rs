@@ -21,7 +21,6 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_e2e::{IperfServer, Netns, Testbed};
-use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
@@ -250,26 +249,8 @@ fn vxlan(bed: &Testbed) -> Result<[Netns; 2]> {
 /// Two hosts, the fan on both, container "a" on .28 and "b" on .27; the
 /// agents get `agent_args`.
 async fn fan_bed(agent_args: &[&str]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host_with("h28", H28, agent_args, &[])?;
-    bed.add_host_with("h27", H27, agent_args, &[])?;
-    for host in ["h28", "h27"] {
-        let mut client = bed.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: "fan".into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: OVERLAY.into(),
-                    underlay: UNDERLAY.into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
-    }
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let spec = fan_e2e::fan_spec(OVERLAY, UNDERLAY);
+    fan_e2e::two_host_fan(agent_args, &[], [spec.clone(), spec]).await
 }
 
 fn existing(ns: &Netns) -> Netns {
@@ -366,45 +347,31 @@ pub async fn compare(rounds: usize, seconds: u32) -> Result<()> {
         );
     }
     let [fan, slow_f, ctl, under, vx] = [0, 1, 2, 3, 4].map(|i| &figures[i]);
-    let target = |name: &str, values: Vec<f64>, goal: &str, met: fn(f64) -> bool| {
-        let m = median(&values);
-        println!(
-            "  {name:<34} {:<22} target {goal:<7} {}",
-            show(&values, 1.0, 2),
-            if met(m) { "met" } else { "NOT met" }
-        );
-    };
     println!("  ratios (per round, median [min–max]) against the issue's targets:");
-    target(
-        "fan/control, 1 stream",
-        ratios(&fan.one, &ctl.one),
-        "≥ 1.05",
-        |m| m >= 1.05,
-    );
-    target(
-        "fan/underlay, 1 stream",
-        ratios(&fan.one, &under.one),
-        "≥ 0.95",
-        |m| m >= 0.95,
-    );
-    target(
-        "fan/underlay, 4 streams",
-        ratios(&fan.four, &under.four),
-        "≥ 0.95",
-        |m| m >= 0.95,
-    );
-    target(
-        "RTT fan/control",
-        ratios(&fan.rtt, &ctl.rtt),
-        "≤ 1.0",
-        |m| m <= 1.0,
-    );
-    target(
-        "CPU per GB fan/control",
-        ratios(&fan.cpu_per_gb, &ctl.cpu_per_gb),
-        "≤ 1.0",
-        |m| m <= 1.0,
-    );
+    // (what, numerator, denominator, '≥' or '≤', the goal for the median)
+    for (name, num, den, cmp, goal) in [
+        ("fan/control, 1 stream", &fan.one, &ctl.one, '≥', 1.05),
+        ("fan/underlay, 1 stream", &fan.one, &under.one, '≥', 0.95),
+        ("fan/underlay, 4 streams", &fan.four, &under.four, '≥', 0.95),
+        ("RTT fan/control", &fan.rtt, &ctl.rtt, '≤', 1.0),
+        (
+            "CPU per GB fan/control",
+            &fan.cpu_per_gb,
+            &ctl.cpu_per_gb,
+            '≤',
+            1.0,
+        ),
+    ] {
+        let values = ratios(num, den);
+        let m = median(&values);
+        let met = if cmp == '≥' { m >= goal } else { m <= goal };
+        let target = format!("{cmp} {goal:?}");
+        println!(
+            "  {name:<34} {:<22} target {target:<7} {}",
+            show(&values, 1.0, 2),
+            if met { "met" } else { "NOT met" }
+        );
+    }
     println!("  for reference:");
     for (name, values) in [
         ("fan/control, 4 streams", ratios(&fan.four, &ctl.four)),

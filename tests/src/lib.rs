@@ -12,7 +12,8 @@
 //! mount namespace, so the bpffs they pin maps in outlives an agent process and
 //! a restarted agent finds (and adopts) what its predecessor attached.
 
-pub mod packets;
+/// Hand-made packets and captures, from the shared test kit.
+pub use fan_testkit::packets;
 pub mod pki;
 
 use std::net::Ipv4Addr;
@@ -58,6 +59,45 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The workspace's root directory (the parent of this crate's).
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The Python of the venv `scripts/install-deps.sh` makes (or FAN_PYTHON).
+pub fn venv_python() -> Result<PathBuf> {
+    let python = std::env::var_os("FAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} not found: run scripts/install-deps.sh (make test does)",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// Generates the Python messages and gRPC stubs of `proto/` into `dir`
+/// with `python`'s grpcio-tools, as another language's user would.
+pub fn python_stubs(python: &Path, dir: &Path) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(workspace().join("proto"))
+        .arg(format!("--python_out={}", dir.display()))
+        .arg(format!("--grpc_python_out={}", dir.display()))
+        .arg("fan/agent/v1/agent.proto")
+        .output()
+        .context("run grpc_tools.protoc")?;
+    if !out.status.success() {
+        bail!("grpc_tools.protoc: {out:?}");
+    }
+    Ok(())
 }
 
 /// A running (or stopped) agent on a host.
@@ -218,6 +258,38 @@ impl Host {
     pub fn start_agent(&mut self) -> Result<()> {
         self.agent.start()
     }
+
+    /// `fan-client --agent unix://<this agent's socket>` with `args`, run
+    /// to the end: its stdout, or a failure with its stderr.
+    pub fn fan_client(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let out = Command::new(binary("fan-client")?)
+            .arg("--agent")
+            .arg(format!("unix://{}", self.agent.socket.display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "fan-client {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// Moves the agent to the state directory `dir`: once it serves (its
+    /// SIGTERM handler in place) it is stopped, which must be a clean exit,
+    /// and started again there.
+    pub async fn move_state_to(&mut self, dir: PathBuf) -> Result<()> {
+        self.client()
+            .await?
+            .list_networks(pb::ListNetworksRequest::default())
+            .await?;
+        if !self.agent.terminate()? {
+            bail!("{}: the agent did not exit cleanly", self.name);
+        }
+        self.agent.state_dir = dir;
+        self.start_agent()
+    }
 }
 
 /// A container: a namespace with `eth0` plugged into a fan bridge.
@@ -347,31 +419,10 @@ impl Testbed {
         let owner = format!("{}-{name}", self.id);
         let host = self.host(host);
         let mut client = host.client().await?;
-        let allocation = client
-            .allocate_address(pb::AllocateAddressRequest {
-                network_id: network.into(),
-                owner: Some(pb::Owner {
-                    container_id: owner.clone(),
-                    interface: "eth0".into(),
-                }),
-                ..Default::default()
-            })
+        let allocation = allocate_eth0(&mut client, network, &owner)
             .await
-            .map_err(|s| anyhow!("allocate: {s}"))?
-            .into_inner()
-            .allocation
-            .ok_or_else(|| anyhow!("no allocation returned"))?;
-        let bridge = client
-            .get_network(pb::GetNetworkRequest {
-                network_id: network.into(),
-            })
-            .await
-            .map_err(|s| anyhow!("get network: {s}"))?
-            .into_inner()
-            .network
-            .and_then(|n| n.status)
-            .map(|s| s.bridge)
-            .ok_or_else(|| anyhow!("network without status"))?;
+            .map_err(|s| anyhow!("allocate: {s}"))?;
+        let bridge = network_status(&mut client, network).await?.bridge;
         let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
         let outside = format!("{}c{}", self.id, self.containers.len());
         let cidr = format!("{}/{}", allocation.address, allocation.prefix_length);
@@ -493,6 +544,198 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) ->
     }
 }
 
+/// The spec of a fan over `underlay`: `overlay` and `underlay`, the rest
+/// the agent's defaults.
+pub fn fan_spec(overlay: &str, underlay: &str) -> pb::NetworkSpec {
+    pb::NetworkSpec {
+        overlay: overlay.into(),
+        underlay: underlay.into(),
+        ..Default::default()
+    }
+}
+
+/// Creates network `id` with `spec` through `client` (CreateNetwork);
+/// returns the network as the agent reports it. `on` names the agent in
+/// the error.
+pub async fn create_network(
+    client: &mut Client,
+    on: &str,
+    id: &str,
+    spec: pb::NetworkSpec,
+) -> Result<pb::Network> {
+    client
+        .create_network(pb::CreateNetworkRequest {
+            network_id: id.into(),
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|s| anyhow!("create {id} on {on}: {s}"))?
+        .into_inner()
+        .network
+        .ok_or_else(|| anyhow!("create {id} on {on}: no network in the response"))
+}
+
+/// Allocates an address in `network` for the `eth0` of container
+/// `container_id` (AllocateAddress); a refusal is the agent's status as is.
+pub async fn allocate_eth0(
+    client: &mut Client,
+    network: &str,
+    container_id: &str,
+) -> std::result::Result<pb::Allocation, tonic::Status> {
+    client
+        .allocate_address(pb::AllocateAddressRequest {
+            network_id: network.into(),
+            owner: Some(pb::Owner {
+                container_id: container_id.into(),
+                interface: "eth0".into(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .allocation
+        .ok_or_else(|| tonic::Status::internal("no allocation in the response"))
+}
+
+/// The first page (the agent's default size) of network `id`'s
+/// allocations (ListAllocations).
+pub async fn list_allocations(
+    client: &mut Client,
+    id: &str,
+) -> Result<pb::ListAllocationsResponse> {
+    Ok(client
+        .list_allocations(pb::ListAllocationsRequest {
+            network_id: id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+/// Every allocation of network `id`, read page by page (`page_size` a page).
+pub async fn all_allocations(
+    client: &mut Client,
+    id: &str,
+    page_size: u32,
+) -> Result<Vec<pb::Allocation>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_allocations(pb::ListAllocationsRequest {
+                network_id: id.into(),
+                page_size,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow!("list allocations of {id}: {s}"))?
+            .into_inner();
+        all.extend(page.allocations);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// An UpdateNetwork request for network `id`: the mask lists `paths`, the
+/// spec is the default one with `change` applied.
+pub fn update_request(
+    id: &str,
+    paths: &[&str],
+    change: impl FnOnce(&mut pb::NetworkSpec),
+) -> pb::UpdateNetworkRequest {
+    let mut spec = pb::NetworkSpec::default();
+    change(&mut spec);
+    pb::UpdateNetworkRequest {
+        network_id: id.into(),
+        spec: Some(spec),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
+}
+
+/// A bed of one host, "h1" at 172.30.0.28 on a /16 underlay, and a client
+/// of its agent.
+pub async fn one_host() -> Result<(Testbed, Client)> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host("h1", Ipv4Addr::new(172, 30, 0, 28))?;
+    let client = bed.host("h1").client().await?;
+    Ok((bed, client))
+}
+
+/// The drifts CheckNetwork finds in network `id`.
+pub async fn check_network(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
+    Ok(client
+        .check_network(pb::CheckNetworkRequest {
+            network_id: id.into(),
+        })
+        .await?
+        .into_inner()
+        .drifts)
+}
+
+/// Hosts "h28" (its agent given `h28_args`) and "h27" with the fan
+/// 250.0.0.0/8 over 172.30.0.0/16, and container "far" on h27: a remote
+/// address for h28 to reach.
+pub async fn one_far_container(h28_args: &[&str]) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    bed.add_host_with("h28", Ipv4Addr::new(172, 30, 0, 28), h28_args, &[])?;
+    bed.add_host("h27", Ipv4Addr::new(172, 30, 0, 27))?;
+    bed.create_network_everywhere("fan", "250.0.0.0/8", "172.30.0.0/16")
+        .await?;
+    bed.add_container("h27", "fan", "far").await?;
+    Ok(bed)
+}
+
+/// Network `id` as the agent behind `client` reports it (GetNetwork).
+pub async fn get_network(client: &mut Client, id: &str) -> Result<pb::Network> {
+    client
+        .get_network(pb::GetNetworkRequest {
+            network_id: id.into(),
+        })
+        .await
+        .map_err(|s| anyhow!("get {id}: {s}"))?
+        .into_inner()
+        .network
+        .ok_or_else(|| anyhow!("get {id}: no network in the response"))
+}
+
+/// The status of network `id` as the agent behind `client` reports it.
+pub async fn network_status(client: &mut Client, id: &str) -> Result<pb::NetworkStatus> {
+    get_network(client, id)
+        .await?
+        .status
+        .ok_or_else(|| anyhow!("network {id} without status"))
+}
+
+/// The two-host fan the data-path tests share: hosts "h28" (172.30.0.28)
+/// and "h27" (172.30.0.27) on a /16 underlay, their agents given
+/// `agent_args` and `agent_env`; network "fan" made with `specs[0]` on h28
+/// and `specs[1]` on h27; container "a" on h28 and "b" on h27.
+pub async fn two_host_fan(
+    agent_args: &[&str],
+    agent_env: &[(&str, &str)],
+    specs: [pb::NetworkSpec; 2],
+) -> Result<Testbed> {
+    let mut bed = Testbed::new(16)?;
+    let hosts = [
+        ("h28", Ipv4Addr::new(172, 30, 0, 28)),
+        ("h27", Ipv4Addr::new(172, 30, 0, 27)),
+    ];
+    for (name, address) in hosts {
+        bed.add_host_with(name, address, agent_args, agent_env)?;
+    }
+    for ((name, _), spec) in hosts.into_iter().zip(specs) {
+        bed.create_network_with(name, "fan", spec).await?;
+    }
+    bed.add_container("h28", "fan", "a").await?;
+    bed.add_container("h27", "fan", "b").await?;
+    Ok(bed)
+}
+
 impl Testbed {
     /// Creates network `id` on every host (same spec everywhere, as a fan needs).
     pub async fn create_network_everywhere(
@@ -502,18 +745,13 @@ impl Testbed {
         underlay: &str,
     ) -> Result<()> {
         for host in &self.hosts {
-            let mut client = host.client().await?;
-            client
-                .create_network(pb::CreateNetworkRequest {
-                    network_id: id.into(),
-                    spec: Some(pb::NetworkSpec {
-                        overlay: overlay.into(),
-                        underlay: underlay.into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(|s| anyhow!("create {id} on {}: {s}", host.name))?;
+            create_network(
+                &mut host.client().await?,
+                &host.name,
+                id,
+                fan_spec(overlay, underlay),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -529,22 +767,48 @@ impl Testbed {
         underlay: &str,
         backend: pb::Backend,
     ) -> Result<pb::Network> {
-        let mut client = self.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: id.into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: overlay.into(),
-                    underlay: underlay.into(),
-                    backend: backend as i32,
-                    ..Default::default()
-                }),
-            })
+        let spec = pb::NetworkSpec {
+            backend: backend as i32,
+            ..fan_spec(overlay, underlay)
+        };
+        self.create_network_with(host, id, spec).await
+    }
+
+    /// Creates network `id` with `spec` on the host called `host`.
+    pub async fn create_network_with(
+        &self,
+        host: &str,
+        id: &str,
+        spec: pb::NetworkSpec,
+    ) -> Result<pb::Network> {
+        create_network(&mut self.host(host).client().await?, host, id, spec).await
+    }
+
+    /// The status of network `id` on the host called `host`.
+    pub async fn network_status(&self, host: &str, id: &str) -> Result<pb::NetworkStatus> {
+        network_status(&mut self.host(host).client().await?, id)
             .await
-            .map_err(|s| anyhow!("create {id} on {host}: {s}"))?
-            .into_inner()
-            .network
-            .ok_or_else(|| anyhow!("create {id} on {host}: no network in the response"))
+            .with_context(|| format!("on {host}"))
+    }
+
+    /// The data-path counters of network `id` on two hosts, in that order.
+    pub async fn counters_of(
+        &self,
+        [first, second]: [&str; 2],
+        id: &str,
+    ) -> Result<[pb::DataplaneCounters; 2]> {
+        Ok([
+            self.counters(first, id).await?,
+            self.counters(second, id).await?,
+        ])
+    }
+
+    /// The data-path counters of network `id` on the host called `host`.
+    pub async fn counters(&self, host: &str, id: &str) -> Result<pb::DataplaneCounters> {
+        self.network_status(host, id)
+            .await?
+            .counters
+            .ok_or_else(|| anyhow!("{host}: no counters on {id}"))
     }
 
     /// The container called `name` (as given to `add_container`).
@@ -553,6 +817,74 @@ impl Testbed {
             .iter()
             .find(|c| c.owner == format!("{}-{name}", self.id))
             .expect("no such container")
+    }
+}
+
+/// Sends the hand-made `spoofed` packets from container `from`, then one
+/// ping to `to`, while capturing the IPIP packets on the `eth0` of `host`
+/// (the underlay side of `from`'s host) until that ping's request and
+/// reply; returns what the capture printed.
+pub fn spoofed_then_ping(
+    host: &Netns,
+    from: &Container,
+    to: Ipv4Addr,
+    spoofed: &[Vec<u8>],
+) -> Result<String> {
+    let capture = packets::start_capture(host, "eth0", "ip proto 4", 2)?;
+    packets::send_raw(&from.netns, spoofed)?;
+    from.netns.ping(to, 1)?;
+    Ok(packets::finish_capture(capture)?)
+}
+
+/// A small tmpfs (for an agent's state directory), unmounted on drop (also
+/// on failure): filled up, it makes the store's disk full.
+pub struct Tmpfs {
+    /// Where it is mounted: `<temp dir>/<name>-tmpfs-<pid>`.
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `4m`) called `name`.
+    pub fn mount(name: &str, size: &str) -> Result<Tmpfs> {
+        let dir = std::env::temp_dir().join(format!("{name}-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let tmpfs = Tmpfs { dir };
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                name,
+                tmpfs.dir.to_str().context("utf-8 path")?,
+            ],
+        )?;
+        Ok(tmpfs)
+    }
+
+    /// Writes a filler file until the file system is full; returns its path.
+    pub fn fill(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0xffu8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -643,6 +975,27 @@ pub fn iperf(
         bits_per_second,
         intervals,
     })
+}
+
+/// One short TCP run (iperf3, port 5201) each way between `client` and
+/// `server` (listening on `server_addr`); each must carry more than
+/// `min_bits_per_second`.
+pub fn tcp_both_ways(
+    client: &Netns,
+    server: &Netns,
+    server_addr: Ipv4Addr,
+    min_bits_per_second: f64,
+) -> Result<()> {
+    for reverse in [false, true] {
+        let _server = IperfServer::start(server, 5201)?;
+        let result = iperf(client, server_addr, 5201, 1, reverse).with_context(|| {
+            format!("TCP {} {server_addr}", if reverse { "from" } else { "to" })
+        })?;
+        if result.bits_per_second <= min_bits_per_second {
+            bail!("TCP reverse={reverse} to {server_addr}: {result:?}");
+        }
+    }
+    Ok(())
 }
 
 /// The agent's overall health (`grpc.health.v1`, service ""): SERVING only

@@ -19,9 +19,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use fan_e2e::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
-use fan_e2e::{eventually, Testbed};
+use fan_e2e::{eventually, fan_spec, spoofed_then_ping, two_host_fan, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -31,51 +31,55 @@ fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
 }
 
-// ------------------------------------------------------------------ agents
-
-async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .and_then(|s| s.counters)
-        .ok_or_else(|| anyhow!("{host}: no counters"))
+/// An ICMP echo from `inner_src` to `to` inside IPIP from `outer_src` to
+/// `outer_dst` with the outer IP `options`.
+fn echo_in_ipip(
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    options: &[u8],
+    inner_src: &str,
+    to: Ipv4Addr,
+) -> Vec<u8> {
+    ipip(
+        outer_src,
+        outer_dst,
+        options,
+        &icmp_echo(addr(inner_src), to),
+    )
 }
 
+// ------------------------------------------------------------------ agents
+
 fn counters_now(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    tokio::runtime::Handle::current().block_on(counters(bed, host))
+    tokio::runtime::Handle::current().block_on(bed.counters(host, "fan"))
+}
+
+/// `host`'s counters once `ready` holds of them (10 s at most).
+fn counters_once(
+    bed: &Testbed,
+    host: &str,
+    ready: impl Fn(&pb::DataplaneCounters) -> bool,
+) -> Result<pb::DataplaneCounters> {
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(10), || {
+            let now = counters_now(bed, host)?;
+            if ready(&now) {
+                Ok(now)
+            } else {
+                bail!("{host}: {now:?}")
+            }
+        })
+    })
 }
 
 /// Hosts .28 and .27, network "fan" with `anti_spoofing` on each, a
 /// container "a" on .28 and "b" on .27.
 async fn two_hosts(anti_spoofing: [bool; 2]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    for (host, anti_spoofing) in ["h28", "h27"].into_iter().zip(anti_spoofing) {
-        let mut client = bed.host(host).client().await?;
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: "fan".into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: OVERLAY.into(),
-                    underlay: UNDERLAY.into(),
-                    anti_spoofing: Some(anti_spoofing),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| anyhow!("create fan on {host}: {s}"))?;
-    }
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let specs = anti_spoofing.map(|on| pb::NetworkSpec {
+        anti_spoofing: Some(on),
+        ..fan_spec(OVERLAY, UNDERLAY)
+    });
+    two_host_fan(&[], &[], specs).await
 }
 
 // ------------------------------------------------------------------- tests
@@ -87,32 +91,20 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
     let h28 = &bed.host("h28").netns;
     // With a default route, loose rp_filter lets any source in from the
     // bridge: the fan must still not carry it.
-    h28.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "172.30.0.1",
-        "dev",
-        "eth0",
-    ])?;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let default_route = "route add default via 172.30.0.1 dev eth0";
+    h28.ip(&default_route.split(' ').collect::<Vec<_>>())?;
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay altogether
-    let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
-    send_raw(
-        &a.netns,
-        &[
-            icmp_echo(third_host, b.address),
-            icmp_echo(third_host, b.address),
-            icmp_echo(third_host, b.address),
-            icmp_echo(made_up, b.address),
-        ],
-    )?;
+    let spoofed = [
+        icmp_echo(third_host, b.address),
+        icmp_echo(third_host, b.address),
+        icmp_echo(third_host, b.address),
+        icmp_echo(made_up, b.address),
+    ];
     // The legitimate request and its reply end the capture.
-    a.netns.ping(b.address, 1)?;
-    let dump = finish_capture(capture)?;
+    let dump = spoofed_then_ping(h28, a, b.address, &spoofed)?;
     assert!(
         dump.contains(&format!("{} > {}", a.address, b.address)),
         "the legitimate ping crossed: {dump}"
@@ -122,7 +114,7 @@ async fn the_sending_host_drops_and_counts_sources_outside_its_slice() -> Result
         "no spoofed packet left the host: {dump}"
     );
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         4,
@@ -142,7 +134,7 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
     let bed = two_hosts([false, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     let third_host = addr("250.0.26.9");
     let capture = start_capture(h28, "eth0", "ip proto 4", 1)?;
@@ -153,19 +145,12 @@ async fn with_anti_spoofing_off_the_sender_lets_foreign_sources_leave() -> Resul
             && dump.contains(&format!("{third_host} > {}", b.address)),
         "the spoofed packet left encapsulated: {dump}"
     );
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     assert_eq!(e28.dropped_spoofed_egress, s28.dropped_spoofed_egress);
     assert_eq!(e28.encapsulated - s28.encapsulated, 1, "{e28:?}");
     // The receiver's decap check stops it.
-    tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(10), || {
-            let e27 = counters_now(&bed, "h27")?;
-            if e27.dropped_spoofed == s27.dropped_spoofed + 1 {
-                Ok(())
-            } else {
-                bail!("h27 {s27:?} -> {e27:?}")
-            }
-        })
+    counters_once(&bed, "h27", |e27| {
+        e27.dropped_spoofed == s27.dropped_spoofed + 1
     })?;
     Ok(())
 }
@@ -175,8 +160,8 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     let bed = two_hosts([true, true]).await?;
     let a = bed.container("a");
     let h27 = &bed.host("h27").netns;
-    let h28_address = bed.host("h28").address;
-    let before = counters(&bed, "h28").await?;
+    let (h27_address, h28_address) = (bed.host("h27").address, bed.host("h28").address);
+    let before = bed.counters("h28", "fan").await?;
 
     // The fan formula maps these inner sources to exactly these outer
     // sources (172.30.0.0 owns 250.0.0.0/24, 172.30.255.255 owns
@@ -186,29 +171,12 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     send_raw(
         h27,
         &[
-            ipip(
-                network,
-                h28_address,
-                &[],
-                &icmp_echo(addr("250.0.0.9"), a.address),
-            ),
-            ipip(
-                broadcast,
-                h28_address,
-                &[],
-                &icmp_echo(addr("250.255.255.9"), a.address),
-            ),
+            echo_in_ipip(network, h28_address, &[], "250.0.0.9", a.address),
+            echo_in_ipip(broadcast, h28_address, &[], "250.255.255.9", a.address),
         ],
     )?;
-    let after = tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(10), || {
-            let now = counters_now(&bed, "h28")?;
-            if now.dropped_spoofed >= before.dropped_spoofed + 2 {
-                Ok(now)
-            } else {
-                bail!("h28 {before:?} -> {now:?}")
-            }
-        })
+    let after = counters_once(&bed, "h28", |now| {
+        now.dropped_spoofed >= before.dropped_spoofed + 2
     })?;
     assert_eq!(
         after.dropped_spoofed - before.dropped_spoofed,
@@ -224,11 +192,12 @@ async fn ipip_from_the_underlay_network_or_broadcast_address_is_dropped_at_decap
     let capture = start_capture(h27, "eth0", "ip proto 4 and src host 172.30.0.28", 1)?;
     send_raw(
         h27,
-        &[ipip(
-            bed.host("h27").address,
+        &[echo_in_ipip(
+            h27_address,
             h28_address,
             &[],
-            &icmp_echo(addr("250.0.27.77"), a.address),
+            "250.0.27.77",
+            a.address,
         )],
     )?;
     let dump = finish_capture(capture)?;
@@ -244,7 +213,8 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     let bed = two_hosts([true, true]).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h27 = &bed.host("h27").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let (h27_address, h28_address) = (bed.host("h27").address, bed.host("h28").address);
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     // Normal traffic both ways.
     a.netns.ping(b.address, 3)?;
@@ -261,17 +231,18 @@ async fn dropped_other_counts_only_dropped_packets() -> Result<()> {
     )?;
     send_raw(
         h27,
-        &[ipip(
-            bed.host("h27").address,
-            bed.host("h28").address,
+        &[echo_in_ipip(
+            h27_address,
+            h28_address,
             &[1, 1, 1, 1],
-            &icmp_echo(addr("250.0.27.78"), a.address),
+            "250.0.27.78",
+            a.address,
         )],
     )?;
     let dump = finish_capture(capture)?;
     assert!(dump.contains("unreachable"), "{dump}");
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert!(
         e28.encapsulated - s28.encapsulated >= 3 && e28.decapsulated - s28.decapsulated >= 3,
         "the traffic was carried: {e28:?}"

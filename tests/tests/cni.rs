@@ -181,13 +181,7 @@ fn owners(list: &[pb::Allocation]) -> BTreeSet<String> {
 }
 
 async fn drifts(client: &mut Client, network: &str) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: network.into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, network).await
 }
 
 /// The IPv4 addresses on a device, `A.B.C.D/N` each.
@@ -379,16 +373,7 @@ async fn fan_ipam_gc_status_version_and_errors() -> Result<()> {
     }
     let other = with(conf.clone(), "name", json!("other"));
     assert_eq!(ipam(&ns, "ADD", Some(("c4", "eth0")), &other)?.code, 0);
-    client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: "manual".into(),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
-        .await?;
+    fan_e2e::allocate_eth0(&mut client, "fan", "manual").await?;
     let all = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     assert_eq!(
         owners(&allocations(&mut client, "fan").await?),

@@ -51,9 +51,7 @@ async fn create(client: &mut Client, id: &str) -> Result<pb::Network, tonic::Sta
 
 #[tokio::test]
 async fn network_ids_up_to_63_characters_work_and_longer_ones_are_refused_by_field() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
 
     // 63 characters (the DNS-label limit the API documents): programmed,
     // not refused by nftables afterwards as on earlier versions.
@@ -141,9 +139,7 @@ async fn invalid_utf8_is_invalid_argument_and_audited() -> Result<()> {
 
 #[tokio::test]
 async fn every_invalid_field_is_listed_not_only_the_first() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
 
     let err = client
         .allocate_address(pb::AllocateAddressRequest {
@@ -186,9 +182,7 @@ async fn every_invalid_field_is_listed_not_only_the_first() -> Result<()> {
 
 #[tokio::test]
 async fn not_found_and_preconditions_name_the_resource() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
 
     let err = client
         .get_network(pb::GetNetworkRequest {
@@ -267,9 +261,7 @@ async fn not_found_and_preconditions_name_the_resource() -> Result<()> {
 
 #[tokio::test]
 async fn audit_lines_of_allocate_and_release_carry_owner_and_address() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan").await?;
     let allocation = client
         .allocate_address(pb::AllocateAddressRequest {

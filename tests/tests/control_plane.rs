@@ -41,6 +41,22 @@ async fn create(
         .map(|r| r.into_inner().network.expect("network in response"))
 }
 
+/// DeleteNetwork "fan" with `force` and `allow_missing`.
+async fn delete_fan(
+    client: &mut Client,
+    force: bool,
+    allow_missing: bool,
+) -> Result<pb::DeleteNetworkResponse, tonic::Status> {
+    client
+        .delete_network(pb::DeleteNetworkRequest {
+            network_id: "fan".into(),
+            force,
+            allow_missing,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn allocate(
     client: &mut Client,
     network: &str,
@@ -57,25 +73,10 @@ async fn allocate(
 }
 
 async fn all_allocations(client: &mut Client, network: &str) -> Vec<pb::Allocation> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: network.into(),
-                page_size: 100,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list allocations")
-            .into_inner();
-        out.extend(page.allocations);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
+    // Pages of 100: the 253-address slice takes three.
+    fan_e2e::all_allocations(client, network, 100)
+        .await
+        .expect("list allocations")
 }
 
 /// `ip -j` output of a command in the host namespace, parsed.
@@ -128,9 +129,7 @@ fn leftovers(bed: &Testbed) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_allocate_exhaust_survive_kill9_and_delete() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (mut bed, mut client) = fan_e2e::one_host().await?;
 
     let network = create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     let status = network.status.clone().expect("status");
@@ -216,43 +215,17 @@ async fn create_allocate_exhaust_survive_kill9_and_delete() -> Result<()> {
     assert_eq!(err.code(), Code::ResourceExhausted);
 
     // Delete with allocations is refused; with force everything of ours goes.
-    let err = client
-        .delete_network(pb::DeleteNetworkRequest {
-            network_id: "fan".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = delete_fan(&mut client, false, false).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason_of(&err), "NETWORK_IN_USE");
-    let deleted = client
-        .delete_network(pb::DeleteNetworkRequest {
-            network_id: "fan".into(),
-            force: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let deleted = delete_fan(&mut client, true, false).await?;
     assert!(deleted.deleted);
     assert_eq!(deleted.released_allocations, 253);
     assert_eq!(leftovers(&bed), Vec::<String>::new());
     // Deleting again: NOT_FOUND, or success with allow_missing.
-    let err = client
-        .delete_network(pb::DeleteNetworkRequest {
-            network_id: "fan".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = delete_fan(&mut client, false, false).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let gone = client
-        .delete_network(pb::DeleteNetworkRequest {
-            network_id: "fan".into(),
-            allow_missing: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let gone = delete_fan(&mut client, false, true).await?;
     assert!(!gone.deleted);
     Ok(())
 }
@@ -266,9 +239,7 @@ struct Bad {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     let kept = allocate(&mut client, "fan", "keeper").await?;
 
@@ -295,141 +266,92 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
             ));
         };
     }
-    let net = |id: &str, overlay: &str, underlay: &str| pb::CreateNetworkRequest {
+    // CreateNetwork (all InvalidArgument) with a bad overlay or underlay.
+    let request_for = |id: &str, spec| pb::CreateNetworkRequest {
         network_id: id.into(),
-        spec: Some(spec(overlay, underlay)),
+        spec,
     };
-    case!(
-        "bad overlay CIDR",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "250.0.0/8", UNDERLAY))
-    );
-    case!(
-        "overlay host bits",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "250.1.0.0/8", UNDERLAY))
-    );
-    case!(
-        "overlay /0",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "0.0.0.0/0", UNDERLAY))
-    );
-    case!(
-        "overlay 127/8",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "127.0.0.0/8", UNDERLAY))
-    );
-    case!(
-        "overlay multicast",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "224.0.0.0/8", UNDERLAY))
-    );
-    case!(
-        "overlay missing",
-        Code::InvalidArgument,
-        "spec.overlay",
-        client.create_network(net("a", "", UNDERLAY))
-    );
-    case!(
-        "underlay garbage",
-        Code::InvalidArgument,
-        "spec.underlay",
-        client.create_network(net("a", "251.0.0.0/8", "172.30/x"))
-    );
-    case!(
-        "underlay prefix 33",
-        Code::InvalidArgument,
-        "spec.underlay",
-        client.create_network(net("a", "251.0.0.0/8", "172.30.0.0/33"))
-    );
-    case!(
-        "slice longer than /30",
-        Code::InvalidArgument,
-        "spec",
-        client.create_network(net("a", "251.1.1.0/24", UNDERLAY))
-    );
-    case!(
-        "overlay not shorter than underlay",
-        Code::InvalidArgument,
-        "spec",
-        client.create_network(net("a", "251.0.0.0/16", "172.30.0.0/16"))
-    );
-    case!(
-        "oversize network id",
-        Code::InvalidArgument,
-        "network_id",
-        client.create_network(net(&long_name, "251.0.0.0/8", UNDERLAY))
-    );
-    case!(
-        "network id with capitals",
-        Code::InvalidArgument,
-        "network_id",
-        client.create_network(net("Fan", "251.0.0.0/8", UNDERLAY))
-    );
-    case!(
-        "empty network id",
-        Code::InvalidArgument,
-        "network_id",
-        client.create_network(net("", "251.0.0.0/8", UNDERLAY))
-    );
-    case!(
-        "missing spec",
-        Code::InvalidArgument,
-        "spec",
-        client.create_network(pb::CreateNetworkRequest {
-            network_id: "a".into(),
-            spec: None
-        })
-    );
-    let mut s = spec("251.0.0.0/8", UNDERLAY);
-    s.bridge = long_bridge.clone();
-    case!(
-        "oversize bridge",
-        Code::InvalidArgument,
-        "spec.bridge",
-        client.create_network(pb::CreateNetworkRequest {
-            network_id: "a".into(),
-            spec: Some(s)
-        })
-    );
-    let mut s = spec("251.0.0.0/8", UNDERLAY);
-    s.mtu = 9000;
-    case!(
-        "mtu above underlay",
-        Code::InvalidArgument,
-        "spec.mtu",
-        client.create_network(pb::CreateNetworkRequest {
-            network_id: "a".into(),
-            spec: Some(s)
-        })
-    );
-    let mut s = spec("251.0.0.0/8", UNDERLAY);
-    s.host_reserve = Some(254);
-    case!(
-        "host reserve fills the slice",
-        Code::InvalidArgument,
-        "spec.host_reserve",
-        client.create_network(pb::CreateNetworkRequest {
-            network_id: "a".into(),
-            spec: Some(s)
-        })
-    );
-    let mut s = spec("251.0.0.0/8", UNDERLAY);
-    s.backend = 42;
-    case!(
-        "unknown backend",
-        Code::InvalidArgument,
-        "spec.backend",
-        client.create_network(pb::CreateNetworkRequest {
-            network_id: "a".into(),
-            spec: Some(s)
-        })
-    );
+    for (what, field, overlay, underlay) in [
+        ("bad overlay CIDR", "spec.overlay", "250.0.0/8", UNDERLAY),
+        ("overlay host bits", "spec.overlay", "250.1.0.0/8", UNDERLAY),
+        ("overlay /0", "spec.overlay", "0.0.0.0/0", UNDERLAY),
+        ("overlay 127/8", "spec.overlay", "127.0.0.0/8", UNDERLAY),
+        ("overlay multicast", "spec.overlay", "224.0.0.0/8", UNDERLAY),
+        ("overlay missing", "spec.overlay", "", UNDERLAY),
+        (
+            "underlay garbage",
+            "spec.underlay",
+            "251.0.0.0/8",
+            "172.30/x",
+        ),
+        (
+            "underlay prefix 33",
+            "spec.underlay",
+            "251.0.0.0/8",
+            "172.30.0.0/33",
+        ),
+        ("slice longer than /30", "spec", "251.1.1.0/24", UNDERLAY),
+        (
+            "overlay not shorter than underlay",
+            "spec",
+            "251.0.0.0/16",
+            "172.30.0.0/16",
+        ),
+    ] {
+        let request = request_for("a", Some(spec(overlay, underlay)));
+        case!(
+            what,
+            Code::InvalidArgument,
+            field,
+            client.create_network(request)
+        );
+    }
+    // ... with a bad network id.
+    for (what, id) in [
+        ("oversize network id", long_name.as_str()),
+        ("network id with capitals", "Fan"),
+        ("empty network id", ""),
+    ] {
+        let request = request_for(id, Some(spec("251.0.0.0/8", UNDERLAY)));
+        case!(
+            what,
+            Code::InvalidArgument,
+            "network_id",
+            client.create_network(request)
+        );
+    }
+    // ... with a bad or missing spec.
+    let changed = |change: &dyn Fn(&mut pb::NetworkSpec)| {
+        let mut s = spec("251.0.0.0/8", UNDERLAY);
+        change(&mut s);
+        Some(s)
+    };
+    for (what, field, spec) in [
+        ("missing spec", "spec", None),
+        (
+            "oversize bridge",
+            "spec.bridge",
+            changed(&|s| s.bridge = long_bridge.clone()),
+        ),
+        ("mtu above underlay", "spec.mtu", changed(&|s| s.mtu = 9000)),
+        (
+            "host reserve fills the slice",
+            "spec.host_reserve",
+            changed(&|s| s.host_reserve = Some(254)),
+        ),
+        (
+            "unknown backend",
+            "spec.backend",
+            changed(&|s| s.backend = 42),
+        ),
+    ] {
+        case!(
+            what,
+            Code::InvalidArgument,
+            field,
+            client.create_network(request_for("a", spec))
+        );
+    }
     case!(
         "unknown network (get)",
         Code::NotFound,
@@ -438,114 +360,76 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
             network_id: "nope".into()
         })
     );
-    case!(
-        "unknown network (allocate)",
-        Code::NotFound,
-        "network",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "nope".into(),
-            owner: owner("x"),
-            ..Default::default()
-        })
-    );
-    case!(
-        "empty owner",
-        Code::InvalidArgument,
-        "owner.container_id",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner(""),
-            ..Default::default()
-        })
-    );
-    case!(
-        "missing owner",
-        Code::InvalidArgument,
-        "owner",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: None,
-            ..Default::default()
-        })
-    );
-    case!(
-        "oversize owner",
-        Code::InvalidArgument,
-        "owner.container_id",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner(&long_owner),
-            ..Default::default()
-        })
-    );
-    case!(
-        "bad interface",
-        Code::InvalidArgument,
-        "owner.interface",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: "x".into(),
-                interface: "eth0/1".into()
-            }),
-            ..Default::default()
-        })
-    );
-    case!(
-        "requested address outside slice",
-        Code::InvalidArgument,
-        "address",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
-            address: "250.0.27.5".into(),
-            ..Default::default()
-        })
-    );
-    case!(
-        "requested gateway",
-        Code::InvalidArgument,
-        "address",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
-            address: "250.0.28.1".into(),
-            ..Default::default()
-        })
-    );
-    case!(
-        "requested broadcast",
-        Code::InvalidArgument,
-        "address",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
-            address: "250.0.28.255".into(),
-            ..Default::default()
-        })
-    );
-    case!(
-        "requested malformed",
-        Code::InvalidArgument,
-        "address",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
-            address: "250.0.28".into(),
-            ..Default::default()
-        })
-    );
-    case!(
-        "requested taken",
-        Code::FailedPrecondition,
-        "address",
-        client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
-            address: kept.address.clone(),
-            ..Default::default()
-        })
-    );
+    // AllocateAddress with a bad network or owner.
+    let allocate_as = |network: &str, owner| pb::AllocateAddressRequest {
+        network_id: network.into(),
+        owner,
+        ..Default::default()
+    };
+    let bad_interface = Some(pb::Owner {
+        container_id: "x".into(),
+        interface: "eth0/1".into(),
+    });
+    for (what, code, field, network, owner) in [
+        (
+            "unknown network (allocate)",
+            Code::NotFound,
+            "network",
+            "nope",
+            owner("x"),
+        ),
+        (
+            "empty owner",
+            Code::InvalidArgument,
+            "owner.container_id",
+            "fan",
+            owner(""),
+        ),
+        ("missing owner", Code::InvalidArgument, "owner", "fan", None),
+        (
+            "oversize owner",
+            Code::InvalidArgument,
+            "owner.container_id",
+            "fan",
+            owner(&long_owner),
+        ),
+        (
+            "bad interface",
+            Code::InvalidArgument,
+            "owner.interface",
+            "fan",
+            bad_interface,
+        ),
+    ] {
+        case!(
+            what,
+            code,
+            field,
+            client.allocate_address(allocate_as(network, owner))
+        );
+    }
+    // ... or a requested address it cannot have.
+    for (what, code, address) in [
+        (
+            "requested address outside slice",
+            Code::InvalidArgument,
+            "250.0.27.5",
+        ),
+        ("requested gateway", Code::InvalidArgument, "250.0.28.1"),
+        ("requested broadcast", Code::InvalidArgument, "250.0.28.255"),
+        ("requested malformed", Code::InvalidArgument, "250.0.28"),
+        (
+            "requested taken",
+            Code::FailedPrecondition,
+            kept.address.as_str(),
+        ),
+    ] {
+        let request = pb::AllocateAddressRequest {
+            address: address.into(),
+            ..allocate_as("fan", owner("x"))
+        };
+        case!(what, code, "address", client.allocate_address(request));
+    }
     case!(
         "release without selector",
         Code::InvalidArgument,
@@ -569,26 +453,23 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
             ..Default::default()
         })
     );
-    case!(
-        "page size too large",
-        Code::InvalidArgument,
-        "page_size",
-        client.list_allocations(pb::ListAllocationsRequest {
+    for (what, field, page_size, page_token) in [
+        ("page size too large", "page_size", 5000, ""),
+        ("bad page token", "page_token", 0, "xyz"),
+    ] {
+        let request = pb::ListAllocationsRequest {
             network_id: "fan".into(),
-            page_size: 5000,
+            page_size,
+            page_token: page_token.into(),
             ..Default::default()
-        })
-    );
-    case!(
-        "bad page token",
-        Code::InvalidArgument,
-        "page_token",
-        client.list_allocations(pb::ListAllocationsRequest {
-            network_id: "fan".into(),
-            page_token: "xyz".into(),
-            ..Default::default()
-        })
-    );
+        };
+        case!(
+            what,
+            Code::InvalidArgument,
+            field,
+            client.list_allocations(request)
+        );
+    }
     case!(
         "resolve garbage",
         Code::InvalidArgument,
@@ -605,10 +486,8 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
         Code::InvalidArgument,
         "labels",
         client.allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: owner("x"),
             labels,
-            ..Default::default()
+            ..allocate_as("fan", owner("x"))
         })
     );
 
@@ -695,9 +574,7 @@ async fn malformed_requests_are_refused_by_field_and_change_nothing() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_and_resolve() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     // Resolve: overlay → owner host and slice; underlay → its slice. Any host, pure arithmetic.
     let r = client
@@ -830,9 +707,7 @@ struct ServiceResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_all_succeed() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", "172.30.0.28".parse()?)?;
-    let mut client = bed.hosts[0].client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
     create(&mut client, "fan", spec(OVERLAY, UNDERLAY)).await?;
     // Status reads observe the kernel (netlink dumps); allocations commit to disk.
     // Many at once must neither fail nor make a ready network look degraded.

@@ -220,24 +220,7 @@ async fn acknowledged_state_survives_twenty_sigkills_under_load() -> Result<()> 
         host.start_agent()
     })?;
     let mut client = bed.host("h7").client().await?;
-    let mut listed = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: "storm".into(),
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        listed.extend(page.allocations);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let listed = fan_e2e::all_allocations(&mut client, "storm", 1000).await?;
     let mut by_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut addresses = BTreeSet::new();
     for allocation in &listed {

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use fan_e2e::{iperf, IperfServer, Netns, Testbed};
+use anyhow::Result;
+use fan_e2e::{fan_spec, get_network, iperf, two_host_fan, IperfServer, Netns, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -19,30 +19,13 @@ fn addr(text: &str) -> Ipv4Addr {
 /// The common shape: hosts .28 and .27, the fan 250/8 over 172.30/16 on both,
 /// container "a" on .28 and "b" on .27.
 async fn two_hosts_one_container_each() -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h28", addr("172.30.0.28"))?;
-    bed.add_host("h27", addr("172.30.0.27"))?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let spec = fan_spec(OVERLAY, UNDERLAY);
+    two_host_fan(&[], &[], [spec.clone(), spec]).await
 }
 
-/// TCP both ways between two namespaces: a short iperf3 run forward and reversed.
+/// One short TCP run each way (at least 1e6 bit/s).
 fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<()> {
-    for reverse in [false, true] {
-        let _server = IperfServer::start(server, 5201)?;
-        let result = iperf(client, server_addr, 5201, 1, reverse).with_context(|| {
-            format!("TCP {} {server_addr}", if reverse { "from" } else { "to" })
-        })?;
-        assert!(
-            result.bits_per_second > 1e6,
-            "TCP reverse={reverse}: {} bit/s",
-            result.bits_per_second
-        );
-    }
-    Ok(())
+    fan_e2e::tcp_both_ways(client, server, server_addr, 1e6)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,18 +61,7 @@ async fn three_hosts_ping_and_tcp_across_and_within_hosts() -> Result<()> {
     tcp_both_ways(&a28.netns, &b28.netns, b28.address)?;
 
     // The counters saw it.
-    let mut client = bed.host("h28").client().await?;
-    let network = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner();
-    let counters = network
-        .network
-        .and_then(|n| n.status)
-        .and_then(|s| s.counters)
-        .expect("counters");
+    let counters = bed.counters("h28", "fan").await?;
     assert!(
         counters.encapsulated > 0 && counters.decapsulated > 0,
         "{counters:?}"
@@ -143,20 +115,9 @@ async fn an_8_over_24_fan_gives_each_host_a_16() -> Result<()> {
     let (a, b) = (bed.container("a"), bed.container("b"));
     assert_eq!(a.address, addr("250.7.0.2"));
     assert_eq!(b.address, addr("250.9.0.2"));
-    let mut client = bed.host("h7").client().await?;
-    let network = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "wide".into(),
-        })
-        .await?
-        .into_inner();
     assert_eq!(
-        network
-            .network
-            .and_then(|n| n.status)
-            .map(|s| s.slice)
-            .as_deref(),
-        Some("250.7.0.0/16")
+        bed.network_status("h7", "wide").await?.slice,
+        "250.7.0.0/16"
     );
     a.netns.ping(b.address, 2)?;
     b.netns.ping(a.address, 2)?;
@@ -201,14 +162,7 @@ async fn a_tcp_stream_survives_kill9_and_restart_of_both_agents() -> Result<()> 
             1,
             "{name}: {text}"
         );
-        let mut client = bed.host(name).client().await?;
-        let network = client
-            .get_network(pb::GetNetworkRequest {
-                network_id: "fan".into(),
-            })
-            .await?
-            .into_inner();
-        let status = network.network.and_then(|n| n.status).expect("status");
+        let status = bed.network_status(name, "fan").await?;
         assert_eq!(
             status.state,
             pb::NetworkState::Ready as i32,
@@ -278,12 +232,7 @@ async fn deleting_the_network_leaves_nothing_of_ours() -> Result<()> {
         .unwrap_or_default();
     assert!(pins.is_empty(), "pinned objects left: {pins:?}");
     // The other host is untouched by our delete and still serves its network.
-    let mut other = bed.host("h27").client().await?;
-    other
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?;
+    get_network(&mut bed.host("h27").client().await?, "fan").await?;
     Ok(())
 }
 

@@ -83,47 +83,17 @@ fn bare_container(bed: &Testbed, host: &str, bridge: &str, name: &str) -> Result
 }
 
 async fn create_dhcp_network(bed: &Testbed, host: &str, lease_seconds: u32) -> Result<pb::Network> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                dhcp: true,
-                dhcp_lease_seconds: lease_seconds,
-                dhcp_dns: vec!["250.0.28.1".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| anyhow!("create: {s}"))?
-        .into_inner()
-        .network
-        .ok_or_else(|| anyhow!("no network"))
+    let spec = pb::NetworkSpec {
+        dhcp: true,
+        dhcp_lease_seconds: lease_seconds,
+        dhcp_dns: vec!["250.0.28.1".into()],
+        ..fan_e2e::fan_spec(OVERLAY, UNDERLAY)
+    };
+    bed.create_network_with(host, "fan", spec).await
 }
 
 async fn allocations(bed: &Testbed, host: &str) -> Result<Vec<pb::Allocation>> {
-    let mut client = bed.host(host).client().await?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: "fan".into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| anyhow!("list: {s}"))?
-            .into_inner();
-        all.extend(page.allocations);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = page.next_page_token;
-    }
+    fan_e2e::all_allocations(&mut bed.host(host).client().await?, "fan", 1000).await
 }
 
 fn udhcpc(ns: &Netns, script: &Path, log: &Path, extra: &[&str]) -> Result<()> {
@@ -354,20 +324,9 @@ async fn two_hundred_clients_get_distinct_addresses_beside_api_allocations() -> 
         );
         let mut got = Vec::new();
         for i in 0..40 {
-            let a = client
-                .allocate_address(pb::AllocateAddressRequest {
-                    network_id: "fan".into(),
-                    owner: Some(pb::Owner {
-                        container_id: format!("api-{i}"),
-                        interface: "eth0".into(),
-                    }),
-                    ..Default::default()
-                })
+            let a = fan_e2e::allocate_eth0(&mut client, "fan", &format!("api-{i}"))
                 .await
-                .map_err(|s| anyhow!("allocate: {s}"))?
-                .into_inner()
-                .allocation
-                .ok_or_else(|| anyhow!("no allocation"))?;
+                .map_err(|s| anyhow!("allocate: {s}"))?;
             got.push(a.address);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

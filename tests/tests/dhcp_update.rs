@@ -6,7 +6,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -25,12 +24,6 @@ case "$1" in
 esac
 exit 0
 "#;
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
 
 /// One udhcpc run (`-n`: give up after `tries` DISCOVERs, 1 s apart):
 /// the address it was bound to, or None when no server answered.
@@ -63,15 +56,9 @@ fn lease(ns: &Netns, script: &Path, log: &Path, tries: u32) -> Result<Option<Ipv
 }
 
 async fn spec(client: &mut Client) -> Result<pb::NetworkSpec> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.spec)
+    fan_e2e::get_network(client, "fan")
+        .await?
+        .spec
         .context("no spec")
 }
 
@@ -129,15 +116,14 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
 
     // DHCP options need DHCP on, as at creation; nothing changes.
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                dhcp_dns: vec!["250.0.28.1".into()],
-                dhcp_lease_seconds: 600,
-                ..Default::default()
-            }),
-            update_mask: mask(&["dhcp_dns", "dhcp_lease_seconds"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["dhcp_dns", "dhcp_lease_seconds"],
+            |s| {
+                s.dhcp_dns = vec!["250.0.28.1".into()];
+                s.dhcp_lease_seconds = 600;
+            },
+        ))
         .await
         .err()
         .context("dhcp_dns without dhcp must be refused")?;
@@ -150,15 +136,14 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
         .collect();
     assert_eq!(fields, ["spec.dhcp_dns", "spec.dhcp_lease_seconds"]);
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                dhcp: true,
-                dhcp_lease_seconds: 5,
-                ..Default::default()
-            }),
-            update_mask: mask(&["dhcp", "dhcp_lease_seconds"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["dhcp", "dhcp_lease_seconds"],
+            |s| {
+                s.dhcp = true;
+                s.dhcp_lease_seconds = 5;
+            },
+        ))
         .await
         .err()
         .context("a 5 s lease must be refused")?;
@@ -167,26 +152,16 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
     assert!(!spec(&mut client).await?.dhcp);
 
     // On with the CLI.
-    let target = format!("unix://{}", bed.host("h28").agent.socket.display());
-    let out = Command::new(fan_e2e::binary("fan-client")?)
-        .args([
-            "--agent",
-            &target,
-            "network",
-            "update",
-            "fan",
-            "--dhcp=true",
-            "--dhcp-dns",
-            "250.0.28.1",
-            "--dhcp-lease-seconds",
-            "600",
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "fan-client network update: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bed.host("h28").fan_client(&[
+        "network",
+        "update",
+        "fan",
+        "--dhcp=true",
+        "--dhcp-dns",
+        "250.0.28.1",
+        "--dhcp-lease-seconds",
+        "600",
+    ])?;
     let on = spec(&mut client).await?;
     assert!(on.dhcp);
     assert_eq!(on.dhcp_dns, ["250.0.28.1"]);
@@ -204,11 +179,7 @@ async fn update_network_switches_dhcp_on_and_off() -> Result<()> {
 
     // Off again: the options go with it and the server stops answering.
     let off = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec::default()),
-            update_mask: mask(&["dhcp"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["dhcp"], |_| {}))
         .await
         .map_err(|s| anyhow!("update dhcp off: {s}"))?
         .into_inner();

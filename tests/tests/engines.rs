@@ -389,19 +389,21 @@ impl Bed {
     }
 }
 
-/// Both directions over the fan: ping, and the TCP line each side serves.
-fn exchange(
-    a: &dyn Fn(&[&str]) -> Command,
-    b: &dyn Fn(&[&str]) -> Command,
-    addr_a: &str,
-    addr_b: &str,
-) -> Result<()> {
-    for (from, to, to_name) in [(a, addr_b, "b"), (b, addr_a, "a")] {
-        check(from(&["ping", "-c", "2", "-W", "3", to]))
+/// A command run inside a container: (host, container, command line).
+type Exec<'a> = &'a dyn Fn(&str, &str, &[&str]) -> Command;
+
+/// Both directions over the fan between containers `a` and `b`, each given
+/// as (host, container, address), commands run in them by `exec`: ping,
+/// and the TCP line each side serves.
+fn exchange(exec: Exec, a: (&str, &str, &str), b: (&str, &str, &str)) -> Result<()> {
+    for (from, to, to_name) in [(a, b.2, "b"), (b, a.2, "a")] {
+        let (host, container, _) = from;
+        let run = |args: &[&str]| exec(host, container, args);
+        check(run(&["ping", "-c", "2", "-W", "3", to]))
             .with_context(|| format!("ping {to_name} at {to}"))?;
         // The server loop may be between two nc runs: retry briefly.
         let line = until("TCP over the fan", Duration::from_secs(15), || {
-            let out = check(from(&["timeout", "5", "nc", to, "5000"]))?;
+            let out = check(run(&["timeout", "5", "nc", to, "5000"]))?;
             if out.contains("here come the bits") {
                 Ok(out)
             } else {
@@ -410,6 +412,76 @@ fn exchange(
         })?;
         eprintln!("{to}: {line}");
     }
+    Ok(())
+}
+
+/// The end of an engine's run on the bed: containers `a` (h28) and `b`
+/// (h27) serving, `with_ip` (h28) at 250.0.28.200 and "hand-1" made by hand
+/// on h28 hold every allocation there is; then traffic both ways between
+/// `a` and `b` (see [`exchange`]).
+async fn check_allocations_and_exchange(
+    bed: &Bed,
+    addrs: &BTreeMap<&str, String>,
+    [a, b, with_ip]: [&str; 3],
+    exec: Exec<'_>,
+) -> Result<()> {
+    assert_eq!(addrs[with_ip], "250.0.28.200");
+    assert_eq!(
+        bed.allocations("h28").await?.len(),
+        3,
+        "{a}, {with_ip}, hand-1 and nothing else"
+    );
+    assert_eq!(bed.allocations("h27").await?.len(), 1);
+    exchange(exec, ("h28", a, &addrs[a]), ("h27", b, &addrs[b]))
+}
+
+/// Runs, through `run` (the engine's command on a host with these
+/// arguments), `a` on h28 and `b` on h27 serving [`SERVE`], and `with_ip`
+/// on h28 at 250.0.28.200; allocates 250.0.28.201 by hand and checks that a
+/// container asking for it is refused, naming the address.
+async fn start_containers(
+    bed: &Bed,
+    run: &dyn Fn(&str, &[&str]) -> Command,
+    image: &str,
+    [a, b, with_ip]: [&str; 3],
+) -> Result<()> {
+    for (host, name) in [("h28", a), ("h27", b)] {
+        let serve = [
+            "--hostname",
+            name,
+            "--network",
+            "fan",
+            image,
+            "sh",
+            "-c",
+            SERVE,
+        ];
+        check(run(
+            host,
+            &[&["run", "-d", "--name", name][..], &serve].concat(),
+        ))?;
+    }
+    fn at<'a>(name: &'a str, ip: &'a str, image: &'a str) -> [&'a str; 11] {
+        [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "fan",
+            "--ip",
+            ip,
+            image,
+            "sleep",
+            "600",
+        ]
+    }
+    check(run("h28", &at(with_ip, "250.0.28.200", image)))?;
+    bed.allocate_by_hand("h28", "hand-1", "250.0.28.201")
+        .await?;
+    let taken = format!("{a}taken");
+    let out = refused(run("h28", &at(&taken, "250.0.28.201", image)))?;
+    assert!(out.contains("250.0.28.201 is already assigned"), "{out}");
     Ok(())
 }
 
@@ -425,6 +497,13 @@ fn docker(bed: &Bed, host: &str) -> Command {
 fn docker_args(bed: &Bed, host: &str, args: &[&str]) -> Command {
     let mut c = docker(bed, host);
     c.args(args);
+    c
+}
+
+/// `docker exec NAME ARGS…` on `host`.
+fn docker_exec(bed: &Bed, host: &str, name: &str, args: &[&str]) -> Command {
+    let mut c = docker(bed, host);
+    c.args(["exec", name]).args(args);
     c
 }
 
@@ -537,109 +616,40 @@ async fn docker_with_the_fan_ipam_plugin() -> Result<()> {
         } else {
             "250.0.28.0/24"
         };
-        let out = refused(docker_args(
-            &bed,
-            host,
-            &[
+        // `docker network create` of a bridge "fanbad" with the plugin and `ipam` options.
+        let create_bad = |ipam: &[&str]| {
+            let head = [
                 "network",
                 "create",
                 "--driver",
                 "bridge",
                 "--ipam-driver",
                 &plugin,
-                "--ipam-opt",
-                "fan-network=fan-250",
-                "--subnet",
-                other,
-                "-o",
-                "com.docker.network.bridge.name=fan-250",
-                "fanbad",
-            ],
-        ))?;
+            ];
+            let tail = ["-o", "com.docker.network.bridge.name=fan-250", "fanbad"];
+            docker_args(&bed, host, &[&head[..], ipam, &tail].concat())
+        };
+        let out = refused(create_bad(&[
+            "--ipam-opt",
+            "fan-network=fan-250",
+            "--subnet",
+            other,
+        ]))?;
         assert!(
             out.contains(&format!("--subnet {other} is outside this host's slice")),
             "{out}"
         );
         let slice = bed.slice(host).await?;
-        let out = refused(docker_args(
-            &bed,
-            host,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "bridge",
-                "--ipam-driver",
-                &plugin,
-                "-o",
-                "com.docker.network.bridge.name=fan-250",
-                "fanbad",
-            ],
-        ))?;
+        let out = refused(create_bad(&[]))?;
         assert!(
             out.contains(&format!("--subnet is required: pass --subnet {slice}")),
             "{out}"
         );
     }
 
-    for (host, name) in [("h28", "c28"), ("h27", "c27")] {
-        check(docker_args(
-            &bed,
-            host,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--hostname",
-                name,
-                "--network",
-                "fan",
-                "fanbox:test",
-                "sh",
-                "-c",
-                SERVE,
-            ],
-        ))?;
-    }
     // --ip: exactly that address; a taken one is refused clearly and leaks nothing.
-    check(docker_args(
-        &bed,
-        "h28",
-        &[
-            "run",
-            "-d",
-            "--name",
-            "c28ip",
-            "--network",
-            "fan",
-            "--ip",
-            "250.0.28.200",
-            "fanbox:test",
-            "sleep",
-            "600",
-        ],
-    ))?;
-    bed.allocate_by_hand("h28", "hand-1", "250.0.28.201")
-        .await?;
-    let out = refused(docker_args(
-        &bed,
-        "h28",
-        &[
-            "run",
-            "-d",
-            "--name",
-            "c28taken",
-            "--network",
-            "fan",
-            "--ip",
-            "250.0.28.201",
-            "fanbox:test",
-            "sleep",
-            "600",
-        ],
-    ))?;
-    assert!(out.contains("250.0.28.201 is already assigned"), "{out}");
+    let run = |host: &str, args: &[&str]| docker_args(&bed, host, args);
+    start_containers(&bed, &run, "fanbox:test", ["c28", "c27", "c28ip"]).await?;
 
     // Every container's address is the agent's allocation for its endpoint.
     let mut addrs = BTreeMap::new();
@@ -661,28 +671,13 @@ async fn docker_with_the_fan_ipam_plugin() -> Result<()> {
         );
         addrs.insert(name, ip);
     }
-    assert_eq!(addrs["c28ip"], "250.0.28.200");
-    assert_eq!(
-        bed.allocations("h28").await?.len(),
-        3,
-        "c28, c28ip, hand-1 and nothing else"
-    );
-    assert_eq!(bed.allocations("h27").await?.len(), 1);
-
-    let on = |host: &'static str, name: &'static str| {
-        let bed = &bed;
-        move |args: &[&str]| {
-            let mut c = docker(bed, host);
-            c.args(["exec", name]).args(args);
-            c
-        }
-    };
-    exchange(
-        &on("h28", "c28"),
-        &on("h27", "c27"),
-        &addrs["c28"],
-        &addrs["c27"],
-    )?;
+    check_allocations_and_exchange(
+        &bed,
+        &addrs,
+        ["c28", "c27", "c28ip"],
+        &|host, name, args| docker_exec(&bed, host, name, args),
+    )
+    .await?;
 
     // docker rm -f releases; the hand-made allocation stays.
     check(docker_args(&bed, "h28", &["rm", "-f", "c28", "c28ip"]))?;
@@ -765,19 +760,10 @@ async fn docker_bridge_mode_recipe() -> Result<()> {
         );
         addrs.insert(host, ip);
     }
-    let on = |host: &'static str, name: &'static str| {
-        let bed = &bed;
-        move |args: &[&str]| {
-            let mut c = docker(bed, host);
-            c.args(["exec", name]).args(args);
-            c
-        }
-    };
     exchange(
-        &on("h28", "b28"),
-        &on("h27", "b27"),
-        &addrs["h28"],
-        &addrs["h27"],
+        &|host, name, args| docker_exec(&bed, host, name, args),
+        ("h28", "b28", &addrs["h28"]),
+        ("h27", "b27", &addrs["h27"]),
     )?;
     Ok(())
 }
@@ -883,63 +869,9 @@ async fn podman_with_fan_ipam() -> Result<()> {
         ))?;
         assert_eq!(backend, "cni");
     }
-    for (host, name) in [("h28", "p28"), ("h27", "p27")] {
-        check(podman_args(
-            &bed,
-            host,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--hostname",
-                name,
-                "--network",
-                "fan",
-                "localhost/fanbox:test",
-                "sh",
-                "-c",
-                SERVE,
-            ],
-        ))?;
-    }
-    check(podman_args(
-        &bed,
-        "h28",
-        &[
-            "run",
-            "-d",
-            "--name",
-            "p28ip",
-            "--network",
-            "fan",
-            "--ip",
-            "250.0.28.200",
-            "localhost/fanbox:test",
-            "sleep",
-            "600",
-        ],
-    ))?;
-    bed.allocate_by_hand("h28", "hand-1", "250.0.28.201")
-        .await?;
-    let out = refused(podman_args(
-        &bed,
-        "h28",
-        &[
-            "run",
-            "-d",
-            "--name",
-            "p28taken",
-            "--network",
-            "fan",
-            "--ip",
-            "250.0.28.201",
-            "localhost/fanbox:test",
-            "sleep",
-            "600",
-        ],
-    ))?;
-    assert!(out.contains("250.0.28.201 is already assigned"), "{out}");
+    // --ip: exactly that address; a taken one is refused clearly.
+    let run = |host: &str, args: &[&str]| podman_args(&bed, host, args);
+    start_containers(&bed, &run, "localhost/fanbox:test", ["p28", "p27", "p28ip"]).await?;
     let out = refused(podman_args(
         &bed,
         "h28",
@@ -981,28 +913,17 @@ async fn podman_with_fan_ipam() -> Result<()> {
         assert_eq!(owners.get(id), Some(&ip.to_string()), "{name}: {owners:?}");
         addrs.insert(name, ip.to_string());
     }
-    assert_eq!(addrs["p28ip"], "250.0.28.200");
-    assert_eq!(
-        bed.allocations("h28").await?.len(),
-        3,
-        "p28, p28ip, hand-1 and nothing else"
-    );
-    assert_eq!(bed.allocations("h27").await?.len(), 1);
-
-    let on = |host: &'static str, name: &'static str| {
-        let bed = &bed;
-        move |args: &[&str]| {
-            let mut c = podman(bed, host);
+    check_allocations_and_exchange(
+        &bed,
+        &addrs,
+        ["p28", "p27", "p28ip"],
+        &|host, name, args| {
+            let mut c = podman(&bed, host);
             c.args(["exec", name]).args(args);
             c
-        }
-    };
-    exchange(
-        &on("h28", "p28"),
-        &on("h27", "p27"),
-        &addrs["p28"],
-        &addrs["p27"],
-    )?;
+        },
+    )
+    .await?;
 
     check(podman_args(
         &bed,
@@ -1160,19 +1081,14 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         assert!(inside.contains(&expected), "{id}: {inside}");
         addrs.insert(id, ip);
     }
-    let on = |host: &'static str, id: &'static str| {
-        let bed = &bed;
-        move |args: &[&str]| {
-            let mut c = ctr(bed, host, &["task", "exec", "--exec-id", "x"]);
+    exchange(
+        &|host, id, args| {
+            let mut c = ctr(&bed, host, &["task", "exec", "--exec-id", "x"]);
             c.arg(id).args(args);
             c
-        }
-    };
-    exchange(
-        &on("h28", "k28"),
-        &on("h27", "k27"),
-        &addrs["k28"],
-        &addrs["k27"],
+        },
+        ("h28", "k28", &addrs["k28"]),
+        ("h27", "k27", &addrs["k27"]),
     )?;
 
     // A detached task killed and removed: ctr never runs CNI DEL for it.
@@ -1187,16 +1103,9 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
 
     // GC scoped to CNI-made allocations: lists first, releases with --yes,
     // never the hand-made one.
+    let scope = ["--created-by", "cni", "--valid-owner", "default-k28"];
     let mut dry = bed.fan_client("h28")?;
-    dry.args([
-        "address",
-        "gc",
-        NETWORK,
-        "--created-by",
-        "cni",
-        "--valid-owner",
-        "default-k28",
-    ]);
+    dry.args(["address", "gc", NETWORK]).args(scope);
     let listed = check(dry)?;
     assert!(
         listed.starts_with("would release 1 allocation(s) in fan-250"),
@@ -1211,18 +1120,9 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         "a listing releases nothing"
     );
     let mut gc = bed.fan_client("h28")?;
-    gc.args([
-        "-o",
-        "json",
-        "address",
-        "gc",
-        NETWORK,
-        "--created-by",
-        "cni",
-        "--valid-owner",
-        "default-k28",
-        "--yes",
-    ]);
+    gc.args(["-o", "json", "address", "gc", NETWORK])
+        .args(scope)
+        .arg("--yes");
     let released: serde_json::Value = serde_json::from_str(&check(gc)?)?;
     assert_eq!(
         released["released"][0]["owner"]["container_id"], "default-k28b",

@@ -22,26 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(20);
 type Events = tonic::Streaming<pb::WatchEventsResponse>;
 
 async fn testbed() -> Result<(Testbed, Client)> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST)?;
-    let client = bed.host("h1").client().await?;
-    Ok((bed, client))
+    fan_e2e::one_host().await
 }
 
 async fn create(client: &mut Client, id: &str, overlay: &str) -> Result<pb::Network> {
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: id.into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: overlay.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .network
-        .context("no network")
+    fan_e2e::create_network(client, "h1", id, fan_e2e::fan_spec(overlay, UNDERLAY)).await
 }
 
 fn owner(id: &str) -> Option<pb::Owner> {
@@ -117,14 +102,7 @@ async fn next(events: &mut Events) -> Result<pb::Event, tonic::Status> {
 }
 
 async fn list_revision(client: &mut Client, network: &str) -> Result<u64> {
-    Ok(client
-        .list_allocations(pb::ListAllocationsRequest {
-            network_id: network.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .revision)
+    Ok(fan_e2e::list_allocations(client, network).await?.revision)
 }
 
 fn kind(event: &pb::Event) -> pb::EventKind {
@@ -368,12 +346,6 @@ fn bridge_mtu(bed: &Testbed, bridge: &str) -> Result<u64> {
     value[0]["mtu"].as_u64().context("mtu")
 }
 
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() -> Result<()> {
     let (bed, mut client) = testbed().await?;
@@ -389,16 +361,15 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     let mut events = watch(&mut client, "fan", None).await?;
 
     let response = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 1400,
-                masquerade: Some(false),
-                labels: [("team".to_string(), "blue".to_string())].into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu", "masquerade", "labels"]),
-        })
+        .update_network(fan_e2e::update_request(
+            "fan",
+            &["mtu", "masquerade", "labels"],
+            |s| {
+                s.mtu = 1400;
+                s.masquerade = Some(false);
+                s.labels = [("team".to_string(), "blue".to_string())].into();
+            },
+        ))
         .await?
         .into_inner();
     assert!(response.changed);
@@ -437,28 +408,16 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
 
     // The same values again change nothing.
     let again = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 1400,
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["mtu"], |s| s.mtu = 1400))
         .await?
         .into_inner();
     assert!(!again.changed);
 
     // Masquerade back on.
     client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                masquerade: Some(true),
-                ..Default::default()
-            }),
-            update_mask: mask(&["masquerade"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["masquerade"], |s| {
+            s.masquerade = Some(true)
+        }))
         .await?;
     assert!(nft_table(&bed, "fan")?.contains("masquerade"));
 
@@ -466,14 +425,9 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     let first = allocated.iter().next().context("an address")?.clone();
     let last_octet: u32 = first.rsplit('.').next().context("octet")?.parse()?;
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                host_reserve: Some(last_octet + 1),
-                ..Default::default()
-            }),
-            update_mask: mask(&["host_reserve"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["host_reserve"], |s| {
+            s.host_reserve = Some(last_octet + 1)
+        }))
         .await
         .err()
         .context("a reserve over an allocation must be refused")?;
@@ -489,14 +443,7 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     assert_eq!(failure.violations[0].subject, "networks/fan");
 
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                mtu: 9000,
-                ..Default::default()
-            }),
-            update_mask: mask(&["mtu"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["mtu"], |s| s.mtu = 9000))
         .await
         .err()
         .context("an mtu above the underlay's must be refused")?;
@@ -505,11 +452,7 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
     assert_eq!(bad.field_violations[0].field, "spec.mtu");
 
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec::default()),
-            update_mask: mask(&["overlay"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["overlay"], |_| {}))
         .await
         .err()
         .context("a non-updatable field must be refused")?;
@@ -530,14 +473,9 @@ async fn update_network_changes_mtu_and_masquerade_live_and_keeps_allocations() 
 
     // A reserve that covers no allocation is accepted and kept.
     let status = client
-        .update_network(pb::UpdateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                host_reserve: Some(1),
-                ..Default::default()
-            }),
-            update_mask: mask(&["host_reserve"]),
-        })
+        .update_network(fan_e2e::update_request("fan", &["host_reserve"], |s| {
+            s.host_reserve = Some(1)
+        }))
         .await?;
     assert!(!status.into_inner().changed);
     assert_eq!(bridge_mtu(&bed, &bridge)?, 1400);
@@ -778,28 +716,19 @@ async fn the_cli_updates_a_network_and_prints_events_as_they_come() -> Result<()
             .take(2)
             .collect::<std::io::Result<Vec<String>>>()
     });
-    let out = Command::new(&cli)
-        .args([
-            "--agent",
-            &target,
-            "-o",
-            "json",
-            "network",
-            "update",
-            "fan",
-            "--mtu",
-            "1300",
-            "--masquerade=false",
-            "--label",
-            "team=blue",
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let out = bed.host("h1").fan_client(&[
+        "-o",
+        "json",
+        "network",
+        "update",
+        "fan",
+        "--mtu",
+        "1300",
+        "--masquerade=false",
+        "--label",
+        "team=blue",
+    ])?;
+    let shown: serde_json::Value = serde_json::from_slice(&out)?;
     assert_eq!(shown["spec"]["mtu"], 1300, "{shown}");
     assert_eq!(shown["spec"]["masquerade"], false, "{shown}");
     assert_eq!(shown["spec"]["labels"]["team"], "blue", "{shown}");

@@ -23,30 +23,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_dataplane::ebpf::{maps::slot, pin};
-use fan_e2e::packets::{finish_capture, icmp_echo, send_raw, start_capture};
-use fan_e2e::{iperf, plug, IperfServer, Netns, Testbed};
-use fan_proto::v1 as pb;
+use fan_e2e::packets::{finish_capture, icmp_echo, start_capture};
+use fan_e2e::{fan_spec, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 
 fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
-}
-
-async fn counters(bed: &Testbed, host: &str) -> Result<pb::DataplaneCounters> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .and_then(|s| s.counters)
-        .ok_or_else(|| anyhow!("{host}: no counters"))
 }
 
 /// Packets the egress fast path of `host` encapsulated (its pinned counter).
@@ -66,46 +50,21 @@ fn fast_path_filter(host: &Netns, bridge: &str) -> Result<bool> {
 }
 
 async fn bridge_of(bed: &Testbed, host: &str) -> Result<String> {
-    let mut client = bed.host(host).client().await?;
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get fan on {host}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .map(|s| s.bridge)
-        .ok_or_else(|| anyhow!("{host}: no status"))
+    Ok(bed.network_status(host, "fan").await?.bridge)
 }
 
 /// Hosts .28 and .27 with the fan, container "a" on .28 and "b" on .27.
 async fn two_hosts() -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
     // On whatever the suite's environment says (FAN_AGENT_NO_FAST_PATH=1
     // runs the other files on the slow path): this file tests the fast path.
     let fast_path_on = [("FAN_AGENT_NO_FAST_PATH", "false")];
-    bed.add_host_with("h28", addr("172.30.0.28"), &[], &fast_path_on)?;
-    bed.add_host_with("h27", addr("172.30.0.27"), &[], &fast_path_on)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
-    Ok(bed)
+    let spec = fan_spec(OVERLAY, UNDERLAY);
+    two_host_fan(&[], &fast_path_on, [spec.clone(), spec]).await
 }
 
-/// One short TCP run each way between two namespaces.
+/// One short TCP run each way (at least 1e6 bit/s).
 fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<()> {
-    for reverse in [false, true] {
-        let _server = IperfServer::start(server, 5201)?;
-        let result = iperf(client, server_addr, 5201, 1, reverse)?;
-        assert!(
-            result.bits_per_second > 1e6,
-            "TCP reverse={reverse} to {server_addr}: {result:?}"
-        );
-    }
-    Ok(())
+    fan_e2e::tcp_both_ways(client, server, server_addr, 1e6)
 }
 
 /// A short iperf3 UDP run; returns the datagrams the server received.
@@ -147,7 +106,7 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         fast_path_packets(&bed, "h28")?,
         fast_path_packets(&bed, "h27")?,
     );
-    let (c28, c27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [c28, c27] = bed.counters_of(["h28", "h27"], "fan").await?;
 
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
@@ -176,7 +135,7 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         Ok(())
     })?;
 
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     // Both hosts encapsulated (pings, TCP data and acks, UDP)...
     assert!(
         e28.encapsulated - c28.encapsulated > 1000,
@@ -219,7 +178,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
     outside.ip(&["addr", "add", "172.30.0.99/16", "dev", "eth0"])?;
     outside.ip(&["link", "set", "eth0", "up"])?;
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
 
     tokio::task::block_in_place(|| -> Result<()> {
         let capture = start_capture(&outside, "eth0", "icmp", 2)?;
@@ -231,7 +190,7 @@ async fn the_outside_is_reached_masqueraded_through_the_stack() -> Result<()> {
         );
         tcp_both_ways(&a.netns, &outside, addr("172.30.0.99"))
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     assert_eq!(e28.encapsulated, c28.encapsulated, "nothing encapsulated");
     assert_eq!(fast_path_packets(&bed, "h28")?, t28);
     Ok(())
@@ -245,20 +204,9 @@ async fn a_df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() -> Result<()
     // A container plugged by a runtime that ignores the allocation's MTU
     // (1500 on both ends of its veth): its 1500-byte packets reach the host.
     let mut client = bed.host("h28").client().await?;
-    let allocation = client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: format!("{}-big", bed.id),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
+    let allocation = fan_e2e::allocate_eth0(&mut client, "fan", &format!("{}-big", bed.id))
         .await
-        .map_err(|s| anyhow!("allocate: {s}"))?
-        .into_inner()
-        .allocation
-        .context("no allocation")?;
+        .map_err(|s| anyhow!("allocate: {s}"))?;
     assert_eq!(allocation.mtu, 1480);
     let big = Netns::new(&format!("{}-big", bed.id))?;
     plug(
@@ -340,28 +288,23 @@ async fn spoofed_sources_are_dropped_and_counted_on_the_fast_path() -> Result<()
     let bed = two_hosts().await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
-    let (s28, s27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [s28, s27] = bed.counters_of(["h28", "h27"], "fan").await?;
     let third_host = addr("250.0.26.9"); // the slice of 172.30.0.26
     let made_up = addr("10.99.0.1"); // outside the overlay
     tokio::task::block_in_place(|| -> Result<()> {
-        let capture = start_capture(h28, "eth0", "ip proto 4", 2)?;
-        send_raw(
-            &a.netns,
-            &[
-                icmp_echo(third_host, b.address),
-                icmp_echo(third_host, b.address),
-                icmp_echo(made_up, b.address),
-            ],
-        )?;
-        a.netns.ping(b.address, 1)?;
-        let dump = finish_capture(capture)?;
+        let spoofed = [
+            icmp_echo(third_host, b.address),
+            icmp_echo(third_host, b.address),
+            icmp_echo(made_up, b.address),
+        ];
+        let dump = spoofed_then_ping(h28, a, b.address, &spoofed)?;
         assert!(
             !dump.contains(&third_host.to_string()) && !dump.contains(&made_up.to_string()),
             "no spoofed packet left the host: {dump}"
         );
         Ok(())
     })?;
-    let (e28, e27) = (counters(&bed, "h28").await?, counters(&bed, "h27").await?);
+    let [e28, e27] = bed.counters_of(["h28", "h27"], "fan").await?;
     assert_eq!(
         e28.dropped_spoofed_egress - s28.dropped_spoofed_egress,
         3,
@@ -389,13 +332,13 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         1480,
     )?;
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         stray.ping(b.address, 2)?;
         b.netns.ping(addr("250.0.28.250"), 2)?;
         tcp_both_ways(&stray, &b.netns, b.address)
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     let fast = fast_path_packets(&bed, "h28")? - t28;
     assert!(fast >= 4, "{fast} on the fast path");
     assert_eq!(fast, e28.encapsulated - c28.encapsulated, "{e28:?}");
@@ -422,12 +365,12 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
     })?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let t28 = fast_path_packets(&bed, "h28")?;
-    let c28 = counters(&bed, "h28").await?;
+    let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
         tcp_both_ways(&a.netns, &b.netns, b.address)
     })?;
-    let e28 = counters(&bed, "h28").await?;
+    let e28 = bed.counters("h28", "fan").await?;
     // fan_encap on the tunnel device encapsulated it all.
     assert!(
         e28.encapsulated - c28.encapsulated > 100,

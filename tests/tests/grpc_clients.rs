@@ -19,7 +19,7 @@ use std::process::Output;
 
 use anyhow::{bail, Context, Result};
 use fan_e2e::pki::Pki;
-use fan_e2e::{Netns, Testbed};
+use fan_e2e::{python_stubs, venv_python, workspace, Netns, Testbed};
 use fan_proto::v1 as pb;
 use serde_json::{json, Value};
 use tonic_types::StatusExt;
@@ -27,26 +27,6 @@ use tonic_types::StatusExt;
 const HOST: &str = "172.30.0.28";
 const LISTEN: &str = "172.30.0.28:7443";
 const UNDERLAY: &str = "172.30.0.0/16";
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn venv_python() -> Result<PathBuf> {
-    let python = std::env::var_os("FAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
-    if !python.exists() {
-        bail!(
-            "{} not found: run scripts/install-deps.sh (make test does)",
-            python.display()
-        );
-    }
-    Ok(python)
-}
 
 /// One host whose agent serves its unix socket and mTLS TCP on `LISTEN`.
 struct Agent {
@@ -169,6 +149,29 @@ fn json_stdout(what: &str, out: &Output) -> Result<Value> {
         .with_context(|| format!("{what}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Runs each of `runs` (name, target, TLS arguments, first octet of its
+/// overlay) as the command `client` makes followed by the target, the
+/// network id (`prefix` and the octet), the overlay and the TLS arguments;
+/// checks each one's report against the Rust client's `reference`.
+fn run_clients(
+    runs: &[(&str, String, Vec<String>, u8)],
+    prefix: &str,
+    reference: &Value,
+    client: impl Fn() -> std::process::Command,
+) -> Result<()> {
+    for (name, target, tls, octet) in runs {
+        let out = client()
+            .arg(target)
+            .arg(format!("{prefix}{octet}"))
+            .arg(format!("{octet}.0.0.0/8"))
+            .args(tls)
+            .output()?;
+        let report = json_stdout(name, &out)?;
+        check_report(name, &report, *octet, reference);
+    }
+    Ok(())
+}
+
 // ---- Python grpcio ----
 
 #[test]
@@ -177,14 +180,7 @@ fn python_grpcio_with_default_options() -> Result<()> {
     let agent = Agent::start()?;
     let generated = agent.bed.dir.join("pygen");
     std::fs::create_dir_all(&generated)?;
-    let out = std::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(workspace().join("proto"))
-        .arg(format!("--python_out={}", generated.display()))
-        .arg(format!("--grpc_python_out={}", generated.display()))
-        .arg("fan/agent/v1/agent.proto")
-        .output()?;
-    assert!(out.status.success(), "grpc_tools.protoc: {out:?}");
+    python_stubs(&python, &generated)?;
     let reference = agent.reference_error()?;
     let socket = agent.socket().display().to_string();
     let runs: [(&str, String, Vec<String>, u8); 3] = [
@@ -197,21 +193,13 @@ fn python_grpcio_with_default_options() -> Result<()> {
         ),
         ("python mTLS", LISTEN.to_owned(), agent.mtls_files(), 243),
     ];
-    for (client, target, tls, octet) in runs {
-        let out = agent
-            .netns()
-            .command(&python)
+    run_clients(&runs, "py", &reference, || {
+        let mut command = agent.netns().command(&python);
+        command
             .arg(workspace().join("tests/clients/grpc_client.py"))
-            .arg(&generated)
-            .arg(&target)
-            .arg(format!("py{octet}"))
-            .arg(format!("{octet}.0.0.0/8"))
-            .args(&tls)
-            .output()?;
-        let report = json_stdout(client, &out)?;
-        check_report(client, &report, octet, &reference);
-    }
-    Ok(())
+            .arg(&generated);
+        command
+    })
 }
 
 // ---- Node @grpc/grpc-js ----
@@ -247,23 +235,15 @@ fn node_grpc_js_with_default_options() -> Result<()> {
         ("node unix:PATH", format!("unix:{socket}"), vec![], 244),
         ("node mTLS", LISTEN.to_owned(), agent.mtls_files(), 245),
     ];
-    for (client, target, tls, octet) in runs {
-        let out = agent
-            .netns()
-            .command("node")
+    run_clients(&runs, "js", &reference, || {
+        let mut command = agent.netns().command("node");
+        command
             .env("NODE_PATH", &modules)
             .arg(workspace().join("tests/clients/grpc_client.js"))
             .arg(workspace().join("proto"))
-            .arg(&descriptors)
-            .arg(&target)
-            .arg(format!("js{octet}"))
-            .arg(format!("{octet}.0.0.0/8"))
-            .args(&tls)
-            .output()?;
-        let report = json_stdout(client, &out)?;
-        check_report(client, &report, octet, &reference);
-    }
-    Ok(())
+            .arg(&descriptors);
+        command
+    })
 }
 
 // ---- grpcurl ----

@@ -11,6 +11,8 @@ use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
+/// Agent arguments: no reconcile timer (drift stays until something repairs it).
+const NO_RECONCILE: &[&str] = &["--reconcile-interval", "0"];
 /// Long enough that nothing in these tests can come from the reconcile timer.
 const NO_TIMER: &[&str] = &["--reconcile-interval", "3600"];
 /// Bound for the agent to react to a netlink event (not a timing assertion:
@@ -18,39 +20,15 @@ const NO_TIMER: &[&str] = &["--reconcile-interval", "3600"];
 const REACT: Duration = Duration::from_secs(5);
 
 async fn status(client: &mut Client, id: &str) -> Result<pb::NetworkStatus> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: id.into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("network {id} without status"))
+    fan_e2e::network_status(client, id).await
 }
 
 async fn drifts(client: &mut Client, id: &str) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: id.into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, id).await
 }
 
 async fn allocate(client: &mut Client, owner: &str) -> Result<pb::Allocation, tonic::Status> {
-    client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: "fan".into(),
-            owner: Some(pb::Owner {
-                container_id: owner.into(),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().allocation.expect("allocation"))
+    fan_e2e::allocate_eth0(client, "fan", owner).await
 }
 
 async fn allocations(client: &mut Client) -> Result<Vec<pb::Allocation>> {
@@ -152,13 +130,7 @@ async fn expect_moved_to_29(bed: &mut Testbed, old_owner: &str) -> Result<()> {
 }
 
 async fn two_hosts(h28_args: &[&str]) -> Result<Testbed> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host_with("h28", "172.30.0.28".parse()?, h28_args, &[])?;
-    bed.add_host("h27", "172.30.0.27".parse()?)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h27", "fan", "far").await?;
-    Ok(bed)
+    fan_e2e::one_far_container(h28_args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,12 +285,7 @@ async fn renamed_bridge_is_drift_repaired_to_one_bridge_and_deleted_with_force()
 async fn overlay_overlapping_the_host_is_refused_unless_allowed_and_later_overlap_is_drift(
 ) -> Result<()> {
     let mut bed = Testbed::new(16)?;
-    bed.add_host_with(
-        "h28",
-        "172.30.0.28".parse()?,
-        &["--reconcile-interval", "0"],
-        &[],
-    )?;
+    bed.add_host_with("h28", "172.30.0.28".parse()?, NO_RECONCILE, &[])?;
     let ns = &bed.host("h28").netns;
     // A LAN on 10.0.50.0/24 (a veth: this kernel may have no dummy module).
     ns.ip(&[

@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use fan_e2e::{iperf, Client, IperfServer, Netns, Testbed};
 use fan_proto::v1 as pb;
 
@@ -45,16 +45,7 @@ fn kernel() -> String {
 }
 
 async fn status(client: &mut Client, network: &str) -> Result<pb::NetworkStatus> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: network.into(),
-        })
-        .await
-        .map_err(|s| anyhow!("get {network}: {s}"))?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("{network} has no status"))
+    fan_e2e::network_status(client, network).await
 }
 
 /// The network is READY on `host` with `backend`.
@@ -77,18 +68,18 @@ async fn assert_ready(
     Ok(())
 }
 
-/// One short TCP transfer each way (the server side changes roles with -R).
+/// One short TCP run each way (at least 1e5 bit/s).
 fn tcp_both_ways(client: &Netns, server: &Netns, server_addr: Ipv4Addr) -> Result<()> {
-    for reverse in [false, true] {
-        let _server = IperfServer::start(server, 5201)?;
-        let result = iperf(client, server_addr, 5201, 1, reverse).with_context(|| {
-            format!("TCP {} {server_addr}", if reverse { "from" } else { "to" })
-        })?;
-        if result.bits_per_second <= 1e5 {
-            bail!("TCP reverse={reverse}: {} bit/s", result.bits_per_second);
-        }
-    }
-    Ok(())
+    fan_e2e::tcp_both_ways(client, server, server_addr, 1e5)
+}
+
+/// Containers "a" and "b" ping each other, then TCP runs both ways from each side.
+fn ping_and_tcp_both_ways(bed: &Testbed) -> Result<()> {
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    a.netns.ping(b.address, 2)?;
+    b.netns.ping(a.address, 2)?;
+    tcp_both_ways(&a.netns, &b.netns, b.address)?;
+    tcp_both_ways(&b.netns, &a.netns, a.address)
 }
 
 /// Mbit/s of a TCP stream of `seconds` from `client` to `server_addr`.
@@ -142,22 +133,15 @@ async fn ipip_backend_two_hosts_ping_and_tcp() -> Result<()> {
         "{routes:?}"
     );
 
-    let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
 
     // The tunnel's counters are the network's.
-    let mut client = bed.host("h7").client().await?;
-    let counters = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("counters");
+    let counters = bed.counters("h7", "fan").await?;
     assert!(
         counters.encapsulated > 0 && counters.decapsulated > 0,
         "{counters:?}"
     );
+    let mut client = bed.host("h7").client().await?;
 
     // Deleting the network leaves no device and no route of ours.
     client
@@ -185,29 +169,15 @@ async fn ebpf_and_ipip_hosts_interoperate_both_ways() -> Result<()> {
     assert_ready(&bed, "h7", "fan", pb::Backend::Ebpf).await?;
     assert_ready(&bed, "h9", "fan", pb::Backend::Ipip).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
 
-    let mut ebpf = bed.host("h7").client().await?;
-    let counters = status(&mut ebpf, "fan")
-        .await?
-        .counters
-        .expect("eBPF counters");
-    assert!(
-        counters.encapsulated > 0 && counters.decapsulated > 0,
-        "the eBPF side encapsulated and decapsulated: {counters:?}"
-    );
-    let mut ipip = bed.host("h9").client().await?;
-    let counters = status(&mut ipip, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
-    assert!(
-        counters.encapsulated > 0 && counters.decapsulated > 0,
-        "the ipip.ko side encapsulated and decapsulated: {counters:?}"
-    );
+    for (host, side) in [("h7", "eBPF"), ("h9", "ipip.ko")] {
+        let counters = bed.counters(host, "fan").await?;
+        assert!(
+            counters.encapsulated > 0 && counters.decapsulated > 0,
+            "the {side} side encapsulated and decapsulated: {counters:?}"
+        );
+    }
     let there = throughput(&a.netns, &b.netns, b.address, 2)?;
     let back = throughput(&b.netns, &a.netns, a.address, 2)?;
     eprintln!(
@@ -250,11 +220,7 @@ async fn ebpf_backend_alone_on_the_stock_kernel() -> Result<()> {
         assert_ready(&bed, host, "fan", pb::Backend::Ebpf).await?;
     }
 
-    let (a, b) = (bed.container("a"), bed.container("b"));
-    a.netns.ping(b.address, 2)?;
-    b.netns.ping(a.address, 2)?;
-    tcp_both_ways(&a.netns, &b.netns, b.address)?;
-    tcp_both_ways(&b.netns, &a.netns, a.address)?;
+    ping_and_tcp_both_ways(&bed)?;
     Ok(())
 }
 
@@ -432,11 +398,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
     assert_ready(&bed, "h7", "fan", pb::Backend::Ipip).await?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     let (h7, h9) = (&bed.host("h7").netns, &bed.host("h9").netns);
-    let mut client = bed.host("h7").client().await?;
-    let start = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let start = bed.counters("h7", "fan").await?;
 
     // Egress: a source from 10.1.2.5's slice never leaves h7. The spoofed
     // packets go first; the legitimate ping's request and reply end the capture.
@@ -456,10 +418,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
         !dump.contains(&spoofed.to_string()),
         "nothing spoofed left: {dump}"
     );
-    let mid = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let mid = bed.counters("h7", "fan").await?;
     assert_eq!(
         mid.dropped_spoofed_egress - start.dropped_spoofed_egress,
         2,
@@ -499,10 +458,7 @@ async fn ipip_host_drops_spoofed_sources_with_its_nft_rules() -> Result<()> {
         dump.contains(&format!("{} > 250.9.0.77", a.address)),
         "{dump}"
     );
-    let end = status(&mut client, "fan")
-        .await?
-        .counters
-        .expect("ipip counters");
+    let end = bed.counters("h7", "fan").await?;
     assert_eq!(end.dropped_spoofed - mid.dropped_spoofed, 2, "{end:?}");
     assert_eq!(end.decapsulated - mid.decapsulated, 1, "{end:?}");
     Ok(())

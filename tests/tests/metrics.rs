@@ -99,15 +99,7 @@ fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
 }
 
 async fn allocate(client: &mut Client, network: &str, owner: &str) -> Result<(), tonic::Status> {
-    client
-        .allocate_address(pb::AllocateAddressRequest {
-            network_id: network.into(),
-            owner: Some(pb::Owner {
-                container_id: owner.into(),
-                interface: "eth0".into(),
-            }),
-            ..Default::default()
-        })
+    fan_e2e::allocate_eth0(client, network, owner)
         .await
         .map(|_| ())
 }
@@ -139,15 +131,7 @@ async fn metrics_show_allocations_rpcs_and_traffic_and_pass_promtool() -> Result
     }
     let missing = allocate(&mut client, "no-such-network", "x").await;
     assert_eq!(missing.map_err(|s| s.code()), Err(tonic::Code::NotFound));
-    let status = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .ok_or_else(|| anyhow!("no status"))?;
+    let status = fan_e2e::network_status(&mut client, "fan").await?;
 
     // Health: a unary Check and a Watch stream (counted when it starts).
     let socket = bed.host("h28").agent.socket.clone();
@@ -544,57 +528,10 @@ async fn prometheus_server_scrapes_the_agent() -> Result<()> {
     Ok(())
 }
 
-/// A small tmpfs for a state directory, unmounted on drop (also on failure).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs> {
-        let dir =
-            std::env::temp_dir().join(format!("fan-e2e-metrics-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let tmpfs = Tmpfs { dir };
-        fan_e2e::run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "fan-e2e-metrics",
-                tmpfs.dir.to_str().context("utf-8 path")?,
-            ],
-        )?;
-        Ok(tmpfs)
-    }
-
-    /// Writes a filler file until the file system is full.
-    fn fill(&self) -> Result<()> {
-        let mut file = std::fs::File::create(self.dir.join("filler"))?;
-        let chunk = vec![0xffu8; 4096];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
     // Declared first, dropped last: the agent is gone before the unmount.
-    let tmpfs = Tmpfs::mount("4m")?;
+    let tmpfs = fan_e2e::Tmpfs::mount("fan-e2e-metrics", "4m")?;
     let mut bed = Testbed::new(16)?;
     let host = bed.add_host_with(
         "h28",
@@ -602,25 +539,15 @@ async fn failed_commits_on_a_full_disk_are_counted() -> Result<()> {
         &["--metrics-listen", METRICS],
         &[],
     )?;
-    // Serving (its SIGTERM handler in place) before it is stopped.
-    host.client()
-        .await?
-        .list_networks(pb::ListNetworksRequest::default())
-        .await?;
-    assert!(host.agent.terminate()?, "clean exit");
-    host.agent.state_dir = tmpfs.dir.join("state");
-    host.start_agent()?;
+    host.move_state_to(tmpfs.dir.join("state")).await?;
     let mut client = host.client().await?;
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    fan_e2e::create_network(
+        &mut client,
+        "the agent",
+        "fan",
+        fan_e2e::fan_spec(OVERLAY, UNDERLAY),
+    )
+    .await?;
     tmpfs.fill()?;
     // The database may still have a few free pages: allocate until a commit needs more.
     let mut refused = 0;

@@ -291,74 +291,69 @@ fn agent_refuses_tcp_without_every_tls_flag() -> Result<()> {
         pki.file("ca.pem"),
     );
 
-    let stderr = refused_start(ns, &bed.dir, &["--listen", "127.0.0.1:7443"])?;
-    assert!(
-        stderr.contains("--listen 127.0.0.1:7443 needs --tls-cert, --tls-key and --tls-client-ca")
-            && stderr.contains("no plaintext TCP mode"),
-        "{stderr}"
-    );
-    // A non-loopback address is refused the same way: TLS is never optional.
-    let stderr = refused_start(ns, &bed.dir, &["--listen", "0.0.0.0:7443"])?;
-    assert!(
-        stderr.contains("needs --tls-cert, --tls-key and --tls-client-ca"),
-        "{stderr}"
-    );
-    // Each missing flag is named.
-    let stderr = refused_start(
-        ns,
-        &bed.dir,
-        &[
-            "--listen",
-            "127.0.0.1:7443",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ],
-    )?;
-    assert!(stderr.contains("needs --tls-client-ca:"), "{stderr}");
-    let stderr = refused_start(
-        ns,
-        &bed.dir,
-        &[
-            "--listen",
-            "127.0.0.1:7443",
-            "--tls-cert",
-            &cert,
-            "--tls-client-ca",
-            &ca,
-        ],
-    )?;
-    assert!(stderr.contains("needs --tls-key:"), "{stderr}");
-    // TLS flags alone would do nothing: refused too.
-    let stderr = refused_start(ns, &bed.dir, &["--tls-client-ca", &ca])?;
-    assert!(
-        stderr.contains("--tls-client-ca given without --listen"),
-        "{stderr}"
-    );
-    // A key that belongs to another certificate.
-    let stderr = refused_start(
-        ns,
-        &bed.dir,
-        &[
-            "--listen",
-            "127.0.0.1:7443",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &pki.file("alice.key"),
-            "--tls-client-ca",
-            &ca,
-        ],
-    )?;
-    assert!(stderr.contains("TLS configuration"), "{stderr}");
-    // An unknown socket group.
-    let stderr = refused_start(ns, &bed.dir, &["--socket-group", "fan-no-such-group-e2e"])?;
-    let _ = std::fs::remove_dir_all(refused_pin_dir(&bed.dir));
-    assert!(
-        stderr.contains("no group named fan-no-such-group-e2e"),
-        "{stderr}"
-    );
+    let tcp = ["--listen", "127.0.0.1:7443"];
+    let other_key = pki.file("alice.key");
+    fn with<'a>(tcp: &[&'a str], tls: &[&'a str]) -> Vec<&'a str> {
+        [tcp, tls].concat()
+    }
+    // (why, arguments, what stderr must say)
+    let cases: [(&str, Vec<&str>, &[&str]); 7] = [
+        (
+            "TCP without TLS",
+            tcp.to_vec(),
+            &[
+                "--listen 127.0.0.1:7443 needs --tls-cert, --tls-key and --tls-client-ca",
+                "no plaintext TCP mode",
+            ],
+        ),
+        (
+            "a non-loopback address is refused the same way: TLS is never optional",
+            vec!["--listen", "0.0.0.0:7443"],
+            &["needs --tls-cert, --tls-key and --tls-client-ca"],
+        ),
+        (
+            "each missing flag is named",
+            with(&tcp, &["--tls-cert", &cert, "--tls-key", &key]),
+            &["needs --tls-client-ca:"],
+        ),
+        (
+            "each missing flag is named",
+            with(&tcp, &["--tls-cert", &cert, "--tls-client-ca", &ca]),
+            &["needs --tls-key:"],
+        ),
+        (
+            "TLS flags alone would do nothing: refused too",
+            vec!["--tls-client-ca", &ca],
+            &["--tls-client-ca given without --listen"],
+        ),
+        (
+            "a key that belongs to another certificate",
+            with(
+                &tcp,
+                &[
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &other_key,
+                    "--tls-client-ca",
+                    &ca,
+                ],
+            ),
+            &["TLS configuration"],
+        ),
+        (
+            "an unknown socket group",
+            vec!["--socket-group", "fan-no-such-group-e2e"],
+            &["no group named fan-no-such-group-e2e"],
+        ),
+    ];
+    for (why, args, expected) in cases {
+        let stderr = refused_start(ns, &bed.dir, &args)?;
+        let _ = std::fs::remove_dir_all(refused_pin_dir(&bed.dir));
+        for text in expected {
+            assert!(stderr.contains(text), "{why}: {args:?}: {stderr}");
+        }
+    }
     Ok(())
 }
 
@@ -407,9 +402,7 @@ fn socket_group_owns_the_socket() -> Result<()> {
 
 #[tokio::test]
 async fn oversize_request_is_refused_and_the_agent_keeps_serving() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
-    bed.add_host("h1", HOST.parse()?)?;
-    let mut client = bed.host("h1").client().await?;
+    let (_bed, mut client) = fan_e2e::one_host().await?;
     // A garbage collection naming many owners is the largest request by design.
     let gc = |owners: usize| pb::GarbageCollectAllocationsRequest {
         network_id: "no-such-net".into(),

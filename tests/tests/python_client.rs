@@ -4,43 +4,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-use fan_e2e::Testbed;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The venv `scripts/install-deps.sh` makes (or FAN_PYTHON).
-fn python() -> Result<PathBuf> {
-    let python = std::env::var_os("FAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
-    if !python.exists() {
-        bail!(
-            "{} not found: run scripts/install-deps.sh (make test does)",
-            python.display()
-        );
-    }
-    Ok(python)
-}
+use anyhow::Result;
+use fan_e2e::{python_stubs, venv_python, workspace, Testbed};
 
 #[test]
 fn python_client_generated_from_the_proto_creates_allocates_and_lists() -> Result<()> {
-    let python = python()?;
+    let python = venv_python()?;
     let generated = tempfile_dir("fan-pygen")?;
-    let status = Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(workspace().join("proto"))
-        .arg(format!("--python_out={}", generated.display()))
-        .arg(format!("--grpc_python_out={}", generated.display()))
-        .arg("fan/agent/v1/agent.proto")
-        .status()
-        .context("run grpc_tools.protoc")?;
-    assert!(status.success(), "code generation failed");
+    python_stubs(&python, &generated)?;
 
     let mut bed = Testbed::new(16)?;
     bed.add_host("h1", "172.30.0.28".parse()?)?;

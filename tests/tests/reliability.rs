@@ -9,6 +9,8 @@ use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
+/// Agent arguments: no reconcile timer (drift stays until something repairs it).
+const NO_RECONCILE: &[&str] = &["--reconcile-interval", "0"];
 
 fn spec() -> pb::NetworkSpec {
     pb::NetworkSpec {
@@ -19,83 +21,44 @@ fn spec() -> pb::NetworkSpec {
 }
 
 async fn drifts(client: &mut fan_e2e::Client) -> Result<Vec<pb::Drift>> {
-    Ok(client
-        .check_network(pb::CheckNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .drifts)
+    fan_e2e::check_network(client, "fan").await
 }
 
-/// Each piece a network needs, and a way to break it by hand.
+/// Each piece a network needs: "what | a command that breaks it by hand |
+/// what CheckNetwork's drift names".
+const BREAKAGES: &[&str] = &[
+    "gateway address | ip addr del 250.0.28.1/24 dev fan-250 | 250.0.28.1",
+    "bridge MTU | ip link set fan-250 mtu 1400 | fan-250",
+    "bridge down | ip link set fan-250 down | fan-250",
+    "bridge | ip link del fan-250 | fan-250",
+    "overlay route | ip route del 250.0.0.0/8 proto 250 | route",
+    "tunnel device | ip link del fantun1 | fantun1",
+    "nft table | nft delete table ip fan_fan | nft",
+    "decap filter | tc filter del dev eth0 ingress | eth0",
+    // Caught although the encap and decap filters are intact (the
+    // reconcile's keep-without-loading shortcut checks all three).
+    "fast-path filter | tc filter del dev fan-250 ingress | fan_fastpath",
+    "ip_forward | sysctl -qw net.ipv4.ip_forward=0 | ip_forward",
+];
+
+/// [`BREAKAGES`] as (what, command line, what the drift names).
 fn breakages() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
-    vec![
-        (
-            "gateway address",
-            vec!["ip", "addr", "del", "250.0.28.1/24", "dev", "fan-250"],
-            "250.0.28.1",
-        ),
-        (
-            "bridge MTU",
-            vec!["ip", "link", "set", "fan-250", "mtu", "1400"],
-            "fan-250",
-        ),
-        (
-            "bridge down",
-            vec!["ip", "link", "set", "fan-250", "down"],
-            "fan-250",
-        ),
-        ("bridge", vec!["ip", "link", "del", "fan-250"], "fan-250"),
-        (
-            "overlay route",
-            vec!["ip", "route", "del", "250.0.0.0/8", "proto", "250"],
-            "route",
-        ),
-        (
-            "tunnel device",
-            vec!["ip", "link", "del", "fantun1"],
-            "fantun1",
-        ),
-        (
-            "nft table",
-            vec!["nft", "delete", "table", "ip", "fan_fan"],
-            "nft",
-        ),
-        (
-            "decap filter",
-            vec!["tc", "filter", "del", "dev", "eth0", "ingress"],
-            "eth0",
-        ),
-        (
-            // Caught although the encap and decap filters are intact (the
-            // reconcile's keep-without-loading shortcut checks all three).
-            "fast-path filter",
-            vec!["tc", "filter", "del", "dev", "fan-250", "ingress"],
-            "fan_fastpath",
-        ),
-        (
-            "ip_forward",
-            vec!["sysctl", "-qw", "net.ipv4.ip_forward=0"],
-            "ip_forward",
-        ),
-    ]
+    BREAKAGES
+        .iter()
+        .map(|row| {
+            let fields: Vec<&str> = row.split(" | ").collect();
+            let [what, command, names] = fields[..] else {
+                panic!("three fields in {row:?}");
+            };
+            (what, command.split_whitespace().collect(), names)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_each_drift_and_reconcile_repairs_it() -> Result<()> {
-    let mut bed = Testbed::new(16)?;
     // No timer first: CheckNetwork must see the drift before anything repairs it.
-    bed.add_host_with(
-        "h28",
-        "172.30.0.28".parse()?,
-        &["--reconcile-interval", "0"],
-        &[],
-    )?;
-    bed.add_host("h27", "172.30.0.27".parse()?)?;
-    bed.create_network_everywhere("fan", OVERLAY, UNDERLAY)
-        .await?;
-    bed.add_container("h27", "fan", "far").await?;
+    let mut bed = fan_e2e::one_far_container(NO_RECONCILE).await?;
     let far = bed.container("far").address;
     let mut client = bed.host("h28").client().await?;
     assert!(drifts(&mut client).await?.is_empty());
@@ -109,15 +72,7 @@ async fn check_reports_each_drift_and_reconcile_repairs_it() -> Result<()> {
                 .any(|d| d.object.contains(names) || d.expected.contains(names)),
             "{what}: CheckNetwork did not report it: {found:?}"
         );
-        let status = client
-            .get_network(pb::GetNetworkRequest {
-                network_id: "fan".into(),
-            })
-            .await?
-            .into_inner()
-            .network
-            .and_then(|n| n.status)
-            .expect("status");
+        let status = fan_e2e::network_status(&mut client, "fan").await?;
         assert_eq!(status.state, pb::NetworkState::Degraded as i32, "{what}");
         assert!(
             !status.reason.is_empty(),
@@ -202,15 +157,7 @@ async fn health_is_not_serving_while_a_network_cannot_be_programmed() -> Result<
     })
     .await?;
     let mut client = bed.host("h28").client().await?;
-    let status = client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .expect("status");
+    let status = fan_e2e::network_status(&mut client, "fan").await?;
     assert_ne!(status.state, pb::NetworkState::Ready as i32);
     assert!(
         status.reason.contains("fantun1"),

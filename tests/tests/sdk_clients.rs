@@ -17,18 +17,11 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_e2e::pki::Pki;
-use fan_e2e::{Host, Testbed};
+use fan_e2e::{venv_python as python, workspace, Host, Testbed};
 use serde_json::Value;
 
 const HOST: &str = "172.30.0.28";
 const LISTEN: &str = "172.30.0.28:7443";
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// Where this test binary keeps what it builds: one directory per SDK, made
 /// anew by each run (so runs do not pile up) and kept after it for a look.
@@ -52,18 +45,15 @@ fn check(what: &str, out: std::io::Result<Output>) -> Result<Output> {
     Ok(out)
 }
 
-/// The venv `scripts/install-deps.sh` makes (or FAN_PYTHON).
-fn python() -> Result<PathBuf> {
-    let python = std::env::var_os("FAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
-    if !python.exists() {
-        bail!(
-            "{} not found: run scripts/install-deps.sh (make test does)",
-            python.display()
-        );
-    }
-    Ok(python)
+/// What `build` made, built once per test binary: the first caller builds,
+/// later callers get its result (or its failure, as text).
+fn built_once(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    build: impl FnOnce() -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    cell.get_or_init(|| build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// Installs client/python with pip, as a user would, into a directory of its own
@@ -71,39 +61,34 @@ fn python() -> Result<PathBuf> {
 /// returns that directory.
 fn python_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    SDK.get_or_init(|| {
-        let build = || -> Result<PathBuf> {
-            let dir = work_dir("python")?;
-            check(
-                "pip install client/python",
-                Command::new(python()?)
-                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args([
-                        "--no-build-isolation",
-                        "--no-deps",
-                        "--no-index",
-                        "--target",
-                    ])
-                    .arg(&dir)
-                    .arg(workspace().join("client/python"))
-                    .output(),
-            )?;
-            // The package's own tests (target forms, errors without an agent).
-            check(
-                "python -m unittest (client/python/tests)",
-                Command::new(python()?)
-                    .env("PYTHONPATH", &dir)
-                    .args(["-m", "unittest", "discover", "-s"])
-                    .arg(workspace().join("client/python/tests"))
-                    .args(["-p", "test_*.py"])
-                    .output(),
-            )?;
-            Ok(dir)
-        };
-        build().map_err(|e| format!("{e:#}"))
+    built_once(&SDK, || {
+        let dir = work_dir("python")?;
+        check(
+            "pip install client/python",
+            Command::new(python()?)
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args([
+                    "--no-build-isolation",
+                    "--no-deps",
+                    "--no-index",
+                    "--target",
+                ])
+                .arg(&dir)
+                .arg(workspace().join("client/python"))
+                .output(),
+        )?;
+        // The package's own tests (target forms, errors without an agent).
+        check(
+            "python -m unittest (client/python/tests)",
+            Command::new(python()?)
+                .env("PYTHONPATH", &dir)
+                .args(["-m", "unittest", "discover", "-s"])
+                .arg(workspace().join("client/python/tests"))
+                .args(["-p", "test_*.py"])
+                .output(),
+        )?;
+        Ok(dir)
     })
-    .clone()
-    .map_err(|e| anyhow!(e))
 }
 
 /// The Go toolchain's caches under target/ (CI may have no HOME).
@@ -120,40 +105,35 @@ fn go_env(command: &mut Command) -> &mut Command {
 /// builds the test program and the README example; returns their directory.
 fn go_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    SDK.get_or_init(|| {
-        let build = || -> Result<PathBuf> {
-            let dir = work_dir("go")?;
-            let module = workspace().join("client/go");
+    built_once(&SDK, || {
+        let dir = work_dir("go")?;
+        let module = workspace().join("client/go");
+        check(
+            "client/go/generate.sh",
+            go_env(&mut Command::new(module.join("generate.sh"))).output(),
+        )?;
+        // The module's own tests (target forms, errors without an agent).
+        check(
+            "go test ./...",
+            go_env(Command::new("go").current_dir(&module))
+                .args(["test", "./..."])
+                .output(),
+        )?;
+        for (name, package) in [
+            ("againstagent", "./internal/againstagent"),
+            ("quickstart", "./examples/quickstart"),
+        ] {
             check(
-                "client/go/generate.sh",
-                go_env(&mut Command::new(module.join("generate.sh"))).output(),
-            )?;
-            // The module's own tests (target forms, errors without an agent).
-            check(
-                "go test ./...",
+                &format!("go build {package}"),
                 go_env(Command::new("go").current_dir(&module))
-                    .args(["test", "./..."])
+                    .args(["build", "-o"])
+                    .arg(dir.join(name))
+                    .arg(package)
                     .output(),
             )?;
-            for (name, package) in [
-                ("againstagent", "./internal/againstagent"),
-                ("quickstart", "./examples/quickstart"),
-            ] {
-                check(
-                    &format!("go build {package}"),
-                    go_env(Command::new("go").current_dir(&module))
-                        .args(["build", "-o"])
-                        .arg(dir.join(name))
-                        .arg(package)
-                        .output(),
-                )?;
-            }
-            Ok(dir)
-        };
-        build().map_err(|e| format!("{e:#}"))
+        }
+        Ok(dir)
     })
-    .clone()
-    .map_err(|e| anyhow!(e))
 }
 
 /// One host whose agent serves its unix socket and mutual TLS on LISTEN.

@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use fan_e2e::{eventually, serving, wait_until, Client, Testbed};
-use fan_proto::v1 as pb;
 
 const UNDERLAY: &str = "172.30.0.0/16";
 const NETWORKS: [(&str, &str); 5] = [
@@ -22,26 +21,12 @@ const NETWORKS: [(&str, &str); 5] = [
 ];
 
 async fn bridge_of(client: &mut Client, network: &str) -> Result<String> {
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: network.into(),
-        })
-        .await?
-        .into_inner()
-        .network
-        .and_then(|n| n.status)
-        .map(|s| s.bridge)
-        .ok_or_else(|| anyhow!("{network}: no status"))
+    Ok(fan_e2e::network_status(client, network).await?.bridge)
 }
 
 async fn addresses(client: &mut Client, network: &str) -> Result<Vec<String>> {
-    Ok(client
-        .list_allocations(pb::ListAllocationsRequest {
-            network_id: network.into(),
-            ..Default::default()
-        })
+    Ok(fan_e2e::list_allocations(client, network)
         .await?
-        .into_inner()
         .allocations
         .into_iter()
         .map(|a| a.address)
@@ -64,29 +49,10 @@ async fn sigterm_during_reconcile_stops_every_task_and_exits_cleanly() -> Result
     let mut bridges = Vec::new();
     let mut allocated = Vec::new();
     for (id, overlay) in NETWORKS {
-        client
-            .create_network(pb::CreateNetworkRequest {
-                network_id: id.into(),
-                spec: Some(pb::NetworkSpec {
-                    overlay: overlay.into(),
-                    underlay: UNDERLAY.into(),
-                    ..Default::default()
-                }),
-            })
+        fan_e2e::create_network(&mut client, "h1", id, fan_e2e::fan_spec(overlay, UNDERLAY))
             .await?;
-        let allocation = client
-            .allocate_address(pb::AllocateAddressRequest {
-                network_id: id.into(),
-                owner: Some(pb::Owner {
-                    container_id: format!("{}-{id}", bed.id),
-                    interface: "eth0".into(),
-                }),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .allocation
-            .ok_or_else(|| anyhow!("{id}: no allocation"))?;
+        let allocation =
+            fan_e2e::allocate_eth0(&mut client, id, &format!("{}-{id}", bed.id)).await?;
         bridges.push(bridge_of(&mut client, id).await?);
         allocated.push(allocation.address);
     }

@@ -4,14 +4,12 @@
 //! and the state is private (0700/0600).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_e2e::{reason_of, run, serving, wait_until, Client, Host, Testbed};
+use fan_e2e::{reason_of, serving, wait_until, Client, Host, Testbed};
 use fan_proto::v1 as pb;
 use redb::{ReadableTable, TableDefinition};
 
@@ -28,17 +26,8 @@ fn owner(name: &str) -> pb::Owner {
 }
 
 async fn create_network(client: &mut Client) -> Result<()> {
-    client
-        .create_network(pb::CreateNetworkRequest {
-            network_id: "fan".into(),
-            spec: Some(pb::NetworkSpec {
-                overlay: OVERLAY.into(),
-                underlay: UNDERLAY.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| anyhow!("create network: {s}"))?;
+    let spec = fan_e2e::fan_spec(OVERLAY, UNDERLAY);
+    fan_e2e::create_network(client, "the agent", "fan", spec).await?;
     Ok(())
 }
 
@@ -66,30 +55,16 @@ async fn allocate(
 
 /// Every allocation of "fan": address → container id.
 async fn allocations(client: &mut Client) -> Result<BTreeMap<String, String>> {
-    let mut all = BTreeMap::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_allocations(pb::ListAllocationsRequest {
-                network_id: "fan".into(),
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| anyhow!("list allocations: {s}"))?
-            .into_inner();
-        for a in page.allocations {
-            all.insert(
+    Ok(fan_e2e::all_allocations(client, "fan", 1000)
+        .await?
+        .into_iter()
+        .map(|a| {
+            (
                 a.address,
                 a.owner.map(|o| o.container_id).unwrap_or_default(),
-            );
-        }
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        token = page.next_page_token;
-    }
+            )
+        })
+        .collect())
 }
 
 fn log_of(host: &Host) -> String {
@@ -240,67 +215,13 @@ async fn a_damaged_allocation_is_refused_then_quarantined_and_never_handed_out()
     Ok(())
 }
 
-/// A small tmpfs for the state directory, unmounted on drop (also on failure).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs> {
-        let dir = std::env::temp_dir().join(format!("fan-e2e-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let tmpfs = Tmpfs { dir };
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "fan-e2e",
-                tmpfs.dir.to_str().context("utf-8 path")?,
-            ],
-        )?;
-        Ok(tmpfs)
-    }
-
-    /// Writes a filler file until the file system is full.
-    fn fill(&self) -> Result<PathBuf> {
-        let path = self.dir.join("filler");
-        let mut file = std::fs::File::create(&path)?;
-        let chunk = vec![0xffu8; 4096];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_the_agent_not_serving_until_space_is_back() -> Result<()> {
     // Declared first, dropped last: the agent is gone before the unmount.
-    let tmpfs = Tmpfs::mount("4m")?;
+    let tmpfs = fan_e2e::Tmpfs::mount("fan-e2e", "4m")?;
     let mut bed = Testbed::new(16)?;
     let host = bed.add_host("h28", "172.30.0.28".parse()?)?;
-    host.client()
-        .await?
-        .list_networks(pb::ListNetworksRequest::default())
-        .await?;
-    assert!(host.agent.terminate()?, "clean exit");
-    host.agent.state_dir = tmpfs.dir.join("state");
-    host.start_agent()?;
+    host.move_state_to(tmpfs.dir.join("state")).await?;
     let socket = host.agent.socket.clone();
     let mut client = host.client().await?;
     create_network(&mut client).await?;
@@ -348,12 +269,9 @@ async fn a_full_disk_makes_the_agent_not_serving_until_space_is_back() -> Result
     let again = allocate(&mut client, "while-full", &[]).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
     assert_eq!(allocations(&mut client).await?, acked);
-    client
-        .get_network(pb::GetNetworkRequest {
-            network_id: "fan".into(),
-        })
+    fan_e2e::get_network(&mut client, "fan")
         .await
-        .map_err(|s| anyhow!("get network while full: {s}"))?;
+        .context("get network while full")?;
 
     // Space back: writes resume without a restart.
     std::fs::remove_file(&filler)?;

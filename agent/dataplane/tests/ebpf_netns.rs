@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use fan_dataplane::ebpf::{tc_priority, EbpfBackend, ROUTE_PROTOCOL};
 use fan_dataplane::{BackendKind, Counters, Encapsulation, NetworkPlan, Observation};
+use fan_testkit::packets::{finish_capture, icmp_echo, icmp_echo_sized, send_ipip, start_capture};
 use fan_testkit::{sh, try_sh, veth_pair, Netns, Teardown};
 use ipnetwork::Ipv4Network;
 
@@ -312,112 +313,13 @@ fn prog_id(line: &str) -> u32 {
 }
 
 /// Starts tcpdump on the underlay of host ns; returns it once it listens.
-fn start_capture(ns: &str, filter: &str, count: usize) -> Child {
-    let mut child = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-v", "-l", "-i", UPLINK, "-c",
-        ])
-        .arg(count.to_string())
-        .arg(filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (apt-get install tcpdump)");
-    // tcpdump says "listening on" on stderr once the socket is open.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("listening on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("tcpdump did not start");
-    child
+fn capture_on(ns: &str, filter: &str, count: usize) -> Child {
+    start_capture(&Netns::existing(ns), UPLINK, filter, count).expect("tcpdump")
 }
 
-fn finish_capture(child: Child) -> String {
-    let out = child.wait_with_output().expect("tcpdump");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-// ------------------------------------------------------------- raw IPIP
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4 ICMP echo request from `src` to `dst` with `payload` bytes.
-fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Vec<u8> {
-    let mut icmp = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
-    icmp.extend(std::iter::repeat_n(0xab, payload));
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let total = (20 + icmp.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend(total.to_be_bytes());
-    ip.extend([0, 1, 0x40, 0, 64, 1, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend(icmp);
-    ip
-}
-
-/// Sends `inner` to `to` through a raw IPPROTO_IPIP socket: the kernel's own
-/// IPIP code adds the outer header (and fragments it if it must).
-fn send_ipip(to: Ipv4Addr, inner: &[u8]) {
-    // SAFETY: plain socket calls on a socket we own; buffers outlive the calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_IPIP);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&dont as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(to.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let n = libc::sendto(
-            fd,
-            inner.as_ptr().cast(),
-            inner.len(),
-            0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(
-            n,
-            inner.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-        libc::close(fd);
-    }
+/// Sends `inner` from host ns to `to` through the kernel's own IPIP code.
+fn ipip_from(ns: &str, to: Ipv4Addr, inner: &[u8]) {
+    send_ipip(&Netns::existing(ns), to, inner).expect("raw IPIP send");
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -440,9 +342,9 @@ fn two_hosts_ping_both_ways_with_kernel_wire_format() {
     };
     let (c1, c2) = (w.hosts[0].container_ip, w.hosts[1].container_ip);
 
-    let capture = start_capture(&w.hosts[1].ns, "ip proto 4", 2);
+    let capture = capture_on(&w.hosts[1].ns, "ip proto 4", 2);
     w.must_ping(0, c2);
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains("172.30.0.28 > 172.30.0.27") && dump.contains(&format!("{c1} > {c2}")),
         "outer 172.30.0.28 > 172.30.0.27 around the untouched inner packet:\n{dump}"
@@ -500,10 +402,10 @@ fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
 
     // A packet built by the kernel's own IPIP code, inner source in h2's
     // slice: decapsulated, and c1's answer goes back encapsulated.
-    let capture = start_capture(&w.hosts[1].ns, "ip proto 4 and src host 172.30.0.28", 1);
+    let capture = capture_on(&w.hosts[1].ns, "ip proto 4 and src host 172.30.0.28", 1);
     let probe = Ipv4Addr::new(250, 0, 27, 77);
-    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(probe, c1, 32)));
-    let dump = finish_capture(capture);
+    ipip_from(&w.hosts[1].ns, h1, &icmp_echo(probe, c1));
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains(&format!("{c1} > {probe}")) && dump.contains("echo reply"),
         "answer to the kernel-built IPIP packet:\n{dump}"
@@ -512,17 +414,20 @@ fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
     // Inner source in another host's slice (maps to 172.30.0.99, not .27).
     let before = w.counters(0);
     let spoofed = Ipv4Addr::new(250, 0, 99, 9);
-    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(spoofed, c1, 32)));
+    ipip_from(&w.hosts[1].ns, h1, &icmp_echo(spoofed, c1));
     // Inner source outside the overlay altogether.
-    Netns::existing(&w.hosts[1].ns)
-        .run(move || send_ipip(h1, &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1, 32)));
+    ipip_from(
+        &w.hosts[1].ns,
+        h1,
+        &icmp_echo(Ipv4Addr::new(10, 9, 9, 9), c1),
+    );
     wait_for("spoofed packets counted", || {
         w.counters(0).dropped_spoofed >= before.dropped_spoofed + 2
     });
 
     // 3000 bytes through a 1500 underlay: the kernel fragments the outer packet.
     let legit = Ipv4Addr::new(250, 0, 27, 78);
-    Netns::existing(&w.hosts[1].ns).run(move || send_ipip(h1, &icmp_echo(legit, c1, 3000)));
+    ipip_from(&w.hosts[1].ns, h1, &icmp_echo_sized(legit, c1, 3000));
     wait_for("outer fragments counted", || {
         w.counters(0).dropped_fragment >= before.dropped_fragment + 2
     });

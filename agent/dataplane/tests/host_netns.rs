@@ -22,6 +22,8 @@ use fan_testkit::sh;
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
+mod support;
+
 // ------------------------------------------------------------------ harness
 
 /// Runs `body` inside a fresh network namespace on its own thread (the
@@ -59,22 +61,7 @@ fn make_underlay() {
 }
 
 fn plan() -> NetworkPlan {
-    NetworkPlan {
-        network_id: NETWORK.to_string(),
-        index: 1,
-        overlay: "250.0.0.0/8".parse().unwrap(),
-        underlay: "172.30.0.0/16".parse().unwrap(),
-        local_underlay: Ipv4Addr::new(172, 30, 0, 28),
-        underlay_interface: UNDERLAY_DEV.to_string(),
-        underlay_mtu: 1500,
-        slice: "250.0.28.0/24".parse().unwrap(),
-        gateway: Ipv4Addr::new(250, 0, 28, 1),
-        bridge: BRIDGE.to_string(),
-        mtu: 1480,
-        masquerade: true,
-        anti_spoofing: true,
-        backend: BackendKind::Ebpf,
-    }
+    support::host28_plan(NETWORK, BRIDGE, UNDERLAY_DEV, BackendKind::Ebpf)
 }
 
 fn setup() -> (Netlink, HostSetup) {
@@ -499,16 +486,26 @@ fn masquerade_rewrites_the_source_of_outbound_packets() {
         // A socket bound to the gateway address stands in for a container:
         // its packet leaves with a source in the slice, so our postrouting
         // rule applies, and a later-priority counter sees the rewritten source.
-        sh(&[
-            "ip",
-            "neigh",
-            "add",
-            "172.30.0.1",
-            "lladdr",
-            "02:00:00:00:00:01",
-            "dev",
-            UNDERLAY_DEV,
-        ]);
+        let neighbour = |address: &str, mac: &str| {
+            sh(&[
+                "ip",
+                "neigh",
+                "add",
+                address,
+                "lladdr",
+                mac,
+                "dev",
+                UNDERLAY_DEV,
+            ]);
+        };
+        // A counting rule of the probe chain matching `matches`.
+        let counting_rule = |matches: &str| {
+            let mut args = vec!["nft", "add", "rule", "ip", "fhb_probe", "out"];
+            args.extend(matches.split_whitespace());
+            args.push("counter");
+            sh(&args);
+        };
+        neighbour("172.30.0.1", "02:00:00:00:00:01");
         sh(&["nft", "add", "table", "ip", "fhb_probe"]);
         sh(&[
             "nft",
@@ -519,21 +516,7 @@ fn masquerade_rewrites_the_source_of_outbound_packets() {
             "out",
             "{ type filter hook postrouting priority 200; }",
         ]);
-        sh(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "fhb_probe",
-            "out",
-            "ip",
-            "saddr",
-            "172.30.0.28",
-            "udp",
-            "dport",
-            "9999",
-            "counter",
-        ]);
+        counting_rule("ip saddr 172.30.0.28 udp dport 9999");
         let masqueraded = || {
             let listing = nft_table("fhb_probe").unwrap();
             let rule = nft_items(&listing, "rule")[0].clone();
@@ -567,31 +550,8 @@ fn masquerade_rewrites_the_source_of_outbound_packets() {
 
         // Overlay destinations are never NATed.
         sh(&["ip", "route", "add", "250.0.0.0/8", "dev", UNDERLAY_DEV]);
-        sh(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "fhb_probe",
-            "out",
-            "ip",
-            "daddr",
-            "250.0.27.5",
-            "ip",
-            "saddr",
-            "250.0.28.1",
-            "counter",
-        ]);
-        sh(&[
-            "ip",
-            "neigh",
-            "add",
-            "250.0.27.5",
-            "lladdr",
-            "02:00:00:00:00:02",
-            "dev",
-            UNDERLAY_DEV,
-        ]);
+        counting_rule("ip daddr 250.0.27.5 ip saddr 250.0.28.1");
+        neighbour("250.0.27.5", "02:00:00:00:00:02");
         let socket = std::net::UdpSocket::bind("250.0.28.1:0").unwrap();
         socket.send_to(b"fan", "250.0.27.5:9999").unwrap();
         let listing = nft_table("fhb_probe").unwrap();
@@ -726,16 +686,8 @@ fn netlink_helpers_veth_master_arp_routes() {
 
         // Default route interface.
         assert_eq!(nl.default_route_interface().await.unwrap(), None);
-        sh(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "172.30.0.1",
-            "dev",
-            UNDERLAY_DEV,
-        ]);
+        let via = ["via", "172.30.0.1", "dev", UNDERLAY_DEV];
+        sh(&[&["ip", "route", "add", "default"][..], &via].concat());
         assert_eq!(
             nl.default_route_interface().await.unwrap().as_deref(),
             Some(UNDERLAY_DEV)
@@ -783,11 +735,7 @@ impl Encapsulation for FakeBackend {
     }
     async fn apply(&self, plan: &NetworkPlan) -> fan_dataplane::Result<()> {
         // The host part must be in place already.
-        let bridge_exists = bridge_exists(&plan.bridge);
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("apply bridge_exists={bridge_exists}"));
+        self.record("apply", plan);
         Ok(())
     }
     async fn observe(&self, _plan: &NetworkPlan) -> fan_dataplane::Result<Observation> {
@@ -801,11 +749,7 @@ impl Encapsulation for FakeBackend {
         })
     }
     async fn remove(&self, plan: &NetworkPlan) -> fan_dataplane::Result<()> {
-        let bridge_exists = bridge_exists(&plan.bridge);
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("remove bridge_exists={bridge_exists}"));
+        self.record("remove", plan);
         if self.fail_remove {
             return Err(DataplaneError::other("fake tunnel", "refused"));
         }
@@ -813,17 +757,35 @@ impl Encapsulation for FakeBackend {
     }
 }
 
+impl FakeBackend {
+    /// Records `call` and whether the plan's bridge existed at that moment.
+    fn record(&self, call: &str, plan: &NetworkPlan) {
+        let bridge_exists = bridge_exists(&plan.bridge);
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{call} bridge_exists={bridge_exists}"));
+    }
+}
+
+/// The underlay, and a kernel dataplane whose only backend is a fake
+/// (failing its removes when `fail_remove`) recording its calls.
+fn kernel_dataplane_on_fake(fail_remove: bool) -> (KernelDataplane, Arc<Mutex<Vec<String>>>) {
+    make_underlay();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let dp = KernelDataplane::new(vec![Box::new(FakeBackend {
+        kind: BackendKind::Ebpf,
+        calls: calls.clone(),
+        fail_remove,
+    })])
+    .unwrap();
+    (dp, calls)
+}
+
 #[test]
 fn kernel_dataplane_composes_host_and_backend() {
     in_netns(|| async {
-        make_underlay();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let dp = KernelDataplane::new(vec![Box::new(FakeBackend {
-            kind: BackendKind::Ebpf,
-            calls: calls.clone(),
-            fail_remove: false,
-        })])
-        .unwrap();
+        let (dp, calls) = kernel_dataplane_on_fake(false);
 
         let availability = dp.availability().await;
         assert_eq!(availability.len(), 1);
@@ -886,14 +848,7 @@ fn kernel_dataplane_composes_host_and_backend() {
 #[test]
 fn kernel_dataplane_remove_collects_errors_and_carries_on() {
     in_netns(|| async {
-        make_underlay();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let dp = KernelDataplane::new(vec![Box::new(FakeBackend {
-            kind: BackendKind::Ebpf,
-            calls: calls.clone(),
-            fail_remove: true,
-        })])
-        .unwrap();
+        let (dp, _calls) = kernel_dataplane_on_fake(true);
         dp.apply(&plan()).await.unwrap();
         let err = dp.remove(&plan()).await.unwrap_err();
         assert!(err.to_string().contains("fake tunnel: refused"), "{err}");

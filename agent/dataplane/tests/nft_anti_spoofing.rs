@@ -10,13 +10,15 @@
 //! root; skipped (with a message) otherwise.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
 use fan_dataplane::host::HostSetup;
 use fan_dataplane::netlink::Netlink;
 use fan_dataplane::{BackendKind, Counters, NetworkPlan, Observation};
-use fan_testkit::{sh, veth_pair, Netns};
+use fan_testkit::packets::{finish_capture, icmp_echo, ipip, send_raw, start_capture};
+use fan_testkit::{sh, try_sh, veth_pair, Netns};
+
+mod support;
 
 const BRIDGE: &str = "fhn-250";
 const NETWORK: &str = "fhn-test";
@@ -35,6 +37,23 @@ struct World {
 }
 
 impl World {
+    /// The world with the host part applied for `plan(anti_spoofing)`, the
+    /// container plugged into the bridge when `plug`; None without root.
+    fn applied(anti_spoofing: bool, plug: bool) -> Option<(World, NetworkPlan)> {
+        let world = World::new()?;
+        let plan = plan(anti_spoofing);
+        world.apply(&plan, plug);
+        Some((world, plan))
+    }
+
+    /// `nft list table` of the plan's table in the host, None when it is absent.
+    fn table(&self) -> Option<String> {
+        let (ok, listing) = try_sh(&[
+            "ip", "netns", "exec", &self.host, "nft", "list", "table", "ip", TABLE,
+        ]);
+        ok.then_some(listing)
+    }
+
     fn new() -> Option<World> {
         if fan_testkit::skip_unless_root() {
             return None;
@@ -52,49 +71,13 @@ impl World {
         };
         // Underlay: host .28 <-> peer .27.
         veth_pair(&w.guards[0], "ul0", &w.guards[2], "ul0").expect("underlay veth");
-        sh(&[
-            "ip",
-            "-n",
-            &w.host,
-            "addr",
-            "add",
-            "172.30.0.28/16",
-            "dev",
-            "ul0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "addr",
-            "add",
-            "172.30.0.27/16",
-            "dev",
-            "ul0",
-        ]);
-        sh(&["ip", "-n", &w.host, "link", "set", "ul0", "up"]);
-        sh(&["ip", "-n", &w.peer, "link", "set", "ul0", "up"]);
+        ip_in(&w.host, "addr add 172.30.0.28/16 dev ul0");
+        ip_in(&w.peer, "addr add 172.30.0.27/16 dev ul0");
+        ip_in(&w.host, "link set ul0 up");
+        ip_in(&w.peer, "link set ul0 up");
         // The peer answers for its slice (it stands for the remote host).
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "addr",
-            "add",
-            "250.0.27.2/24",
-            "dev",
-            "lo",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &w.peer,
-            "route",
-            "add",
-            "250.0.28.0/24",
-            "via",
-            "172.30.0.28",
-        ]);
+        ip_in(&w.peer, "addr add 250.0.27.2/24 dev lo");
+        ip_in(&w.peer, "route add 250.0.28.0/24 via 172.30.0.28");
         Some(w)
     }
 
@@ -108,55 +91,18 @@ impl World {
             host.apply(&plan).await.expect("apply host part");
         });
         if plug {
-            sh(&[
-                "ip",
-                "-n",
+            ip_in(
                 &self.host,
-                "link",
-                "add",
-                "c0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &self.container,
-            ]);
-            sh(&[
-                "ip", "-n", &self.host, "link", "set", "c0", "master", BRIDGE, "up",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.container,
-                "addr",
-                "add",
-                "250.0.28.2/24",
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &self.container, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.container,
-                "route",
-                "add",
-                "default",
-                "via",
-                "250.0.28.1",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &self.host,
-                "route",
-                "add",
-                "250.0.0.0/8",
-                "via",
-                "172.30.0.27",
-            ]);
+                &format!(
+                    "link add c0 type veth peer name eth0 netns {}",
+                    self.container
+                ),
+            );
+            ip_in(&self.host, &format!("link set c0 master {BRIDGE} up"));
+            ip_in(&self.container, "addr add 250.0.28.2/24 dev eth0");
+            ip_in(&self.container, "link set eth0 up");
+            ip_in(&self.container, "route add default via 250.0.28.1");
+            ip_in(&self.host, "route add 250.0.0.0/8 via 172.30.0.27");
         }
     }
 
@@ -179,127 +125,27 @@ impl World {
 
 fn plan(anti_spoofing: bool) -> NetworkPlan {
     NetworkPlan {
-        network_id: NETWORK.to_string(),
-        index: 1,
-        overlay: "250.0.0.0/8".parse().unwrap(),
-        underlay: "172.30.0.0/16".parse().unwrap(),
-        local_underlay: HOST,
-        underlay_interface: "ul0".to_string(),
-        underlay_mtu: 1500,
-        slice: "250.0.28.0/24".parse().unwrap(),
-        gateway: Ipv4Addr::new(250, 0, 28, 1),
-        bridge: BRIDGE.to_string(),
-        mtu: 1480,
-        masquerade: true,
         anti_spoofing,
-        backend: BackendKind::Ipip,
+        ..support::host28_plan(NETWORK, BRIDGE, "ul0", BackendKind::Ipip)
     }
-}
-
-// ------------------------------------------------------------ raw packets
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend(total.to_be_bytes());
-    ip.extend([0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend(payload);
-    ip
-}
-
-fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut icmp = vec![8u8, 0, 0, 0, 0xfa, 0x0a, 0, 1];
-    icmp.extend(std::iter::repeat_n(0xab, 32));
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, 1, &icmp)
-}
-
-/// Sends complete IPv4 packets (sources as written) from namespace `ns`.
-fn send_raw(ns: &str, packets: Vec<Vec<u8>>) {
-    Netns::existing(ns).run(move || {
-        // SAFETY: plain socket calls on a socket we own; buffers outlive the calls.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            for p in &packets {
-                let addr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let n = libc::sendto(
-                    fd,
-                    p.as_ptr().cast(),
-                    p.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    p.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    });
 }
 
 /// tcpdump on `ns`'s ul0 for `count` packets matching `filter`; returned
 /// once it listens.
-fn start_capture(ns: &str, filter: &str, count: usize) -> Child {
-    let mut child = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "timeout", "15", "tcpdump", "-n", "-l", "-i", "ul0", "-c",
-        ])
-        .arg(count.to_string())
-        .arg(filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (apt-get install tcpdump)");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("listening on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("tcpdump did not start");
-    child
+fn capture_on(ns: &str, filter: &str, count: usize) -> Child {
+    start_capture(&Netns::existing(ns), "ul0", filter, count).expect("tcpdump")
 }
 
-fn finish_capture(child: Child) -> String {
-    let out = child.wait_with_output().expect("tcpdump");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Sends complete IPv4 packets (sources as written) from namespace `ns`.
+fn send_from(ns: &str, packets: &[Vec<u8>]) {
+    send_raw(&Netns::existing(ns), packets).expect("raw send");
+}
+
+/// `ip -n ns ARGS` (`args` split at whitespace), failing with its output.
+fn ip_in(ns: &str, args: &str) {
+    let mut command = vec!["ip", "-n", ns];
+    command.extend(args.split_whitespace());
+    sh(&command);
 }
 
 fn counters(obs: &Observation) -> Counters {
@@ -310,17 +156,13 @@ fn counters(obs: &Observation) -> Counters {
 
 #[test]
 fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(true, true) else {
         return;
     };
-    let plan = plan(true);
-    w.apply(&plan, true);
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
     assert_eq!(counters(&obs), Counters::default());
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(
         listing.contains(
             "iifname \"fhn-250\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter packets 0 bytes 0 drop"
@@ -330,16 +172,16 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
 
     // Spoofed first, then the legitimate packet whose echo reply ends the
     // capture at the peer: a leaked spoofed packet would be in it.
-    let capture = start_capture(&w.peer, "icmp", 2);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp", 2);
+    send_from(
         &w.container,
-        vec![
+        &[
             icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
             icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE),
             icmp_echo(CONTAINER, REMOTE),
         ],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains("250.0.28.2 > 250.0.27.2: ICMP echo request")
             && dump.contains("250.0.27.2 > 250.0.28.2: ICMP echo reply"),
@@ -355,36 +197,26 @@ fn nft_drops_and_counts_forwarded_packets_from_foreign_sources() {
     // Counter values are not drift, and remove takes the table away.
     assert!(w.observe(&plan).drifts.is_empty());
     w.remove(&plan);
-    let listed = Command::new("ip")
-        .args([
-            "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-        ])
-        .output()
-        .unwrap();
-    assert!(!listed.status.success(), "table removed");
+    assert_eq!(w.table(), None, "table removed");
 }
 
 #[test]
 fn without_anti_spoofing_nft_lets_foreign_sources_through() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(false, true) else {
         return;
     };
-    let plan = plan(false);
-    w.apply(&plan, true);
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(!listing.contains("drop"), "masquerade only: {listing}");
     let obs = w.observe(&plan);
     assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
     assert_eq!(obs.counters, None, "no anti-spoofing rules, no counters");
 
-    let capture = start_capture(&w.peer, "icmp", 1);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp", 1);
+    send_from(
         &w.container,
-        vec![icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE)],
+        &[icmp_echo(Ipv4Addr::new(250, 0, 26, 9), REMOTE)],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(
         dump.contains("250.0.26.9 > 250.0.27.2: ICMP echo request"),
         "{dump}"
@@ -393,30 +225,26 @@ fn without_anti_spoofing_nft_lets_foreign_sources_through() {
 
 #[test]
 fn nft_drops_ipip_from_the_underlay_network_and_broadcast_address() {
-    let Some(w) = World::new() else {
+    let Some((w, plan)) = World::applied(true, false) else {
         return;
     };
-    let plan = plan(true);
-    w.apply(&plan, false);
     let inner = icmp_echo(Ipv4Addr::new(250, 0, 0, 9), CONTAINER);
     // The host has no IPIP handler: the stack answers the real host's packet
     // (sent last) with an ICMP unreachable, proof that all three were seen.
-    let capture = start_capture(&w.peer, "icmp and src host 172.30.0.28", 1);
-    send_raw(
+    let capture = capture_on(&w.peer, "icmp and src host 172.30.0.28", 1);
+    send_from(
         &w.peer,
-        vec![
-            ipv4(Ipv4Addr::new(172, 30, 0, 0), HOST, 4, &inner),
-            ipv4(Ipv4Addr::new(172, 30, 255, 255), HOST, 4, &inner),
+        &[
+            ipip(Ipv4Addr::new(172, 30, 0, 0), HOST, &[], &inner),
+            ipip(Ipv4Addr::new(172, 30, 255, 255), HOST, &[], &inner),
             // A real host's IPIP is not this rule's business.
-            ipv4(PEER, HOST, 4, &inner),
+            ipip(PEER, HOST, &[], &inner),
         ],
     );
-    let dump = finish_capture(capture);
+    let dump = finish_capture(capture).expect("tcpdump");
     assert!(dump.contains("unreachable"), "{dump}");
     assert_eq!(counters(&w.observe(&plan)).dropped_spoofed, 2);
-    let listing = sh(&[
-        "ip", "netns", "exec", &w.host, "nft", "list", "table", "ip", TABLE,
-    ]);
+    let listing = w.table().expect("the table");
     assert!(
         listing.contains(
             "ip protocol ipencap ip saddr { 172.30.0.0, 172.30.255.255 } counter packets 2 "

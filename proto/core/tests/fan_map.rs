@@ -291,14 +291,20 @@ fn exhaustive_prefix_pairs() {
     assert_eq!(legal + illegal, 33 * 33 + 28 * 33);
 }
 
-fn check_round_trips(m: &FanMap, rng: &mut Lcg) {
+/// The first and last usable host of the map's underlay (all of a /31 or /32).
+fn usable_hosts(m: &FanMap) -> (u32, u32) {
     let u = m.underlay();
     let (net, bcast) = (u32::from(u.network()), u32::from(u.broadcast()));
-    let (first, last) = if u.prefix() >= 31 {
+    if u.prefix() >= 31 {
         (net, bcast)
     } else {
         (net + 1, bcast - 1)
-    };
+    }
+}
+
+fn check_round_trips(m: &FanMap, rng: &mut Lcg) {
+    let u = m.underlay();
+    let (first, last) = usable_hosts(m);
     let span = u64::from(last - first) + 1;
     let mut hosts = vec![first, last, first + ((last - first) / 2)];
     for _ in 0..8 {
@@ -321,7 +327,7 @@ fn check_round_trips(m: &FanMap, rng: &mut Lcg) {
         assert!(m.slice_of(u.broadcast()).is_err());
     }
     if u.prefix() > 0 {
-        let outside = Ipv4Addr::from(bcast.wrapping_add(1));
+        let outside = Ipv4Addr::from(u32::from(u.broadcast()).wrapping_add(1));
         if !u.contains(outside) {
             assert!(m.slice_of(outside).is_err());
         }
@@ -443,13 +449,7 @@ fn legal_map() -> impl Strategy<Value = FanMap> {
 
 /// A usable host of the map's underlay, from a random seed.
 fn host(m: &FanMap, seed: u32) -> Ipv4Addr {
-    let u = m.underlay();
-    let (net, bcast) = (u32::from(u.network()), u32::from(u.broadcast()));
-    let (first, last) = if u.prefix() >= 31 {
-        (net, bcast)
-    } else {
-        (net + 1, bcast - 1)
-    };
+    let (first, last) = usable_hosts(m);
     Ipv4Addr::from(first + (u64::from(seed) % (u64::from(last - first) + 1)) as u32)
 }
 

@@ -37,159 +37,119 @@ fn malformed_inputs_table() {
     let device: Parser = |s| validate_device_name(s).map_err(|e| e.to_string());
     let container: Parser = |s| validate_container_id(s).map_err(|e| e.to_string());
 
-    // (parser name, parser, input, fragment the error must contain)
-    let cases: &[(&str, Parser, &str, &str)] = &[
-        ("network", network, "", "expected a CIDR"),
-        ("network", network, "10.0.0.0", "expected a CIDR"),
-        ("network", network, "10.0.0.0/33", "expected a CIDR"),
-        ("network", network, "10.0.0.0/08", "expected a CIDR"),
-        ("network", network, "10.0.0.0/+8", "expected a CIDR"),
-        ("network", network, "010.0.0.0/8", "expected a CIDR"),
-        ("network", network, "10.0.0/8", "expected a CIDR"),
-        ("network", network, " 10.0.0.0/8", "expected a CIDR"),
+    // (parser name, parser, "input|fragment the error must contain" lines)
+    let cases: &[(&str, Parser, &[&str])] = &[
         (
             "network",
             network,
-            "10.0.0.1/8",
-            "host bits set; did you mean 10.0.0.0/8?",
-        ),
-        ("overlay", overlay, "256", "\"256\" is not valid"),
-        ("overlay", overlay, "250.0.0.0", "bare first octet"),
-        ("overlay", overlay, "0250", "bare first octet"),
-        ("overlay", overlay, "-1", "bare first octet"),
-        ("overlay", overlay, "250.0.0.0/8/8", "bare first octet"),
-        (
-            "overlay",
-            overlay,
-            "250.0.0.1/8",
-            "did you mean 250.0.0.0/8?",
+            &[
+                "|expected a CIDR",
+                "10.0.0.0|expected a CIDR",
+                "10.0.0.0/33|expected a CIDR",
+                "10.0.0.0/08|expected a CIDR",
+                "10.0.0.0/+8|expected a CIDR",
+                "010.0.0.0/8|expected a CIDR",
+                "10.0.0/8|expected a CIDR",
+                " 10.0.0.0/8|expected a CIDR",
+                "10.0.0.1/8|host bits set; did you mean 10.0.0.0/8?",
+            ],
         ),
         (
             "overlay",
             overlay,
-            "250.0.0.0/31",
-            "prefix must be at most /30",
-        ),
-        ("overlay", overlay, "127.0.0.0/8", "loopback"),
-        ("underlay", underlay, "", "empty address"),
-        ("underlay", underlay, "10.0.0.256/16", "not an IPv4 address"),
-        ("underlay", underlay, "10.0.0/16", "not an IPv4 address"),
-        (
-            "underlay",
-            underlay,
-            "10.0.0.1/0",
-            "must be a number in 1..=32",
+            &[
+                "256|\"256\" is not valid",
+                "250.0.0.0|bare first octet",
+                "0250|bare first octet",
+                "-1|bare first octet",
+                "250.0.0.0/8/8|bare first octet",
+                "250.0.0.1/8|did you mean 250.0.0.0/8?",
+                "250.0.0.0/31|prefix must be at most /30",
+                "127.0.0.0/8|loopback",
+            ],
         ),
         (
             "underlay",
             underlay,
-            "10.0.0.1/33",
-            "must be a number in 1..=32",
-        ),
-        (
-            "underlay",
-            underlay,
-            "10.0.0.1/",
-            "must be a number in 1..=32",
-        ),
-        ("underlay", underlay, "eth0", "needs a prefix, e.g. eth0/16"),
-        (
-            "underlay",
-            underlay,
-            "default",
-            "needs a prefix, e.g. default/16",
-        ),
-        (
-            "underlay",
-            underlay,
-            "averyveryverylongname/16",
-            "the limit is 15",
-        ),
-        ("underlay", underlay, "eth:0/16", "contains ':'"),
-        ("underlay", underlay, "../16", "reserved"),
-        (
-            "config",
-            config,
-            "250 eth0/16 foo",
-            "line 1: unknown flag \"foo\"",
+            &[
+                "|empty address",
+                "10.0.0.256/16|not an IPv4 address",
+                "10.0.0/16|not an IPv4 address",
+                "10.0.0.1/0|must be a number in 1..=32",
+                "10.0.0.1/33|must be a number in 1..=32",
+                "10.0.0.1/|must be a number in 1..=32",
+                "eth0|needs a prefix, e.g. eth0/16",
+                "default|needs a prefix, e.g. default/16",
+                "averyveryverylongname/16|the limit is 15",
+                "eth:0/16|contains ':'",
+                "../16|reserved",
+            ],
         ),
         (
             "config",
             config,
-            "\n\n250 eth0/16 bridge",
-            "line 3: flag \"bridge\" needs",
+            &[
+                "250 eth0/16 foo|line 1: unknown flag \"foo\"",
+                "\n\n250 eth0/16 bridge|line 3: flag \"bridge\" needs",
+                "250 eth0/16 host-reserve|line 1: flag \"host-reserve\" needs",
+                "250 eth0/16 host-reserve x|\"x\" is not a non-negative integer",
+                "250 eth0/16 host-reserve 0|must be between 1",
+                "250 eth0/16 host-reserve 254|must be between 1 (the gateway .1) and 253",
+                "250 eth0/16 dhcp dhcp|flag \"dhcp\" given twice",
+                "250|line 1: missing underlay",
+                "250 eth0/8|overlay prefix /8 must be less than underlay prefix /8",
+                "250.0.0.0/24 eth0/25|gives /31 slices",
+                "250 eth0/16\n250.0.0.0/8 eth1/16|line 2: overlay 250.0.0.0/8 is already configured on line 1",
+                "250 eth0/16 bridge fan/250|contains '/'",
+            ],
         ),
-        (
-            "config",
-            config,
-            "250 eth0/16 host-reserve",
-            "line 1: flag \"host-reserve\" needs",
-        ),
-        (
-            "config",
-            config,
-            "250 eth0/16 host-reserve x",
-            "\"x\" is not a non-negative integer",
-        ),
-        (
-            "config",
-            config,
-            "250 eth0/16 host-reserve 0",
-            "must be between 1",
-        ),
-        (
-            "config",
-            config,
-            "250 eth0/16 host-reserve 254",
-            "must be between 1 (the gateway .1) and 253",
-        ),
-        (
-            "config",
-            config,
-            "250 eth0/16 dhcp dhcp",
-            "flag \"dhcp\" given twice",
-        ),
-        ("config", config, "250", "line 1: missing underlay"),
-        (
-            "config",
-            config,
-            "250 eth0/8",
-            "overlay prefix /8 must be less than underlay prefix /8",
-        ),
-        ("config", config, "250.0.0.0/24 eth0/25", "gives /31 slices"),
-        (
-            "config",
-            config,
-            "250 eth0/16\n250.0.0.0/8 eth1/16",
-            "line 2: overlay 250.0.0.0/8 is already configured on line 1",
-        ),
-        (
-            "config",
-            config,
-            "250 eth0/16 bridge fan/250",
-            "contains '/'",
-        ),
-        ("netid", netid, "", "must not be empty"),
-        ("netid", netid, "Fan", "contains 'F'"),
-        ("netid", netid, "1fan", "must start with a letter"),
-        ("netid", netid, "fan-", "must not end with '-'"),
         (
             "netid",
             netid,
-            &"a".repeat(64),
-            "is 64 bytes long; the limit is 63",
+            &[
+                "|must not be empty",
+                "Fan|contains 'F'",
+                "1fan|must start with a letter",
+                "fan-|must not end with '-'",
+            ],
         ),
-        ("device", device, ".", "reserved"),
-        ("device", device, "..", "reserved"),
-        ("device", device, "eth 0", "contains ' '"),
-        ("device", device, "eth\0", "contains '\\0'"),
-        ("device", device, "fan-1234567890ab", "the limit is 15"),
-        ("container", container, "", "must not be empty"),
-        ("container", container, "abc def", "contains ' '"),
-        ("container", container, "abcé", "contains 'é'"),
+        (
+            "device",
+            device,
+            &[
+                ".|reserved",
+                "..|reserved",
+                "eth 0|contains ' '",
+                "eth\0|contains '\\0'",
+                "fan-1234567890ab|the limit is 15",
+            ],
+        ),
+        (
+            "container",
+            container,
+            &[
+                "|must not be empty",
+                "abc def|contains ' '",
+                "abcé|contains 'é'",
+            ],
+        ),
     ];
-    assert!(cases.len() >= 20);
-    for (what, parse, input, want) in cases {
+    let long_id = "a".repeat(64);
+    let mut checked = 0;
+    let rows = cases.iter().flat_map(|(what, parse, rows)| {
+        rows.iter().map(move |row| {
+            let (input, want) = row.split_once('|').expect("input|fragment");
+            (*what, *parse, input, want)
+        })
+    });
+    let long = (
+        "netid",
+        netid,
+        long_id.as_str(),
+        "is 64 bytes long; the limit is 63",
+    );
+    for (what, parse, input, want) in rows.chain([long]) {
+        checked += 1;
         match parse(input) {
             Ok(()) => panic!("{what}: {input:?} was accepted"),
             Err(e) => assert!(
@@ -198,55 +158,28 @@ fn malformed_inputs_table() {
             ),
         }
     }
+    assert!(checked >= 20);
 }
 
 // ---------- underlay ----------
 
 #[test]
 fn underlay_parse_forms() {
+    let cidr = |address: &str, prefix| UnderlaySpec::Cidr {
+        address: a(address),
+        prefix,
+    };
+    let interface = |name: &str, prefix| UnderlaySpec::Interface {
+        name: name.into(),
+        prefix,
+    };
     let cases = [
-        (
-            "172.30.0.0/16",
-            UnderlaySpec::Cidr {
-                address: a("172.30.0.0"),
-                prefix: 16,
-            },
-        ),
-        (
-            "172.30.0.28/16",
-            UnderlaySpec::Cidr {
-                address: a("172.30.0.28"),
-                prefix: 16,
-            },
-        ),
-        (
-            "172.30.0.28",
-            UnderlaySpec::Cidr {
-                address: a("172.30.0.28"),
-                prefix: 16,
-            },
-        ),
-        (
-            "10.1.2.7/24",
-            UnderlaySpec::Cidr {
-                address: a("10.1.2.7"),
-                prefix: 24,
-            },
-        ),
-        (
-            "eth0/16",
-            UnderlaySpec::Interface {
-                name: "eth0".into(),
-                prefix: 16,
-            },
-        ),
-        (
-            "enp0s31f6.100/20",
-            UnderlaySpec::Interface {
-                name: "enp0s31f6.100".into(),
-                prefix: 20,
-            },
-        ),
+        ("172.30.0.0/16", cidr("172.30.0.0", 16)),
+        ("172.30.0.28/16", cidr("172.30.0.28", 16)),
+        ("172.30.0.28", cidr("172.30.0.28", 16)),
+        ("10.1.2.7/24", cidr("10.1.2.7", 24)),
+        ("eth0/16", interface("eth0", 16)),
+        ("enp0s31f6.100/20", interface("enp0s31f6.100", 20)),
         ("default/16", UnderlaySpec::DefaultRoute { prefix: 16 }),
         ("default/32", UnderlaySpec::DefaultRoute { prefix: 32 }),
     ];

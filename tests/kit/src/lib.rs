@@ -7,11 +7,14 @@
 //! - [`Teardown`]: undo steps that all run, whatever fails, and report every
 //!   failure together (netavark's rule for tearing a network down).
 //! - [`skip_unless_root`]: the one check (and message) of root-only tests.
+//! - [`packets`]: hand-made IPv4 packets sent from a raw socket in a
+//!   namespace, and tcpdump captures.
 //! - [`pki`]: a CA and the server and client certificates it signs (rcgen,
 //!   no `openssl` process).
 //! - [`run`], [`ip`], [`sh`]: commands, failing with their stderr.
 
 pub mod netns;
+pub mod packets;
 pub mod pki;
 
 use std::process::{Command, Output};
