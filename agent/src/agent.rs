@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use fan_core::fan::FanMap;
 use fan_core::host_change::{HostPrefix, UnderlayCheck};
 use fan_core::underlay::HostInterfaceAddress;
-use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
 use fan_dataplane::timing;
+use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 

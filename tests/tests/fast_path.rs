@@ -97,6 +97,16 @@ fn ttl_like_two_router_hops(client: &Netns, server_addr: Ipv4Addr) -> Result<()>
     Ok(())
 }
 
+/// Waits until `fan_fastpath` is (or is not) on the ingress of `device`.
+fn fast_path_filter_becomes(host: &Netns, device: &str, on: bool) -> Result<()> {
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        if fast_path_filter(host, device)? != on {
+            bail!("fan_fastpath on {device}: want {on}");
+        }
+        Ok(())
+    })
+}
+
 /// Whether `fan_fastpath` is attached on the ingress of `bridge`.
 fn fast_path_filter(host: &Netns, bridge: &str) -> Result<bool> {
     let out = host.exec("tc", &["filter", "show", "dev", bridge, "ingress"])?;
@@ -181,6 +191,9 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
     assert!(fast_path_filter(h28, &bridge_of(&bed, "h28").await?)?);
+    // And on the port of container "a" (host side of its veth), learned
+    // from the link event of its plugging.
+    fast_path_filter_becomes(h28, &format!("{}c0", bed.id), true)?;
     let (t28, t27) = (
         fast_path_packets(&bed, "h28")?,
         fast_path_packets(&bed, "h27")?,
@@ -440,6 +453,8 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         "250.0.28.1",
         1480,
     )?;
+    // Its port gets the egress fast path once the agent saw it appear.
+    fast_path_filter_becomes(h28, &format!("{}stray", bed.id), true)?;
     let t28 = fast_path_packets(&bed, "h28")?;
     let p28 = peer_redirected(&bed, "h28")?;
     let c28 = counters(&bed, "h28").await?;
@@ -465,6 +480,31 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
 async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
     let mut bed = two_hosts().await?;
     let bridge = bridge_of(&bed, "h28").await?;
+    let port = format!("{}c0", bed.id);
+    fast_path_filter_becomes(&bed.host("h28").netns, &port, true)?;
+    // Someone else's filter on the port (after ours, matching nothing):
+    // the agent leaves it alone.
+    bed.host("h28").netns.exec(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            &port,
+            "ingress",
+            "pref",
+            "65000",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "u32",
+            "0xffffffff",
+            "0xffffffff",
+            "at",
+            "0",
+        ],
+    )?;
     {
         let host = bed.host_mut("h28");
         host.agent.extra_args.push("--no-fast-path".into());
@@ -472,13 +512,14 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         host.start_agent()?;
     }
     let h28 = &bed.host("h28").netns;
-    // The restarted agent detached the program from the bridge.
-    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-        if fast_path_filter(h28, &bridge)? {
-            bail!("fan_fastpath still on {bridge}");
-        }
-        Ok(())
-    })?;
+    // The restarted agent detached the program from the bridge and port.
+    fast_path_filter_becomes(h28, &bridge, false)?;
+    fast_path_filter_becomes(h28, &port, false)?;
+    let out = h28.exec("tc", &["filter", "show", "dev", &port, "ingress"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("u32"),
+        "the foreign filter went"
+    );
     let dir = pin::network_dir(&bed.host("h28").agent.bpffs_dir, "fan")?;
     let flags = fan_dataplane::ebpf::pinned_config(&dir)
         .context("no config pinned")?
@@ -517,12 +558,8 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         host.start_agent()?;
     }
     let h28 = &bed.host("h28").netns;
-    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-        if !fast_path_filter(h28, &bridge)? {
-            bail!("fan_fastpath not back on {bridge}");
-        }
-        Ok(())
-    })?;
+    fast_path_filter_becomes(h28, &bridge, true)?;
+    fast_path_filter_becomes(h28, &port, true)?;
     let t28 = fast_path_packets(&bed, "h28")?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;

@@ -69,13 +69,7 @@ impl Drop for Phase {
 pub fn render(phases: &[(&'static str, Duration)]) -> String {
     phases
         .iter()
-        .map(|(name, d)| {
-            format!(
-                "{}_ms={:.3}",
-                name.replace('.', "_"),
-                d.as_secs_f64() * 1e3
-            )
-        })
+        .map(|(name, d)| format!("{}_ms={:.3}", name.replace('.', "_"), d.as_secs_f64() * 1e3))
         .collect::<Vec<_>>()
         .join(" ")
 }

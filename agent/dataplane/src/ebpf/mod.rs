@@ -36,9 +36,9 @@
 
 pub mod endpoints;
 pub mod maps;
+mod observe;
 pub mod pin;
 pub mod ports;
-mod observe;
 mod prog_info;
 pub mod tc;
 pub mod tunnel;
@@ -57,8 +57,8 @@ use tracing::{debug, info, warn};
 use crate::host::Errors;
 use crate::netlink::{Link, Netlink, NetlinkSlot};
 use crate::{
-    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan,
-    Observation, Result,
+    Availability, BackendKind, Counters, DataplaneError, Encapsulation, NetworkPlan, Observation,
+    Result,
 };
 
 use maps::{

@@ -120,7 +120,11 @@ pub(super) fn pinned_maps(pin_dir: &Path, drifts: &mut Drifts) -> bool {
         let path = pin_dir.join(name);
         if MapInfo::from_pin(&path).is_err() {
             present = false;
-            drifts.push(format!("pinned map {}", path.display()), "present", "absent");
+            drifts.push(
+                format!("pinned map {}", path.display()),
+                "present",
+                "absent",
+            );
         }
     }
     present

@@ -66,16 +66,15 @@ pub async fn attach(
     let mut done = Vec::new();
     for port in todo {
         let (ifindex, name, _) = port;
-        let filters = match tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority)
-            .await
-        {
-            Ok(f) => f,
-            // Gone meanwhile (a container stopping): nothing to do.
-            Err(e) => {
-                debug!(port = %name, error = %e, "port not listed");
-                continue;
-            }
-        };
+        let filters =
+            match tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority).await {
+                Ok(f) => f,
+                // Gone meanwhile (a container stopping): nothing to do.
+                Err(e) => {
+                    debug!(port = %name, error = %e, "port not listed");
+                    continue;
+                }
+            };
         let (main, _) = EbpfBackend::ours(&filters, priority, FASTPATH_PROGRAM);
         if main.is_some_and(|f| f.prog_id == Some(prog_id)) {
             done.push(port.clone());
@@ -93,15 +92,13 @@ pub async fn attach(
 /// not an error).
 pub async fn detach(nl: &Netlink, ports: &[Port], priority: u16) -> Result<()> {
     for (ifindex, name, _) in ports {
-        let Ok(filters) =
-            tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority).await
+        let Ok(filters) = tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority).await
         else {
             continue;
         };
         let (main, extra) = EbpfBackend::ours(&filters, priority, FASTPATH_PROGRAM);
         for f in main.into_iter().chain(extra) {
-            tc::delete_filter(nl.handle(), *ifindex, Hook::Ingress, f.priority, f.handle)
-                .await?;
+            tc::delete_filter(nl.handle(), *ifindex, Hook::Ingress, f.priority, f.handle).await?;
             debug!(port = %name, "egress fast path detached from bridge port");
         }
     }

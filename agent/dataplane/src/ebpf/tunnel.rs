@@ -27,7 +27,6 @@ pub fn tunnel_peer_name(index: u16) -> String {
     format!("fantun{index}p")
 }
 
-
 /// The tunnel device if it exists and carries our mark; an error when a
 /// device of that name belongs to someone else.
 pub async fn owned_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Option<Link>> {

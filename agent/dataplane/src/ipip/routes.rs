@@ -44,7 +44,6 @@ pub fn fan_map(plan: &NetworkPlan) -> Result<FanMap> {
         .map_err(|e| DataplaneError::other(format!("fan map of network {}", plan.network_id), e))
 }
 
-
 /// The route to one remote slice; its metric is the owner's host number
 /// in the underlay (see the module docs for why).
 pub fn slice_route(

@@ -421,9 +421,7 @@ impl BatchSocket {
                                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                                 .unwrap_or(-libc::EIO);
                             if error != 0 {
-                                return Err(io::Error::from_raw_os_error(
-                                    error.saturating_abs(),
-                                ));
+                                return Err(io::Error::from_raw_os_error(error.saturating_abs()));
                             }
                         }
                         _ => routes.extend(parse_route_bytes(&h[NLMSG_HDRLEN..len])),

@@ -26,9 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage};
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVeth};
@@ -843,4 +841,3 @@ mod tests {
         assert!(check_ifname("a/b", "x").is_err());
     }
 }
-

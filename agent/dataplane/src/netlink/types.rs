@@ -6,9 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -383,4 +381,3 @@ pub struct LinkStats {
 /// Default number of route requests [`Netlink::change_routes`] sends per
 /// system call (their acknowledgements must fit the receive buffer).
 pub const ROUTE_BATCH_SIZE: usize = 128;
-
