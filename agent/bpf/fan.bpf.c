@@ -13,7 +13,9 @@
  *   fan_decap  ingress of the underlay device: strips the outer header of
  *              protocol-4 packets for our slice; everything else is left to
  *              the next filter and the stack (TC_ACT_UNSPEC).
- *   fan_fastpath  ingress of the fan bridge (the egress fast path): frames
+ *   fan_fastpath  ingress of each bridge port (host side of a container's
+ *              veth) and of the fan bridge itself, for ports not learned
+ *              yet (the egress fast path): frames
  *              a container sends to the gateway MAC for a remote slice are
  *              checked as the slow path would (egress anti-spoofing, TTL,
  *              tunnel MTU), encapsulated as fan_encap does and redirected to
@@ -74,6 +76,8 @@ struct fan_config {
 	__u32 agent_flags; /* the agent's bookkeeping, unused here */
 	__u8 tunnel_mac[6];
 	__u8 pad[2];
+	__u8 bridge_mac[6]; /* the gateway MAC containers send to */
+	__u8 pad2[2];
 };
 
 /* A container reachable by bpf_redirect_peer: the host side of its veth and
@@ -161,6 +165,14 @@ static __always_inline __u16 ip_checksum(const struct iphdr *iph)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)~sum;
+}
+
+/* A zero bridge_mac (config of an older agent) matches nothing. */
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	return !(b[0] | b[1] | b[2] | b[3] | b[4] | b[5]) ? 0 :
+	       a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+		       a[5] == b[5];
 }
 
 /* As the kernel's ip_decrease_ttl(): incremental checksum update. */
@@ -400,6 +412,7 @@ int fan_fastpath(struct __sk_buff *skb)
 {
 	struct fan_config *cfg;
 	void *data, *data_end;
+	struct ethhdr *eth;
 	struct iphdr *iph;
 	__u32 remote, mtu_len = 0;
 	__u64 segs;
@@ -407,10 +420,7 @@ int fan_fastpath(struct __sk_buff *skb)
 	__u8 tos;
 	const __u32 need = ETH_HLEN + sizeof(struct iphdr);
 
-	/* Only frames to the bridge's own (gateway) MAC: the bridge marks
-	 * those PACKET_HOST. Frames between containers are bridged and never
-	 * reach this hook; broadcasts (ARP) go on to the stack. */
-	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
+	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	cfg = config();
 	if (!cfg || !(cfg->flags & FAN_F_EGRESS_FASTPATH))
@@ -423,8 +433,15 @@ int fan_fastpath(struct __sk_buff *skb)
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
+	eth = data;
 	iph = data + ETH_HLEN;
 	if ((void *)(iph + 1) > data_end)
+		return TC_ACT_OK;
+	/* Only frames to the bridge's own (gateway) MAC: on the bridge those
+	 * are PACKET_HOST, on a port the destination MAC says it (the port's
+	 * own MAC is another). Frames between containers are bridged (or go
+	 * on to the bridge from a port); broadcasts (ARP) go on to the stack. */
+	if (skb->pkt_type != PACKET_HOST && !same_mac(eth->h_dest, cfg->bridge_mac))
 		return TC_ACT_OK;
 	/* IP options and fragments: the slow path (the kernel's forwarding
 	 * code handles both). */

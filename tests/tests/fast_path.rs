@@ -9,6 +9,13 @@
 //! the slow path, only in the first); with the agent started with
 //! `--no-fast-path` the same traffic moves only `encapsulated`.
 //!
+//! Ingress: `fan_decap` delivers packets for containers it learned from the
+//! kernel's tables (bridge neighbours and FDB) straight into them with
+//! `bpf_redirect_peer`, counted in the slot `PEER_REDIRECTED`; the first
+//! packets to a container nobody resolved yet take the stack and the bridge.
+//! Either way the receiving host is one router hop (TTL), as on the slow
+//! path. `--no-fast-path` turns this off too.
+//!
 //! The slow path stays the fallback: traffic leaving the overlay
 //! (masqueraded), packets too big for the tunnel (ICMP fragmentation needed
 //! with MTU 1480 comes from the host's stack) and TTL 1.
@@ -22,7 +29,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_dataplane::ebpf::{maps::slot, pin};
+use fan_dataplane::ebpf::{maps, maps::slot, pin};
 use fan_e2e::packets::{finish_capture, icmp_echo, start_capture};
 use fan_e2e::{fan_spec, plug, spoofed_then_ping, two_host_fan, IperfServer, Netns, Testbed};
 
@@ -41,6 +48,47 @@ fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
         .get(slot::FAST_PATH_ENCAPSULATED as usize)
         .copied()
         .unwrap_or(0))
+}
+
+/// Decapsulated packets `host` delivered straight into a container with
+/// `bpf_redirect_peer` (its pinned counter): the ingress fast path.
+fn peer_redirected(bed: &Testbed, host: &str) -> Result<u64> {
+    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
+    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
+    Ok(slots
+        .get(slot::PEER_REDIRECTED as usize)
+        .copied()
+        .unwrap_or(0))
+}
+
+/// The TTL a router hop on each host leaves visible, whichever path carries
+/// the packets: an echo with TTL 2 expires on the receiving host (ICMP time
+/// exceeded, not a reply); TTL 3 arrives; replies arrive with 64 - 2.
+fn ttl_like_two_router_hops(client: &Netns, server_addr: Ipv4Addr) -> Result<()> {
+    let server = server_addr.to_string();
+    let out = client
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "-t", "2", &server])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("Time to live exceeded"),
+        "TTL 2 to {server}: {text}"
+    );
+    let out = client.exec("ping", &["-c", "1", "-W", "2", "-t", "3", &server])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ttl=62"), "TTL 3 to {server}: {text}");
+    Ok(())
+}
+
+/// Waits until `fan_fastpath` is (or is not) on the ingress of `device`.
+fn fast_path_filter_becomes(host: &Netns, device: &str, on: bool) -> Result<()> {
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        if fast_path_filter(host, device)? != on {
+            bail!("fan_fastpath on {device}: want {on}");
+        }
+        Ok(())
+    })
 }
 
 /// Whether `fan_fastpath` is attached on the ingress of `bridge`.
@@ -102,15 +150,21 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
     let (a, b) = (bed.container("a"), bed.container("b"));
     let h28 = &bed.host("h28").netns;
     assert!(fast_path_filter(h28, &bridge_of(&bed, "h28").await?)?);
+    // And on the port of container "a" (host side of its veth), learned
+    // from the link event of its plugging.
+    fast_path_filter_becomes(h28, &format!("{}c0", bed.id), true)?;
     let (t28, t27) = (
         fast_path_packets(&bed, "h28")?,
         fast_path_packets(&bed, "h27")?,
     );
     let [c28, c27] = bed.counters_of(["h28", "h27"], "fan").await?;
+    let (p28, p27) = (peer_redirected(&bed, "h28")?, peer_redirected(&bed, "h27")?);
 
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
         b.netns.ping(a.address, 3)?;
+        ttl_like_two_router_hops(&a.netns, b.address)?;
+        ttl_like_two_router_hops(&b.netns, a.address)?;
         tcp_both_ways(&a.netns, &b.netns, b.address)?;
         let received = udp_received(&a.netns, &b.netns, b.address)?;
         assert!(received > 100, "UDP datagrams received: {received}");
@@ -146,20 +200,31 @@ async fn ping_tcp_and_udp_cross_hosts_on_the_fast_path() -> Result<()> {
         "{c27:?} -> {e27:?}"
     );
     assert!(e27.decapsulated - c27.decapsulated > 1000, "{e27:?}");
-    // ...and the fast path encapsulated all of it (nothing through the
-    // tunnel device's fan_encap).
+    // ...and the fast path encapsulated all of it but the one ICMP time
+    // exceeded each host's own stack sent (through the tunnel device's
+    // fan_encap) for the TTL-2 echo that expired there.
     assert_eq!(
-        fast_path_packets(&bed, "h28")? - t28,
+        fast_path_packets(&bed, "h28")? - t28 + 1,
         e28.encapsulated - c28.encapsulated,
         "h28: {e28:?}"
     );
     assert_eq!(
-        fast_path_packets(&bed, "h27")? - t27,
+        fast_path_packets(&bed, "h27")? - t27 + 1,
         e27.encapsulated - c27.encapsulated,
         "h27: {e27:?}"
     );
     assert_eq!(e28.dropped_other, c28.dropped_other, "{e28:?}");
     assert_eq!(e28.dropped_spoofed_egress, c28.dropped_spoofed_egress);
+    // Ingress: once each host learned its container (the first packets go
+    // through the stack, which resolves it), decapsulated packets go
+    // straight into the container (TCP data both ways, the UDP datagrams).
+    let (r28, r27) = (
+        peer_redirected(&bed, "h28")? - p28,
+        peer_redirected(&bed, "h27")? - p27,
+    );
+    assert!(r28 > 1000, "h28 redirected {r28}: {e28:?}");
+    assert!(r27 > 1000, "h27 redirected {r27}: {e27:?}");
+    assert!(r27 <= e27.decapsulated - c27.decapsulated, "{r27} {e27:?}");
     Ok(())
 }
 
@@ -331,17 +396,26 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
         "250.0.28.1",
         1480,
     )?;
+    // Its port gets the egress fast path once the agent saw it appear.
+    fast_path_filter_becomes(h28, &format!("{}stray", bed.id), true)?;
     let t28 = fast_path_packets(&bed, "h28")?;
+    let p28 = peer_redirected(&bed, "h28")?;
     let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         stray.ping(b.address, 2)?;
         b.netns.ping(addr("250.0.28.250"), 2)?;
-        tcp_both_ways(&stray, &b.netns, b.address)
+        tcp_both_ways(&stray, &b.netns, b.address)?;
+        ttl_like_two_router_hops(&b.netns, addr("250.0.28.250"))
     })?;
     let e28 = bed.counters("h28", "fan").await?;
     let fast = fast_path_packets(&bed, "h28")? - t28;
     assert!(fast >= 4, "{fast} on the fast path");
-    assert_eq!(fast, e28.encapsulated - c28.encapsulated, "{e28:?}");
+    // All but the ICMP time exceeded h28's stack sent for the TTL-2 echo.
+    assert_eq!(fast + 1, e28.encapsulated - c28.encapsulated, "{e28:?}");
+    // Learned from the kernel's tables once the stack resolved it: the
+    // reverse TCP run's data went straight into the stray container.
+    let redirected = peer_redirected(&bed, "h28")? - p28;
+    assert!(redirected > 100, "{redirected} redirected into the stray");
     Ok(())
 }
 
@@ -349,6 +423,31 @@ async fn a_container_plugged_behind_the_agents_back_uses_the_fast_path() -> Resu
 async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
     let mut bed = two_hosts().await?;
     let bridge = bridge_of(&bed, "h28").await?;
+    let port = format!("{}c0", bed.id);
+    fast_path_filter_becomes(&bed.host("h28").netns, &port, true)?;
+    // Someone else's filter on the port (after ours, matching nothing):
+    // the agent leaves it alone.
+    bed.host("h28").netns.exec(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            &port,
+            "ingress",
+            "pref",
+            "65000",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "u32",
+            "0xffffffff",
+            "0xffffffff",
+            "at",
+            "0",
+        ],
+    )?;
     {
         let host = bed.host_mut("h28");
         host.agent.extra_args.push("--no-fast-path".into());
@@ -356,27 +455,43 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         host.start_agent()?;
     }
     let h28 = &bed.host("h28").netns;
-    // The restarted agent detached the program from the bridge.
-    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-        if fast_path_filter(h28, &bridge)? {
-            bail!("fan_fastpath still on {bridge}");
-        }
-        Ok(())
-    })?;
+    // The restarted agent detached the program from the bridge and port.
+    fast_path_filter_becomes(h28, &bridge, false)?;
+    fast_path_filter_becomes(h28, &port, false)?;
+    let out = h28.exec("tc", &["filter", "show", "dev", &port, "ingress"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("u32"),
+        "the foreign filter went"
+    );
+    let dir = pin::network_dir(&bed.host("h28").agent.bpffs_dir, "fan")?;
+    let flags = fan_dataplane::ebpf::pinned_config(&dir)
+        .context("no config pinned")?
+        .flags;
+    assert_eq!(
+        flags & (maps::FLAG_PEER_FASTPATH | maps::FLAG_EGRESS_FASTPATH),
+        0,
+        "{flags:#x}"
+    );
     let (a, b) = (bed.container("a"), bed.container("b"));
     let t28 = fast_path_packets(&bed, "h28")?;
+    let p28 = peer_redirected(&bed, "h28")?;
     let c28 = bed.counters("h28", "fan").await?;
     tokio::task::block_in_place(|| -> Result<()> {
         a.netns.ping(b.address, 3)?;
-        tcp_both_ways(&a.netns, &b.netns, b.address)
+        tcp_both_ways(&a.netns, &b.netns, b.address)?;
+        ttl_like_two_router_hops(&a.netns, b.address)?;
+        ttl_like_two_router_hops(&b.netns, a.address)
     })?;
     let e28 = bed.counters("h28", "fan").await?;
-    // fan_encap on the tunnel device encapsulated it all.
+    // fan_encap on the tunnel device encapsulated it all...
     assert!(
         e28.encapsulated - c28.encapsulated > 100,
         "{c28:?} -> {e28:?}"
     );
     assert_eq!(fast_path_packets(&bed, "h28")?, t28);
+    // ...and the stack and the bridge delivered everything decapsulated.
+    assert!(e28.decapsulated - c28.decapsulated > 100, "{e28:?}");
+    assert_eq!(peer_redirected(&bed, "h28")?, p28);
 
     // Back on: the filter returns and carries the traffic again.
     {
@@ -386,12 +501,8 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
         host.start_agent()?;
     }
     let h28 = &bed.host("h28").netns;
-    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-        if !fast_path_filter(h28, &bridge)? {
-            bail!("fan_fastpath not back on {bridge}");
-        }
-        Ok(())
-    })?;
+    fast_path_filter_becomes(h28, &bridge, true)?;
+    fast_path_filter_becomes(h28, &port, true)?;
     let t28 = fast_path_packets(&bed, "h28")?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;

@@ -56,10 +56,12 @@ struct Flags {
     /// bpffs directory under which the eBPF backend pins its maps.
     #[arg(long, default_value = "/sys/fs/bpf/fan", env = "FAN_AGENT_BPFFS_DIR")]
     bpffs_dir: PathBuf,
-    /// Turn off the eBPF egress fast path: container packets for other
-    /// hosts' slices then go through the host's routing, FORWARD chain and
-    /// the tunnel device (the slow path) instead of being encapsulated on
-    /// the fan bridge. Same wire format either way.
+    /// Turn off the eBPF fast paths: container packets for other hosts'
+    /// slices then go through the host's routing, FORWARD chain and the
+    /// tunnel device (the slow path) instead of being encapsulated on the
+    /// fan bridge, and decapsulated packets go through the host's stack and
+    /// the bridge instead of straight into the container
+    /// (`bpf_redirect_peer`). Same wire format either way.
     #[arg(long, env = "FAN_AGENT_NO_FAST_PATH", value_parser = clap::builder::BoolishValueParser::new())]
     no_fast_path: bool,
     /// Seconds between drift checks that repair the kernel state; 0 disables.
@@ -137,7 +139,8 @@ async fn run() -> anyhow::Result<()> {
         Box::new(fan_dataplane::kernel_fan::KernelFanBackend::new()),
         Box::new(
             fan_dataplane::ebpf::EbpfBackend::new(flags.bpffs_dir.clone())
-                .with_egress_fast_path(!flags.no_fast_path),
+                .with_egress_fast_path(!flags.no_fast_path)
+                .with_peer_fast_path(!flags.no_fast_path),
         ),
         Box::new(fan_dataplane::ipip::IpipBackend::new()),
     ];

@@ -17,7 +17,7 @@
 //! chain and bridge netfilter; host firewall rules on forwarded overlay
 //! traffic towards containers do not see them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +34,7 @@ use rtnetlink::MulticastGroup;
 use tracing::{debug, warn};
 
 use super::maps::{Endpoint, ENDPOINTS_MAP};
+use super::ports::Port;
 use crate::netlink::{netlink_error, Netlink};
 use crate::{DataplaneError, NetworkPlan, Result};
 
@@ -137,6 +138,22 @@ impl Snapshot {
             .iter()
             .find(|(_, p)| p.name == name)
             .map(|(index, _)| *index)
+    }
+
+    /// The ports of the plan's bridge that lead to a container (veths whose
+    /// peer is in another namespace), for the egress fast path.
+    pub fn bridge_ports(&self, plan: &NetworkPlan) -> Vec<super::ports::Port> {
+        let Some(bridge) = self.index_of(&plan.bridge) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = self
+            .ports
+            .iter()
+            .filter(|(_, p)| p.master == Some(bridge) && p.veth_to_other_netns)
+            .map(|(index, p)| (*index, p.name.clone(), p.mac))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The containers of the plan's slice that the fast path can reach.
@@ -297,10 +314,23 @@ fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridges: &[u32]) -> b
     }
 }
 
-/// The networks whose endpoint maps are kept in sync: network id -> (plan, pin directory).
-pub type Registry = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (NetworkPlan, PathBuf)>>>;
+/// How the refresher follows one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followed {
+    /// The network's plan.
+    pub plan: NetworkPlan,
+    /// Its pin directory.
+    pub pin_dir: PathBuf,
+    /// Sync the endpoint map (the ingress fast path is on).
+    pub endpoints: bool,
+    /// Attach the egress fast path to new bridge ports at this tc priority.
+    pub ports: Option<u16>,
+}
 
-fn registered(registry: &Registry) -> Vec<(NetworkPlan, PathBuf)> {
+/// The networks whose endpoint maps and bridge ports are kept in sync: network id -> how.
+pub type Registry = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Followed>>>;
+
+fn registered(registry: &Registry) -> Vec<Followed> {
     registry
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -310,7 +340,8 @@ fn registered(registry: &Registry) -> Vec<(NetworkPlan, PathBuf)> {
 }
 
 /// Spawns the one task keeping the endpoint maps of every network in
-/// `registry` in sync: on every neighbour or link event (debounced) and
+/// `registry` in sync, and the egress fast path attached to every port of
+/// their bridges: on every neighbour or link event (debounced) and
 /// every [`RESYNC_INTERVAL`], one read of the kernel tables serves all
 /// networks (a task per network made each event cost O(networks) dumps).
 /// Sockets are opened here, in the caller's network namespace.
@@ -322,11 +353,13 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
         let work = async move {
             // The bridges whose IPv4 neighbour events matter, updated on every sync.
             let mut bridges: Vec<u32> = Vec::new();
-            for (plan, _) in registered(&registry) {
-                if let Ok(Some(link)) = nl.link_by_name(&plan.bridge).await {
+            for f in registered(&registry) {
+                if let Ok(Some(link)) = nl.link_by_name(&f.plan.bridge).await {
                     bridges.push(link.index);
                 }
             }
+            // Ports known to run the egress fast path, per network.
+            let mut attached: HashMap<String, HashSet<Port>> = HashMap::new();
             loop {
                 tokio::select! {
                     event = events.next() => {
@@ -362,11 +395,28 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
                 };
                 bridges = networks
                     .iter()
-                    .filter_map(|(plan, _)| snapshot.index_of(&plan.bridge))
+                    .filter_map(|f| snapshot.index_of(&f.plan.bridge))
                     .collect();
-                for (plan, pin_dir) in &networks {
-                    if let Err(e) = sync_one(&snapshot, plan, pin_dir) {
-                        warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+                attached.retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
+                for f in &networks {
+                    if f.endpoints {
+                        if let Err(e) = sync_one(&snapshot, &f.plan, &f.pin_dir) {
+                            warn!(network = %f.plan.network_id, error = %e, "fast-path endpoint sync failed");
+                        }
+                    }
+                    let Some(priority) = f.ports else {
+                        attached.remove(&f.plan.network_id);
+                        continue;
+                    };
+                    let ports = snapshot.bridge_ports(&f.plan);
+                    let known = attached.entry(f.plan.network_id.clone()).or_default();
+                    // Forget ports that went (their ifindex may come back).
+                    known.retain(|p| ports.contains(p));
+                    match super::ports::attach(&nl, &ports, &f.pin_dir, priority, known).await {
+                        Ok(done) => known.extend(done),
+                        Err(e) => {
+                            warn!(network = %f.plan.network_id, error = %e, "egress fast path on bridge ports failed")
+                        }
                     }
                 }
             }

@@ -92,6 +92,11 @@ pub struct FanConfig {
     pub tunnel_mac: [u8; 6],
     /// Padding to the C layout.
     pub pad: [u8; 2],
+    /// MAC of the fan bridge: the gateway MAC containers send to, which
+    /// the fast path on a bridge port recognises (zero: ports not used).
+    pub bridge_mac: [u8; 6],
+    /// Padding to the C layout.
+    pub pad2: [u8; 2],
 }
 
 // SAFETY: repr(C), only integers and byte arrays, explicit padding: every bit
@@ -225,7 +230,7 @@ mod tests {
 
     #[test]
     fn layouts_match_the_c_structs() {
-        assert_eq!(std::mem::size_of::<FanConfig>(), 56);
+        assert_eq!(std::mem::size_of::<FanConfig>(), 64);
         assert_eq!(std::mem::size_of::<Endpoint>(), 16);
     }
 

@@ -13,7 +13,8 @@
 //!   links, so the data path survives the agent process;
 //! - with the egress fast path on (default; off with
 //!   [`EbpfBackend::with_egress_fast_path`]), `fan_fastpath` on ingress of the
-//!   network's bridge, same priority and handle: container packets for a
+//!   network's bridge and of each of its ports (see [`ports`]: learned from
+//!   the kernel, as they appear), same priority and handle: container packets for a
 //!   remote slice are encapsulated there and redirected to the underlay
 //!   device, skipping the host's routing, FORWARD chain and the tunnel
 //!   device; everything else (the outside, TTL 1, too big for the tunnel,
@@ -37,6 +38,7 @@ pub mod endpoints;
 pub mod maps;
 mod observe;
 pub mod pin;
+pub mod ports;
 mod prog_info;
 pub mod tc;
 pub mod tunnel;
@@ -237,6 +239,12 @@ fn read_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
                 .map_err(|e| other(context(), e))
         })
         .collect()
+}
+
+/// The programs' config of the network pinned in `pin_dir`, if any: for
+/// diagnostics and tests (which fast paths the agent switched on).
+pub fn pinned_config(pin_dir: &Path) -> Option<FanConfig> {
+    read_config(pin_dir)
 }
 
 /// The counter slots ([`maps::slot`]) of the network pinned in `pin_dir`
@@ -446,14 +454,14 @@ impl EbpfBackend {
         self.refresher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when the running refresher follows this plan already.
-    fn is_synced(&self, plan: &NetworkPlan, pin_dir: &Path) -> bool {
+    /// True when the running refresher follows this network as `want` says.
+    fn is_synced(&self, want: &endpoints::Followed) -> bool {
         let followed = self
             .synced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&plan.network_id)
-            .is_some_and(|(p, dir)| p == plan && dir == pin_dir);
+            .get(&want.plan.network_id)
+            .is_some_and(|f| f == want);
         followed
             && self
                 .lock_refresher()
@@ -461,14 +469,11 @@ impl EbpfBackend {
                 .is_some_and(|t| !t.is_finished())
     }
 
-    fn ensure_refresher(&self, plan: &NetworkPlan, pin_dir: &Path) -> Result<()> {
+    fn ensure_refresher(&self, want: endpoints::Followed) -> Result<()> {
         self.synced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                plan.network_id.clone(),
-                (plan.clone(), pin_dir.to_path_buf()),
-            );
+            .insert(want.plan.network_id.clone(), want);
         let mut task = self.lock_refresher();
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
@@ -520,7 +525,8 @@ impl EbpfBackend {
                         .is_some_and(|tag| decide(existing, *tag, maps_match) == AttachAction::Keep)
                 })
         };
-        if kept && pins_compatible(pin_dir) {
+        let program_pinned = fast.is_none() || pin_dir.join(ports::PROGRAM_PIN).exists();
+        if kept && program_pinned && pins_compatible(pin_dir) {
             let context = || format!("write config of network {}", plan.network_id);
             let data =
                 MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
@@ -603,6 +609,10 @@ impl EbpfBackend {
         // Tags do not depend on the maps a program was loaded with: the
         // same for every network of this build.
         self.lock_tags().extend(tags);
+        // For the bridge ports, now and as they appear.
+        if fast.is_some() {
+            ports::pin_program(program(&mut ebpf, FASTPATH_PROGRAM)?, pin_dir)?;
+        }
         // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
         Ok(Attached {
             loaded: true,
@@ -739,6 +749,7 @@ impl Encapsulation for EbpfBackend {
             .link_by_name(&plan.bridge)
             .await?
             .ok_or_else(|| other(format!("bridge {}", plan.bridge), "no such device"))?;
+        config.bridge_mac = bridge.mac.unwrap_or_default();
         if fast_path {
             config.flags |= FLAG_EGRESS_FASTPATH;
             tc::ensure_clsact(nl.handle(), bridge.index).await?;
@@ -822,14 +833,43 @@ impl Encapsulation for EbpfBackend {
         // A network the refresher already follows (a reconcile pass) is
         // left to it: a sync here would read every link and neighbour of the
         // host once per network and pass.
-        if self.peer_fast_path && (attached.loaded || !self.is_synced(plan, &pin_dir)) {
-            if let Err(e) = endpoints::refresh(&nl, plan, &pin_dir).await {
-                // The slow path still delivers everything.
-                warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+        let follow = endpoints::Followed {
+            plan: plan.clone(),
+            pin_dir: pin_dir.clone(),
+            endpoints: self.peer_fast_path,
+            ports: attached.fast.then_some(priority),
+        };
+        if attached.loaded || !self.is_synced(&follow) {
+            match endpoints::Snapshot::take(&nl).await {
+                Ok(snapshot) => {
+                    if self.peer_fast_path {
+                        let desired = snapshot.endpoints(plan);
+                        if let Err(e) = endpoints::write_map(&pin_dir, &desired) {
+                            // The slow path still delivers everything.
+                            warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed");
+                        }
+                    }
+                    let bridge_ports = snapshot.bridge_ports(plan);
+                    if attached.fast {
+                        // Every port checked (a reload replaced the program).
+                        let none = Default::default();
+                        if let Err(e) =
+                            ports::attach(&nl, &bridge_ports, &pin_dir, priority, &none).await
+                        {
+                            // The filter on the bridge carries their traffic.
+                            warn!(network = %plan.network_id, error = %e, "egress fast path on bridge ports failed");
+                        }
+                    } else {
+                        ports::detach(&nl, &bridge_ports, priority).await?;
+                    }
+                }
+                Err(e) => {
+                    warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed")
+                }
             }
         }
-        if self.peer_fast_path {
-            self.ensure_refresher(plan, &pin_dir)?;
+        if follow.endpoints || follow.ports.is_some() {
+            self.ensure_refresher(follow)?;
         } else {
             self.stop_refresher(&plan.network_id);
         }
@@ -922,8 +962,11 @@ impl Encapsulation for EbpfBackend {
             }
         }
 
-        // The fast-path filter on the bridge (the host part deletes the
-        // bridge, and its qdisc with it, after us).
+        // The fast-path filter on the bridge and its ports (the host part
+        // deletes the bridge, and its qdisc with it, after us).
+        if let Some(snapshot) = errors.record(endpoints::Snapshot::take(&nl).await) {
+            errors.record(ports::detach(&nl, &snapshot.bridge_ports(plan), priority).await);
+        }
         if let Some(Some(bridge)) = errors.record(nl.link_by_name(&plan.bridge).await) {
             if let Some(filters) = errors.record(
                 tc::list_filters_at(nl.handle(), bridge.index, Hook::Ingress, priority).await,

@@ -132,7 +132,7 @@ pub(super) fn pinned_maps(pin_dir: &Path, drifts: &mut Drifts) -> bool {
 
 impl EbpfBackend {
     /// The config map against what `apply` would write (the agent's own
-    /// flags and the tunnel MAC aside).
+    /// flags and the tunnel and bridge MACs aside).
     pub(super) fn observe_config(
         &self,
         plan: &NetworkPlan,
@@ -155,11 +155,13 @@ impl EbpfBackend {
         let got = FanConfig {
             agent_flags: 0,
             tunnel_mac: [0; 6],
+            bridge_mac: [0; 6],
             ..cfg
         };
         let want = FanConfig {
             agent_flags: 0,
             tunnel_mac: [0; 6],
+            bridge_mac: [0; 6],
             ..want
         };
         if got != want {
