@@ -386,19 +386,26 @@ impl Agent {
             let detected = !drifts.is_empty();
             let found = drifts.len();
             crate::metrics::get().reconcile_drifts_found(found);
-            let known = {
+            let (known, was_reported) = {
                 let mut reported = self
                     .reported_drifts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 let known = reported.get(id) == Some(&drifts);
-                if detected {
-                    reported.insert(id.clone(), drifts.clone());
+                let was_reported = if detected {
+                    reported.insert(id.clone(), drifts.clone()).is_some()
                 } else {
-                    reported.remove(id);
-                }
-                known
+                    reported.remove(id).is_some()
+                };
+                (known, was_reported)
             };
+            // A drift reported earlier and gone now (repaired by someone
+            // else, or by an apply of an earlier pass that could not confirm
+            // it) is closed for watchers too.
+            if !detected && was_reported {
+                self.store
+                    .note(Event::new(EventKind::DriftRepaired, &record));
+            }
             if detected && !known {
                 let mut event = Event::new(EventKind::DriftDetected, &record);
                 event.reason = describe_drifts(&drifts);
