@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 
-.PHONY: all deps build build-release test check-style check-proto unit demo demo-docker bench test-kernels fuzz clean sdk
+.PHONY: all deps build build-release test test-unprivileged check-style check-proto unit demo demo-docker bench test-kernels fuzz clean sdk
 
 all: build
 
@@ -38,6 +38,13 @@ check-proto: deps
 # 2-core machine (the size CI runs on) responsive.
 test: build check-style check-proto
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=2
+	scripts/test-unprivileged.sh
+
+# The agent's, SDK's, CLI's, data plane's and fan-core's unit and API tests
+# again as the user nobody: they run on the agent's in-memory data plane and
+# must never need root.
+test-unprivileged: build
+	scripts/test-unprivileged.sh
 
 # The Python wheel (client/python) and the Go module (client/go), generated from proto/ (the e2e test
 # tests/tests/sdk_clients.rs builds and runs both against a real agent).

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs the unit and API tests of the agent, the SDK, the CLI and fan-core as
+# the unprivileged user `nobody`: they use the agent on its in-memory data plane
+# (fan_agent::testing), so none of them may need root. Test binaries are copied
+# to a scratch directory nobody can read, so the checkout's permissions do not
+# matter. Fails if any binary fails or none ran.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO="${CARGO:-cargo}"
+crates=(-p fan-agent -p fan-client -p fan-cli -p fan-core -p fan-dataplane)
+[ "$(id -u)" = 0 ] || { echo "test-unprivileged: run as root (it switches to nobody)" >&2; exit 2; }
+
+scratch="$(mktemp -d /tmp/fan-unpriv.XXXX)"
+trap 'rm -rf "$scratch"' EXIT
+chmod 755 "$scratch"
+# nobody's own temporary directory (state directories, sockets).
+mkdir "$scratch/tmp" && chown nobody "$scratch/tmp"
+
+# The CLI tests run target/debug/fan-client by its absolute path: nobody needs
+# to pass through the checkout's directories (x only, nothing becomes readable).
+client="$PWD/target/debug/fan-client"
+if ! runuser -u nobody -- test -x "$client"; then
+    d="$(dirname "$client")"
+    while [ "$d" != / ]; do chmod o+x "$d"; d="$(dirname "$d")"; done
+    echo "test-unprivileged: gave others search (x) permission on the directories above $client"
+fi
+
+mapfile -t bins < <("$CARGO" test "${crates[@]}" --features fan-client/tls --no-run \
+    --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[ "${#bins[@]}" -gt 0 ] || { echo "test-unprivileged: no test binaries" >&2; exit 1; }
+
+# Namespace tests need root by nature and skip without it: not counted here.
+root_only='^(agent_e2e|ebpf_netns|host_netns|nft_anti_spoofing)-'
+
+passed=0
+for b in "${bins[@]}"; do
+    [[ "$(basename "$b")" =~ $root_only ]] && continue
+    cp "$b" "$scratch/"
+    exe="$scratch/$(basename "$b")"
+    chmod 755 "$exe"
+    out="$(cd "$scratch" && HOME="$scratch/tmp" TMPDIR="$scratch/tmp" runuser -u nobody -- "$exe" --test-threads=2 2>&1)" || {
+        echo "$out" | tail -30
+        echo "test-unprivileged: $(basename "$b") failed as nobody" >&2
+        exit 1
+    }
+    n="$(grep -o '[0-9]* passed' <<<"$out" | awk '{s+=$1} END {print s+0}')"
+    passed=$((passed + n))
+    printf '  %-40s %4d passed as nobody\n' "$(basename "$b")" "$n"
+done
+echo "test-unprivileged: $passed tests passed as nobody"
