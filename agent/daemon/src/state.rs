@@ -1,12 +1,15 @@
 //! Durable state: networks and allocations in redb, with group commit.
 //!
-//! One writer thread owns the database and an in-memory copy of every network's
-//! allocator. Requests reach it over a channel; it takes every request that is
+//! One [`Writer`] owns the database and an in-memory copy of every network's
+//! allocator, behind a lock. A request queues itself and, if no commit is in
+//! progress, leads one on its own thread (leader/follower group commit, no
+//! hand-off to another thread): the leader takes every request that is
 //! waiting, applies them to memory, writes all their changes in ONE frame of
 //! the write-ahead log (`wal`: one write, one fdatasync), and only then
-//! answers. Concurrent clients therefore share one fdatasync instead of
-//! queueing for one each, and no request is acknowledged before its change is
-//! on disk. Checkpoints (one durable redb transaction) take the logged changes
+//! answers them; requests queued meanwhile just wait for the next round.
+//! Concurrent clients therefore share one fdatasync instead of queueing for
+//! one each, and no request is acknowledged before its change is on disk. A
+//! background thread runs the idle checkpoints and the recovery retries. Checkpoints (one durable redb transaction) take the logged changes
 //! into the database; the log is replayed at open.
 //!
 //! Every stored value is framed with a CRC-32 of its payload ([`seal`]) and
@@ -37,7 +40,9 @@ use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
     TableDefinition,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{AgentError, Metadata, Reason, Resource, Result};
 use crate::events::{Event, EventHub, EventKind};
@@ -305,10 +310,130 @@ pub struct Allocated {
     pub network: NetworkRecord,
 }
 
+/// What the requests and the background thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the background thread: jobs nobody leads, a kick, shutdown.
+    wake: Condvar,
+    /// Whoever holds it commits (the leader); others queue and wait.
+    writer: Mutex<Writer>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Jobs waiting for a leader, in arrival order (= commit order).
+    jobs: Vec<Job>,
+    /// The background thread has a timer to (re)arm: the log or the health changed.
+    kick: bool,
+    /// Every [`Store`] handle is gone.
+    closed: bool,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn push(&self, job: Job) {
+        locked(&self.queue).jobs.push(job);
+    }
+
+    /// Becomes the leader if no commit is in progress (else the leader, or
+    /// the next one, takes the queued jobs).
+    fn try_lead(&self) -> Option<MutexGuard<'_, Writer>> {
+        match self.writer.try_lock() {
+            Ok(writer) => Some(writer),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Runs batches until the queue is empty (or after one batch when
+    /// `once`), then gives up the lead.
+    fn drain(&self, mut writer: MutexGuard<'_, Writer>, once: bool) {
+        loop {
+            let batch = {
+                let mut queue = locked(&self.queue);
+                if queue.jobs.len() <= MAX_BATCH {
+                    std::mem::take(&mut queue.jobs)
+                } else {
+                    queue.jobs.drain(..MAX_BATCH).collect()
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let timer = writer.timer();
+            writer.run_batch(batch, once);
+            let after = writer.timer();
+            if (timer.is_none() && after.is_some()) || after == Some(Duration::ZERO) {
+                locked(&self.queue).kick = true;
+                self.wake.notify_one();
+            }
+            if once {
+                break;
+            }
+        }
+        drop(writer);
+    }
+
+    /// The background thread: idle checkpoints, recovery retries, jobs that
+    /// no request leads ([`Store::note`]), and the last checkpoint once every
+    /// handle is gone.
+    fn background(&self) {
+        let mut wait = None;
+        loop {
+            let closed = {
+                let queue = locked(&self.queue);
+                let idle = |q: &mut Queue| q.jobs.is_empty() && !q.kick && !q.closed;
+                let mut queue = match wait {
+                    None => self
+                        .wake
+                        .wait_while(queue, idle)
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Some(wait) => {
+                        self.wake
+                            .wait_timeout_while(queue, wait, idle)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+                queue.kick = false;
+                queue.closed
+            };
+            let mut writer = locked(&self.writer);
+            if closed {
+                let jobs = std::mem::take(&mut locked(&self.queue).jobs);
+                if !jobs.is_empty() {
+                    writer.run_batch(jobs, false);
+                }
+                // Every handle is gone: leave the database file holding everything.
+                if writer.health.borrow().is_writable() {
+                    writer.checkpoint();
+                }
+                return;
+            }
+            writer.tick();
+            wait = writer.timer();
+            self.drain(writer, false);
+        }
+    }
+}
+
+/// Closes the store when the last [`Store`] clone drops.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        locked(&self.0.queue).closed = true;
+        self.0.wake.notify_one();
+    }
+}
+
 /// Handle to the state store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Handle>,
     path: Arc<PathBuf>,
     dir: Arc<PathBuf>,
     health: watch::Receiver<StoreHealth>,
@@ -316,13 +441,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts the writer thread,
+    /// Opens (or creates) the database in `dir` and starts the state thread,
     /// refusing state it cannot trust (see [`Store::open_with`]).
     pub fn open(dir: &Path) -> Result<Store> {
         Store::open_with(dir, OpenOptions::default()).map(|(store, _)| store)
     }
 
-    /// Opens (or creates) the database in `dir` and starts the writer thread.
+    /// Opens (or creates) the database in `dir` and starts the state thread
+    /// (idle checkpoints, recovery retries).
     ///
     /// The directory is made 0700 and the database and marker 0600 (looser
     /// modes are tightened, with a warning). Fails when another agent holds
@@ -447,7 +573,6 @@ impl Store {
             write_marker(dir)?;
         }
         let (health_tx, health) = watch::channel(StoreHealth::Writable);
-        let (jobs, rx) = mpsc::channel(4096);
         let events = Arc::new(EventHub::new(scan.memory.revision));
         let writer = Writer {
             events: events.clone(),
@@ -460,19 +585,26 @@ impl Store {
             sequence,
             unchecked: 0,
             unchecked_since: Instant::now(),
+            last_job: Instant::now(),
             pending: Vec::new(),
             memory: scan.memory,
             health: health_tx,
             retry_after: RETRY_FIRST,
             next_retry: Instant::now(),
         };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            writer: Mutex::new(writer),
+        });
+        let background = shared.clone();
         std::thread::Builder::new()
             .name("fan-state".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| AgentError::Storage(format!("start writer thread: {e}")))?;
+            .spawn(move || background.background())
+            .map_err(|e| AgentError::Storage(format!("start state thread: {e}")))?;
         Ok((
             Store {
-                jobs,
+                shared: Arc::new(Handle(shared)),
                 path: Arc::new(path),
                 dir: Arc::new(dir.to_owned()),
                 health,
@@ -502,9 +634,10 @@ impl Store {
             }
             Box::new(|_| {})
         });
-        if self.jobs.try_send(Job::Write(job)).is_err() {
-            tracing::warn!("state store busy or stopping: an event was not recorded");
-        }
+        // Sync callers: the background thread leads (or a leader takes it first).
+        let shared = &self.shared.0;
+        shared.push(Job::Write(job));
+        shared.wake.notify_one();
     }
 
     /// Makes everything committed durable in the database file itself (the
@@ -515,8 +648,32 @@ impl Store {
         let job = Job::Checkpoint(Box::new(move || {
             let _ = tx.send(());
         }));
-        if self.jobs.send(job).await.is_ok() {
-            let _ = rx.await;
+        self.submit(job);
+        let _ = rx.await;
+    }
+
+    /// Queues `job` and, unless a commit is in progress (its leader, or the
+    /// next, runs the job), commits one batch on this thread: every job
+    /// queued so far, this one included, so the caller's reply is ready
+    /// without a wake-up. Jobs queued meanwhile go to the state thread,
+    /// which leads until the queue is empty: under load one thread batches
+    /// and no caller's reply waits behind other callers' batches.
+    fn submit(&self, job: Job) {
+        let shared = &self.shared.0;
+        shared.push(job);
+        // Followers skip the blocking section: they only await their reply.
+        if let Some(writer) = shared.try_lead() {
+            // On the worker itself: one write and one fdatasync (~0.1 ms),
+            // cheaper than handing the core to another thread
+            // (block_in_place, measured no faster than the old writer
+            // thread). Checkpoints and recovery, which can take long, are
+            // left to the state thread (see `Writer::run_batch`).
+            shared.drain(writer, true);
+            // Checked after the lead is given up: a job queued while it was
+            // held (its submitter could not lead) is never left behind.
+            if !locked(&shared.queue).jobs.is_empty() {
+                shared.wake.notify_one();
+            }
         }
     }
 
@@ -533,14 +690,11 @@ impl Store {
         let job: ReadJob = Box::new(move |memory| {
             let _ = tx.send(f(memory));
         });
-        self.jobs
-            .send(Job::Read(job))
-            .await
-            .map_err(|_| AgentError::ShuttingDown)?;
+        self.submit(Job::Read(job));
         rx.await.map_err(|_| AgentError::ShuttingDown)
     }
 
-    /// Runs `f` on the writer thread. `f` must either fail without touching
+    /// Runs `f` in a batch, under the writer lock. `f` must either fail without touching
     /// memory or succeed having pushed every change it made to memory as a
     /// mutation; the reply is sent once those mutations are durable. While the
     /// store cannot write, fails at once with UNAVAILABLE and `f` never runs.
@@ -561,10 +715,7 @@ impl Store {
                 let _ = tx.send(outcome.and_then(|value| committed.map(|()| value)));
             })
         });
-        self.jobs
-            .send(Job::Write(job))
-            .await
-            .map_err(|_| AgentError::ShuttingDown)?;
+        self.submit(Job::Write(job));
         rx.await.map_err(|_| AgentError::ShuttingDown)?
     }
 
@@ -2132,7 +2283,8 @@ fn probe(db: &Database) -> Result<()> {
     txn.commit().storage("commit")
 }
 
-/// The writer thread: owns the database (while it is usable) and memory.
+/// The committer: owns the database (while it is usable) and memory; used
+/// by whoever holds [`Shared::writer`].
 struct Writer {
     /// Held for the writer's life, also while the database is closed after a
     /// failure, so no second agent opens the directory meanwhile. First field:
@@ -2152,6 +2304,8 @@ struct Writer {
     unchecked: u32,
     /// When the first of them was logged.
     unchecked_since: Instant,
+    /// When the last batch ran: the idle checkpoint counts from it.
+    last_job: Instant,
     /// Their writes, for redb at the next checkpoint (memory serves reads).
     pending: Vec<Op>,
     memory: Memory,
@@ -2162,68 +2316,36 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        // A small runtime of its own so the wait for jobs can time out while
-        // the store is unwritable (retries run between batches) and while
-        // logged batches wait for their checkpoint.
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                tracing::error!(error = %err, "state writer: no runtime; stopping");
-                return;
-            }
-        };
-        loop {
-            let wait = if !self.health.borrow().is_writable() {
-                Some(self.next_retry.saturating_duration_since(Instant::now()))
-            } else if !self.wal.is_empty() {
-                Some(CHECKPOINT_IDLE)
-            } else {
-                None
-            };
-            let first = match jobs.try_recv() {
-                Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => match wait {
-                    None => runtime.block_on(jobs.recv()),
-                    Some(wait) => {
-                        match runtime
-                            .block_on(async { tokio::time::timeout(wait, jobs.recv()).await })
-                        {
-                            Ok(job) => job,
-                            Err(_) => {
-                                if self.health.borrow().is_writable() {
-                                    self.checkpoint();
-                                } else {
-                                    self.try_recover();
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                },
-            };
-            let Some(first) = first else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.run_batch(batch);
-            if !self.health.borrow().is_writable() && Instant::now() >= self.next_retry {
+    /// The background thread's timed work: a checkpoint once the agent is
+    /// idle with batches in the log, a recovery attempt when one is due.
+    fn tick(&mut self) {
+        if !self.health.borrow().is_writable() {
+            if Instant::now() >= self.next_retry {
                 self.try_recover();
             }
-        }
-        // Every handle is gone: leave the database file holding everything.
-        if self.health.borrow().is_writable() {
+        } else if self.checkpoint_due()
+            || (!self.wal.is_empty() && self.last_job.elapsed() >= CHECKPOINT_IDLE)
+        {
             self.checkpoint();
+        }
+    }
+
+    /// Enough batches logged, or the oldest old enough, for a checkpoint.
+    fn checkpoint_due(&self) -> bool {
+        self.unchecked >= CHECKPOINT_BATCHES
+            || (self.unchecked > 0 && self.unchecked_since.elapsed() >= CHECKPOINT_AGE)
+    }
+
+    /// How long until [`Writer::tick`] has work; `None`: nothing to time.
+    fn timer(&self) -> Option<Duration> {
+        if !self.health.borrow().is_writable() {
+            Some(self.next_retry.saturating_duration_since(Instant::now()))
+        } else if self.checkpoint_due() {
+            Some(Duration::ZERO)
+        } else if !self.wal.is_empty() {
+            Some(CHECKPOINT_IDLE.saturating_sub(self.last_job.elapsed()))
+        } else {
+            None
         }
     }
 
@@ -2299,7 +2421,11 @@ impl Writer {
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    /// Runs `batch`. When `deferred` (a request's task leads), a due
+    /// checkpoint and the recovery after a failure are left to the state
+    /// thread, so the task's worker never waits on them.
+    fn run_batch(&mut self, batch: Vec<Job>, deferred: bool) {
+        self.last_job = Instant::now();
         let mut mutations = Vec::new();
         let mut completions = Vec::new();
         let mut reads = Vec::new();
@@ -2349,7 +2475,11 @@ impl Writer {
                 self.memory.revision = revision_before;
                 undo(&mut self.memory, mutations);
                 self.set_unwritable(&err);
-                self.try_recover();
+                if deferred {
+                    self.next_retry = Instant::now();
+                } else {
+                    self.try_recover();
+                }
                 // Whatever the reopen found, this batch was not acknowledged.
                 Err(unwritable(&self.dir, &reason_of(&err)))
             }
@@ -2360,9 +2490,7 @@ impl Writer {
         for read in reads {
             read(&self.memory);
         }
-        if self.unchecked >= CHECKPOINT_BATCHES
-            || (self.unchecked > 0 && self.unchecked_since.elapsed() >= CHECKPOINT_AGE)
-        {
+        if !deferred && self.checkpoint_due() {
             self.checkpoint();
         }
         for checkpoint in checkpoints {
@@ -2500,8 +2628,8 @@ mod tests {
         }
     }
 
-    /// Copies the state files as a crash would leave them: from the writer
-    /// thread between two batches, so no checkpoint runs meanwhile.
+    /// Copies the state files as a crash would leave them: from a read job,
+    /// under the writer lock between two batches, so no checkpoint runs meanwhile.
     async fn crash_image(store: &Store, to: &Path) {
         let (from, to) = (store.dir.to_path_buf(), to.to_owned());
         store
@@ -2612,7 +2740,7 @@ mod tests {
                 .await
                 .unwrap();
             drop(store);
-            // The writer thread exits when the last handle drops; give it a moment to close the file.
+            // The state thread closes the database when the last handle drops; give it a moment.
             for _ in 0..100 {
                 if Database::create(dir.path().join(DB_FILE)).is_ok() {
                     break;
@@ -2922,7 +3050,7 @@ mod tests {
 
     async fn close(store: Store, dir: &Path) {
         drop(store);
-        // The writer thread exits when the last handle drops; wait until the file is free.
+        // The state thread closes the database when the last handle drops; wait until the file is free.
         for _ in 0..200 {
             if Database::open(dir.join(DB_FILE)).is_ok() {
                 return;
