@@ -164,7 +164,7 @@ fn decode_cursor(value: &[u8]) -> std::result::Result<Ipv4Addr, RecordError> {
 
 /// One network in memory: its record, its allocator and the allocation details.
 #[derive(Debug)]
-pub struct NetworkState {
+pub struct NetworkMemory {
     /// The persisted record.
     pub record: NetworkRecord,
     /// Who has which address; next-fit cursor.
@@ -177,7 +177,7 @@ pub struct NetworkState {
 #[derive(Debug, Default)]
 pub struct Memory {
     /// Networks by id.
-    pub networks: BTreeMap<String, NetworkState>,
+    pub networks: BTreeMap<String, NetworkMemory>,
     /// Allocations quarantined with a network that no longer exists, by
     /// network id: address → quarantine key. A network created again under
     /// that id starts with these addresses reserved.
@@ -187,13 +187,13 @@ pub struct Memory {
 }
 
 impl Memory {
-    fn network(&self, id: &str) -> Result<&NetworkState> {
+    fn network(&self, id: &str) -> Result<&NetworkMemory> {
         self.networks
             .get(id)
             .ok_or_else(|| AgentError::network_not_found(id))
     }
 
-    fn network_mut(&mut self, id: &str) -> Result<&mut NetworkState> {
+    fn network_mut(&mut self, id: &str) -> Result<&mut NetworkMemory> {
         self.networks
             .get_mut(id)
             .ok_or_else(|| AgentError::network_not_found(id))
@@ -206,7 +206,7 @@ impl Memory {
 enum Mutation {
     PutNetwork(NetworkRecord),
     /// The removed network, allocations included.
-    DeleteNetwork(Box<NetworkState>),
+    DeleteNetwork(Box<NetworkMemory>),
     PutAllocation {
         network: String,
         record: AllocationRecord,
@@ -771,7 +771,7 @@ impl Store {
                     .with("network_id", &record.id)
             })?;
             let record = NetworkRecord { index, ..record };
-            let mut state = NetworkState {
+            let mut state = NetworkMemory {
                 record: record.clone(),
                 allocator: Allocator::new(pool),
                 allocations: BTreeMap::new(),
@@ -1093,19 +1093,14 @@ impl Store {
                 .collect();
             let mut record = None;
             for address in &stale {
-                let removed = state.allocations.remove(address);
-                if let Some(removed) = &removed {
-                    mutations.push(Mutation::Event(Box::new(Event::allocation(
-                        EventKind::AllocationReleased,
-                        &state.record,
-                        removed,
-                    ))));
-                }
-                mutations.push(Mutation::DeleteAllocation {
-                    network: network.clone(),
-                    address: *address,
-                    previous: removed.clone(),
-                });
+                let removed = remove_allocation(
+                    state,
+                    &network,
+                    *address,
+                    EventKind::AllocationReleased,
+                    None,
+                    mutations,
+                );
                 record = record.or(removed);
             }
             let Some(address) = address else {
@@ -1153,17 +1148,14 @@ impl Store {
             if !dry_run {
                 for record in &stale {
                     state.allocator.release_address(record.address);
-                    let previous = state.allocations.remove(&record.address);
-                    mutations.push(Mutation::Event(Box::new(Event::allocation(
+                    remove_allocation(
+                        state,
+                        &network,
+                        record.address,
                         EventKind::AllocationCollected,
-                        &state.record,
-                        record,
-                    ))));
-                    mutations.push(Mutation::DeleteAllocation {
-                        network: network.clone(),
-                        address: record.address,
-                        previous,
-                    });
+                        None,
+                        mutations,
+                    );
                 }
                 push_cursor(state, &network, mutations);
             }
@@ -1236,16 +1228,14 @@ impl Store {
             }
             for record in &picked {
                 state.allocator.release_address(record.address);
-                let previous = state.allocations.remove(&record.address);
-                let mut event =
-                    Event::allocation(EventKind::AllocationReleased, &state.record, record);
-                event.reason = why.to_owned();
-                mutations.push(Mutation::Event(Box::new(event)));
-                mutations.push(Mutation::DeleteAllocation {
-                    network: network.clone(),
-                    address: record.address,
-                    previous,
-                });
+                remove_allocation(
+                    state,
+                    &network,
+                    record.address,
+                    EventKind::AllocationReleased,
+                    Some(why),
+                    mutations,
+                );
             }
             push_cursor(state, &network, mutations);
             Ok(picked)
@@ -1302,7 +1292,34 @@ impl Store {
 
 /// Persists the allocator's next-fit cursor, so a restart does not hand a
 /// just-released address out again at once.
-fn push_cursor(state: &NetworkState, network: &str, mutations: &mut Vec<Mutation>) {
+/// Takes the allocation at `address` out of memory and queues its delete and,
+/// when there was one, its `kind` event (with `why` as the event's reason).
+/// The allocator is the caller's business (stale addresses are not in it).
+fn remove_allocation(
+    state: &mut NetworkMemory,
+    network: &str,
+    address: Ipv4Addr,
+    kind: EventKind,
+    why: Option<&str>,
+    mutations: &mut Vec<Mutation>,
+) -> Option<AllocationRecord> {
+    let removed = state.allocations.remove(&address);
+    if let Some(removed) = &removed {
+        let mut event = Event::allocation(kind, &state.record, removed);
+        if let Some(why) = why {
+            event.reason = why.to_owned();
+        }
+        mutations.push(Mutation::Event(Box::new(event)));
+    }
+    mutations.push(Mutation::DeleteAllocation {
+        network: network.to_owned(),
+        address,
+        previous: removed.clone(),
+    });
+    removed
+}
+
+fn push_cursor(state: &NetworkMemory, network: &str, mutations: &mut Vec<Mutation>) {
     if let Some(cursor) = state.allocator.cursor() {
         mutations.push(Mutation::PutCursor {
             network: network.to_owned(),
@@ -1858,7 +1875,7 @@ fn scan(db: &Database) -> Result<Scan> {
         })?;
         memory.networks.insert(
             id,
-            NetworkState {
+            NetworkMemory {
                 record,
                 allocator,
                 allocations,
@@ -3235,7 +3252,7 @@ mod tests {
             .unwrap();
         memory.networks.insert(
             "fan".into(),
-            NetworkState {
+            NetworkMemory {
                 record: record.clone(),
                 allocator,
                 allocations: BTreeMap::from([(kept.address, kept.clone())]),
