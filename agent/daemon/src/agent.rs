@@ -13,7 +13,9 @@ use fan_core::fan::FanMap;
 use fan_core::host_change::{HostPrefix, UnderlayCheck};
 use fan_core::underlay::HostInterfaceAddress;
 use fan_dataplane::timing;
-use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
+use fan_dataplane::{
+    Availability, BackendKind, Counters, Dataplane, Drift, HostAddress, NetworkPlan,
+};
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 
@@ -223,6 +225,12 @@ pub struct Agent {
     /// The drifts last reported per network, so a drift the pass cannot
     /// repair is reported once, not on every pass.
     reported_drifts: Mutex<HashMap<String, Vec<Drift>>>,
+    /// The plan each network was last applied with, successfully, by this
+    /// process. A reconcile pass skips the apply of a network whose kernel
+    /// state matches this plan; any other (first pass after a start, a
+    /// failure, a changed plan) is applied, which also restarts what lives
+    /// in the process only (the eBPF backend's endpoint refresher).
+    applied: Mutex<HashMap<String, NetworkPlan>>,
 }
 
 impl Agent {
@@ -256,6 +264,7 @@ impl Agent {
             start_pass_done: std::sync::atomic::AtomicBool::new(false),
             reported_states: Mutex::new(HashMap::new()),
             reported_drifts: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -344,6 +353,13 @@ impl Agent {
         if let Err(err) = &result {
             tracing::warn!(network = %record.id, error = %err, "apply failed");
         }
+        {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(()) => applied.insert(record.id.clone(), record.plan()),
+                Err(_) => applied.remove(&record.id),
+            };
+        }
         self.record_apply(&record.id, &result);
         match &result {
             Ok(()) => self.report_state(record, NetworkHealth::Ready, ""),
@@ -356,14 +372,23 @@ impl Agent {
     /// path from stored desired state to the kernel. Returns how many failed.
     pub async fn reconcile_all(&self) -> Result<usize> {
         let mut failed = 0;
-        let ids: Vec<String> = self
-            .store
-            .networks()
-            .await?
-            .into_iter()
-            .map(|record| record.id)
-            .collect();
-        for id in &ids {
+        // Every network observed at once (the data plane reads the host
+        // once for all), under the lock so no create or delete is half-way.
+        let (records, mut observations) = {
+            let _guard = self.network_ops.lock().await;
+            let records = self.store.networks().await?;
+            let plans: Vec<NetworkPlan> = records.iter().map(NetworkRecord::plan).collect();
+            let observations = self.dataplane.observe_all(&plans).await;
+            (records, observations)
+        };
+        let started = self
+            .start_pass_done
+            .load(std::sync::atomic::Ordering::SeqCst);
+        observations.resize_with(records.len(), || {
+            Err(fan_dataplane::DataplaneError::other("observe", "no observation"))
+        });
+        for (seen, observed) in records.iter().zip(observations) {
+            let id = &seen.id;
             // One network at a time under the lock, so a create or delete
             // waits for one apply, not for the whole pass; the record is read
             // again under the lock because it may have changed or gone since.
@@ -373,15 +398,18 @@ impl Agent {
                 Err(AgentError::NotFound { .. }) => continue,
                 Err(err) => return Err(err),
             };
+            let plan = record.plan();
+            // Changed since the pass observed it (updated, moved): observed again.
+            let observed = if plan == seen.plan() {
+                observed
+            } else {
+                self.dataplane.observe(&plan).await
+            };
+            let lost = self.lost_reason(id).is_some();
             // What the pass repairs is reported: drift detected, then repaired.
-            let drifts = match self.lost_reason(id) {
-                Some(_) => Vec::new(),
-                None => self
-                    .dataplane
-                    .observe(&record.plan())
-                    .await
-                    .map(|o| o.drifts)
-                    .unwrap_or_default(),
+            let drifts = match (&observed, lost) {
+                (Ok(observation), false) => observation.drifts.clone(),
+                _ => Vec::new(),
             };
             let detected = !drifts.is_empty();
             let found = drifts.len();
@@ -411,6 +439,23 @@ impl Agent {
                 event.reason = describe_drifts(&drifts);
                 event.drifts = drifts;
                 self.store.note(event);
+            }
+            // Nothing to repair: the kernel matches the plan this process
+            // last applied. The start-up pass, a lost underlay, a failed
+            // observation or a plan not applied yet is applied (apply
+            // records the outcome).
+            let clean = started
+                && !lost
+                && observed.is_ok()
+                && !detected
+                && self
+                    .applied
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(id)
+                    == Some(&plan);
+            if clean {
+                continue;
             }
             let repaired = self.apply(&record).await;
             match &repaired {

@@ -146,6 +146,24 @@ impl Dataplane for KernelDataplane {
         Ok(observation)
     }
 
+    async fn observe_all(&self, plans: &[NetworkPlan]) -> Vec<Result<Observation>> {
+        let _serial = self.serial.lock().await;
+        // Observing changes nothing, and the lock keeps every other
+        // operation out: one dump of each kind serves the whole pass.
+        let _snapshot = self.netlink.snapshot();
+        let mut observations = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let observation = async {
+                let backend = self.backend(plan.backend)?;
+                let mut observation = self.host.observe(plan).await?;
+                observation.merge(backend.observe(plan).await?);
+                Ok(observation)
+            };
+            observations.push(observation.await);
+        }
+        observations
+    }
+
     async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
         crate::netlink::watch_ipv4_addresses().map(Some)
     }

@@ -314,6 +314,16 @@ pub trait Dataplane: Send + Sync {
     async fn apply(&self, plan: &NetworkPlan) -> Result<()>;
     /// Compares the kernel with the plan.
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation>;
+    /// [`Dataplane::observe`] of each plan, in order (a reconcile pass):
+    /// the kernel data plane reads the host's links, addresses and routes
+    /// once for all of them instead of once per network.
+    async fn observe_all(&self, plans: &[NetworkPlan]) -> Vec<Result<Observation>> {
+        let mut observations = Vec::with_capacity(plans.len());
+        for plan in plans {
+            observations.push(self.observe(plan).await);
+        }
+        observations
+    }
     /// Removes the whole network (encapsulation, then host part).
     async fn remove(&self, plan: &NetworkPlan) -> Result<()>;
     /// Subscribes to changes of the host's IPv4 addresses (netlink
