@@ -491,7 +491,7 @@ impl Agent {
         if records.is_empty() {
             return Ok(());
         }
-        let (interfaces, default_interface) = self.host_interfaces().await?;
+        let (interfaces, default_interface, host) = self.host_view().await?;
         for record in records {
             let Ok(spec) = fan_core::underlay::UnderlaySpec::parse(&record.spec.underlay) else {
                 continue;
@@ -547,8 +547,10 @@ impl Agent {
                 }
             }
         }
-        // Overlaps with the host's addresses or routes, for the status.
-        self.refresh_overlaps(&self.store.networks().await?).await
+        // Overlaps with the host's addresses or routes, for the status (the
+        // moves above change only the agent's own devices, not these).
+        self.record_overlaps(&self.store.networks().await?, &host);
+        Ok(())
     }
 
     /// Whether the kernel matches `record`'s plan.
@@ -565,12 +567,6 @@ impl Agent {
             Some(reason) => lost.insert(id.to_owned(), reason),
             None => lost.remove(id),
         };
-    }
-
-    /// Host addresses and routes (not the agent's) that `overlay` overlaps.
-    async fn overlay_conflicts(&self, overlay: Ipv4Network) -> Result<Vec<HostPrefix>> {
-        let host = self.dataplane.host_prefixes().await?;
-        Ok(fan_core::host_change::overlay_conflicts(overlay, &host))
     }
 
     /// Describes the agent and its host.
@@ -632,9 +628,14 @@ impl Agent {
         }
     }
 
-    async fn host_interfaces(&self) -> Result<(Vec<HostInterfaceAddress>, Option<String>)> {
-        let addresses = self.dataplane.host_addresses().await?;
-        let interfaces = addresses
+    /// The host's interface addresses, default-route device and prefixes
+    /// (what an overlay must not overlap), read together.
+    async fn host_view(
+        &self,
+    ) -> Result<(Vec<HostInterfaceAddress>, Option<String>, Vec<HostPrefix>)> {
+        let view = self.dataplane.host_view().await?;
+        let interfaces = view
+            .addresses
             .into_iter()
             .map(|a| HostInterfaceAddress {
                 interface: a.interface,
@@ -643,7 +644,7 @@ impl Agent {
                 mtu: a.mtu,
             })
             .collect();
-        Ok((interfaces, self.dataplane.default_route_interface().await?))
+        Ok((interfaces, view.default_interface, view.prefixes))
     }
 
     /// Creates a network (idempotent for the same spec) and programs it.
@@ -684,7 +685,7 @@ impl Agent {
         if let Some(warning) = fan_core::fan::routed_overlap_warning(spec.overlay) {
             tracing::warn!(network = %id, overlay = %spec.overlay, "{warning}");
         }
-        let (interfaces, default_interface) = self.host_interfaces().await?;
+        let (interfaces, default_interface, host) = self.host_view().await?;
         let resolved = underlay
             .resolve(&interfaces, default_interface.as_deref())
             .map_err(|e| {
@@ -724,7 +725,7 @@ impl Agent {
         let overlap_phase = timing::phase("overlap_check");
         // Re-creating an existing network repairs it; only a new one is checked.
         if !spec.allow_overlap && self.store.network(id).await.is_err() {
-            let conflicts = self.overlay_conflicts(spec.overlay).await?;
+            let conflicts = fan_core::host_change::overlay_conflicts(spec.overlay, &host);
             if !conflicts.is_empty() {
                 let named: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
                 return Err(AgentError::precondition(
@@ -821,12 +822,18 @@ impl Agent {
     /// `records` overlap them (networks with `allow_overlap` never do).
     async fn refresh_overlaps(&self, records: &[NetworkRecord]) -> Result<()> {
         let host = self.dataplane.host_prefixes().await?;
+        self.record_overlaps(records, &host);
+        Ok(())
+    }
+
+    /// Records which of `records` overlap the host prefixes `host`.
+    fn record_overlaps(&self, records: &[NetworkRecord], host: &[HostPrefix]) {
         let mut overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
         for record in records {
             let found = if record.spec.allow_overlap {
                 Vec::new()
             } else {
-                fan_core::host_change::overlay_conflicts(record.spec.overlay, &host)
+                fan_core::host_change::overlay_conflicts(record.spec.overlay, host)
             };
             if found.is_empty() {
                 overlaps.remove(&record.id);
@@ -838,7 +845,6 @@ impl Agent {
             }
             overlaps.insert(record.id.clone(), found);
         }
-        Ok(())
     }
 
     async fn view(&self, record: NetworkRecord) -> Result<NetworkView> {

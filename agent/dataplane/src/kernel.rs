@@ -10,7 +10,8 @@ use tracing::debug;
 use crate::host::{Errors, HostSetup};
 use crate::netlink::{Link, Netlink, TABLE_MAIN};
 use crate::{
-    Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, NetworkPlan,
+    Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, HostView,
+    NetworkPlan,
     Observation, Result,
 };
 
@@ -76,6 +77,65 @@ impl KernelDataplane {
         &self.host
     }
 
+    /// See [`Dataplane::host_addresses`]; the caller holds the lock.
+    async fn read_host_addresses(&self) -> Result<Vec<HostAddress>> {
+        Ok(self
+            .netlink
+            .all_ipv4_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| !a.loopback && !a.address.ip().is_loopback())
+            .map(|a| HostAddress {
+                interface: a.interface,
+                address: a.address,
+                mtu: a.mtu,
+            })
+            .collect())
+    }
+
+    /// See [`Dataplane::host_prefixes`]; the caller holds the lock.
+    async fn read_host_prefixes(&self) -> Result<Vec<HostPrefix>> {
+        let links: HashMap<u32, Link> = self
+            .netlink
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l))
+            .collect();
+        // The agent's own devices (bridges, tunnels) carry the fan mark.
+        let ours = |index: u32| {
+            links.get(&index).is_some_and(|l| {
+                l.loopback || l.alias.as_deref().is_some_and(|a| a.starts_with("fan:"))
+            })
+        };
+        let mut prefixes = Vec::new();
+        for address in self.netlink.all_ipv4_addresses().await? {
+            if address.loopback || ours(address.index) {
+                continue;
+            }
+            prefixes.push(HostPrefix {
+                kind: PrefixKind::Address,
+                prefix: address.address,
+                interface: address.interface,
+            });
+        }
+        for route in self.netlink.ipv4_routes(Some(TABLE_MAIN)).await? {
+            if route.protocol == crate::ROUTE_PROTOCOL || route.oif.is_some_and(ours) {
+                continue;
+            }
+            prefixes.push(HostPrefix {
+                kind: PrefixKind::Route,
+                prefix: route.destination,
+                interface: route
+                    .oif
+                    .and_then(|i| links.get(&i))
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(prefixes)
+    }
+
     fn backend(&self, kind: BackendKind) -> Result<&dyn Encapsulation> {
         self.backends
             .iter()
@@ -100,23 +160,28 @@ impl Dataplane for KernelDataplane {
 
     async fn host_addresses(&self) -> Result<Vec<HostAddress>> {
         let _serial = self.serial.lock().await;
-        Ok(self
-            .netlink
-            .all_ipv4_addresses()
-            .await?
-            .into_iter()
-            .filter(|a| !a.loopback && !a.address.ip().is_loopback())
-            .map(|a| HostAddress {
-                interface: a.interface,
-                address: a.address,
-                mtu: a.mtu,
-            })
-            .collect())
+        self.read_host_addresses().await
     }
 
     async fn default_route_interface(&self) -> Result<Option<String>> {
         let _serial = self.serial.lock().await;
         self.netlink.default_route_interface().await
+    }
+
+    async fn host_prefixes(&self) -> Result<Vec<HostPrefix>> {
+        let _serial = self.serial.lock().await;
+        self.read_host_prefixes().await
+    }
+
+    async fn host_view(&self) -> Result<HostView> {
+        let _serial = self.serial.lock().await;
+        // Read-only and under the lock: one dump of each kind serves all.
+        let _snapshot = self.netlink.snapshot();
+        Ok(HostView {
+            addresses: self.read_host_addresses().await?,
+            default_interface: self.netlink.default_route_interface().await?,
+            prefixes: self.read_host_prefixes().await?,
+        })
     }
 
     async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
@@ -166,49 +231,6 @@ impl Dataplane for KernelDataplane {
 
     async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
         crate::netlink::watch_ipv4_addresses().map(Some)
-    }
-
-    async fn host_prefixes(&self) -> Result<Vec<HostPrefix>> {
-        let _serial = self.serial.lock().await;
-        let links: HashMap<u32, Link> = self
-            .netlink
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.index, l))
-            .collect();
-        // The agent's own devices (bridges, tunnels) carry the fan mark.
-        let ours = |index: u32| {
-            links.get(&index).is_some_and(|l| {
-                l.loopback || l.alias.as_deref().is_some_and(|a| a.starts_with("fan:"))
-            })
-        };
-        let mut prefixes = Vec::new();
-        for address in self.netlink.all_ipv4_addresses().await? {
-            if address.loopback || ours(address.index) {
-                continue;
-            }
-            prefixes.push(HostPrefix {
-                kind: PrefixKind::Address,
-                prefix: address.address,
-                interface: address.interface,
-            });
-        }
-        for route in self.netlink.ipv4_routes(Some(TABLE_MAIN)).await? {
-            if route.protocol == crate::ROUTE_PROTOCOL || route.oif.is_some_and(ours) {
-                continue;
-            }
-            prefixes.push(HostPrefix {
-                kind: PrefixKind::Route,
-                prefix: route.destination,
-                interface: route
-                    .oif
-                    .and_then(|i| links.get(&i))
-                    .map(|l| l.name.clone())
-                    .unwrap_or_default(),
-            });
-        }
-        Ok(prefixes)
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
