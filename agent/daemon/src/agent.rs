@@ -385,7 +385,10 @@ impl Agent {
             .start_pass_done
             .load(std::sync::atomic::Ordering::SeqCst);
         observations.resize_with(records.len(), || {
-            Err(fan_dataplane::DataplaneError::other("observe", "no observation"))
+            Err(fan_dataplane::DataplaneError::other(
+                "observe",
+                "no observation",
+            ))
         });
         for (seen, observed) in records.iter().zip(observations) {
             let id = &seen.id;

@@ -11,8 +11,7 @@ use crate::host::{Errors, HostSetup};
 use crate::netlink::{Link, Netlink, TABLE_MAIN};
 use crate::{
     Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, HostView,
-    NetworkPlan,
-    Observation, Result,
+    NetworkPlan, Observation, Result,
 };
 
 /// The data plane that programs this host's kernel.

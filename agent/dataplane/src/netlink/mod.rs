@@ -450,10 +450,7 @@ impl Netlink {
         self.dump_ipv4_addresses_now(index).await
     }
 
-    async fn dump_ipv4_addresses_now(
-        &self,
-        index: Option<u32>,
-    ) -> Result<Vec<(u32, Ipv4Network)>> {
+    async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
         let mut request = self.handle.address().get();
         // The kernel dumps only the requested family.
         request.message_mut().header.family = AddressFamily::Inet;
@@ -626,10 +623,7 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| netlink_error("list routes", e))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(parse_route)
-            .collect())
+        Ok(messages.into_iter().filter_map(parse_route).collect())
     }
 
     /// The device of the IPv4 default route of the main table (lowest metric), if any.
