@@ -13,7 +13,9 @@ use fan_core::fan::FanMap;
 use fan_core::host_change::{HostPrefix, UnderlayCheck};
 use fan_core::underlay::HostInterfaceAddress;
 use fan_dataplane::timing;
-use fan_dataplane::{Availability, BackendKind, Counters, Dataplane, Drift, HostAddress};
+use fan_dataplane::{
+    Availability, BackendKind, Counters, Dataplane, Drift, HostAddress, NetworkPlan,
+};
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 
@@ -223,6 +225,12 @@ pub struct Agent {
     /// The drifts last reported per network, so a drift the pass cannot
     /// repair is reported once, not on every pass.
     reported_drifts: Mutex<HashMap<String, Vec<Drift>>>,
+    /// The plan each network was last applied with, successfully, by this
+    /// process. A reconcile pass skips the apply of a network whose kernel
+    /// state matches this plan; any other (first pass after a start, a
+    /// failure, a changed plan) is applied, which also restarts what lives
+    /// in the process only (the eBPF backend's endpoint refresher).
+    applied: Mutex<HashMap<String, NetworkPlan>>,
 }
 
 impl Agent {
@@ -256,6 +264,7 @@ impl Agent {
             start_pass_done: std::sync::atomic::AtomicBool::new(false),
             reported_states: Mutex::new(HashMap::new()),
             reported_drifts: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -344,6 +353,13 @@ impl Agent {
         if let Err(err) = &result {
             tracing::warn!(network = %record.id, error = %err, "apply failed");
         }
+        {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(()) => applied.insert(record.id.clone(), record.plan()),
+                Err(_) => applied.remove(&record.id),
+            };
+        }
         self.record_apply(&record.id, &result);
         match &result {
             Ok(()) => self.report_state(record, NetworkHealth::Ready, ""),
@@ -356,14 +372,26 @@ impl Agent {
     /// path from stored desired state to the kernel. Returns how many failed.
     pub async fn reconcile_all(&self) -> Result<usize> {
         let mut failed = 0;
-        let ids: Vec<String> = self
-            .store
-            .networks()
-            .await?
-            .into_iter()
-            .map(|record| record.id)
-            .collect();
-        for id in &ids {
+        // Every network observed at once (the data plane reads the host
+        // once for all), under the lock so no create or delete is half-way.
+        let (records, mut observations) = {
+            let _guard = self.network_ops.lock().await;
+            let records = self.store.networks().await?;
+            let plans: Vec<NetworkPlan> = records.iter().map(NetworkRecord::plan).collect();
+            let observations = self.dataplane.observe_all(&plans).await;
+            (records, observations)
+        };
+        let started = self
+            .start_pass_done
+            .load(std::sync::atomic::Ordering::SeqCst);
+        observations.resize_with(records.len(), || {
+            Err(fan_dataplane::DataplaneError::other(
+                "observe",
+                "no observation",
+            ))
+        });
+        for (seen, observed) in records.iter().zip(observations) {
+            let id = &seen.id;
             // One network at a time under the lock, so a create or delete
             // waits for one apply, not for the whole pass; the record is read
             // again under the lock because it may have changed or gone since.
@@ -373,15 +401,18 @@ impl Agent {
                 Err(AgentError::NotFound { .. }) => continue,
                 Err(err) => return Err(err),
             };
+            let plan = record.plan();
+            // Changed since the pass observed it (updated, moved): observed again.
+            let observed = if plan == seen.plan() {
+                observed
+            } else {
+                self.dataplane.observe(&plan).await
+            };
+            let lost = self.lost_reason(id).is_some();
             // What the pass repairs is reported: drift detected, then repaired.
-            let drifts = match self.lost_reason(id) {
-                Some(_) => Vec::new(),
-                None => self
-                    .dataplane
-                    .observe(&record.plan())
-                    .await
-                    .map(|o| o.drifts)
-                    .unwrap_or_default(),
+            let drifts = match (&observed, lost) {
+                (Ok(observation), false) => observation.drifts.clone(),
+                _ => Vec::new(),
             };
             let detected = !drifts.is_empty();
             let found = drifts.len();
@@ -411,6 +442,23 @@ impl Agent {
                 event.reason = describe_drifts(&drifts);
                 event.drifts = drifts;
                 self.store.note(event);
+            }
+            // Nothing to repair: the kernel matches the plan this process
+            // last applied. The start-up pass, a lost underlay, a failed
+            // observation or a plan not applied yet is applied (apply
+            // records the outcome).
+            let clean = started
+                && !lost
+                && observed.is_ok()
+                && !detected
+                && self
+                    .applied
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(id)
+                    == Some(&plan);
+            if clean {
+                continue;
             }
             let repaired = self.apply(&record).await;
             match &repaired {
@@ -446,7 +494,7 @@ impl Agent {
         if records.is_empty() {
             return Ok(());
         }
-        let (interfaces, default_interface) = self.host_interfaces().await?;
+        let (interfaces, default_interface, host) = self.host_view().await?;
         for record in records {
             let Ok(spec) = fan_core::underlay::UnderlaySpec::parse(&record.spec.underlay) else {
                 continue;
@@ -502,8 +550,10 @@ impl Agent {
                 }
             }
         }
-        // Overlaps with the host's addresses or routes, for the status.
-        self.refresh_overlaps(&self.store.networks().await?).await
+        // Overlaps with the host's addresses or routes, for the status (the
+        // moves above change only the agent's own devices, not these).
+        self.record_overlaps(&self.store.networks().await?, &host);
+        Ok(())
     }
 
     /// Whether the kernel matches `record`'s plan.
@@ -520,12 +570,6 @@ impl Agent {
             Some(reason) => lost.insert(id.to_owned(), reason),
             None => lost.remove(id),
         };
-    }
-
-    /// Host addresses and routes (not the agent's) that `overlay` overlaps.
-    async fn overlay_conflicts(&self, overlay: Ipv4Network) -> Result<Vec<HostPrefix>> {
-        let host = self.dataplane.host_prefixes().await?;
-        Ok(fan_core::host_change::overlay_conflicts(overlay, &host))
     }
 
     /// Describes the agent and its host.
@@ -587,9 +631,14 @@ impl Agent {
         }
     }
 
-    async fn host_interfaces(&self) -> Result<(Vec<HostInterfaceAddress>, Option<String>)> {
-        let addresses = self.dataplane.host_addresses().await?;
-        let interfaces = addresses
+    /// The host's interface addresses, default-route device and prefixes
+    /// (what an overlay must not overlap), read together.
+    async fn host_view(
+        &self,
+    ) -> Result<(Vec<HostInterfaceAddress>, Option<String>, Vec<HostPrefix>)> {
+        let view = self.dataplane.host_view().await?;
+        let interfaces = view
+            .addresses
             .into_iter()
             .map(|a| HostInterfaceAddress {
                 interface: a.interface,
@@ -598,7 +647,7 @@ impl Agent {
                 mtu: a.mtu,
             })
             .collect();
-        Ok((interfaces, self.dataplane.default_route_interface().await?))
+        Ok((interfaces, view.default_interface, view.prefixes))
     }
 
     /// Creates a network (idempotent for the same spec) and programs it.
@@ -639,7 +688,7 @@ impl Agent {
         if let Some(warning) = fan_core::fan::routed_overlap_warning(spec.overlay) {
             tracing::warn!(network = %id, overlay = %spec.overlay, "{warning}");
         }
-        let (interfaces, default_interface) = self.host_interfaces().await?;
+        let (interfaces, default_interface, host) = self.host_view().await?;
         let resolved = underlay
             .resolve(&interfaces, default_interface.as_deref())
             .map_err(|e| {
@@ -679,7 +728,7 @@ impl Agent {
         let overlap_phase = timing::phase("overlap_check");
         // Re-creating an existing network repairs it; only a new one is checked.
         if !spec.allow_overlap && self.store.network(id).await.is_err() {
-            let conflicts = self.overlay_conflicts(spec.overlay).await?;
+            let conflicts = fan_core::host_change::overlay_conflicts(spec.overlay, &host);
             if !conflicts.is_empty() {
                 let named: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
                 return Err(AgentError::precondition(
@@ -776,12 +825,18 @@ impl Agent {
     /// `records` overlap them (networks with `allow_overlap` never do).
     async fn refresh_overlaps(&self, records: &[NetworkRecord]) -> Result<()> {
         let host = self.dataplane.host_prefixes().await?;
+        self.record_overlaps(records, &host);
+        Ok(())
+    }
+
+    /// Records which of `records` overlap the host prefixes `host`.
+    fn record_overlaps(&self, records: &[NetworkRecord], host: &[HostPrefix]) {
         let mut overlaps = self.overlaps.lock().unwrap_or_else(|e| e.into_inner());
         for record in records {
             let found = if record.spec.allow_overlap {
                 Vec::new()
             } else {
-                fan_core::host_change::overlay_conflicts(record.spec.overlay, &host)
+                fan_core::host_change::overlay_conflicts(record.spec.overlay, host)
             };
             if found.is_empty() {
                 overlaps.remove(&record.id);
@@ -793,7 +848,6 @@ impl Agent {
             }
             overlaps.insert(record.id.clone(), found);
         }
-        Ok(())
     }
 
     async fn view(&self, record: NetworkRecord) -> Result<NetworkView> {

@@ -10,8 +10,8 @@ use tracing::debug;
 use crate::host::{Errors, HostSetup};
 use crate::netlink::{Link, Netlink, TABLE_MAIN};
 use crate::{
-    Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, NetworkPlan,
-    Observation, Result,
+    Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, HostAddress, HostView,
+    NetworkPlan, Observation, Result,
 };
 
 /// The data plane that programs this host's kernel.
@@ -76,30 +76,8 @@ impl KernelDataplane {
         &self.host
     }
 
-    fn backend(&self, kind: BackendKind) -> Result<&dyn Encapsulation> {
-        self.backends
-            .iter()
-            .find(|b| b.kind() == kind)
-            .map(|b| b.as_ref())
-            .ok_or_else(|| DataplaneError::Unavailable {
-                backend: kind,
-                reason: "backend not registered in this agent".to_string(),
-            })
-    }
-}
-
-#[async_trait]
-impl Dataplane for KernelDataplane {
-    async fn availability(&self) -> Vec<Availability> {
-        let mut all = Vec::with_capacity(self.backends.len());
-        for backend in &self.backends {
-            all.push(backend.availability().await);
-        }
-        all
-    }
-
-    async fn host_addresses(&self) -> Result<Vec<HostAddress>> {
-        let _serial = self.serial.lock().await;
+    /// See [`Dataplane::host_addresses`]; the caller holds the lock.
+    async fn read_host_addresses(&self) -> Result<Vec<HostAddress>> {
         Ok(self
             .netlink
             .all_ipv4_addresses()
@@ -114,44 +92,8 @@ impl Dataplane for KernelDataplane {
             .collect())
     }
 
-    async fn default_route_interface(&self) -> Result<Option<String>> {
-        let _serial = self.serial.lock().await;
-        self.netlink.default_route_interface().await
-    }
-
-    async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
-        let _serial = self.serial.lock().await;
-        // Check the backend first: no point building a bridge we cannot feed.
-        let backend = self.backend(plan.backend)?;
-        debug!(network = %plan.network_id, backend = %plan.backend, "apply");
-        {
-            let _phase = crate::timing::phase("host");
-            self.host.apply_devices(plan).await?;
-        }
-        // The nft table needs nothing the backend makes (and the reverse):
-        // the `nft` process runs while the backend loads its programs.
-        let backend_apply = async {
-            let _phase = crate::timing::phase("backend");
-            backend.apply(plan).await
-        };
-        let (nft, encap) = tokio::join!(self.host.apply_nft(plan), backend_apply);
-        nft.and(encap)
-    }
-
-    async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
-        let _serial = self.serial.lock().await;
-        let backend = self.backend(plan.backend)?;
-        let mut observation = self.host.observe(plan).await?;
-        observation.merge(backend.observe(plan).await?);
-        Ok(observation)
-    }
-
-    async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
-        crate::netlink::watch_ipv4_addresses().map(Some)
-    }
-
-    async fn host_prefixes(&self) -> Result<Vec<HostPrefix>> {
-        let _serial = self.serial.lock().await;
+    /// See [`Dataplane::host_prefixes`]; the caller holds the lock.
+    async fn read_host_prefixes(&self) -> Result<Vec<HostPrefix>> {
         let links: HashMap<u32, Link> = self
             .netlink
             .links()
@@ -191,6 +133,103 @@ impl Dataplane for KernelDataplane {
             });
         }
         Ok(prefixes)
+    }
+
+    fn backend(&self, kind: BackendKind) -> Result<&dyn Encapsulation> {
+        self.backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .map(|b| b.as_ref())
+            .ok_or_else(|| DataplaneError::Unavailable {
+                backend: kind,
+                reason: "backend not registered in this agent".to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl Dataplane for KernelDataplane {
+    async fn availability(&self) -> Vec<Availability> {
+        let mut all = Vec::with_capacity(self.backends.len());
+        for backend in &self.backends {
+            all.push(backend.availability().await);
+        }
+        all
+    }
+
+    async fn host_addresses(&self) -> Result<Vec<HostAddress>> {
+        let _serial = self.serial.lock().await;
+        self.read_host_addresses().await
+    }
+
+    async fn default_route_interface(&self) -> Result<Option<String>> {
+        let _serial = self.serial.lock().await;
+        self.netlink.default_route_interface().await
+    }
+
+    async fn host_prefixes(&self) -> Result<Vec<HostPrefix>> {
+        let _serial = self.serial.lock().await;
+        self.read_host_prefixes().await
+    }
+
+    async fn host_view(&self) -> Result<HostView> {
+        let _serial = self.serial.lock().await;
+        // Read-only and under the lock: one dump of each kind serves all.
+        let _snapshot = self.netlink.snapshot();
+        Ok(HostView {
+            addresses: self.read_host_addresses().await?,
+            default_interface: self.netlink.default_route_interface().await?,
+            prefixes: self.read_host_prefixes().await?,
+        })
+    }
+
+    async fn apply(&self, plan: &NetworkPlan) -> Result<()> {
+        let _serial = self.serial.lock().await;
+        // Check the backend first: no point building a bridge we cannot feed.
+        let backend = self.backend(plan.backend)?;
+        debug!(network = %plan.network_id, backend = %plan.backend, "apply");
+        {
+            let _phase = crate::timing::phase("host");
+            self.host.apply_devices(plan).await?;
+        }
+        // The nft table needs nothing the backend makes (and the reverse):
+        // the `nft` process runs while the backend loads its programs.
+        let backend_apply = async {
+            let _phase = crate::timing::phase("backend");
+            backend.apply(plan).await
+        };
+        let (nft, encap) = tokio::join!(self.host.apply_nft(plan), backend_apply);
+        nft.and(encap)
+    }
+
+    async fn observe(&self, plan: &NetworkPlan) -> Result<Observation> {
+        let _serial = self.serial.lock().await;
+        let backend = self.backend(plan.backend)?;
+        let mut observation = self.host.observe(plan).await?;
+        observation.merge(backend.observe(plan).await?);
+        Ok(observation)
+    }
+
+    async fn observe_all(&self, plans: &[NetworkPlan]) -> Vec<Result<Observation>> {
+        let _serial = self.serial.lock().await;
+        // Observing changes nothing, and the lock keeps every other
+        // operation out: one dump of each kind serves the whole pass.
+        let _snapshot = self.netlink.snapshot();
+        let mut observations = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let observation = async {
+                let backend = self.backend(plan.backend)?;
+                let mut observation = self.host.observe(plan).await?;
+                observation.merge(backend.observe(plan).await?);
+                Ok(observation)
+            };
+            observations.push(observation.await);
+        }
+        observations
+    }
+
+    async fn watch_addresses(&self) -> Result<Option<tokio::sync::mpsc::Receiver<()>>> {
+        crate::netlink::watch_ipv4_addresses().map(Some)
     }
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {

@@ -314,6 +314,16 @@ pub trait Dataplane: Send + Sync {
     async fn apply(&self, plan: &NetworkPlan) -> Result<()>;
     /// Compares the kernel with the plan.
     async fn observe(&self, plan: &NetworkPlan) -> Result<Observation>;
+    /// [`Dataplane::observe`] of each plan, in order (a reconcile pass):
+    /// the kernel data plane reads the host's links, addresses and routes
+    /// once for all of them instead of once per network.
+    async fn observe_all(&self, plans: &[NetworkPlan]) -> Vec<Result<Observation>> {
+        let mut observations = Vec::with_capacity(plans.len());
+        for plan in plans {
+            observations.push(self.observe(plan).await);
+        }
+        observations
+    }
     /// Removes the whole network (encapsulation, then host part).
     async fn remove(&self, plan: &NetworkPlan) -> Result<()>;
     /// Subscribes to changes of the host's IPv4 addresses (netlink
@@ -329,4 +339,25 @@ pub trait Dataplane: Send + Sync {
     async fn host_prefixes(&self) -> Result<Vec<fan_core::host_change::HostPrefix>> {
         Ok(Vec::new())
     }
+    /// [`Dataplane::host_addresses`], [`Dataplane::default_route_interface`]
+    /// and [`Dataplane::host_prefixes`] together: the kernel data plane
+    /// reads the host's links, addresses and routes once for all three.
+    async fn host_view(&self) -> Result<HostView> {
+        Ok(HostView {
+            addresses: self.host_addresses().await?,
+            default_interface: self.default_route_interface().await?,
+            prefixes: self.host_prefixes().await?,
+        })
+    }
+}
+
+/// What the agent reads of the host's own network configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// See [`Dataplane::host_addresses`].
+    pub addresses: Vec<HostAddress>,
+    /// See [`Dataplane::default_route_interface`].
+    pub default_interface: Option<String>,
+    /// See [`Dataplane::host_prefixes`].
+    pub prefixes: Vec<fan_core::host_change::HostPrefix>,
 }

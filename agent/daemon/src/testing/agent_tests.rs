@@ -214,6 +214,8 @@ async fn not_ready_until_the_start_up_pass_has_applied_every_network() {
     assert_eq!(on.dataplane.count(Op::Apply, "b"), 1);
 
     // A network the kernel refuses takes readiness down, its repair back up.
+    // (A pass applies only what drifted: "b" loses its data path first.)
+    on.dataplane.wipe("b");
     on.dataplane.fail_always(Op::Apply, "b", "ENOSPC");
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 1);
     assert!(!*ready.borrow());
@@ -223,12 +225,14 @@ async fn not_ready_until_the_start_up_pass_has_applied_every_network() {
     on.dataplane.clear_failures("b");
     assert_eq!(on.agent.reconcile_all().await.unwrap(), 0);
     assert!(*ready.borrow());
-    // The failed apply left "b" programmed part-way: the repairing pass
-    // reports that drift, the state back to ready, and the repair.
+    // The failing pass reports the drift and the failure; the failed
+    // apply left "b" programmed part-way: the repairing pass reports that
+    // (other) drift, the state back to ready, and the repair.
     assert_eq!(
         events(&on, "b").await,
         [
             EventKind::NetworkCreated,
+            EventKind::DriftDetected,
             EventKind::NetworkStateChanged,
             EventKind::DriftDetected,
             EventKind::NetworkStateChanged,

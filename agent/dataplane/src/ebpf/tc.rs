@@ -212,22 +212,42 @@ pub async fn list_filters_at(
     Ok(filters)
 }
 
-/// True when device `ifindex` has a clsact qdisc.
+/// True when device `ifindex` has a clsact qdisc. Asked for that one
+/// qdisc (a get, not a dump: the kernel dumps the qdiscs of every device
+/// whatever the request names, which grows with the number of networks).
 pub async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> Result<bool> {
-    let messages: Vec<TcMessage> = handle
-        .qdisc()
-        .get()
-        .index(ifindex as i32)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error(format!("list qdiscs of link #{ifindex}"), e))?;
-    Ok(messages.iter().any(|m| {
-        m.header.index == ifindex as i32
-            && m.attributes
-                .iter()
-                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
-    }))
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    // The ingress/clsact slot of the device.
+    msg.header.parent = NlTcHandle::CLSACT;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(msg));
+    // The ACK ends the answer (a lone qdisc message would not).
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let context = || format!("get the clsact qdisc of link #{ifindex}");
+    let mut handle = handle.clone();
+    let mut response = handle
+        .request(req)
+        .map_err(|e| netlink_error(context(), e))?;
+    let mut found = false;
+    while let Some(msg) = response.next().await {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(m)) => {
+                found |= m.header.index == ifindex as i32
+                    && m.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"));
+            }
+            NetlinkPayload::Error(err) if err.code.is_some() => {
+                let e = rtnetlink::Error::NetlinkError(err);
+                // No ingress slot (or nothing in it): no clsact.
+                if matches!(errno(&e), Some(libc::ENOENT | libc::EINVAL)) {
+                    return Ok(false);
+                }
+                return Err(netlink_error(context(), e));
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
 }
 
 fn clsact_message(ifindex: u32) -> TcMessage {

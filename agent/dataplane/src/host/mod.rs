@@ -405,6 +405,15 @@ impl HostSetup {
                 format!("mtu {}", link.mtu),
             ));
         }
+        // apply sets it: the containers' gateway MAC must not change.
+        let mac = bridge_mac(plan);
+        if link.mac != Some(mac) {
+            drifts.push(drift(
+                &object,
+                format!("mac {}", format_mac(mac)),
+                format!("mac {}", link.mac.map(format_mac).unwrap_or_default()),
+            ));
+        }
         let addresses = self.netlink.ipv4_addresses(link.index).await?;
         if !addresses.contains(&gateway) {
             drifts.push(drift(

@@ -64,6 +64,30 @@ pub struct Netlink {
     /// [`Netlink::change_routes`] (opened here, so it is in the namespace
     /// of the thread that called [`Netlink::new`]).
     batch: std::sync::Arc<std::sync::Mutex<batch::BatchSocket>>,
+    /// While a read-only pass runs ([`Netlink::snapshot`]): the links,
+    /// addresses and routes dumped once and shared by every lookup of the
+    /// pass, so observing N networks costs a few dumps, not N of each.
+    snapshot: std::sync::Arc<std::sync::Mutex<Option<Snapshot>>>,
+}
+
+/// The dumps of one read-only pass, each taken at its first use.
+#[derive(Debug, Default)]
+struct Snapshot {
+    links: Option<Vec<Link>>,
+    addresses: Option<Vec<(u32, Ipv4Network)>>,
+    routes: Option<Vec<Route4>>,
+}
+
+/// Ends the snapshot of [`Netlink::snapshot`] when dropped.
+#[derive(Debug)]
+pub struct SnapshotGuard {
+    snapshot: std::sync::Arc<std::sync::Mutex<Option<Snapshot>>>,
+}
+
+impl Drop for SnapshotGuard {
+    fn drop(&mut self) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl Netlink {
@@ -81,7 +105,39 @@ impl Netlink {
         Ok(Netlink {
             handle,
             batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
+            snapshot: Default::default(),
         })
+    }
+
+    /// Until the guard drops, link, address and route lookups (on this
+    /// connection and its clones) answer from one dump of each, taken at
+    /// first use. Only for passes that change nothing (observing many
+    /// networks) and that no other caller interleaves with (the data
+    /// plane's lock): a change made meanwhile would not be seen.
+    pub fn snapshot(&self) -> SnapshotGuard {
+        *self.lock_snapshot() = Some(Snapshot::default());
+        SnapshotGuard {
+            snapshot: self.snapshot.clone(),
+        }
+    }
+
+    fn lock_snapshot(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every link, from the snapshot when one is active.
+    async fn snapshot_links(&self) -> Result<Option<Vec<Link>>> {
+        if self.lock_snapshot().is_none() {
+            return Ok(None);
+        }
+        if let Some(links) = self.lock_snapshot().as_ref().and_then(|s| s.links.clone()) {
+            return Ok(Some(links));
+        }
+        let links = self.dump_links().await?;
+        if let Some(snapshot) = self.lock_snapshot().as_mut() {
+            snapshot.links = Some(links.clone());
+        }
+        Ok(Some(links))
     }
 
     /// The raw rtnetlink handle, for requests these helpers do not cover (tc, neighbours).
@@ -95,6 +151,9 @@ impl Netlink {
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         let context = format!("get link {name}");
         check_ifname(name, &context)?;
+        if let Some(links) = self.snapshot_links().await? {
+            return Ok(links.into_iter().find(|l| l.name == name));
+        }
         let mut stream = self.handle.link().get().match_name(name).execute();
         match stream.try_next().await {
             Ok(msg) => Ok(msg.map(parse_link)),
@@ -105,6 +164,9 @@ impl Netlink {
 
     /// The device with index `index`, or `None` when there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        if let Some(links) = self.snapshot_links().await? {
+            return Ok(links.into_iter().find(|l| l.index == index));
+        }
         let mut stream = self.handle.link().get().match_index(index).execute();
         match stream.try_next().await {
             Ok(msg) => Ok(msg.map(parse_link)),
@@ -115,6 +177,13 @@ impl Netlink {
 
     /// Every device of the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
+        match self.snapshot_links().await? {
+            Some(links) => Ok(links),
+            None => self.dump_links().await,
+        }
+    }
+
+    async fn dump_links(&self) -> Result<Vec<Link>> {
         self.handle
             .link()
             .get()
@@ -130,6 +199,12 @@ impl Netlink {
     /// The devices of one kind ("bridge", "veth"), filtered by the kernel
     /// (kernels that ignore the filter get the result filtered here).
     pub async fn links_of_kind(&self, kind: &str) -> Result<Vec<Link>> {
+        if let Some(links) = self.snapshot_links().await? {
+            return Ok(links
+                .into_iter()
+                .filter(|l| l.kind.as_deref() == Some(kind))
+                .collect());
+        }
         let mut request = self
             .handle
             .link()
@@ -352,6 +427,30 @@ impl Netlink {
     // ------------------------------------------------------------ addresses
 
     async fn dump_ipv4_addresses(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
+        if self.lock_snapshot().is_some() {
+            let cached = self
+                .lock_snapshot()
+                .as_ref()
+                .and_then(|s| s.addresses.clone());
+            let all = match cached {
+                Some(all) => all,
+                None => {
+                    let all = self.dump_ipv4_addresses_now(None).await?;
+                    if let Some(snapshot) = self.lock_snapshot().as_mut() {
+                        snapshot.addresses = Some(all.clone());
+                    }
+                    all
+                }
+            };
+            return Ok(all
+                .into_iter()
+                .filter(|(i, _)| index.is_none_or(|x| x == *i))
+                .collect());
+        }
+        self.dump_ipv4_addresses_now(index).await
+    }
+
+    async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
         let mut request = self.handle.address().get();
         // The kernel dumps only the requested family.
         request.message_mut().header.family = AddressFamily::Inet;
@@ -487,6 +586,33 @@ impl Netlink {
 
     /// IPv4 unicast routes, of one table or (with `None`) of every table.
     pub async fn ipv4_routes(&self, table: Option<u32>) -> Result<Vec<Route4>> {
+        if self.lock_snapshot().is_some() {
+            let cached = self.lock_snapshot().as_ref().and_then(|s| s.routes.clone());
+            let all = match cached {
+                Some(all) => all,
+                None => {
+                    let all = self.dump_ipv4_routes().await?;
+                    if let Some(snapshot) = self.lock_snapshot().as_mut() {
+                        snapshot.routes = Some(all.clone());
+                    }
+                    all
+                }
+            };
+            return Ok(all
+                .into_iter()
+                .filter(|r| table.is_none_or(|t| r.table == t))
+                .collect());
+        }
+        Ok(self
+            .dump_ipv4_routes()
+            .await?
+            .into_iter()
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+
+    /// Every IPv4 unicast route of every table.
+    async fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
         let mut filter = RouteMessage::default();
         filter.header.address_family = AddressFamily::Inet;
         let messages: Vec<RouteMessage> = self
@@ -497,12 +623,7 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| netlink_error("list routes", e))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(parse_route)
-            // The dump is not filtered by the kernel without strict checking.
-            .filter(|r| table.is_none_or(|t| r.table == t))
-            .collect())
+        Ok(messages.into_iter().filter_map(parse_route).collect())
     }
 
     /// The device of the IPv4 default route of the main table (lowest metric), if any.
