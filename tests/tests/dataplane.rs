@@ -191,17 +191,20 @@ async fn deleting_the_network_leaves_nothing_of_ours() -> Result<()> {
         })
         .await?;
 
-    let links = host.netns.ip(&["-o", "link", "show"])?;
-    let names: Vec<&str> = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim())
-        .collect();
-    let names: Vec<&str> = names
-        .iter()
-        .map(|n| n.split('@').next().unwrap_or(n))
-        .collect();
-    assert_eq!(names, vec!["lo", "eth0"], "{links}");
+    // The containers' namespaces go asynchronously in the kernel, and their
+    // veths (the harness's, not ours) with them: wait for that, then only
+    // lo and the underlay may be left.
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        let links = host.netns.ip(&["-o", "link", "show"])?;
+        let names: Vec<&str> = links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim())
+            .map(|n| n.split('@').next().unwrap_or(n))
+            .collect();
+        anyhow::ensure!(names == ["lo", "eth0"], "{links}");
+        Ok(())
+    })?;
     let routes = host
         .netns
         .ip(&["route", "show", "table", "all", "proto", "250"])?;
