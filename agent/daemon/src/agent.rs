@@ -417,6 +417,10 @@ impl Agent {
             let detected = !drifts.is_empty();
             let found = drifts.len();
             crate::metrics::get().reconcile_drifts_found(found);
+            // A pass that could not look (a failed observation, a lost
+            // underlay) leaves what was reported as it is: unseen is not
+            // repaired.
+            let looked = observed.is_ok() && !lost;
             let (known, was_reported) = {
                 let mut reported = self
                     .reported_drifts
@@ -425,14 +429,16 @@ impl Agent {
                 let known = reported.get(id) == Some(&drifts);
                 let was_reported = if detected {
                     reported.insert(id.clone(), drifts.clone()).is_some()
-                } else {
+                } else if looked {
                     reported.remove(id).is_some()
+                } else {
+                    false
                 };
                 (known, was_reported)
             };
-            // A drift reported earlier and gone now (repaired by someone
-            // else, or by an apply of an earlier pass that could not confirm
-            // it) is closed for watchers too.
+            // A drift reported earlier and now observed gone (repaired by
+            // someone else, or by an apply of an earlier pass that could not
+            // confirm it) is closed for watchers too.
             if !detected && was_reported {
                 self.store
                     .note(Event::new(EventKind::DriftRepaired, &record));

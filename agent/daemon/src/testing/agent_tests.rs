@@ -292,6 +292,14 @@ async fn reconcile_reports_drift_and_repairs_it_through_the_data_plane() {
     let kinds = events(&on, "fan").await;
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert_eq!(kinds[3], EventKind::DriftDetected);
+    // A pass that cannot look (the observation fails) closes nothing.
+    on.dataplane.fail_next(
+        Op::Observe,
+        "fan",
+        DataplaneError::other("dump links", "ENOBUFS"),
+    );
+    on.agent.reconcile_all().await.unwrap();
+    assert_eq!(events(&on, "fan").await, kinds);
     // Gone by itself (not by a pass's apply): the next pass closes it for
     // watchers with one DriftRepaired, and later passes report nothing.
     on.dataplane.clear_pinned_drifts("fan");
