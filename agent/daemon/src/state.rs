@@ -1107,20 +1107,15 @@ impl Store {
                 return Ok(record);
             };
             state.allocator.release_address(address);
-            let removed = state.allocations.remove(&address);
-            if let Some(removed) = &removed {
-                mutations.push(Mutation::Event(Box::new(Event::allocation(
-                    EventKind::AllocationReleased,
-                    &state.record,
-                    removed,
-                ))));
-            }
-            let record = removed.or(record);
-            mutations.push(Mutation::DeleteAllocation {
-                network: network.clone(),
+            let removed = remove_allocation(
+                state,
+                &network,
                 address,
-                previous: record.clone(),
-            });
+                EventKind::AllocationReleased,
+                None,
+                mutations,
+            );
+            let record = removed.or(record);
             // Releasing can move the next-fit cursor (so the freed address goes last in line).
             push_cursor(state, &network, mutations);
             Ok(record)
