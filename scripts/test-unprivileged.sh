@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
-crates=(-p fan-agent -p fan-client -p fan-cli -p fan-core -p fan-dataplane)
+# The crates whose tests must run without root, by manifest folder.
+crates="agent/daemon client/sdk client/cli proto/core agent/dataplane"
 [ "$(id -u)" = 0 ] || { echo "test-unprivileged: run as root (it switches to nobody)" >&2; exit 2; }
 
 scratch="$(mktemp -d /tmp/fan-unpriv.XXXX)"
@@ -25,12 +26,16 @@ if ! runuser -u nobody -- test -x "$client"; then
     echo "test-unprivileged: gave others search (x) permission on the directories above $client"
 fi
 
-mapfile -t bins < <("$CARGO" test "${crates[@]}" --features fan-client/tls --no-run \
+# The same build as `make test`'s (whole workspace, same features), so the
+# test binaries it made are reused, not rebuilt with other feature sets.
+mapfile -t bins < <("$CARGO" test --workspace --features fan-client/tls --no-run \
     --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+    CRATES="$crates" ROOT="$PWD" python3 -c 'import json, os, sys
+dirs = {os.path.join(os.environ["ROOT"], c, "Cargo.toml") for c in os.environ["CRATES"].split()}
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and m["profile"]["test"] and m.get("manifest_path") in dirs):
         print(m["executable"])')
 [ "${#bins[@]}" -gt 0 ] || { echo "test-unprivileged: no test binaries" >&2; exit 1; }
 
