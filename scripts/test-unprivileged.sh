@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the unit and API tests of the agent, the SDK, the CLI and fan-core as
-# the unprivileged user `nobody`: they use the agent on its in-memory data plane
-# (fan_agent::testing), so none of them may need root. Test binaries are copied
-# to a scratch directory nobody can read, so the checkout's permissions do not
-# matter. Fails if any binary fails or none ran.
+# Runs the unit and API tests of the agent, the SDK, the CLI, the data plane
+# and fan-core as the unprivileged user `nobody`: they use the agent on its
+# in-memory data plane (fan_agent::testing), so none of them may need root.
+# Test binaries are copied to a scratch directory the user nobody can read, so
+# the checkout's permissions do not matter. Fails if any binary fails or none ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
