@@ -12,10 +12,14 @@
 //! The eBPF backend makes both checks in its programs (and counts them in its
 //! map), so its table holds only the masquerade rule.
 //!
-//! We drive the `nft` binary (through tokio::process) instead of speaking
-//! nf_tables netlink ourselves: there is no maintained pure-Rust nf_tables
-//! netlink crate compatible with our pinned dependencies, and `nft -f -`
-//! gives us atomic transactions and a stable JSON listing for free.
+//! Writes speak nf_tables netlink directly: one batch
+//! ([`crate::netlink::nftables::Batch`]) per change, sent as one atomic
+//! transaction ([`crate::netlink::nft_transaction`]), encoded as nft 1.0.6
+//! encodes the same rules so `nft list` shows them as its own. The `nft`
+//! binary (1.0.6) reads the whole ruleset, one dump per table, before it
+//! adds anything, so a create through it cost more with every network on
+//! the host; writes do not need it at all. It stays for listings only
+//! ([`Nft::list_table`]: drift summaries and counters, from its stable JSON).
 //!
 //! One table per network, `table ip fan_<id>`, owned entirely by the agent:
 //! applying replaces the whole table in one transaction
@@ -29,10 +33,10 @@ use std::sync::{Arc, Mutex};
 
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tracing::debug;
 
+use crate::netlink::nftables::{BaseChain, Batch, CmpOp, Expr, Hook, IpField};
 use crate::{BackendKind, Counters, DataplaneError, NetworkPlan, Result};
 
 /// The name of a network's table: `fan_<network_id>` with '-' replaced by '_'.
@@ -55,7 +59,7 @@ const _: () = assert!(4 + fan_core::names::MAX_NETWORK_ID_LEN <= MAX_TABLE_NAME_
 
 fn check_table_name(name: &str) -> Result<()> {
     // nft identifiers: a letter or '_' then letters, digits, '_'. Anything
-    // else would need quoting and could inject into the script.
+    // else would need quoting on the `nft list table` command line.
     let mut chars = name.chars();
     let ok = chars
         .next()
@@ -125,9 +129,9 @@ pub fn bogus_outer_source_rule(plan: &NetworkPlan) -> Option<String> {
     })
 }
 
-/// Interface names go into the script quoted: the one device-name rule
-/// (fan-core: letters, digits, '_', '.', '-') leaves nothing that could close
-/// the quote.
+/// Interface names are compared as IFNAMSIZ (16) NUL-padded bytes: the one
+/// device-name rule (fan-core: at most 15 bytes of letters, digits, '_',
+/// '.', '-') keeps them within it and listable by nft.
 fn check_interface_name(name: &str) -> Result<()> {
     fan_core::names::validate_device_name(name).map_err(|e| {
         DataplaneError::other(
@@ -137,65 +141,81 @@ fn check_interface_name(name: &str) -> Result<()> {
     })
 }
 
-/// The `nft -f -` script that (re)creates the network's table atomically.
-pub fn apply_script(plan: &NetworkPlan) -> Result<String> {
+/// The transaction that (re)creates the network's table atomically.
+pub fn apply_batch(plan: &NetworkPlan) -> Result<Batch> {
     let table = table_name(&plan.network_id);
     check_table_name(&table)?;
     // "add" before "delete" makes the delete succeed when the table is absent.
-    let mut script = format!(
-        "add table ip {table}\n\
-         delete table ip {table}\n\
-         add table ip {table}\n"
-    );
-    script.push_str(&table_body(plan, &table)?);
-    Ok(script)
+    let mut batch = Batch::new();
+    batch.new_table(&table, false);
+    batch.delete_table(&table);
+    batch.new_table(&table, false);
+    table_body(plan, &table, &mut batch)?;
+    Ok(batch)
 }
 
-/// The `nft -f -` script that creates the network's table when the kernel
-/// has none: `create` fails (and with it the whole transaction) if the table
-/// exists. Without the replace script's delete it costs a quarter as much
-/// (measured with nft 1.0.6: 4 ms against 17 on an empty ruleset, 31 against
-/// 47 beside 100 other tables).
-pub fn create_script(plan: &NetworkPlan) -> Result<String> {
+/// The transaction that creates the network's table when the kernel has
+/// none: the exclusive create fails (and with it the whole transaction,
+/// EEXIST) if the table exists. Without the replace's delete the kernel
+/// has less to do.
+pub fn create_batch(plan: &NetworkPlan) -> Result<Batch> {
     let table = table_name(&plan.network_id);
     check_table_name(&table)?;
-    let mut script = format!("create table ip {table}\n");
-    script.push_str(&table_body(plan, &table)?);
-    Ok(script)
+    let mut batch = Batch::new();
+    batch.new_table(&table, true);
+    table_body(plan, &table, &mut batch)?;
+    Ok(batch)
 }
 
-/// The chains and rules of the network's table, after the table itself.
-fn table_body(plan: &NetworkPlan, table: &str) -> Result<String> {
-    let mut script = String::new();
+/// The chains and rules of the network's table, after the table itself,
+/// as nft 1.0.6 would write [`expected_summary`]'s lines.
+fn table_body(plan: &NetworkPlan, table: &str, batch: &mut Batch) -> Result<()> {
+    let chain = |name: &str, kind: &str, hook, priority| BaseChain {
+        name: name.into(),
+        kind: kind.into(),
+        hook,
+        priority,
+    };
     if plan.masquerade {
-        script.push_str(&format!(
-            "add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-             add rule ip {table} postrouting {}\n",
-            masquerade_rule(plan.slice, plan.overlay)
-        ));
+        // masquerade_rule(): ip saddr SLICE ip daddr != OVERLAY masquerade
+        batch.new_chain(table, &chain("postrouting", "nat", Hook::Postrouting, 100));
+        let mut rule = Expr::prefix_match(IpField::Saddr, CmpOp::Eq, plan.slice);
+        rule.extend(Expr::prefix_match(IpField::Daddr, CmpOp::Neq, plan.overlay));
+        rule.push(Expr::Masquerade);
+        batch.new_rule(table, "postrouting", &rule);
     }
     if has_anti_spoofing(plan) {
         check_interface_name(&plan.bridge)?;
-        script.push_str(&format!(
-            "add chain ip {table} forward {{ type filter hook forward priority filter; policy accept; }}\n\
-             add rule ip {table} forward {}\n",
-            egress_spoof_rule(plan)
-        ));
-        if let Some(rule) = bogus_outer_source_rule(plan) {
-            script.push_str(&format!(
-                "add chain ip {table} prerouting {{ type filter hook prerouting priority filter; policy accept; }}\n\
-                 add rule ip {table} prerouting {rule}\n"
-            ));
+        // egress_spoof_rule(): iifname BRIDGE ip daddr OVERLAY ip saddr != SLICE counter drop
+        batch.new_chain(table, &chain("forward", "filter", Hook::Forward, 0));
+        let mut rule = Expr::iifname_match(&plan.bridge);
+        rule.extend(Expr::prefix_match(IpField::Daddr, CmpOp::Eq, plan.overlay));
+        rule.extend(Expr::prefix_match(IpField::Saddr, CmpOp::Neq, plan.slice));
+        rule.extend([Expr::Counter, Expr::Drop]);
+        batch.new_rule(table, "forward", &rule);
+        if bogus_outer_source_rule(plan).is_some() {
+            // ip protocol 4 ip saddr { NETWORK, BROADCAST } counter drop
+            batch.new_chain(table, &chain("prerouting", "filter", Hook::Prerouting, 0));
+            const SET_ID: u32 = 1;
+            let bogus = [plan.underlay.network(), plan.underlay.broadcast()];
+            batch.new_anonymous_addr_set(table, SET_ID, &bogus);
+            let mut rule = Expr::ip_protocol_match(4);
+            rule.extend(Expr::set_lookup(IpField::Saddr, SET_ID));
+            rule.extend([Expr::Counter, Expr::Drop]);
+            batch.new_rule(table, "prerouting", &rule);
         }
     }
-    Ok(script)
+    Ok(())
 }
 
-/// The `nft -f -` script that removes the table, present or not.
-pub fn delete_script(network_id: &str) -> Result<String> {
+/// The transaction that removes the table, present or not.
+pub fn delete_batch(network_id: &str) -> Result<Batch> {
     let table = table_name(network_id);
     check_table_name(&table)?;
-    Ok(format!("add table ip {table}\ndelete table ip {table}\n"))
+    let mut batch = Batch::new();
+    batch.new_table(&table, false);
+    batch.delete_table(&table);
+    Ok(batch)
 }
 
 /// What the table should look like, as [`summarize`] renders it (chains
@@ -360,14 +380,15 @@ fn render_expr(expr: &Value) -> String {
     expr.to_string()
 }
 
-/// Runs the `nft` binary.
+/// The agent's nftables tables: written by netlink transactions, listed
+/// by the `nft` binary.
 ///
 /// Listings are cached by the kernel's ruleset generation
 /// ([`crate::netlink::nft_generation`], one netlink round trip): while it
 /// has not moved, no table changed, so a reconcile pass over unchanged
 /// networks spawns no `nft` at all. The agent's own writes keep the rest
-/// of the cache: a script that moved the generation by exactly one changed
-/// only its table. Counters change without a new generation: callers that
+/// of the cache: a transaction that moved the generation by exactly one
+/// changed only its table. Counters change without a new generation: callers that
 /// need them list the table ([`Nft::list_table`]).
 #[derive(Debug, Clone)]
 pub struct Nft {
@@ -432,6 +453,13 @@ impl Default for Nft {
 /// The outcome of running nft: Err(None) when the binary is missing.
 type Output = std::result::Result<std::process::Output, Option<std::io::Error>>;
 
+/// Runs `batch` as one nf_tables transaction.
+fn transact(context: &str, batch: &Batch) -> Result<()> {
+    debug!(context, messages = batch.len(), "nf_tables transaction");
+    crate::netlink::nft_transaction(batch)
+        .map_err(|e| DataplaneError::other(context, format!("nf_tables transaction: {e}")))
+}
+
 impl Nft {
     /// Uses `nft` from PATH.
     pub fn new() -> Self {
@@ -441,7 +469,7 @@ impl Nft {
         }
     }
 
-    /// Uses the given nft binary.
+    /// Uses the given nft binary (for listings).
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Nft {
             program: program.into(),
@@ -449,28 +477,20 @@ impl Nft {
         }
     }
 
-    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    async fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
             // nft's error messages come from strerror: keep them parseable.
             .env("LC_ALL", "C")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+        let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
             Err(e) => return Err(Some(e)),
         };
-        if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(script.as_bytes()).await.map_err(Some)?;
-            // Dropping the pipe closes it: nft reads to EOF.
-        }
         child.wait_with_output().await.map_err(Some)
     }
 
@@ -486,37 +506,16 @@ impl Nft {
         }
     }
 
-    /// Runs `nft -f -` with `script` as one atomic transaction.
-    pub async fn run_script(&self, context: &str, script: &str) -> Result<()> {
-        debug!(script, "nft -f -");
-        let output = self
-            .run(&["-f", "-"], Some(script))
-            .await
-            .map_err(|e| self.spawn_error(context, e))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(DataplaneError::other(
-                context,
-                format!(
-                    "nft -f - failed ({}): {}",
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            ))
-        }
-    }
-
     /// `nft -j list table ip <name>`: `None` when the table does not exist.
     pub async fn list_table(&self, name: &str) -> Result<Option<Value>> {
         let context = format!("list nft table ip {name}");
         check_table_name(name)?;
-        let output = match self.run(&["-j", "list", "table", "ip", name], None).await {
-            Ok(o) => o,
-            // Without nft there can be no table of ours.
-            Err(None) => return Ok(None),
-            Err(e) => return Err(self.spawn_error(&context, e)),
-        };
+        // Without nft a table of ours can exist (writes need no binary)
+        // but cannot be read: an error, not "absent".
+        let output = self
+            .run(&["-j", "list", "table", "ip", name])
+            .await
+            .map_err(|e| self.spawn_error(&context, e))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             if stderr.contains("No such file or directory") {
@@ -573,19 +572,19 @@ impl Nft {
         cache.set(name, summary);
     }
 
-    /// Runs a script that changes only table `name`, and remembers the
-    /// table as `summary` when the ruleset moved by exactly that one
+    /// Runs a transaction that changes only table `name`, and remembers
+    /// the table as `summary` when the ruleset moved by exactly that one
     /// transaction (the generation counts commits): what was known of
     /// the other tables stays true.
-    async fn run_table_script(
+    fn run_table_batch(
         &self,
         context: &str,
-        script: &str,
+        batch: &Batch,
         name: &str,
         summary: Option<Vec<String>>,
     ) -> Result<()> {
         let before = generation();
-        let result = self.run_script(context, script).await;
+        let result = transact(context, batch);
         let after = generation();
         if let (Ok(()), Some(before), Some(after)) = (&result, before, after) {
             let mut cache = self.lock_cache();
@@ -619,13 +618,12 @@ impl Nft {
     pub async fn apply_table(&self, plan: &NetworkPlan) -> Result<()> {
         let context = format!("apply {}", table_object(&plan.network_id));
         let name = table_name(&plan.network_id);
-        self.run_table_script(
+        self.run_table_batch(
             &context,
-            &apply_script(plan)?,
+            &apply_batch(plan)?,
             &name,
             Some(expected_summary(plan)),
         )
-        .await
     }
 
     /// Like [`Nft::apply_table`], but leaves a table that already
@@ -652,29 +650,28 @@ impl Nft {
     async fn create_table(&self, plan: &NetworkPlan) -> Result<()> {
         let context = format!("create {}", table_object(&plan.network_id));
         let name = table_name(&plan.network_id);
-        let created = self
-            .run_table_script(
-                &context,
-                &create_script(plan)?,
-                &name,
-                Some(expected_summary(plan)),
-            )
-            .await;
+        let created = self.run_table_batch(
+            &context,
+            &create_batch(plan)?,
+            &name,
+            Some(expected_summary(plan)),
+        );
         match created {
             Ok(()) => Ok(()),
             Err(_) => self.apply_table(plan).await,
         }
     }
 
-    /// Removes the network's table; absent (or no nft binary) is success.
+    /// Removes the network's table; absent is success. Needs no `nft`
+    /// binary: presence comes from the cache or the kernel's table names.
     pub async fn delete_table(&self, network_id: &str) -> Result<()> {
         let name = table_name(network_id);
-        if self.table_summary(&name).await?.is_none() {
+        check_table_name(&name)?;
+        if let (_, Some(None)) = self.known(&name) {
             return Ok(());
         }
         let context = format!("delete {}", table_object(network_id));
-        self.run_table_script(&context, &delete_script(network_id)?, &name, None)
-            .await
+        self.run_table_batch(&context, &delete_batch(network_id)?, &name, None)
     }
 }
 
@@ -715,17 +712,31 @@ mod tests {
     }
 
     #[test]
-    fn a_new_table_is_created_with_the_replace_scripts_body() {
+    fn a_new_table_is_created_with_the_replace_batchs_body() {
         let plan = ipip_plan();
         let table = table_name(&plan.network_id);
-        let create = create_script(&plan).unwrap();
-        let replace = apply_script(&plan).unwrap();
-        let body = create
-            .strip_prefix(&format!("create table ip {table}\n"))
-            .expect("starts with create");
+        let create = create_batch(&plan).unwrap();
+        let replace = apply_batch(&plan).unwrap();
+        let mut body = Batch::new();
+        table_body(&plan, &table, &mut body).unwrap();
         assert!(!body.is_empty());
-        assert!(replace.ends_with(body), "{replace}");
-        assert!(!create.contains("delete"), "{create}");
+        // create: the exclusive table, then the body; replace: add, delete,
+        // add, then the same body.
+        let mut expected = Batch::new();
+        expected.new_table(&table, true);
+        table_body(&plan, &table, &mut expected).unwrap();
+        assert_eq!(create, expected);
+        let mut expected = Batch::new();
+        expected.new_table(&table, false);
+        expected.delete_table(&table);
+        expected.new_table(&table, false);
+        table_body(&plan, &table, &mut expected).unwrap();
+        assert_eq!(replace, expected);
+        assert_eq!(replace.len(), create.len() + 2);
+        let mut delete = Batch::new();
+        delete.new_table(&table, false);
+        delete.delete_table(&table);
+        assert_eq!(delete_batch(&plan.network_id).unwrap(), delete);
     }
 
     fn ipip_plan() -> NetworkPlan {
@@ -747,23 +758,36 @@ mod tests {
         }
     }
 
+    /// The number of messages of the plan's table body.
+    fn body_of(plan: &NetworkPlan) -> usize {
+        let mut body = Batch::new();
+        table_body(plan, "fan_x", &mut body).unwrap();
+        body.len()
+    }
+
     #[test]
     fn anti_spoofing_rules_only_where_no_program_checks() {
         let mut plan = ipip_plan();
         assert!(has_anti_spoofing(&plan) && needs_table(&plan));
-        let script = apply_script(&plan).unwrap();
-        assert!(script.contains(
-            "add rule ip fan_x forward iifname \"fan-x\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter drop"
-        ), "{script}");
-        assert!(script.contains(
-            "add rule ip fan_x prerouting ip protocol 4 ip saddr { 172.30.0.0, 172.30.255.255 } counter drop"
-        ), "{script}");
-        assert!(!script.contains("masquerade"), "{script}");
+        // forward chain + rule, prerouting chain + set + elements + rule.
+        assert_eq!(body_of(&plan), 6);
+        assert_eq!(
+            egress_spoof_rule(&plan),
+            "iifname \"fan-x\" ip daddr 250.0.0.0/8 ip saddr != 250.0.28.0/24 counter drop"
+        );
+        assert_eq!(
+            bogus_outer_source_rule(&plan).unwrap(),
+            "ip protocol 4 ip saddr { 172.30.0.0, 172.30.255.255 } counter drop"
+        );
+        plan.masquerade = true;
+        assert_eq!(body_of(&plan), 8);
+        plan.masquerade = false;
         plan.backend = BackendKind::KernelFan;
         assert!(has_anti_spoofing(&plan));
         // eBPF checks in its programs; anti-spoofing off checks nowhere.
         plan.backend = BackendKind::Ebpf;
         assert!(!needs_table(&plan));
+        assert_eq!(body_of(&plan), 0);
         plan.backend = BackendKind::Ipip;
         plan.anti_spoofing = false;
         assert!(!needs_table(&plan));
@@ -771,15 +795,18 @@ mod tests {
         let mut plan = ipip_plan();
         plan.underlay = "172.30.0.0/31".parse().unwrap();
         assert!(bogus_outer_source_rule(&plan).is_none());
-        // A bridge name that would break out of the quotes is refused.
+        assert_eq!(body_of(&plan), 2);
+        // A bridge name longer than IFNAMSIZ or with odd bytes is refused.
         let mut plan = ipip_plan();
         plan.bridge = "a\"b".into();
-        assert!(apply_script(&plan).is_err());
+        assert!(apply_batch(&plan).is_err());
+        plan.bridge = "a".repeat(16);
+        assert!(create_batch(&plan).is_err());
     }
 
     #[test]
     fn anti_spoofing_listing_matches_expected_and_yields_counters() {
-        // As nft 1.0.6 lists the table apply_script makes for ipip_plan().
+        // As nft 1.0.6 lists the table apply_batch makes for ipip_plan().
         let json: Value = serde_json::from_str(
             r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "ip", "name": "fan_x", "handle": 1}},

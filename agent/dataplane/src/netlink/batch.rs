@@ -516,3 +516,37 @@ pub(super) fn acks(data: &[u8]) -> Vec<(u32, i32)> {
     }
     out
 }
+
+/// Runs one nf_tables transaction on a fresh NETLINK_NETFILTER socket: the
+/// whole batch (begin, messages, end) in one `sendto`, then the acks, one
+/// per message. The kernel commits all or nothing; the first error (by
+/// sequence number: a commit failure comes on the batch begin's) is
+/// returned as its errno, e.g. EEXIST for a `create` of an existing table.
+pub fn nft_transaction(batch: &super::nftables::Batch) -> io::Result<()> {
+    // The socket's receive timeout (30 s) bounds a kernel that never answers.
+    let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+    let begin = 1u32;
+    let count = batch.len();
+    socket.send(&batch.encode(begin))?;
+    let mut errors = vec![None; count];
+    let mut waiting = count;
+    let mut buf = vec![0u8; 1 << 16];
+    while waiting > 0 {
+        let n = socket.recv(&mut buf)?;
+        for (seq, errno) in acks(&buf[..n]) {
+            if seq == begin && errno != 0 {
+                // The batch as a whole failed (commit or framing).
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            let i = seq.wrapping_sub(begin.wrapping_add(1)) as usize;
+            if let Some(slot @ None) = errors.get_mut(i) {
+                *slot = Some(errno);
+                waiting -= 1;
+            }
+        }
+    }
+    match errors.into_iter().flatten().find(|errno| *errno != 0) {
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Ok(()),
+    }
+}

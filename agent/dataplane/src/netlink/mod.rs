@@ -16,8 +16,10 @@
 //! all of the `unsafe`).
 
 mod batch;
+pub mod nftables;
 mod types;
 
+pub use batch::nft_transaction;
 pub use types::*;
 
 use std::collections::HashMap;
