@@ -873,8 +873,9 @@ fn teardown_reports_every_failure_and_still_removes_the_rest() {
     in_netns(|| async {
         make_underlay();
         let netlink = Netlink::new().unwrap();
-        // Build the network with the real nft, then tear it down with an nft
-        // that always fails, and a backend that fails too.
+        // Build the network, then tear it down with an nft binary that
+        // always fails (only listings use it: the table goes by netlink)
+        // and a backend that fails.
         HostSetup::new(netlink.clone())
             .apply(&plan())
             .await
@@ -890,18 +891,11 @@ fn teardown_reports_every_failure_and_still_removes_the_rest() {
             })],
         );
         let err = dp.remove(&plan()).await.unwrap_err();
-        let DataplaneError::Many(errors) = &err else {
-            panic!("expected Many, got {err:?}");
-        };
-        assert_eq!(errors.len(), 2, "{err}");
         assert!(err.to_string().contains("fake tunnel: refused"), "{err}");
-        assert!(
-            err.to_string().contains("nft table ip fan_fhb_test"),
-            "{err}"
-        );
-        // The bridge went anyway; the table is still there for the next try.
+        assert!(!err.to_string().contains("nft table"), "{err}");
+        // The bridge and the table went anyway.
         assert!(netlink.link_by_name(BRIDGE).await.unwrap().is_none());
-        assert!(nft_table(TABLE).is_some());
+        assert!(nft_table(TABLE).is_none());
         HostSetup::new(netlink).remove(&plan()).await.unwrap();
         assert!(nft_table(TABLE).is_none());
     });
