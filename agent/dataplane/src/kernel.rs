@@ -193,7 +193,7 @@ impl Dataplane for KernelDataplane {
             self.host.apply_devices(plan).await?;
         }
         // The nft table needs nothing the backend makes (and the reverse):
-        // the `nft` process runs while the backend loads its programs.
+        // both are applied side by side.
         let backend_apply = async {
             let _phase = crate::timing::phase("backend");
             backend.apply(plan).await

@@ -388,8 +388,12 @@ fn render_expr(expr: &Value) -> String {
 /// has not moved, no table changed, so a reconcile pass over unchanged
 /// networks spawns no `nft` at all. The agent's own writes keep the rest
 /// of the cache: a transaction that moved the generation by exactly one
-/// changed only its table. Counters change without a new generation: callers that
-/// need them list the table ([`Nft::list_table`]).
+/// changed only its table. Counters change without a new generation:
+/// callers that need them list the table ([`Nft::list_table`]).
+///
+/// The transactions are a few blocking netlink round trips (well under a
+/// millisecond), made on the calling thread: its network namespace is the
+/// one written, as for [`crate::netlink::Netlink`].
 #[derive(Debug, Clone)]
 pub struct Nft {
     program: PathBuf,

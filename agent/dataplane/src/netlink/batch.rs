@@ -527,6 +527,7 @@ pub fn nft_transaction(batch: &super::nftables::Batch) -> io::Result<()> {
     let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
     let begin = 1u32;
     let count = batch.len();
+    let end = begin.wrapping_add(count as u32 + 1);
     socket.send(&batch.encode(begin))?;
     let mut errors = vec![None; count];
     let mut waiting = count;
@@ -534,8 +535,9 @@ pub fn nft_transaction(batch: &super::nftables::Batch) -> io::Result<()> {
     while waiting > 0 {
         let n = socket.recv(&mut buf)?;
         for (seq, errno) in acks(&buf[..n]) {
-            if seq == begin && errno != 0 {
-                // The batch as a whole failed (commit or framing).
+            if (seq == begin || seq == end) && errno != 0 {
+                // The batch as a whole failed (commit or framing): no
+                // per-message acks are owed then.
                 return Err(io::Error::from_raw_os_error(errno));
             }
             let i = seq.wrapping_sub(begin.wrapping_add(1)) as usize;
