@@ -556,8 +556,11 @@ mod tests {
         out
     }
 
-    /// (type, flags, seq, nfgenmsg, attrs) of every message of a datagram.
-    fn messages(data: &[u8]) -> Vec<(u16, u16, u32, [u8; 4], &[u8])> {
+    /// One message of a datagram: type, flags, seq, nfgenmsg, attributes.
+    type Parsed<'a> = (u16, u16, u32, [u8; 4], &'a [u8]);
+
+    /// Every message of a datagram.
+    fn messages(data: &[u8]) -> Vec<Parsed<'_>> {
         let mut out = Vec::new();
         let mut offset = 0;
         while offset < data.len() {
