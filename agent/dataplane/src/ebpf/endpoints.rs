@@ -25,7 +25,6 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -52,48 +51,22 @@ struct PortInfo {
 }
 
 async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
-    let messages: Vec<_> = nl
-        .handle()
-        .link()
-        .get()
-        // Statistics are most of a link message and unused here.
-        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error("list links", e))?;
-    let mut out = HashMap::new();
-    for msg in messages {
-        let mut veth = false;
-        let mut other_netns = false;
-        let mut master = None;
-        let mut mac = None;
-        let mut name = String::new();
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::LinkInfo(infos) => {
-                    veth = infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth"));
-                }
-                LinkAttribute::LinkNetNsId(_) => other_netns = true,
-                LinkAttribute::Controller(m) if *m != 0 => master = Some(*m),
-                LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
-                _ => {}
-            }
-        }
-        out.insert(
-            msg.header.index,
-            PortInfo {
-                name,
-                veth_to_other_netns: veth && other_netns,
-                master,
-                mac,
-            },
-        );
-    }
-    Ok(out)
+    // From the link cache: no dump of every device per read.
+    Ok(nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|link| {
+            let port = PortInfo {
+                veth_to_other_netns: link.kind.as_deref() == Some("veth")
+                    && link.link_in_other_netns,
+                name: link.name,
+                master: link.master,
+                mac: link.mac,
+            };
+            (link.index, port)
+        })
+        .collect())
 }
 
 fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
