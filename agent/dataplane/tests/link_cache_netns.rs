@@ -117,3 +117,49 @@ fn lookups_follow_changes_made_by_others() {
         assert_eq!(fresh.links().await.unwrap(), followed);
     });
 }
+
+#[test]
+fn addresses_come_from_the_raw_dump() {
+    fan_testkit::in_fresh_netns("la", || async {
+        let nl = Netlink::new().expect("netlink");
+        sh(&[
+            "ip", "link", "add", "fla-a", "type", "veth", "peer", "name", "fla-b",
+        ]);
+        sh(&["ip", "addr", "add", "172.30.0.28/16", "dev", "fla-a"]);
+        sh(&["ip", "addr", "add", "10.9.0.1/24", "dev", "fla-a"]);
+        // Point-to-point: the device's own address (IFA_LOCAL), not the peer's.
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            "10.8.0.1",
+            "peer",
+            "10.8.0.2/32",
+            "dev",
+            "fla-b",
+        ]);
+        let a = link(&nl, "fla-a").await.unwrap();
+        let b = link(&nl, "fla-b").await.unwrap();
+        let mut of_a = nl.ipv4_addresses(a.index).await.unwrap();
+        of_a.sort();
+        assert_eq!(
+            of_a,
+            vec![
+                "10.9.0.1/24".parse().unwrap(),
+                "172.30.0.28/16".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            nl.ipv4_addresses(b.index).await.unwrap(),
+            vec!["10.8.0.1/32".parse().unwrap()]
+        );
+        let all = nl.all_ipv4_addresses().await.unwrap();
+        assert!(all
+            .iter()
+            .any(|x| x.interface == "fla-b" && x.address == "10.8.0.1/32".parse().unwrap()));
+        assert!(all
+            .iter()
+            .any(|x| x.loopback && x.address.ip().is_loopback()));
+        assert_eq!(all.len(), 4, "{all:?}");
+    });
+}

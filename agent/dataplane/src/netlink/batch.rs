@@ -451,6 +451,20 @@ impl BatchSocket {
             .collect())
     }
 
+    /// Dumps the IPv4 addresses of every device (RTM_GETADDR, NLM_F_DUMP):
+    /// (device index, address with its prefix length), parsed from the bytes.
+    pub(super) fn dump_ipv4_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Network)>> {
+        const RTM_GETADDR: u16 = 22;
+        // struct ifaddrmsg { family AF_INET, prefixlen, flags, scope, index }.
+        let mut ifaddrmsg = [0u8; 8];
+        ifaddrmsg[0] = libc::AF_INET as u8;
+        Ok(self
+            .dump(RTM_GETADDR, &ifaddrmsg)?
+            .iter()
+            .filter_map(|p| parse_address_bytes(p))
+            .collect())
+    }
+
     /// Dumps every link without statistics (RTM_GETLINK, NLM_F_DUMP,
     /// IFLA_EXT_MASK RTEXT_FILTER_SKIP_STATS): the payload of each answer.
     pub(super) fn dump_links(&mut self) -> io::Result<Vec<Vec<u8>>> {
@@ -591,6 +605,39 @@ fn messages_with_seq(data: &[u8]) -> Vec<(u16, u32, &[u8])> {
         offset += (len + 3) & !3;
     }
     out
+}
+
+/// (device index, address) from the payload of an RTM_NEWADDR: IFA_LOCAL
+/// (the device's own address) over IFA_ADDRESS (the peer, on
+/// point-to-point links).
+pub(super) fn parse_address_bytes(p: &[u8]) -> Option<(u32, Ipv4Network)> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    if p.len() < 8 || p[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let prefix = p[1];
+    let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
+    let (mut local, mut address) = (None, None);
+    let mut offset = 8;
+    while offset + 4 <= p.len() {
+        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > p.len() {
+            break;
+        }
+        let v = &p[offset + 4..offset + len];
+        if v.len() == 4 {
+            let ip = Ipv4Addr::new(v[0], v[1], v[2], v[3]);
+            match kind {
+                IFA_LOCAL => local = Some(ip),
+                IFA_ADDRESS => address = Some(ip),
+                _ => {}
+            }
+        }
+        offset += (len + 3) & !3;
+    }
+    Some((index, Ipv4Network::new(local.or(address)?, prefix).ok()?))
 }
 
 /// A route from the payload of an RTM_NEWROUTE (struct rtmsg and its

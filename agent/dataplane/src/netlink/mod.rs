@@ -26,9 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVeth};
 use tracing::debug;
 
@@ -67,6 +65,10 @@ pub struct Netlink {
     /// The namespace's links, dumped once and kept current by the kernel's
     /// notifications ([`link_cache`]): a lookup costs no dump.
     links: std::sync::Arc<std::sync::Mutex<link_cache::LinkCache>>,
+    /// A third socket for the short dumps (addresses, routes), read on the
+    /// caller's thread and parsed from the bytes: no hand-off, and never
+    /// queued behind a long route batch.
+    dumps: std::sync::Arc<std::sync::Mutex<batch::BatchSocket>>,
     /// While a read-only pass runs ([`Netlink::snapshot`]): the addresses
     /// and routes dumped once and shared by every lookup of the pass, so
     /// observing N networks costs a few dumps, not N of each.
@@ -105,8 +107,11 @@ impl Netlink {
             .map_err(|e| DataplaneError::other("open rtnetlink batch socket", e))?;
         let links = link_cache::LinkCache::open()
             .map_err(|e| DataplaneError::other("subscribe to link notifications", e))?;
+        let dumps = batch::BatchSocket::open()
+            .map_err(|e| DataplaneError::other("open rtnetlink dump socket", e))?;
         runtime.spawn(connection);
         Ok(Netlink {
+            dumps: std::sync::Arc::new(std::sync::Mutex::new(dumps)),
             handle,
             batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
             links: std::sync::Arc::new(std::sync::Mutex::new(links)),
@@ -402,23 +407,18 @@ impl Netlink {
 
     async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
         let _phase = crate::timing::phase("netlink.addresses");
-        let mut request = self.handle.address().get();
-        // The kernel dumps only the requested family.
-        request.message_mut().header.family = AddressFamily::Inet;
-        if let Some(index) = index {
-            request = request.set_link_index_filter(index);
-        }
-        let messages: Vec<AddressMessage> = request.execute().try_collect().await.map_err(|e| {
-            let context = match index {
-                Some(i) => format!("list addresses of link #{i}"),
-                None => "list addresses".to_string(),
-            };
-            netlink_error(context, e)
-        })?;
-        Ok(messages
-            .iter()
-            .filter_map(|m| parse_address(m).map(|a| (m.header.index, a)))
+        let all = self
+            .lock_dumps()
+            .dump_ipv4_addresses()
+            .map_err(|e| DataplaneError::other("list addresses", e))?;
+        Ok(all
+            .into_iter()
+            .filter(|(i, _)| index.is_none_or(|x| x == *i))
             .collect())
+    }
+
+    fn lock_dumps(&self) -> std::sync::MutexGuard<'_, batch::BatchSocket> {
+        self.dumps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The IPv4 addresses of device `index`.
@@ -567,7 +567,9 @@ impl Netlink {
     /// every attribute of every route).
     async fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
         let _phase = crate::timing::phase("netlink.routes");
-        self.ipv4_routes_bulk(None).await
+        self.lock_dumps()
+            .dump_ipv4_routes()
+            .map_err(|e| DataplaneError::other("list routes", e))
     }
 
     /// Every IPv4 unicast route, dumped and parsed by rtnetlink: what the
@@ -575,6 +577,7 @@ impl Netlink {
     #[cfg(test)]
     pub(crate) async fn ipv4_routes_by_rtnetlink(&self) -> Result<Vec<Route4>> {
         use netlink_packet_route::route::RouteMessage;
+        use netlink_packet_route::AddressFamily;
         let mut filter = RouteMessage::default();
         filter.header.address_family = AddressFamily::Inet;
         let messages: Vec<RouteMessage> = self

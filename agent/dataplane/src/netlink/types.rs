@@ -2,13 +2,11 @@
 //! route changes, with the parsers from rtnetlink's messages and the error
 //! mapping.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol, RouteType};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 
 use crate::{DataplaneError, Result};
@@ -231,28 +229,11 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
     link
 }
 
-pub(super) fn parse_address(msg: &AddressMessage) -> Option<Ipv4Network> {
-    if msg.header.family != AddressFamily::Inet {
-        return None;
-    }
-    // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
-    // peer on point-to-point links. Prefer LOCAL.
-    let mut local = None;
-    let mut address = None;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
-            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
-            _ => {}
-        }
-    }
-    Ipv4Network::new(local.or(address)?, msg.header.prefix_len).ok()
-}
-
 /// The rtnetlink-parsed reference for the raw parser (`batch`).
 #[cfg(test)]
 pub(super) fn parse_route(msg: RouteMessage) -> Option<Route4> {
     use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
+    use netlink_packet_route::AddressFamily;
     let header = &msg.header;
     if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
         return None;
