@@ -76,11 +76,18 @@ fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
     })
 }
 
-async fn neighbours(nl: &Netlink, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-    nl.handle()
-        .neighbours()
-        .get()
-        .set_address_family(family)
+/// The neighbour table of `family`; with `filter`, only the entries the
+/// kernel selects by that attribute (NDA_IFINDEX: one device's neighbours,
+/// NDA_MASTER: one bridge's FDB), so reading them does not grow with the
+/// other bridges of the host.
+async fn neighbours(
+    nl: &Netlink,
+    family: AddressFamily,
+    filter: Option<NeighbourAttribute>,
+) -> Result<Vec<NeighbourMessage>> {
+    let mut request = nl.handle().neighbours().get().set_address_family(family);
+    request.message_mut().attributes.extend(filter);
+    request
         .execute()
         .try_collect()
         .await
@@ -100,8 +107,42 @@ impl Snapshot {
     pub async fn take(nl: &Netlink) -> Result<Snapshot> {
         Ok(Snapshot {
             ports: ports(nl).await?,
-            fdb: neighbours(nl, AddressFamily::Bridge).await?,
-            inet: neighbours(nl, AddressFamily::Inet).await?,
+            fdb: neighbours(nl, AddressFamily::Bridge, None).await?,
+            inet: neighbours(nl, AddressFamily::Inet, None).await?,
+        })
+    }
+
+    /// Like [`Snapshot::take`], but the neighbour tables only of the plan's
+    /// bridge (filtered by the kernel): what one network's apply or
+    /// removal needs, at a cost that does not grow with the other networks.
+    pub async fn take_for(nl: &Netlink, plan: &NetworkPlan) -> Result<Snapshot> {
+        let ports = ports(nl).await?;
+        let bridge = ports
+            .iter()
+            .find(|(_, p)| p.name == plan.bridge)
+            .map(|(index, _)| *index);
+        let Some(bridge) = bridge else {
+            // No bridge, no endpoints: nothing to read.
+            return Ok(Snapshot {
+                ports,
+                fdb: Vec::new(),
+                inet: Vec::new(),
+            });
+        };
+        Ok(Snapshot {
+            fdb: neighbours(
+                nl,
+                AddressFamily::Bridge,
+                Some(NeighbourAttribute::Controller(bridge)),
+            )
+            .await?,
+            inet: neighbours(
+                nl,
+                AddressFamily::Inet,
+                Some(NeighbourAttribute::IfIndex(bridge)),
+            )
+            .await?,
+            ports,
         })
     }
 
@@ -202,10 +243,7 @@ impl Snapshot {
 /// The containers of the plan's slice that the fast path can reach, from
 /// the bridge's neighbour table and FDB.
 pub async fn discover(nl: &Netlink, plan: &NetworkPlan) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
-    if nl.link_by_name(&plan.bridge).await?.is_none() {
-        return Ok(BTreeMap::new());
-    }
-    Ok(Snapshot::take(nl).await?.endpoints(plan))
+    Ok(Snapshot::take_for(nl, plan).await?.endpoints(plan))
 }
 
 /// The map key of a container address (network byte order, as in the packet).

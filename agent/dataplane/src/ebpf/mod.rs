@@ -840,7 +840,7 @@ impl Encapsulation for EbpfBackend {
             ports: attached.fast.then_some(priority),
         };
         if attached.loaded || !self.is_synced(&follow) {
-            match endpoints::Snapshot::take(&nl).await {
+            match endpoints::Snapshot::take_for(&nl, plan).await {
                 Ok(snapshot) => {
                     if self.peer_fast_path {
                         let desired = snapshot.endpoints(plan);
@@ -964,7 +964,7 @@ impl Encapsulation for EbpfBackend {
 
         // The fast-path filter on the bridge and its ports (the host part
         // deletes the bridge, and its qdisc with it, after us).
-        if let Some(snapshot) = errors.record(endpoints::Snapshot::take(&nl).await) {
+        if let Some(snapshot) = errors.record(endpoints::Snapshot::take_for(&nl, plan).await) {
             errors.record(ports::detach(&nl, &snapshot.bridge_ports(plan), priority).await);
         }
         if let Some(Some(bridge)) = errors.record(nl.link_by_name(&plan.bridge).await) {
