@@ -527,6 +527,47 @@ fn apply_is_idempotent_and_survives_restart() {
     assert!(w.observe(0).drifts.is_empty());
 }
 
+/// The egress fast path runs on each container port too; a port filter
+/// removed behind the agent's back is reported as drift and put back.
+#[test]
+fn a_lost_port_filter_is_drift_and_repaired() {
+    let Some(mut w) = World::new(&SHAPE_16, true) else {
+        return;
+    };
+    let on_port = w.tc(0, "vc", "ingress");
+    if !on_port.contains("fan_fastpath") {
+        // A kernel without the egress fast path (it needs Linux 5.12).
+        eprintln!("skipped: no egress fast path on this kernel");
+        return;
+    }
+    assert!(w.observe(0).drifts.is_empty());
+    let prio = tc_priority(INDEX).unwrap().to_string();
+    sh(&[
+        "tc",
+        "-n",
+        &w.hosts[0].ns,
+        "filter",
+        "del",
+        "dev",
+        "vc",
+        "ingress",
+        "pref",
+        &prio,
+    ]);
+    let drifts = w.observe(0).drifts;
+    assert!(
+        drifts
+            .iter()
+            .any(|d| d.object == "tc filter fan_fastpath on vc ingress" && d.observed == "absent"),
+        "{drifts:?}"
+    );
+    w.apply(0);
+    assert!(w.tc(0, "vc", "ingress").contains("fan_fastpath"));
+    assert!(w.observe(0).drifts.is_empty());
+    let c2 = w.hosts[1].container_ip;
+    w.must_ping(0, c2);
+}
+
 impl World {
     fn counters_via_new_backend(&self, i: usize) -> Counters {
         let h = &self.hosts[i];

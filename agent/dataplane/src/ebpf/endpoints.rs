@@ -25,7 +25,7 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkInfo};
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -52,48 +52,22 @@ struct PortInfo {
 }
 
 async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
-    let messages: Vec<_> = nl
-        .handle()
-        .link()
-        .get()
-        // Statistics are most of a link message and unused here.
-        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error("list links", e))?;
-    let mut out = HashMap::new();
-    for msg in messages {
-        let mut veth = false;
-        let mut other_netns = false;
-        let mut master = None;
-        let mut mac = None;
-        let mut name = String::new();
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::LinkInfo(infos) => {
-                    veth = infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth"));
-                }
-                LinkAttribute::LinkNetNsId(_) => other_netns = true,
-                LinkAttribute::Controller(m) if *m != 0 => master = Some(*m),
-                LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
-                _ => {}
-            }
-        }
-        out.insert(
-            msg.header.index,
-            PortInfo {
-                name,
-                veth_to_other_netns: veth && other_netns,
-                master,
-                mac,
-            },
-        );
-    }
-    Ok(out)
+    // From the link cache: no dump of every device per read.
+    Ok(nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|link| {
+            let port = PortInfo {
+                veth_to_other_netns: link.kind.as_deref() == Some("veth")
+                    && link.link_in_other_netns,
+                name: link.name,
+                master: link.master,
+                mac: link.mac,
+            };
+            (link.index, port)
+        })
+        .collect())
 }
 
 fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
@@ -103,11 +77,18 @@ fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
     })
 }
 
-async fn neighbours(nl: &Netlink, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-    nl.handle()
-        .neighbours()
-        .get()
-        .set_address_family(family)
+/// The neighbour table of `family`; with `filter`, only the entries the
+/// kernel selects by that attribute (NDA_IFINDEX: one device's neighbours,
+/// NDA_MASTER: one bridge's FDB), so reading them does not grow with the
+/// other bridges of the host.
+async fn neighbours(
+    nl: &Netlink,
+    family: AddressFamily,
+    filter: Option<NeighbourAttribute>,
+) -> Result<Vec<NeighbourMessage>> {
+    let mut request = nl.handle().neighbours().get().set_address_family(family);
+    request.message_mut().attributes.extend(filter);
+    request
         .execute()
         .try_collect()
         .await
@@ -127,8 +108,42 @@ impl Snapshot {
     pub async fn take(nl: &Netlink) -> Result<Snapshot> {
         Ok(Snapshot {
             ports: ports(nl).await?,
-            fdb: neighbours(nl, AddressFamily::Bridge).await?,
-            inet: neighbours(nl, AddressFamily::Inet).await?,
+            fdb: neighbours(nl, AddressFamily::Bridge, None).await?,
+            inet: neighbours(nl, AddressFamily::Inet, None).await?,
+        })
+    }
+
+    /// Like [`Snapshot::take`], but the neighbour tables only of the plan's
+    /// bridge (filtered by the kernel): what one network's apply or
+    /// removal needs, at a cost that does not grow with the other networks.
+    pub async fn take_for(nl: &Netlink, plan: &NetworkPlan) -> Result<Snapshot> {
+        let ports = ports(nl).await?;
+        let bridge = ports
+            .iter()
+            .find(|(_, p)| p.name == plan.bridge)
+            .map(|(index, _)| *index);
+        let Some(bridge) = bridge else {
+            // No bridge, no endpoints: nothing to read.
+            return Ok(Snapshot {
+                ports,
+                fdb: Vec::new(),
+                inet: Vec::new(),
+            });
+        };
+        Ok(Snapshot {
+            fdb: neighbours(
+                nl,
+                AddressFamily::Bridge,
+                Some(NeighbourAttribute::Controller(bridge)),
+            )
+            .await?,
+            inet: neighbours(
+                nl,
+                AddressFamily::Inet,
+                Some(NeighbourAttribute::IfIndex(bridge)),
+            )
+            .await?,
+            ports,
         })
     }
 
@@ -229,10 +244,7 @@ impl Snapshot {
 /// The containers of the plan's slice that the fast path can reach, from
 /// the bridge's neighbour table and FDB.
 pub async fn discover(nl: &Netlink, plan: &NetworkPlan) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
-    if nl.link_by_name(&plan.bridge).await?.is_none() {
-        return Ok(BTreeMap::new());
-    }
-    Ok(Snapshot::take(nl).await?.endpoints(plan))
+    Ok(Snapshot::take_for(nl, plan).await?.endpoints(plan))
 }
 
 /// The map key of a container address (network byte order, as in the packet).
@@ -299,19 +311,45 @@ fn sync_one(snapshot: &Snapshot, plan: &NetworkPlan, pin_dir: &Path) -> Result<u
 
 /// IPv4 neighbour events of devices other than our bridges are noise (busy
 /// hosts see many); FDB and link events may concern our ports.
+/// Whether an event can change what the refresher derives for `bridges`
+/// (the networks' bridges): a neighbour of one of them, an FDB entry or a
+/// port of one of them (the kernel names the bridge as the master in both),
+/// or the bridge itself. Devices, bridges and neighbours of other owners
+/// (and the other networks being created meanwhile) cost nothing; what an
+/// event cannot show (a port deleted outright) the periodic resync catches.
 fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridges: &[u32]) -> bool {
     match payload {
         NetlinkPayload::InnerMessage(
             RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
-        ) if n.header.family == AddressFamily::Inet => bridges.contains(&n.header.ifindex),
+        ) => match n.header.family {
+            AddressFamily::Inet => bridges.contains(&n.header.ifindex),
+            AddressFamily::Bridge => n
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::Controller(m) if bridges.contains(m))),
+            _ => false,
+        },
         NetlinkPayload::InnerMessage(
-            RouteNetlinkMessage::NewNeighbour(_)
-            | RouteNetlinkMessage::DelNeighbour(_)
-            | RouteNetlinkMessage::NewLink(_)
-            | RouteNetlinkMessage::DelLink(_),
-        ) => true,
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l),
+        ) => {
+            bridges.contains(&l.header.index)
+                || l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(m) if bridges.contains(m)))
+        }
         _ => false,
     }
+}
+
+/// The indexes of the registered networks' bridges (from the link cache).
+async fn bridges_of(nl: &Netlink, registry: &Registry) -> Vec<u32> {
+    let mut bridges = Vec::new();
+    for f in registered(registry) {
+        if let Ok(Some(link)) = nl.link_by_name(&f.plan.bridge).await {
+            bridges.push(link.index);
+        }
+    }
+    bridges
 }
 
 /// How the refresher follows one network.
@@ -351,13 +389,6 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
             .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
-            // The bridges whose IPv4 neighbour events matter, updated on every sync.
-            let mut bridges: Vec<u32> = Vec::new();
-            for f in registered(&registry) {
-                if let Ok(Some(link)) = nl.link_by_name(&f.plan.bridge).await {
-                    bridges.push(link.index);
-                }
-            }
             // Ports known to run the egress fast path, per network.
             let mut attached: HashMap<String, HashSet<Port>> = HashMap::new();
             loop {
@@ -367,7 +398,8 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
                             warn!("netlink event stream ended; endpoint sync stops");
                             return;
                         };
-                        if !relevant(&event.payload, &bridges) {
+                        // Read afresh: a network registered a moment ago counts.
+                        if !relevant(&event.payload, &bridges_of(&nl, &registry).await) {
                             continue;
                         }
                         // Coalesce a burst (a container start is several events).
@@ -393,10 +425,6 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
                         continue;
                     }
                 };
-                bridges = networks
-                    .iter()
-                    .filter_map(|f| snapshot.index_of(&f.plan.bridge))
-                    .collect();
                 attached.retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
                 for f in &networks {
                     if f.endpoints {
@@ -427,4 +455,74 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
             _ = work => {}
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::link::LinkMessage;
+
+    use super::*;
+
+    fn link_event(
+        index: u32,
+        master: Option<u32>,
+        deleted: bool,
+    ) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes
+            .extend(master.map(LinkAttribute::Controller));
+        NetlinkPayload::InnerMessage(if deleted {
+            RouteNetlinkMessage::DelLink(link)
+        } else {
+            RouteNetlinkMessage::NewLink(link)
+        })
+    }
+
+    fn neighbour_event(
+        family: AddressFamily,
+        ifindex: u32,
+        master: Option<u32>,
+    ) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut neighbour = NeighbourMessage::default();
+        neighbour.header.family = family;
+        neighbour.header.ifindex = ifindex;
+        neighbour
+            .attributes
+            .extend(master.map(NeighbourAttribute::Controller));
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour))
+    }
+
+    #[test]
+    fn only_events_of_the_networks_bridges_wake_the_refresher() {
+        let bridges = [10, 20];
+        // The bridge itself, a port joining or leaving (it names its master).
+        assert!(relevant(&link_event(10, None, false), &bridges));
+        assert!(relevant(&link_event(31, Some(20), false), &bridges));
+        assert!(relevant(&link_event(31, Some(20), true), &bridges));
+        // Another network's new bridge, a device of someone else's bridge.
+        assert!(!relevant(&link_event(40, None, false), &bridges));
+        assert!(!relevant(&link_event(31, Some(99), false), &bridges));
+        // IPv4 neighbours of our bridge only; FDB entries of our bridge only.
+        assert!(relevant(
+            &neighbour_event(AddressFamily::Inet, 10, None),
+            &bridges
+        ));
+        assert!(!relevant(
+            &neighbour_event(AddressFamily::Inet, 11, None),
+            &bridges
+        ));
+        assert!(relevant(
+            &neighbour_event(AddressFamily::Bridge, 31, Some(20)),
+            &bridges
+        ));
+        assert!(!relevant(
+            &neighbour_event(AddressFamily::Bridge, 31, Some(99)),
+            &bridges
+        ));
+        assert!(!relevant(
+            &neighbour_event(AddressFamily::Inet6, 10, None),
+            &bridges
+        ));
+    }
 }

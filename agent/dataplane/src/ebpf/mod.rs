@@ -318,8 +318,6 @@ struct HookSite<'a> {
 
 /// What [`EbpfBackend::load_and_attach`] did.
 struct Attached {
-    /// The object was loaded (false: every filter was kept as it was).
-    loaded: bool,
     /// The fast-path filter runs on the bridge.
     fast: bool,
 }
@@ -454,21 +452,6 @@ impl EbpfBackend {
         self.refresher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when the running refresher follows this network as `want` says.
-    fn is_synced(&self, want: &endpoints::Followed) -> bool {
-        let followed = self
-            .synced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&want.plan.network_id)
-            .is_some_and(|f| f == want);
-        followed
-            && self
-                .lock_refresher()
-                .as_ref()
-                .is_some_and(|t| !t.is_finished())
-    }
-
     fn ensure_refresher(&self, want: endpoints::Followed) -> Result<()> {
         self.synced
             .lock()
@@ -536,7 +519,6 @@ impl EbpfBackend {
             set_config(&mut array, config, &plan.network_id)?;
             debug!(network = %plan.network_id, "programs unchanged, kept");
             return Ok(Attached {
-                loaded: false,
                 fast: fast.is_some(),
             });
         }
@@ -615,7 +597,6 @@ impl EbpfBackend {
         }
         // Dropping `ebpf` closes our fds: filters hold the programs, pins the maps.
         Ok(Attached {
-            loaded: true,
             fast: fast.is_some(),
         })
     }
@@ -830,17 +811,17 @@ impl Encapsulation for EbpfBackend {
         drop(route_phase);
         let _endpoints_phase = crate::timing::phase("ebpf.endpoints");
 
-        // A network the refresher already follows (a reconcile pass) is
-        // left to it: a sync here would read every link and neighbour of the
-        // host once per network and pass.
+        // Endpoints and ports are synced on every apply (a create, or a
+        // reconcile pass that found drift): reading this bridge's tables
+        // costs what its containers cost, whatever else the host runs.
         let follow = endpoints::Followed {
             plan: plan.clone(),
             pin_dir: pin_dir.clone(),
             endpoints: self.peer_fast_path,
             ports: attached.fast.then_some(priority),
         };
-        if attached.loaded || !self.is_synced(&follow) {
-            match endpoints::Snapshot::take(&nl).await {
+        {
+            match endpoints::Snapshot::take_for(&nl, plan).await {
                 Ok(snapshot) => {
                     if self.peer_fast_path {
                         let desired = snapshot.endpoints(plan);
@@ -964,7 +945,7 @@ impl Encapsulation for EbpfBackend {
 
         // The fast-path filter on the bridge and its ports (the host part
         // deletes the bridge, and its qdisc with it, after us).
-        if let Some(snapshot) = errors.record(endpoints::Snapshot::take(&nl).await) {
+        if let Some(snapshot) = errors.record(endpoints::Snapshot::take_for(&nl, plan).await) {
             errors.record(ports::detach(&nl, &snapshot.bridge_ports(plan), priority).await);
         }
         if let Some(Some(bridge)) = errors.record(nl.link_by_name(&plan.bridge).await) {

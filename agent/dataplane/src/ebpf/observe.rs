@@ -208,10 +208,20 @@ impl EbpfBackend {
                 "absent",
             ),
         }
-        // The bridge itself is the host part's to report when absent.
+        // The bridge itself is the host part's to report when absent; its
+        // container ports (veths to another namespace, as learned from the
+        // link cache) each run the fast path too.
         if self.egress_fast_path_active() {
             if let Some(b) = nl.link_by_name(&plan.bridge).await? {
                 sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
+                for port in nl.links().await? {
+                    let container_port = port.master == Some(b.index)
+                        && port.kind.as_deref() == Some("veth")
+                        && port.link_in_other_netns;
+                    if container_port {
+                        sites.push((FASTPATH_PROGRAM, port.name, port.index, Hook::Ingress));
+                    }
+                }
             }
         }
         let pinned = pinned_map_ids(pin_dir);

@@ -220,7 +220,7 @@ fn route_batches_on_a_veth() {
         let start = Instant::now();
         let mut bulk = nl.ipv4_routes_bulk(None).await.unwrap();
         let bulk_time = start.elapsed();
-        let mut plain = nl.ipv4_routes(None).await.unwrap();
+        let mut plain = nl.ipv4_routes_by_rtnetlink().await.unwrap();
         let order = |r: &Route4| (u32::from(r.destination.network()), r.destination.prefix(), r.table, r.metric, r.oif);
         bulk.sort_by_key(order);
         plain.sort_by_key(order);

@@ -21,6 +21,7 @@ const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// How long to wait for acknowledgements the kernel owes us.
 const ACK_TIMEOUT_SECS: libc::time_t = 30;
 
@@ -383,25 +384,23 @@ pub(super) fn parse_generation(data: &[u8], kind: u16, attr: u16) -> io::Result<
 }
 
 impl BatchSocket {
-    /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
-    /// and parses them straight from the bytes.
-    pub(super) fn dump_ipv4_routes(&mut self) -> io::Result<Vec<Route4>> {
-        const RTM_GETROUTE: u16 = 26;
+    /// Sends one dump request (`kind`, NLM_F_DUMP, then `body`: the family
+    /// header and any filter attributes) and returns the payload (after the
+    /// netlink header) of every answer, in order.
+    pub(super) fn dump(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         const NLMSG_DONE: u16 = 3;
         const NLM_F_DUMP: u16 = 0x300;
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        // nlmsghdr + struct rtmsg { family AF_INET, rest 0 }.
-        let mut request = Vec::with_capacity(NLMSG_HDRLEN + 12);
-        request.extend_from_slice(&((NLMSG_HDRLEN + 12) as u32).to_ne_bytes());
-        request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        let mut request = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+        request.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        request.extend_from_slice(&kind.to_ne_bytes());
         request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         request.extend_from_slice(&seq.to_ne_bytes());
         request.extend_from_slice(&0u32.to_ne_bytes());
-        request.push(libc::AF_INET as u8);
-        request.extend_from_slice(&[0; 11]);
+        request.extend_from_slice(body);
         self.send(&request)?;
-        let mut routes = Vec::new();
+        let mut answers = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = self.recv(&mut buf)?;
@@ -419,7 +418,7 @@ impl BatchSocket {
                 }
                 if msg_seq == seq {
                     match kind {
-                        NLMSG_DONE => return Ok(routes),
+                        NLMSG_DONE => return Ok(answers),
                         NLMSG_ERROR => {
                             let p = &h[NLMSG_HDRLEN..len];
                             let error = p
@@ -430,13 +429,215 @@ impl BatchSocket {
                                 return Err(io::Error::from_raw_os_error(error.saturating_abs()));
                             }
                         }
-                        _ => routes.extend(parse_route_bytes(&h[NLMSG_HDRLEN..len])),
+                        _ => answers.push(h[NLMSG_HDRLEN..len].to_vec()),
                     }
                 }
                 offset += (len + 3) & !3;
             }
         }
     }
+
+    /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
+    /// and parses them straight from the bytes.
+    pub(super) fn dump_ipv4_routes(&mut self) -> io::Result<Vec<Route4>> {
+        const RTM_GETROUTE: u16 = 26;
+        // struct rtmsg { family AF_INET, rest 0 }.
+        let mut rtmsg = [0u8; 12];
+        rtmsg[0] = libc::AF_INET as u8;
+        Ok(self
+            .dump(RTM_GETROUTE, &rtmsg)?
+            .iter()
+            .filter_map(|p| parse_route_bytes(p))
+            .collect())
+    }
+
+    /// Dumps the IPv4 addresses of every device (RTM_GETADDR, NLM_F_DUMP):
+    /// (device index, address with its prefix length), parsed from the bytes.
+    pub(super) fn dump_ipv4_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Network)>> {
+        const RTM_GETADDR: u16 = 22;
+        // struct ifaddrmsg { family AF_INET, prefixlen, flags, scope, index }.
+        let mut ifaddrmsg = [0u8; 8];
+        ifaddrmsg[0] = libc::AF_INET as u8;
+        Ok(self
+            .dump(RTM_GETADDR, &ifaddrmsg)?
+            .iter()
+            .filter_map(|p| parse_address_bytes(p))
+            .collect())
+    }
+
+    /// Dumps every link without statistics (RTM_GETLINK, NLM_F_DUMP,
+    /// IFLA_EXT_MASK RTEXT_FILTER_SKIP_STATS): the payload of each answer.
+    pub(super) fn dump_links(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        self.dump(RTM_GETLINK, &link_request(0))
+    }
+
+    /// The RTM_NEWLINK payload of link `index` (no statistics), `None`
+    /// when there is no such link.
+    pub(super) fn get_link(&mut self, index: u32) -> io::Result<Option<Vec<u8>>> {
+        const RTM_NEWLINK: u16 = 16;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let body = link_request(index);
+        let mut request = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+        request.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        request.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+        request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        request.extend_from_slice(&seq.to_ne_bytes());
+        request.extend_from_slice(&0u32.to_ne_bytes());
+        request.extend_from_slice(&body);
+        self.send(&request)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.recv(&mut buf)?;
+            for (kind, msg_seq, payload) in messages_with_seq(&buf[..n]) {
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    RTM_NEWLINK => return Ok(Some(payload.to_vec())),
+                    NLMSG_ERROR => {
+                        let error = payload
+                            .get(0..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(-libc::EIO);
+                        return match error.saturating_abs() {
+                            libc::ENODEV => Ok(None),
+                            errno => Err(io::Error::from_raw_os_error(errno.max(1))),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+const RTM_GETLINK: u16 = 18;
+
+/// struct ifinfomsg (family AF_UNSPEC, `index`; 0 for a dump) and
+/// IFLA_EXT_MASK RTEXT_FILTER_SKIP_STATS: statistics are most of a link
+/// message and nobody here reads them.
+fn link_request(index: u32) -> Vec<u8> {
+    const IFLA_EXT_MASK: u16 = 29;
+    const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+    let mut body = vec![0u8; 16];
+    body[4..8].copy_from_slice(&index.to_ne_bytes());
+    body.extend_from_slice(&8u16.to_ne_bytes());
+    body.extend_from_slice(&IFLA_EXT_MASK.to_ne_bytes());
+    body.extend_from_slice(&RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
+    body
+}
+
+/// A NETLINK_ROUTE socket subscribed to multicast groups, read without
+/// blocking: the kernel queues a notification on it while it handles the
+/// change, before the changer gets its answer, so draining it shows every
+/// change made before the drain.
+#[derive(Debug)]
+pub(super) struct EventSocket {
+    socket: BatchSocket,
+}
+
+impl EventSocket {
+    /// Subscribes to the `groups` bitmask (RTMGRP_*).
+    pub(super) fn open(groups: u32) -> io::Result<Self> {
+        let socket = BatchSocket::open_protocol(libc::NETLINK_ROUTE)?;
+        // NETLINK_ADD_MEMBERSHIP per group: the socket is already bound.
+        for group in (0..32).filter(|g| groups & (1 << g) != 0) {
+            set_int(
+                &socket.fd,
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                group as libc::c_int + 1,
+            )?;
+        }
+        Ok(EventSocket { socket })
+    }
+
+    /// The next queued datagram, `None` when there is none. ENOBUFS means
+    /// notifications were lost (the queue overflowed).
+    pub(super) fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: buf is valid for its length.
+            let rc = unsafe {
+                libc::recv(
+                    self.socket.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc >= 0 {
+                return Ok(Some(rc as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+/// (message type, payload) of every message of a datagram.
+pub(super) fn messages(data: &[u8]) -> Vec<(u16, &[u8])> {
+    messages_with_seq(data)
+        .into_iter()
+        .map(|(kind, _, payload)| (kind, payload))
+        .collect()
+}
+
+/// (message type, sequence number, payload) of every message of a datagram.
+fn messages_with_seq(data: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + NLMSG_HDRLEN <= data.len() {
+        let h = &data[offset..];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < NLMSG_HDRLEN || offset + len > data.len() {
+            break;
+        }
+        out.push((
+            u16::from_ne_bytes([h[4], h[5]]),
+            u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+            &h[NLMSG_HDRLEN..len],
+        ));
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+/// (device index, address) from the payload of an RTM_NEWADDR: IFA_LOCAL
+/// (the device's own address) over IFA_ADDRESS (the peer, on
+/// point-to-point links).
+pub(super) fn parse_address_bytes(p: &[u8]) -> Option<(u32, Ipv4Network)> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    if p.len() < 8 || p[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let prefix = p[1];
+    let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
+    let (mut local, mut address) = (None, None);
+    let mut offset = 8;
+    while offset + 4 <= p.len() {
+        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > p.len() {
+            break;
+        }
+        let v = &p[offset + 4..offset + len];
+        if v.len() == 4 {
+            let ip = Ipv4Addr::new(v[0], v[1], v[2], v[3]);
+            match kind {
+                IFA_LOCAL => local = Some(ip),
+                IFA_ADDRESS => address = Some(ip),
+                _ => {}
+            }
+        }
+        offset += (len + 3) & !3;
+    }
+    Some((index, Ipv4Network::new(local.or(address)?, prefix).ok()?))
 }
 
 /// A route from the payload of an RTM_NEWROUTE (struct rtmsg and its

@@ -16,6 +16,7 @@
 //! all of the `unsafe`).
 
 mod batch;
+mod link_cache;
 pub mod nftables;
 mod types;
 
@@ -27,10 +28,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage};
-use netlink_packet_route::route::RouteMessage;
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVeth};
 use tracing::debug;
 
@@ -66,16 +64,22 @@ pub struct Netlink {
     /// [`Netlink::change_routes`] (opened here, so it is in the namespace
     /// of the thread that called [`Netlink::new`]).
     batch: std::sync::Arc<std::sync::Mutex<batch::BatchSocket>>,
-    /// While a read-only pass runs ([`Netlink::snapshot`]): the links,
-    /// addresses and routes dumped once and shared by every lookup of the
-    /// pass, so observing N networks costs a few dumps, not N of each.
+    /// The namespace's links, dumped once and kept current by the kernel's
+    /// notifications ([`link_cache`]): a lookup costs no dump.
+    links: std::sync::Arc<std::sync::Mutex<link_cache::LinkCache>>,
+    /// A third socket for the short dumps (addresses, routes), read on the
+    /// caller's thread and parsed from the bytes: no hand-off, and never
+    /// queued behind a long route batch.
+    dumps: std::sync::Arc<std::sync::Mutex<batch::BatchSocket>>,
+    /// While a read-only pass runs ([`Netlink::snapshot`]): the addresses
+    /// and routes dumped once and shared by every lookup of the pass, so
+    /// observing N networks costs a few dumps, not N of each.
     snapshot: std::sync::Arc<std::sync::Mutex<Option<Snapshot>>>,
 }
 
 /// The dumps of one read-only pass, each taken at its first use.
 #[derive(Debug, Default)]
 struct Snapshot {
-    links: Option<Vec<Link>>,
     addresses: Option<Vec<(u32, Ipv4Network)>>,
     routes: Option<Vec<Route4>>,
 }
@@ -103,10 +107,16 @@ impl Netlink {
             .map_err(|e| DataplaneError::other("open rtnetlink socket", e))?;
         let batch = batch::BatchSocket::open()
             .map_err(|e| DataplaneError::other("open rtnetlink batch socket", e))?;
+        let links = link_cache::LinkCache::open()
+            .map_err(|e| DataplaneError::other("subscribe to link notifications", e))?;
+        let dumps = batch::BatchSocket::open()
+            .map_err(|e| DataplaneError::other("open rtnetlink dump socket", e))?;
         runtime.spawn(connection);
         Ok(Netlink {
+            dumps: std::sync::Arc::new(std::sync::Mutex::new(dumps)),
             handle,
             batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
+            links: std::sync::Arc::new(std::sync::Mutex::new(links)),
             snapshot: Default::default(),
         })
     }
@@ -127,19 +137,17 @@ impl Netlink {
         self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every link, from the snapshot when one is active.
-    async fn snapshot_links(&self) -> Result<Option<Vec<Link>>> {
-        if self.lock_snapshot().is_none() {
-            return Ok(None);
-        }
-        if let Some(links) = self.lock_snapshot().as_ref().and_then(|s| s.links.clone()) {
-            return Ok(Some(links));
-        }
-        let links = self.dump_links().await?;
-        if let Some(snapshot) = self.lock_snapshot().as_mut() {
-            snapshot.links = Some(links.clone());
-        }
-        Ok(Some(links))
+    /// Runs `f` on the current links (see [`link_cache`]).
+    fn with_links<T>(
+        &self,
+        f: impl FnOnce(&std::collections::BTreeMap<u32, Link>) -> T,
+    ) -> Result<T> {
+        let _phase = crate::timing::phase("netlink.links");
+        let mut cache = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let links = cache
+            .links()
+            .map_err(|e| DataplaneError::other("list links", e))?;
+        Ok(f(links))
     }
 
     /// The raw rtnetlink handle, for requests these helpers do not cover (tc, neighbours).
@@ -151,82 +159,29 @@ impl Netlink {
 
     /// The device named `name`, or `None` when there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let context = format!("get link {name}");
-        check_ifname(name, &context)?;
-        if let Some(links) = self.snapshot_links().await? {
-            return Ok(links.into_iter().find(|l| l.name == name));
-        }
-        let mut stream = self.handle.link().get().match_name(name).execute();
-        match stream.try_next().await {
-            Ok(msg) => Ok(msg.map(parse_link)),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(e) => Err(netlink_error(context, e)),
-        }
+        check_ifname(name, &format!("get link {name}"))?;
+        self.with_links(|links| links.values().find(|l| l.name == name).cloned())
     }
 
     /// The device with index `index`, or `None` when there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        if let Some(links) = self.snapshot_links().await? {
-            return Ok(links.into_iter().find(|l| l.index == index));
-        }
-        let mut stream = self.handle.link().get().match_index(index).execute();
-        match stream.try_next().await {
-            Ok(msg) => Ok(msg.map(parse_link)),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(e) => Err(netlink_error(format!("get link #{index}"), e)),
-        }
+        self.with_links(|links| links.get(&index).cloned())
     }
 
     /// Every device of the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        match self.snapshot_links().await? {
-            Some(links) => Ok(links),
-            None => self.dump_links().await,
-        }
+        self.with_links(|links| links.values().cloned().collect())
     }
 
-    async fn dump_links(&self) -> Result<Vec<Link>> {
-        self.handle
-            .link()
-            .get()
-            // Statistics are most of a link message and [`Link`] has none.
-            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-            .execute()
-            .map_ok(parse_link)
-            .try_collect()
-            .await
-            .map_err(|e| netlink_error("list links", e))
-    }
-
-    /// The devices of one kind ("bridge", "veth"), filtered by the kernel
-    /// (kernels that ignore the filter get the result filtered here).
+    /// The devices of one kind ("bridge", "veth").
     pub async fn links_of_kind(&self, kind: &str) -> Result<Vec<Link>> {
-        if let Some(links) = self.snapshot_links().await? {
-            return Ok(links
-                .into_iter()
+        self.with_links(|links| {
+            links
+                .values()
                 .filter(|l| l.kind.as_deref() == Some(kind))
-                .collect());
-        }
-        let mut request = self
-            .handle
-            .link()
-            .get()
-            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
-        request
-            .message_mut()
-            .attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-                InfoKind::from(kind),
-            )]));
-        Ok(request
-            .execute()
-            .map_ok(parse_link)
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| netlink_error(format!("list {kind} links"), e))?
-            .into_iter()
-            .filter(|l| l.kind.as_deref() == Some(kind))
-            .collect())
+                .cloned()
+                .collect()
+        })
     }
 
     /// Like [`Netlink::link_by_name`] but absence is an error.
@@ -453,23 +408,19 @@ impl Netlink {
     }
 
     async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
-        let mut request = self.handle.address().get();
-        // The kernel dumps only the requested family.
-        request.message_mut().header.family = AddressFamily::Inet;
-        if let Some(index) = index {
-            request = request.set_link_index_filter(index);
-        }
-        let messages: Vec<AddressMessage> = request.execute().try_collect().await.map_err(|e| {
-            let context = match index {
-                Some(i) => format!("list addresses of link #{i}"),
-                None => "list addresses".to_string(),
-            };
-            netlink_error(context, e)
-        })?;
-        Ok(messages
-            .iter()
-            .filter_map(|m| parse_address(m).map(|a| (m.header.index, a)))
+        let _phase = crate::timing::phase("netlink.addresses");
+        let all = self
+            .lock_dumps()
+            .dump_ipv4_addresses()
+            .map_err(|e| DataplaneError::other("list addresses", e))?;
+        Ok(all
+            .into_iter()
+            .filter(|(i, _)| index.is_none_or(|x| x == *i))
             .collect())
+    }
+
+    fn lock_dumps(&self) -> std::sync::MutexGuard<'_, batch::BatchSocket> {
+        self.dumps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The IPv4 addresses of device `index`.
@@ -613,8 +564,22 @@ impl Netlink {
             .collect())
     }
 
-    /// Every IPv4 unicast route of every table.
+    /// Every IPv4 unicast route of every table (the raw dump of
+    /// [`Netlink::ipv4_routes_bulk`]: a few times cheaper than parsing
+    /// every attribute of every route).
     async fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
+        let _phase = crate::timing::phase("netlink.routes");
+        self.lock_dumps()
+            .dump_ipv4_routes()
+            .map_err(|e| DataplaneError::other("list routes", e))
+    }
+
+    /// Every IPv4 unicast route, dumped and parsed by rtnetlink: what the
+    /// raw dump is checked against.
+    #[cfg(test)]
+    pub(crate) async fn ipv4_routes_by_rtnetlink(&self) -> Result<Vec<Route4>> {
+        use netlink_packet_route::route::RouteMessage;
+        use netlink_packet_route::AddressFamily;
         let mut filter = RouteMessage::default();
         filter.header.address_family = AddressFamily::Inet;
         let messages: Vec<RouteMessage> = self

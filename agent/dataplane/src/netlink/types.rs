@@ -2,15 +2,11 @@
 //! route changes, with the parsers from rtnetlink's messages and the error
 //! mapping.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
-};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
 use crate::{DataplaneError, Result};
@@ -55,6 +51,9 @@ pub struct Link {
     pub link: Option<u32>,
     /// The Ethernet address, when the device has one.
     pub mac: Option<[u8; 6]>,
+    /// IFLA_LINK_NETNSID is set: the device's link (a veth's peer) lives in
+    /// another network namespace.
+    pub link_in_other_netns: bool,
 }
 
 /// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
@@ -206,6 +205,7 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
         master: None,
         link: None,
         mac: None,
+        link_in_other_netns: false,
     };
     for attr in msg.attributes {
         match attr {
@@ -215,6 +215,7 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::Controller(master) if master != 0 => link.master = Some(master),
             LinkAttribute::Link(peer) if peer != 0 => link.link = Some(peer),
             LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            LinkAttribute::LinkNetNsId(_) => link.link_in_other_netns = true,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -228,25 +229,11 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
     link
 }
 
-pub(super) fn parse_address(msg: &AddressMessage) -> Option<Ipv4Network> {
-    if msg.header.family != AddressFamily::Inet {
-        return None;
-    }
-    // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
-    // peer on point-to-point links. Prefer LOCAL.
-    let mut local = None;
-    let mut address = None;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
-            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
-            _ => {}
-        }
-    }
-    Ipv4Network::new(local.or(address)?, msg.header.prefix_len).ok()
-}
-
+/// The rtnetlink-parsed reference for the raw parser (`batch`).
+#[cfg(test)]
 pub(super) fn parse_route(msg: RouteMessage) -> Option<Route4> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
+    use netlink_packet_route::AddressFamily;
     let header = &msg.header;
     if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
         return None;
