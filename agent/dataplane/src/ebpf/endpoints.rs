@@ -368,6 +368,20 @@ pub struct Followed {
 /// The networks whose endpoint maps and bridge ports are kept in sync: network id -> how.
 pub type Registry = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Followed>>>;
 
+/// The bridge ports known to run the egress fast path, per network id: put
+/// there by whoever attached it (an apply, the refresher). A port in here
+/// without the filter lost it behind the agent's back (drift); a port not
+/// in here yet is one the refresher has still to learn (its traffic takes
+/// the bridge's filter meanwhile), which is not drift.
+pub type PortsRunning = std::sync::Arc<std::sync::Mutex<HashMap<String, HashSet<Port>>>>;
+
+/// Locks `ports` (a panic elsewhere must not make it unusable).
+pub fn lock_ports(
+    ports: &PortsRunning,
+) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<Port>>> {
+    ports.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn registered(registry: &Registry) -> Vec<Followed> {
     registry
         .lock()
@@ -383,14 +397,16 @@ fn registered(registry: &Registry) -> Vec<Followed> {
 /// every [`RESYNC_INTERVAL`], one read of the kernel tables serves all
 /// networks (a task per network made each event cost O(networks) dumps).
 /// Sockets are opened here, in the caller's network namespace.
-pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::JoinHandle<()>> {
+pub fn spawn_refresher(
+    nl: Netlink,
+    registry: Registry,
+    running: PortsRunning,
+) -> Result<tokio::task::JoinHandle<()>> {
     let (connection, _handle, mut events) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh, MulticastGroup::Link])
             .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
-            // Ports known to run the egress fast path, per network.
-            let mut attached: HashMap<String, HashSet<Port>> = HashMap::new();
             loop {
                 tokio::select! {
                     event = events.next() => {
@@ -425,7 +441,8 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
                         continue;
                     }
                 };
-                attached.retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
+                lock_ports(&running)
+                    .retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
                 for f in &networks {
                     if f.endpoints {
                         if let Err(e) = sync_one(&snapshot, &f.plan, &f.pin_dir) {
@@ -433,15 +450,22 @@ pub fn spawn_refresher(nl: Netlink, registry: Registry) -> Result<tokio::task::J
                         }
                     }
                     let Some(priority) = f.ports else {
-                        attached.remove(&f.plan.network_id);
+                        lock_ports(&running).remove(&f.plan.network_id);
                         continue;
                     };
                     let ports = snapshot.bridge_ports(&f.plan);
-                    let known = attached.entry(f.plan.network_id.clone()).or_default();
-                    // Forget ports that went (their ifindex may come back).
-                    known.retain(|p| ports.contains(p));
-                    match super::ports::attach(&nl, &ports, &f.pin_dir, priority, known).await {
-                        Ok(done) => known.extend(done),
+                    let known = {
+                        let mut all = lock_ports(&running);
+                        let known = all.entry(f.plan.network_id.clone()).or_default();
+                        // Forget ports that went (their ifindex may come back).
+                        known.retain(|p| ports.contains(p));
+                        known.clone()
+                    };
+                    match super::ports::attach(&nl, &ports, &f.pin_dir, priority, &known).await {
+                        Ok(done) => lock_ports(&running)
+                            .entry(f.plan.network_id.clone())
+                            .or_default()
+                            .extend(done),
                         Err(e) => {
                             warn!(network = %f.plan.network_id, error = %e, "egress fast path on bridge ports failed")
                         }

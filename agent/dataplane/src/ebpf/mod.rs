@@ -345,6 +345,8 @@ pub struct EbpfBackend {
     program_tags: Mutex<HashMap<&'static str, u64>>,
     /// The networks whose fast-path endpoint maps the refresher keeps in sync.
     synced: endpoints::Registry,
+    /// The bridge ports running the egress fast path, per network.
+    ports_running: endpoints::PortsRunning,
     /// The one task doing that for all of them (started with the first).
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The data plane's connection (or one per operation).
@@ -362,6 +364,7 @@ impl EbpfBackend {
             egress_fast_path_unsupported: AtomicBool::new(false),
             program_tags: Mutex::new(HashMap::new()),
             synced: Default::default(),
+            ports_running: Default::default(),
             refresher: Mutex::new(None),
             netlink: NetlinkSlot::default(),
         }
@@ -466,6 +469,7 @@ impl EbpfBackend {
         *task = Some(endpoints::spawn_refresher(
             Netlink::new()?,
             self.synced.clone(),
+            self.ports_running.clone(),
         )?);
         Ok(())
     }
@@ -834,13 +838,18 @@ impl Encapsulation for EbpfBackend {
                     if attached.fast {
                         // Every port checked (a reload replaced the program).
                         let none = Default::default();
-                        if let Err(e) =
-                            ports::attach(&nl, &bridge_ports, &pin_dir, priority, &none).await
-                        {
+                        match ports::attach(&nl, &bridge_ports, &pin_dir, priority, &none).await {
+                            Ok(done) => {
+                                endpoints::lock_ports(&self.ports_running)
+                                    .insert(plan.network_id.clone(), done.into_iter().collect());
+                            }
                             // The filter on the bridge carries their traffic.
-                            warn!(network = %plan.network_id, error = %e, "egress fast path on bridge ports failed");
+                            Err(e) => {
+                                warn!(network = %plan.network_id, error = %e, "egress fast path on bridge ports failed")
+                            }
                         }
                     } else {
+                        endpoints::lock_ports(&self.ports_running).remove(&plan.network_id);
                         ports::detach(&nl, &bridge_ports, priority).await?;
                     }
                 }
@@ -895,6 +904,7 @@ impl Encapsulation for EbpfBackend {
 
     async fn remove(&self, plan: &NetworkPlan) -> Result<()> {
         self.stop_refresher(&plan.network_id);
+        endpoints::lock_ports(&self.ports_running).remove(&plan.network_id);
         let mut errors = Errors::new();
         let priority = tc_priority(plan.index)?;
         let pin_dir = self.pin_dir(plan)?;

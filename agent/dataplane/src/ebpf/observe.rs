@@ -208,18 +208,24 @@ impl EbpfBackend {
                 "absent",
             ),
         }
-        // The bridge itself is the host part's to report when absent; its
-        // container ports (veths to another namespace, as learned from the
-        // link cache) each run the fast path too.
+        // The bridge itself is the host part's to report when absent; so
+        // does each container port the fast path was attached to and that
+        // is still on the bridge (one not learned yet is not drift: the
+        // bridge's filter carries its traffic until the refresher gets to it).
         if self.egress_fast_path_active() {
             if let Some(b) = nl.link_by_name(&plan.bridge).await? {
                 sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
-                for port in nl.links().await? {
-                    let container_port = port.master == Some(b.index)
-                        && port.kind.as_deref() == Some("veth")
-                        && port.link_in_other_netns;
-                    if container_port {
-                        sites.push((FASTPATH_PROGRAM, port.name, port.index, Hook::Ingress));
+                let running = super::endpoints::lock_ports(&self.ports_running)
+                    .get(&plan.network_id)
+                    .cloned()
+                    .unwrap_or_default();
+                for (index, name, _) in running {
+                    let still_ours = nl
+                        .link_by_index(index)
+                        .await?
+                        .is_some_and(|l| l.master == Some(b.index) && l.name == name);
+                    if still_ours {
+                        sites.push((FASTPATH_PROGRAM, name, index, Hook::Ingress));
                     }
                 }
             }
