@@ -23,6 +23,17 @@
  *              chain and the tunnel device. Whatever it does not handle goes
  *              on to the stack unchanged (TC_ACT_OK): the slow path.
  *
+ * Where the fast path's CPU goes beyond a plain host-to-host flow (perf, Linux
+ * 6.18, fan-bench's two hosts on one kernel; issue 14): the container's veth
+ * (one more backlog crossing per skb, ACKs included; a netkit device would
+ * run fan_fastpath in the container's xmit and remove it), the route lookup
+ * of bpf_redirect_neigh, the GSO header check each device repeats on the
+ * SKB_GSO_DODGY that bpf_skb_adjust_room sets, and, at decap, skb_unclone:
+ * adjust_room always copies the head of a cloned skb, and between namespaces
+ * of one kernel every TCP data skb is the sender's clone (a NIC hands us
+ * fresh ones). Each is 1-2 % of the flow's CPU; the host's conntrack, which
+ * the fast path skips, costs about as much as all of them.
+ *
  * All parameters come from the fan_config array map, filled by the agent; the
  * programs keep no per-peer state. Every map is pinned by the agent under
  * <pin root>/<network id>/ so a restarted agent finds them again.
@@ -210,7 +221,11 @@ static __always_inline int write_outer(struct __sk_buff *skb, const struct fan_c
 	outer.ihl = 5;
 	/* ECN as the kernel's ip tunnels do (INET_ECN_encapsulate, DSCP 0). */
 	outer.tos = (tos & FAN_ECN_MASK) == FAN_ECN_CE ? 2 : (tos & FAN_ECN_MASK);
-	outer.tot_len = bpf_htons(skb->len - ETH_HLEN > 0xffff ? 0xffff : skb->len - ETH_HLEN);
+	/* A BIG TCP super-packet (gso_ipv4_max_size above 64 KB) carries 0, as
+	 * the kernel's iph_set_totlen() writes: the stack then takes the length
+	 * from the skb, where 0xffff would truncate it. Segmentation writes the
+	 * real length of each segment. */
+	outer.tot_len = skb->len - ETH_HLEN > 0xffff ? 0 : bpf_htons(skb->len - ETH_HLEN);
 	outer.id = frag_off ? 0 : (__u16)bpf_get_prandom_u32();
 	outer.frag_off = frag_off;
 	outer.ttl = FAN_OUTER_TTL;
