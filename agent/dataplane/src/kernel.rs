@@ -213,7 +213,9 @@ impl Dataplane for KernelDataplane {
     async fn observe_all(&self, plans: &[NetworkPlan]) -> Vec<Result<Observation>> {
         let _serial = self.serial.lock().await;
         // Observing changes nothing, and the lock keeps every other
-        // operation out: one dump of each kind serves the whole pass.
+        // operation out: one dump of each kind serves the whole pass. The
+        // links are dumped afresh too, once per pass (see `reread_links`).
+        self.netlink.reread_links();
         let _snapshot = self.netlink.snapshot();
         let mut observations = Vec::with_capacity(plans.len());
         for plan in plans {

@@ -70,6 +70,25 @@ fn lookups_follow_changes_made_by_others() {
             vec![(bridge.index, "flc-br", Some([0; 6]))]
         );
 
+        // An alias set on a device that is down goes unannounced by the
+        // kernel: ours is seen at once (the device is read again), someone
+        // else's once the cache is told to read everything again.
+        sh(&["ip", "link", "add", "flc-d", "type", "bridge"]);
+        let d = link(&nl, "flc-d").await.unwrap();
+        assert!(!d.up);
+        nl.set_alias(d.index, "fan:ours").await.unwrap();
+        assert_eq!(
+            link(&nl, "flc-d").await.unwrap().alias.as_deref(),
+            Some("fan:ours")
+        );
+        sh(&["ip", "link", "set", "flc-d", "alias", "theirs"]);
+        nl.reread_links();
+        assert_eq!(
+            link(&nl, "flc-d").await.unwrap().alias.as_deref(),
+            Some("theirs")
+        );
+        sh(&["ip", "link", "del", "flc-d"]);
+
         // A runtime plugging a container: a veth pair made here, one end
         // moved into the container's namespace. The kernel announces only
         // the departure; the end that stays must learn where its peer is.

@@ -14,7 +14,11 @@
 //! notification lost to a full queue (ENOBUFS) makes the next lookup dump
 //! again.
 //!
-//! One gap in the notifications is closed by asking again: a veth's facts
+//! The gaps in the notifications are closed by asking again. The kernel
+//! does not announce an alias set on a device that is down, so a device the
+//! agent changed is read again (one RTM_GETLINK) at the next lookup, and the
+//! reconcile pass dumps every link once per pass, which bounds how long such
+//! a change by someone else goes unseen. Nor does it announce a veth's facts
 //! about its peer. The end registered first is announced before its peer
 //! exists (no IFLA_LINK), and an end whose peer moves to another namespace
 //! (how runtimes plug containers) is not announced again at all. So a veth
@@ -95,6 +99,19 @@ impl LinkCache {
             }
         }
         Ok(())
+    }
+
+    /// Reads link `index` again at the next lookup (it was just changed in
+    /// a way the kernel may not announce).
+    pub(super) fn read_again(&mut self, index: u32) {
+        if self.links.is_some() {
+            self.stale.insert(index);
+        }
+    }
+
+    /// Dumps every link again at the next lookup.
+    pub(super) fn forget(&mut self) {
+        self.links = None;
     }
 
     /// Applies every queued notification; lost ones force a new dump.

@@ -271,10 +271,32 @@ impl Netlink {
         context: impl FnOnce(&str) -> String,
         message: LinkMessage,
     ) -> Result<()> {
-        match self.handle.link().set(message).execute().await {
+        let result = self.handle.link().set(message).execute().await;
+        self.touched(index);
+        match result {
             Ok(()) => Ok(()),
             Err(e) => Err(netlink_error(context(&self.label(index).await), e)),
         }
+    }
+
+    /// Notes that device `index` was just changed by us: the link cache
+    /// reads it again at the next lookup, since the kernel does not announce
+    /// every change (an alias set on a device that is down goes unannounced).
+    fn touched(&self, index: u32) {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_again(index);
+    }
+
+    /// Makes the next link lookup dump every link again: bounds how long a
+    /// change the kernel did not announce, made by someone else, can go
+    /// unseen (the reconcile pass calls this once per pass).
+    pub fn reread_links(&self) {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget();
     }
 
     /// Sets the MTU of device `index`.
@@ -326,6 +348,7 @@ impl Netlink {
             Some(m) => {
                 let message = builder.controller(m).build();
                 let result = self.handle.link().set(message).execute().await;
+                self.touched(index);
                 match result {
                     Ok(()) => Ok(()),
                     Err(e) => {
@@ -728,12 +751,10 @@ impl Netlink {
     /// that the kind's own `changelink` sees IFLA_LINKINFO (RTM_SETLINK
     /// ignores it).
     pub async fn change_link_message(&self, message: LinkMessage, context: &str) -> Result<()> {
-        self.handle
-            .link()
-            .change(message)
-            .execute()
-            .await
-            .map_err(|e| netlink_error(context, e))
+        let index = message.header.index;
+        let result = self.handle.link().change(message).execute().await;
+        self.touched(index);
+        result.map_err(|e| netlink_error(context, e))
     }
 
     /// The packet counters of device `index`, when it exists and reports them.
