@@ -460,7 +460,7 @@ type Output = std::result::Result<std::process::Output, Option<std::io::Error>>;
 /// Runs `batch` as one nf_tables transaction.
 fn transact(context: &str, batch: &Batch) -> Result<()> {
     debug!(context, messages = batch.len(), "nf_tables transaction");
-    crate::netlink::nft_transaction(batch)
+    crate::netlink::blocking(|| crate::netlink::nft_transaction(batch))
         .map_err(|e| DataplaneError::other(context, format!("nf_tables transaction: {e}")))
 }
 

@@ -68,9 +68,9 @@ impl LinkCache {
             // them. Those queued from here on are applied in order on top
             // of the dump, which ends at the latest state of every link.
             self.drain(false)?;
-            let mut socket = BatchSocket::open()?;
+            let payloads = super::blocking(|| BatchSocket::open()?.dump_links())?;
             let mut links = BTreeMap::new();
-            for payload in socket.dump_links()? {
+            for payload in payloads {
                 if let Some(link) = parse_payload(&payload) {
                     links.insert(link.index, link);
                 }
@@ -90,7 +90,7 @@ impl LinkCache {
         }
         let mut socket = BatchSocket::open()?;
         for index in std::mem::take(&mut self.stale) {
-            let link = socket.get_link(index)?.and_then(|p| parse_payload(&p));
+            let link = super::blocking(|| socket.get_link(index))?.and_then(|p| parse_payload(&p));
             if let Some(links) = self.links.as_mut() {
                 match link {
                     Some(link) => links.insert(index, link),

@@ -432,9 +432,7 @@ impl Netlink {
 
     async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
         let _phase = crate::timing::phase("netlink.addresses");
-        let all = self
-            .lock_dumps()
-            .dump_ipv4_addresses()
+        let all = blocking(|| self.lock_dumps().dump_ipv4_addresses())
             .map_err(|e| DataplaneError::other("list addresses", e))?;
         Ok(all
             .into_iter()
@@ -592,8 +590,7 @@ impl Netlink {
     /// every attribute of every route).
     async fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
         let _phase = crate::timing::phase("netlink.routes");
-        self.lock_dumps()
-            .dump_ipv4_routes()
+        blocking(|| self.lock_dumps().dump_ipv4_routes())
             .map_err(|e| DataplaneError::other("list routes", e))
     }
 
@@ -631,17 +628,32 @@ impl Netlink {
     }
 }
 
+/// Runs a blocking netlink exchange (the agent's own sockets answer on the
+/// calling thread). The kernel may make it wait for its rtnl lock, for a
+/// long time while it dismantles a namespace full of devices; on a
+/// multi-thread runtime the worker's other tasks (health, allocations) are
+/// handed to another thread meanwhile, so the agent keeps answering.
+pub(crate) fn blocking<T>(exchange: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(exchange)
+        }
+        _ => exchange(),
+    }
+}
+
 /// The nf_tables ruleset generation of this network namespace: it changes
 /// with every committed nftables transaction, so an unchanged generation
 /// means an unchanged ruleset (used to skip `nft` listings).
 pub fn nft_generation() -> Result<u32> {
-    batch::nft_generation().map_err(|e| DataplaneError::other("nf_tables generation", e))
+    blocking(batch::nft_generation).map_err(|e| DataplaneError::other("nf_tables generation", e))
 }
 
 /// The names of this network namespace's nftables tables of family `ip`
 /// (a netlink dump: no `nft` process).
 pub fn nft_ip_tables() -> Result<Vec<String>> {
-    batch::nft_ip_tables().map_err(|e| DataplaneError::other("list nf_tables tables", e))
+    blocking(batch::nft_ip_tables).map_err(|e| DataplaneError::other("list nf_tables tables", e))
 }
 
 impl Netlink {
