@@ -481,6 +481,14 @@ async fn networks_at_scale() -> Result<()> {
         ms(late),
         late.as_secs_f64() / early.as_secs_f64()
     );
+    // The kernel dismantles deleted namespaces in the background, under its
+    // rtnl lock: right after another run, the first creates wait for it.
+    // The medians are what the target is judged on.
+    if creates[0] > early * 10 {
+        println!(
+            "    (the first create waited: most likely for the kernel still tearing down an earlier run's namespaces)"
+        );
+    }
     let before = cpu_seconds(pid)?;
     let children_before = children_cpu_seconds(pid)?;
     tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
