@@ -259,14 +259,8 @@ pub(super) fn nft_generation() -> io::Result<u32> {
     const KIND: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
     // The socket's receive timeout (30 s) bounds a kernel that never answers.
     let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
-    // nlmsghdr + struct nfgenmsg { family AF_UNSPEC, version 0, res_id 0 }.
-    let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
-    request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
-    request.extend_from_slice(&KIND.to_ne_bytes());
-    request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    request.extend_from_slice(&1u32.to_ne_bytes());
-    request.extend_from_slice(&0u32.to_ne_bytes());
-    request.extend_from_slice(&[0; 4]);
+    // struct nfgenmsg { family AF_UNSPEC, version 0, res_id 0 }.
+    let request = request(KIND, NLM_F_REQUEST, 1, &[0; 4]);
     socket.send(&request)?;
     let mut buf = vec![0u8; 4096];
     let n = socket.recv(&mut buf)?;
@@ -284,66 +278,23 @@ pub(super) fn nft_ip_tables() -> io::Result<Vec<String>> {
     const NFT_MSG_GETTABLE: u16 = 1;
     const NFTA_TABLE_NAME: u16 = 1;
     const NFPROTO_IPV4: u8 = 2;
-    const NLMSG_DONE: u16 = 3;
-    const NLM_F_DUMP: u16 = 0x300;
-    let socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
-    let seq = 1u32;
-    let mut request = Vec::with_capacity(NLMSG_HDRLEN + 4);
-    request.extend_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
-    request.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request.extend_from_slice(&seq.to_ne_bytes());
-    request.extend_from_slice(&0u32.to_ne_bytes());
-    request.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
-    socket.send(&request)?;
+    let mut socket = BatchSocket::open_protocol(libc::NETLINK_NETFILTER)?;
+    // struct nfgenmsg { family NFPROTO_IPV4, version 0, res_id 0 }.
+    let answers = socket.dump(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        &[NFPROTO_IPV4, 0, 0, 0],
+    )?;
     let mut names = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv(&mut buf)?;
-        let mut offset = 0;
-        while offset + NLMSG_HDRLEN <= n {
-            let h = &buf[offset..n];
-            let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-            let kind = u16::from_ne_bytes([h[4], h[5]]);
-            if len < NLMSG_HDRLEN || len > h.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
+    for answer in &answers {
+        // After struct nfgenmsg (4 bytes): attributes.
+        for (kind, value) in attributes(answer.get(4..).unwrap_or_default()) {
+            if kind == NFTA_TABLE_NAME {
+                let value = value.split(|b| *b == 0).next().unwrap_or_default();
+                names.push(String::from_utf8_lossy(value).into_owned());
             }
-            match kind {
-                NLMSG_DONE => return Ok(names),
-                NLMSG_ERROR => {
-                    let error = h
-                        .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(-libc::EIO);
-                    if error != 0 {
-                        return Err(io::Error::from_raw_os_error(error.saturating_abs()));
-                    }
-                }
-                _ => {
-                    // struct nfgenmsg (4 bytes), then attributes.
-                    let p = &h[NLMSG_HDRLEN..len];
-                    let mut a = 4;
-                    while a + 4 <= p.len() {
-                        let alen = usize::from(u16::from_ne_bytes([p[a], p[a + 1]]));
-                        let akind = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
-                        if alen < 4 || a + alen > p.len() {
-                            break;
-                        }
-                        if akind == NFTA_TABLE_NAME {
-                            let v = &p[a + 4..a + alen];
-                            let v = v.split(|b| *b == 0).next().unwrap_or_default();
-                            names.push(String::from_utf8_lossy(v).into_owned());
-                        }
-                        a += (alen + 3) & !3;
-                    }
-                }
-            }
-            offset += (len + 3) & !3;
         }
     }
+    Ok(names)
 }
 
 /// NFTA_GEN_ID of a NEWGEN answer (or the errno of an NLMSG_ERROR).
@@ -357,28 +308,16 @@ pub(super) fn parse_generation(data: &[u8], kind: u16, attr: u16) -> io::Result<
     let msg_kind = u16::from_ne_bytes([data[4], data[5]]);
     let p = &data[NLMSG_HDRLEN..len];
     if msg_kind == NLMSG_ERROR {
-        let error = p
-            .get(0..4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(-libc::EIO);
-        return Err(io::Error::from_raw_os_error(error.saturating_abs().max(1)));
+        return Err(io::Error::from_raw_os_error(errno_of(p).max(1)));
     }
     if msg_kind != kind || p.len() < 4 {
         return Err(invalid("unexpected nf_tables answer"));
     }
     // After struct nfgenmsg (4 bytes): attributes.
-    let mut offset = 4;
-    while offset + 4 <= p.len() {
-        let alen = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
-        let akind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
-        if alen < 4 || offset + alen > p.len() {
-            break;
-        }
-        if akind == attr && alen >= 8 {
-            let v = &p[offset + 4..offset + 8];
+    for (akind, v) in attributes(&p[4..]) {
+        if akind == attr && v.len() >= 4 {
             return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
         }
-        offset += (alen + 3) & !3;
     }
     Err(invalid("nf_tables answer without a generation id"))
 }
@@ -390,51 +329,34 @@ impl BatchSocket {
     pub(super) fn dump(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         const NLMSG_DONE: u16 = 3;
         const NLM_F_DUMP: u16 = 0x300;
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let mut request = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-        request.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-        request.extend_from_slice(&kind.to_ne_bytes());
-        request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        request.extend_from_slice(&seq.to_ne_bytes());
-        request.extend_from_slice(&0u32.to_ne_bytes());
-        request.extend_from_slice(body);
-        self.send(&request)?;
+        let seq = self.next_seq();
+        self.send(&request(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body))?;
         let mut answers = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = self.recv(&mut buf)?;
-            let mut offset = 0;
-            while offset + NLMSG_HDRLEN <= n {
-                let h = &buf[offset..n];
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let kind = u16::from_ne_bytes([h[4], h[5]]);
-                let msg_seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-                if len < NLMSG_HDRLEN || len > h.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
+            for frame in frames(&buf[..n]) {
+                let (kind, msg_seq, payload) = frame?;
+                if msg_seq != seq {
+                    continue;
                 }
-                if msg_seq == seq {
-                    match kind {
-                        NLMSG_DONE => return Ok(answers),
-                        NLMSG_ERROR => {
-                            let p = &h[NLMSG_HDRLEN..len];
-                            let error = p
-                                .get(0..4)
-                                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                                .unwrap_or(-libc::EIO);
-                            if error != 0 {
-                                return Err(io::Error::from_raw_os_error(error.saturating_abs()));
-                            }
-                        }
-                        _ => answers.push(h[NLMSG_HDRLEN..len].to_vec()),
-                    }
+                match kind {
+                    NLMSG_DONE => return Ok(answers),
+                    NLMSG_ERROR => match errno_of(payload) {
+                        0 => {}
+                        errno => return Err(io::Error::from_raw_os_error(errno)),
+                    },
+                    _ => answers.push(payload.to_vec()),
                 }
-                offset += (len + 3) & !3;
             }
         }
+    }
+
+    /// The sequence number of the next request.
+    fn next_seq(&mut self) -> u32 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
     }
 
     /// Dumps the IPv4 routes of every table (RTM_GETROUTE, NLM_F_DUMP)
@@ -475,32 +397,24 @@ impl BatchSocket {
     /// when there is no such link.
     pub(super) fn get_link(&mut self, index: u32) -> io::Result<Option<Vec<u8>>> {
         const RTM_NEWLINK: u16 = 16;
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let body = link_request(index);
-        let mut request = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-        request.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-        request.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
-        request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        request.extend_from_slice(&seq.to_ne_bytes());
-        request.extend_from_slice(&0u32.to_ne_bytes());
-        request.extend_from_slice(&body);
-        self.send(&request)?;
+        let seq = self.next_seq();
+        self.send(&request(
+            RTM_GETLINK,
+            NLM_F_REQUEST,
+            seq,
+            &link_request(index),
+        ))?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = self.recv(&mut buf)?;
-            for (kind, msg_seq, payload) in messages_with_seq(&buf[..n]) {
+            for (kind, msg_seq, payload) in frames(&buf[..n]).map_while(Result::ok) {
                 if msg_seq != seq {
                     continue;
                 }
                 match kind {
                     RTM_NEWLINK => return Ok(Some(payload.to_vec())),
                     NLMSG_ERROR => {
-                        let error = payload
-                            .get(0..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-libc::EIO);
-                        return match error.saturating_abs() {
+                        return match errno_of(payload) {
                             libc::ENODEV => Ok(None),
                             errno => Err(io::Error::from_raw_os_error(errno.max(1))),
                         };
@@ -579,32 +493,82 @@ impl EventSocket {
     }
 }
 
-/// (message type, payload) of every message of a datagram.
+/// A netlink request: the header (`kind`, `flags`, `seq`, port 0), then
+/// `body` (the family header and any attributes).
+fn request(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    request.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+    request.extend_from_slice(&kind.to_ne_bytes());
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(body);
+    request
+}
+
+/// (message type, sequence number, payload) of each message of a
+/// datagram, in order; a message whose length does not fit ends the
+/// datagram with an InvalidData error.
+fn frames(data: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset + NLMSG_HDRLEN > data.len() {
+            return None;
+        }
+        let h = &data[offset..];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > h.len() {
+            offset = data.len();
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            )));
+        }
+        offset += (len + 3) & !3;
+        Some(Ok((
+            u16::from_ne_bytes([h[4], h[5]]),
+            u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+            &h[NLMSG_HDRLEN..len],
+        )))
+    })
+}
+
+/// (message type, payload) of every whole message of a datagram.
 pub(super) fn messages(data: &[u8]) -> Vec<(u16, &[u8])> {
-    messages_with_seq(data)
-        .into_iter()
+    frames(data)
+        .map_while(Result::ok)
         .map(|(kind, _, payload)| (kind, payload))
         .collect()
 }
 
-/// (message type, sequence number, payload) of every message of a datagram.
-fn messages_with_seq(data: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
+/// The errno of an NLMSG_ERROR payload (struct nlmsgerr), positive; 0 for
+/// an acknowledgement, EIO when the payload is too short to say.
+fn errno_of(payload: &[u8]) -> i32 {
+    payload
+        .get(0..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(-libc::EIO)
+        .saturating_abs()
+}
+
+/// (type, value) of each attribute in `p` (struct nlattr, 4-byte aligned),
+/// up to the first one whose length does not fit.
+fn attributes(p: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut offset = 0;
-    while offset + NLMSG_HDRLEN <= data.len() {
-        let h = &data[offset..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < NLMSG_HDRLEN || offset + len > data.len() {
-            break;
+    std::iter::from_fn(move || {
+        if offset + 4 > p.len() {
+            return None;
         }
-        out.push((
-            u16::from_ne_bytes([h[4], h[5]]),
-            u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
-            &h[NLMSG_HDRLEN..len],
-        ));
+        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
+        // The top two bits are the nested and byte-order flags.
+        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > p.len() {
+            return None;
+        }
+        let value = &p[offset + 4..offset + len];
         offset += (len + 3) & !3;
-    }
-    out
+        Some((kind, value))
+    })
 }
 
 /// (device index, address) from the payload of an RTM_NEWADDR: IFA_LOCAL
@@ -619,14 +583,7 @@ pub(super) fn parse_address_bytes(p: &[u8]) -> Option<(u32, Ipv4Network)> {
     let prefix = p[1];
     let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
     let (mut local, mut address) = (None, None);
-    let mut offset = 8;
-    while offset + 4 <= p.len() {
-        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
-        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
-        if len < 4 || offset + len > p.len() {
-            break;
-        }
-        let v = &p[offset + 4..offset + len];
+    for (kind, v) in attributes(&p[8..]) {
         if v.len() == 4 {
             let ip = Ipv4Addr::new(v[0], v[1], v[2], v[3]);
             match kind {
@@ -635,7 +592,6 @@ pub(super) fn parse_address_bytes(p: &[u8]) -> Option<(u32, Ipv4Network)> {
                 _ => {}
             }
         }
-        offset += (len + 3) & !3;
     }
     Some((index, Ipv4Network::new(local.or(address)?, prefix).ok()?))
 }
@@ -670,14 +626,7 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
         onlink: flags & RTNH_F_ONLINK != 0,
         metric: None,
     };
-    let mut offset = 12;
-    while offset + 4 <= p.len() {
-        let len = usize::from(u16::from_ne_bytes([p[offset], p[offset + 1]]));
-        let kind = u16::from_ne_bytes([p[offset + 2], p[offset + 3]]) & 0x3fff;
-        if len < 4 || offset + len > p.len() {
-            break;
-        }
-        let v = &p[offset + 4..offset + len];
+    for (kind, v) in attributes(&p[12..]) {
         match kind {
             RTA_DST => destination = ip(v).unwrap_or(destination),
             RTA_TABLE => route.table = int(v).unwrap_or(route.table),
@@ -689,7 +638,6 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
             RTA_MULTIPATH if route.oif.is_none() => route.oif = v.get(4..8).and_then(int),
             _ => {}
         }
-        offset += (len + 3) & !3;
     }
     route.destination = Ipv4Network::new(destination, p[1]).ok()?;
     Some(route)
@@ -697,25 +645,17 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
 
 /// (sequence number, errno) of every NLMSG_ERROR (ack) in a datagram.
 pub(super) fn acks(data: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while offset + NLMSG_HDRLEN <= data.len() {
-        let h = &data[offset..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let kind = u16::from_ne_bytes([h[4], h[5]]);
-        if len < NLMSG_HDRLEN || offset + len > data.len() {
-            break;
-        }
+    frames(data)
+        .map_while(Result::ok)
         // struct nlmsgerr: int error; struct nlmsghdr msg (the request's).
-        if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
-            let p = &h[NLMSG_HDRLEN..];
-            let error = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
-            let seq = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
-            out.push((seq, error.saturating_abs()));
-        }
-        offset += (len + 3) & !3;
-    }
-    out
+        .filter(|(kind, _, p)| *kind == NLMSG_ERROR && p.len() >= 4 + NLMSG_HDRLEN)
+        .map(|(_, _, p)| {
+            (
+                u32::from_ne_bytes([p[12], p[13], p[14], p[15]]),
+                errno_of(p),
+            )
+        })
+        .collect()
 }
 
 /// Runs one nf_tables transaction on a fresh NETLINK_NETFILTER socket: the

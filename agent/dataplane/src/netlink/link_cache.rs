@@ -148,11 +148,16 @@ impl LinkCache {
     }
 }
 
-/// A link from an RTM_NEWLINK payload; `None` for the bridge's per-port
+/// The link message of a payload; `None` for the bridge's per-port
 /// notifications (family AF_BRIDGE), which carry only bridge attributes.
-fn parse_payload(payload: &[u8]) -> Option<Link> {
+fn link_message(payload: &[u8]) -> Option<LinkMessage> {
     let message = LinkMessage::parse(payload).ok()?;
-    (message.header.interface_family == AddressFamily::Unspec).then(|| parse_link(message))
+    (message.header.interface_family == AddressFamily::Unspec).then_some(message)
+}
+
+/// A link from an RTM_NEWLINK payload (see [`link_message`]).
+fn parse_payload(payload: &[u8]) -> Option<Link> {
+    link_message(payload).map(parse_link)
 }
 
 /// Applies one notification to `links`, noting in `stale` the veths
@@ -174,12 +179,9 @@ fn apply_event(
         }
         // A port leaving a bridge sends an AF_BRIDGE DELLINK: the device stays.
         RTM_DELLINK => {
-            let Ok(message) = LinkMessage::parse(payload) else {
+            let Some(message) = link_message(payload) else {
                 return;
             };
-            if message.header.interface_family != AddressFamily::Unspec {
-                return;
-            }
             let gone = message.header.index;
             links.remove(&gone);
             stale.remove(&gone);

@@ -407,37 +407,38 @@ impl Netlink {
     // ------------------------------------------------------------ addresses
 
     async fn dump_ipv4_addresses(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
-        if self.lock_snapshot().is_some() {
-            let cached = self
-                .lock_snapshot()
-                .as_ref()
-                .and_then(|s| s.addresses.clone());
-            let all = match cached {
-                Some(all) => all,
-                None => {
-                    let all = self.dump_ipv4_addresses_now(None).await?;
-                    if let Some(snapshot) = self.lock_snapshot().as_mut() {
-                        snapshot.addresses = Some(all.clone());
-                    }
-                    all
-                }
-            };
-            return Ok(all
-                .into_iter()
-                .filter(|(i, _)| index.is_none_or(|x| x == *i))
-                .collect());
-        }
-        self.dump_ipv4_addresses_now(index).await
-    }
-
-    async fn dump_ipv4_addresses_now(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
-        let _phase = crate::timing::phase("netlink.addresses");
-        let all = blocking(|| self.lock_dumps().dump_ipv4_addresses())
-            .map_err(|e| DataplaneError::other("list addresses", e))?;
+        let all = self.snapshot_or_dump(
+            |s| &mut s.addresses,
+            || {
+                let _phase = crate::timing::phase("netlink.addresses");
+                blocking(|| self.lock_dumps().dump_ipv4_addresses())
+                    .map_err(|e| DataplaneError::other("list addresses", e))
+            },
+        )?;
         Ok(all
             .into_iter()
             .filter(|(i, _)| index.is_none_or(|x| x == *i))
             .collect())
+    }
+
+    /// The dump `field` of the active snapshot (taken with `dump` at its
+    /// first use), or, with no snapshot active, a fresh `dump`.
+    fn snapshot_or_dump<T: Clone>(
+        &self,
+        field: fn(&mut Snapshot) -> &mut Option<Vec<T>>,
+        dump: impl FnOnce() -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        // The lock is not held while dumping.
+        let cached = self.lock_snapshot().as_mut().map(|s| field(s).clone());
+        let all = match cached {
+            None => return dump(),
+            Some(Some(all)) => return Ok(all),
+            Some(None) => dump()?,
+        };
+        if let Some(snapshot) = self.lock_snapshot().as_mut() {
+            *field(snapshot) = Some(all.clone());
+        }
+        Ok(all)
     }
 
     fn lock_dumps(&self) -> std::sync::MutexGuard<'_, batch::BatchSocket> {
@@ -560,35 +561,17 @@ impl Netlink {
 
     /// IPv4 unicast routes, of one table or (with `None`) of every table.
     pub async fn ipv4_routes(&self, table: Option<u32>) -> Result<Vec<Route4>> {
-        if self.lock_snapshot().is_some() {
-            let cached = self.lock_snapshot().as_ref().and_then(|s| s.routes.clone());
-            let all = match cached {
-                Some(all) => all,
-                None => {
-                    let all = self.dump_ipv4_routes().await?;
-                    if let Some(snapshot) = self.lock_snapshot().as_mut() {
-                        snapshot.routes = Some(all.clone());
-                    }
-                    all
-                }
-            };
-            return Ok(all
-                .into_iter()
-                .filter(|r| table.is_none_or(|t| r.table == t))
-                .collect());
-        }
-        Ok(self
-            .dump_ipv4_routes()
-            .await?
+        let all = self.snapshot_or_dump(|s| &mut s.routes, || self.dump_ipv4_routes())?;
+        Ok(all
             .into_iter()
             .filter(|r| table.is_none_or(|t| r.table == t))
             .collect())
     }
 
-    /// Every IPv4 unicast route of every table (the raw dump of
-    /// [`Netlink::ipv4_routes_bulk`]: a few times cheaper than parsing
+    /// Every IPv4 unicast route of every table, dumped on the dump socket
+    /// and parsed straight from the bytes (a few times cheaper than parsing
     /// every attribute of every route).
-    async fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
+    fn dump_ipv4_routes(&self) -> Result<Vec<Route4>> {
         let _phase = crate::timing::phase("netlink.routes");
         blocking(|| self.lock_dumps().dump_ipv4_routes())
             .map_err(|e| DataplaneError::other("list routes", e))
@@ -705,19 +688,12 @@ impl Netlink {
         }
     }
 
-    /// Like [`Netlink::ipv4_routes`] (same routes, same fields) for tables
-    /// with tens of thousands of routes: dumped on the batch socket and
-    /// parsed straight from the bytes, several times faster.
+    /// Like [`Netlink::ipv4_routes`] (same routes, same fields), but always
+    /// a fresh dump, never a snapshot's: for the tables with tens of
+    /// thousands of routes that route batches just changed.
     pub async fn ipv4_routes_bulk(&self, table: Option<u32>) -> Result<Vec<Route4>> {
-        let socket = self.batch.clone();
-        let routes = tokio::task::spawn_blocking(move || {
-            let mut socket = socket.lock().unwrap_or_else(|p| p.into_inner());
-            socket.dump_ipv4_routes()
-        })
-        .await
-        .map_err(|e| DataplaneError::other("list routes", e))?
-        .map_err(|e| DataplaneError::other("list routes", e))?;
-        Ok(routes
+        Ok(self
+            .dump_ipv4_routes()?
             .into_iter()
             .filter(|r| table.is_none_or(|t| r.table == t))
             .collect())
