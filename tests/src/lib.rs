@@ -14,6 +14,7 @@
 
 /// Hand-made packets and captures, from the shared test kit.
 pub use fan_testkit::packets;
+pub mod gso;
 pub mod pki;
 
 use std::net::Ipv4Addr;
@@ -301,6 +302,8 @@ pub struct Container {
     pub owner: String,
     /// The namespace.
     pub netns: Netns,
+    /// The host side of its veth (the bridge port), in the host's namespace.
+    pub port: String,
 }
 
 /// A set of hosts on one underlay bridge; tears everything down on drop.
@@ -440,6 +443,7 @@ impl Testbed {
             address,
             owner,
             netns,
+            port: outside,
         });
         Ok(self.containers.last().expect("just pushed"))
     }

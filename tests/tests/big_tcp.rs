@@ -12,10 +12,18 @@
 //! bridge netfilter (module `br_netfilter` loaded, as Docker does); without
 //! it this test still proves BIG TCP crosses the fast path.
 //!
+//! The containers' veths get the larger limit from the agent, which makes
+//! them follow the underlay device's (the host's NIC): the tests raise only
+//! the underlay, as an administrator turning BIG TCP on would, and lower it
+//! again. With `--no-big-tcp` the agent leaves them alone.
+//!
 //! Skipped (with a message) on kernels without the attribute.
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_dataplane::ebpf::{maps::slot, pin};
+use std::time::Duration;
+
+use fan_e2e::gso::{ipv4_gso_max_size, set_ipv4_gso_gro, wait_for_ipv4_gso, LEGACY_GSO};
 use fan_e2e::{fan_spec, two_host_fan, IperfServer, Netns, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -23,42 +31,20 @@ const UNDERLAY: &str = "172.30.0.0/16";
 /// Three times the legacy 64 KB limit.
 const BIG: u32 = 196_608;
 
-/// Sets IFLA_GSO_IPV4_MAX_SIZE and IFLA_GRO_IPV4_MAX_SIZE (63, 64) of a device
-/// with one RTM_NEWLINK: the iproute2 of Debian 12 does not know them.
-const SET_SIZES: &str = r#"
-import socket, struct, sys
-name, size = sys.argv[1], int(sys.argv[2])
-index = socket.if_nametoindex(name)
-s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-def request(kind, attrs):
-    body = struct.pack("BxHiII", 0, 0, index, 0, 0) + attrs
-    s.send(struct.pack("IHHII", 16 + len(body), kind, 0x1 | 0x4, 1, 0) + body)
-    return s.recv(65536)
-reply = request(16, b"".join(struct.pack("HHI", 8, t, size) for t in (63, 64)))
-if struct.unpack("i", reply[16:20])[0] != 0:
-    sys.exit(1)
-# Read it back (RTM_GETLINK): an older kernel ignores the attribute.
-reply = request(18, b"")
-off = 16 + 16
-while off + 4 <= len(reply):
-    length, kind = struct.unpack("HH", reply[off:off + 4])
-    if length < 4:
-        break
-    if kind & 0x3fff == 63:
-        sys.exit(0 if struct.unpack("I", reply[off + 4:off + 8])[0] == size else 2)
-    off += (length + 3) & ~3
-sys.exit(2)
-"#;
-
-/// Raises the IPv4 GSO/GRO limits of `device` in `ns`; false when the kernel
-/// does not have them (it rejects or ignores the attributes).
-fn set_big(ns: &Netns, device: &str) -> Result<bool> {
-    let status = ns
-        .command("python3")
-        .args(["-c", SET_SIZES, device, &BIG.to_string()])
-        .status()
-        .context("python3")?;
-    Ok(status.success())
+/// Raises the IPv4 GSO/GRO limits of the host's side of the underlay: each
+/// host's NIC (`eth0`) and the underlay bridge's (the switch's) ports. What
+/// an administrator turning BIG TCP on does; the containers are the agent's
+/// to follow. False when this kernel does not have the limits.
+fn raise_underlay(bed: &Testbed, size: u32) -> Result<bool> {
+    for host in ["h28", "h27"] {
+        let port = format!("{}{host}", bed.id);
+        if !set_ipv4_gso_gro(&bed.host(host).netns, "eth0", size)?
+            || !set_ipv4_gso_gro(&bed.underlay, &port, size)?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// (bytes, packets) sent by `device` in `ns`.
@@ -82,21 +68,20 @@ fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn big_tcp_super_packets_cross_the_fast_path_whole() -> Result<()> {
+async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_whole() -> Result<()> {
     let spec = fan_spec(OVERLAY, UNDERLAY);
     let bed = two_host_fan(&[], &[], [spec.clone(), spec]).await?;
     let a = &bed.container("a").netns;
     let b = bed.container("b");
     let h28 = &bed.host("h28").netns;
-    // Every device that sends the super-packets: the container, the underlay
-    // device and the underlay bridge's port towards the receiver.
-    let port = format!("{}h27", bed.id);
-    for (ns, device) in [(a, "eth0"), (h28, "eth0"), (&bed.underlay, port.as_str())] {
-        if !set_big(ns, device)? {
-            eprintln!("skipped: this kernel has no gso_ipv4_max_size (BIG TCP needs Linux 6.3)");
-            return Ok(());
-        }
+    if !raise_underlay(&bed, BIG)? {
+        eprintln!("skipped: this kernel has no gso_ipv4_max_size (BIG TCP needs Linux 6.3)");
+        return Ok(());
     }
+    // Only the underlay was raised: the agent gives the container's veth,
+    // both sides, the same limit.
+    wait_for_ipv4_gso(a, "eth0", BIG).await?;
+    wait_for_ipv4_gso(h28, &bed.container("a").port, BIG).await?;
     a.ping(b.address, 1).context("warm-up ping")?;
     let fast0 = fast_path_packets(&bed, "h28")?;
     let (bytes0, packets0) = tx(h28, "eth0")?;
@@ -129,5 +114,40 @@ async fn big_tcp_super_packets_cross_the_fast_path_whole() -> Result<()> {
         retransmits * 10.0 < segments,
         "{retransmits} of {segments:.0} segments retransmitted: super-packets were cut on the way"
     );
+
+    // The administrator lowers the underlay's limit again: the containers
+    // follow it down (above it, their packets would be cut in software).
+    raise_underlay(&bed, LEGACY_GSO)?;
+    wait_for_ipv4_gso(a, "eth0", LEGACY_GSO).await?;
+    wait_for_ipv4_gso(h28, &bed.container("a").port, LEGACY_GSO).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_big_tcp_containers_keep_their_runtimes_limits() -> Result<()> {
+    let spec = fan_spec(OVERLAY, UNDERLAY);
+    let mut bed = two_host_fan(&["--no-big-tcp"], &[], [spec.clone(), spec]).await?;
+    if !raise_underlay(&bed, BIG)? {
+        eprintln!("skipped: this kernel has no gso_ipv4_max_size (BIG TCP needs Linux 6.3)");
+        return Ok(());
+    }
+    // A container plugged after the raise (its port's events wake the
+    // agent's resync), and more than one periodic resync (10 s).
+    bed.add_container("h28", "fan", "c").await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let h28 = &bed.host("h28").netns;
+    for name in ["a", "c"] {
+        let c = bed.container(name);
+        assert_eq!(
+            ipv4_gso_max_size(&c.netns, "eth0")?,
+            Some(LEGACY_GSO),
+            "{name}: eth0"
+        );
+        assert_eq!(
+            ipv4_gso_max_size(h28, &c.port)?,
+            Some(LEGACY_GSO),
+            "{name}: port"
+        );
+    }
     Ok(())
 }

@@ -64,6 +64,13 @@ struct Flags {
     /// (`bpf_redirect_peer`). Same wire format either way.
     #[arg(long, env = "FAN_AGENT_NO_FAST_PATH", value_parser = clap::builder::BoolishValueParser::new())]
     no_fast_path: bool,
+    /// Leave the IPv4 GSO/GRO limits of containers' veths as their runtime
+    /// made them. By default (eBPF backend) they follow the underlay
+    /// device's: when the host raised its NIC's `gso_ipv4_max_size` (BIG
+    /// TCP, Linux 6.3+), containers send packets as large, which the fan
+    /// then handles at a fraction of the per-packet cost.
+    #[arg(long, env = "FAN_AGENT_NO_BIG_TCP", value_parser = clap::builder::BoolishValueParser::new())]
+    no_big_tcp: bool,
     /// Seconds between drift checks that repair the kernel state; 0 disables.
     #[arg(long, default_value_t = 30)]
     reconcile_interval: u64,
@@ -140,7 +147,8 @@ async fn run() -> anyhow::Result<()> {
         Box::new(
             fan_dataplane::ebpf::EbpfBackend::new(flags.bpffs_dir.clone())
                 .with_egress_fast_path(!flags.no_fast_path)
-                .with_peer_fast_path(!flags.no_fast_path),
+                .with_peer_fast_path(!flags.no_fast_path)
+                .with_big_tcp(!flags.no_big_tcp),
         ),
         Box::new(fan_dataplane::ipip::IpipBackend::new()),
     ];

@@ -34,7 +34,7 @@ fn lookups_follow_changes_made_by_others() {
         let b = link(&nl, "flc-b").await.expect("its peer seen");
         assert_eq!(a.kind.as_deref(), Some("veth"));
         assert_eq!(a.link, Some(b.index));
-        assert!(!a.link_in_other_netns);
+        assert!(!a.link_in_other_netns());
         assert_eq!(nl.link_by_index(a.index).await.unwrap(), Some(a.clone()));
 
         // Enslaved and freed again: the bridge's own per-port notifications
@@ -96,10 +96,10 @@ fn lookups_follow_changes_made_by_others() {
         sh(&[
             "ip", "link", "add", "flc-h", "type", "veth", "peer", "name", "flc-k",
         ]);
-        assert!(!link(&nl, "flc-h").await.unwrap().link_in_other_netns);
+        assert!(!link(&nl, "flc-h").await.unwrap().link_in_other_netns());
         sh(&["ip", "link", "set", "flc-k", "netns", &container.name]);
         assert!(link(&nl, "flc-k").await.is_none());
-        assert!(link(&nl, "flc-h").await.unwrap().link_in_other_netns);
+        assert!(link(&nl, "flc-h").await.unwrap().link_in_other_netns());
         // The container goes, and with it both ends.
         container.delete().expect("delete container netns");
         // The kernel dismantles a namespace in the background: wait for it.

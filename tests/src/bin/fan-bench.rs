@@ -10,7 +10,8 @@
 //! - TCP throughput (iperf3, 1 and 4 streams), RTT and CPU-seconds per GB in
 //!   alternating rounds: the fan's fast and slow paths, the control (plain
 //!   routing over the same hops), the underlay and kernel VXLAN (see
-//!   `bench_dataplane.rs`; FAN_BENCH_ROUNDS, FAN_BENCH_SECONDS);
+//!   `bench_dataplane.rs`; FAN_BENCH_ROUNDS, FAN_BENCH_SECONDS), with 64 KB
+//!   GSO packets and again with BIG TCP (FAN_BENCH_BIG_TCP=off or only);
 //! - time from CreateNetwork to the first packet through;
 //! - 100 networks on one agent: RSS, first vs last create time, idle CPU;
 //! - `docker run` with its network set up by the fan IPAM plugin
@@ -835,12 +836,29 @@ async fn data_plane() -> Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    bench_dataplane::compare(
+    let (rounds, seconds) = (
         env("FAN_BENCH_ROUNDS", 5) as usize,
         env("FAN_BENCH_SECONDS", 3),
-    )
-    .await
+    );
+    // FAN_BENCH_BIG_TCP: "off" skips the BIG TCP comparison, "only" runs
+    // only that one.
+    let big = std::env::var("FAN_BENCH_BIG_TCP").unwrap_or_default();
+    if big != "only" {
+        bench_dataplane::compare(rounds, seconds, None).await?;
+    }
+    if big == "off" {
+        return Ok(());
+    }
+    if !fan_e2e::gso::big_tcp_supported()? {
+        println!("\n  BIG TCP: this kernel has no IPv4 gso_ipv4_max_size (Linux 6.3+); skipped");
+        return Ok(());
+    }
+    bench_dataplane::compare(rounds, seconds, Some(BIG_TCP_GSO)).await
 }
+
+/// The IPv4 GSO limit of the BIG TCP comparison: three times the legacy
+/// 64 KB, as far as a veth takes it comfortably.
+const BIG_TCP_GSO: u32 = 196_608;
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const DOCKER: &str = "/usr/bin/docker";

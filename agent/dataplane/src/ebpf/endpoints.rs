@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 
 use super::maps::{Endpoint, ENDPOINTS_MAP};
 use super::ports::Port;
-use crate::netlink::{netlink_error, Netlink};
+use crate::netlink::{netlink_error, Link, Netlink};
 use crate::{DataplaneError, NetworkPlan, Result};
 
 /// How often the endpoint map is re-synced even without netlink events.
@@ -43,30 +43,18 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Events arriving within this window are handled with one sync.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Clone)]
-struct PortInfo {
-    name: String,
-    veth_to_other_netns: bool,
-    master: Option<u32>,
-    mac: Option<[u8; 6]>,
+/// A veth whose peer lives in another namespace: a container's link.
+fn leads_to_container(link: &Link) -> bool {
+    link.kind.as_deref() == Some("veth") && link.link_in_other_netns()
 }
 
-async fn ports(nl: &Netlink) -> Result<HashMap<u32, PortInfo>> {
+async fn ports(nl: &Netlink) -> Result<HashMap<u32, Link>> {
     // From the link cache: no dump of every device per read.
     Ok(nl
         .links()
         .await?
         .into_iter()
-        .map(|link| {
-            let port = PortInfo {
-                veth_to_other_netns: link.kind.as_deref() == Some("veth")
-                    && link.link_in_other_netns,
-                name: link.name,
-                master: link.master,
-                mac: link.mac,
-            };
-            (link.index, port)
-        })
+        .map(|link| (link.index, link))
         .collect())
 }
 
@@ -98,7 +86,7 @@ async fn neighbours(
 /// One read of the kernel tables the endpoint maps derive from (links,
 /// bridge FDB, IPv4 neighbours): taken once and shared by every network.
 pub struct Snapshot {
-    ports: HashMap<u32, PortInfo>,
+    ports: HashMap<u32, Link>,
     fdb: Vec<NeighbourMessage>,
     inet: Vec<NeighbourMessage>,
 }
@@ -164,11 +152,30 @@ impl Snapshot {
         let mut out: Vec<_> = self
             .ports
             .iter()
-            .filter(|(_, p)| p.master == Some(bridge) && p.veth_to_other_netns)
+            .filter(|(_, p)| p.master == Some(bridge) && leads_to_container(p))
             .map(|(index, p)| (*index, p.name.clone(), p.mac))
             .collect();
         out.sort();
         out
+    }
+
+    /// The plan's container ports whose IPv4 GSO/GRO limits must follow
+    /// the underlay device's (BIG TCP, see [`super::big_tcp`]).
+    pub fn big_tcp_resizes(&self, plan: &NetworkPlan) -> Vec<super::big_tcp::Resize> {
+        let (Some(bridge), Some(underlay)) = (
+            self.index_of(&plan.bridge),
+            self.index_of(&plan.underlay_interface)
+                .and_then(|i| self.ports.get(&i)),
+        ) else {
+            return Vec::new();
+        };
+        let mut ports: Vec<&Link> = self
+            .ports
+            .values()
+            .filter(|p| p.master == Some(bridge) && leads_to_container(p))
+            .collect();
+        ports.sort_by_key(|p| p.index);
+        super::big_tcp::resizes(underlay, ports)
     }
 
     /// The containers of the plan's slice that the fast path can reach.
@@ -193,7 +200,7 @@ impl Snapshot {
             let Some(info) = ports.get(&port) else {
                 continue;
             };
-            if info.master != Some(bridge) || !info.veth_to_other_netns {
+            if info.master != Some(bridge) || !leads_to_container(info) {
                 continue;
             }
             if let Some(mac) = lladdr(msg) {
@@ -363,6 +370,8 @@ pub struct Followed {
     pub endpoints: bool,
     /// Attach the egress fast path to new bridge ports at this tc priority.
     pub ports: Option<u16>,
+    /// Keep the ports' IPv4 GSO/GRO limits at the underlay's (BIG TCP).
+    pub big_tcp: bool,
 }
 
 /// The networks whose endpoint maps and bridge ports are kept in sync: network id -> how.
@@ -389,6 +398,15 @@ fn registered(registry: &Registry) -> Vec<Followed> {
         .values()
         .cloned()
         .collect()
+}
+
+/// Makes the next snapshot read the plan's underlay device afresh: the
+/// kernel does not announce a change of its IPv4 GSO/GRO limits, which
+/// BIG TCP follows.
+pub async fn reread_underlay(nl: &Netlink, plan: &NetworkPlan) {
+    if let Ok(Some(underlay)) = nl.link_by_name(&plan.underlay_interface).await {
+        nl.reread_link(underlay.index);
+    }
 }
 
 /// Spawns the one task keeping the endpoint maps of every network in
@@ -434,6 +452,9 @@ pub fn spawn_refresher(
                 if networks.is_empty() {
                     continue;
                 }
+                for f in networks.iter().filter(|f| f.big_tcp) {
+                    reread_underlay(&nl, &f.plan).await;
+                }
                 let snapshot = match Snapshot::take(&nl).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -448,6 +469,10 @@ pub fn spawn_refresher(
                         if let Err(e) = sync_one(&snapshot, &f.plan, &f.pin_dir) {
                             warn!(network = %f.plan.network_id, error = %e, "fast-path endpoint sync failed");
                         }
+                    }
+                    if f.big_tcp {
+                        let resizes = snapshot.big_tcp_resizes(&f.plan);
+                        super::big_tcp::apply(&nl, &f.plan.network_id, &resizes).await;
                     }
                     let Some(priority) = f.ports else {
                         lock_ports(&running).remove(&f.plan.network_id);

@@ -34,6 +34,7 @@
 //! enters the stack as if received on the tunnel device, like packets of an
 //! ipip device, so strict rp_filter and `-i fantunN` firewall rules work.
 
+pub mod big_tcp;
 pub mod endpoints;
 pub mod maps;
 mod observe;
@@ -337,6 +338,8 @@ pub struct EbpfBackend {
     pin_root: PathBuf,
     peer_fast_path: bool,
     egress_fast_path: bool,
+    /// Container ports follow the underlay's IPv4 GSO/GRO limits.
+    big_tcp: bool,
     /// Set once this kernel refused the fast-path program: the slow path
     /// carries everything and `observe` stops expecting the filter.
     egress_fast_path_unsupported: AtomicBool,
@@ -361,6 +364,7 @@ impl EbpfBackend {
             pin_root,
             peer_fast_path: true,
             egress_fast_path: true,
+            big_tcp: true,
             egress_fast_path_unsupported: AtomicBool::new(false),
             program_tags: Mutex::new(HashMap::new()),
             synced: Default::default(),
@@ -383,6 +387,14 @@ impl EbpfBackend {
     /// FORWARD chain, then `fan_encap` on the tunnel device.
     pub fn with_egress_fast_path(mut self, on: bool) -> Self {
         self.egress_fast_path = on;
+        self
+    }
+
+    /// Lets container ports follow the underlay device's IPv4 GSO/GRO
+    /// limits (default), or leaves them as their runtime made them. See
+    /// [`big_tcp`].
+    pub fn with_big_tcp(mut self, on: bool) -> Self {
+        self.big_tcp = on;
         self
     }
 
@@ -823,8 +835,12 @@ impl Encapsulation for EbpfBackend {
             pin_dir: pin_dir.clone(),
             endpoints: self.peer_fast_path,
             ports: attached.fast.then_some(priority),
+            big_tcp: self.big_tcp,
         };
         {
+            if self.big_tcp {
+                endpoints::reread_underlay(&nl, plan).await;
+            }
             match endpoints::Snapshot::take_for(&nl, plan).await {
                 Ok(snapshot) => {
                     if self.peer_fast_path {
@@ -852,13 +868,17 @@ impl Encapsulation for EbpfBackend {
                         endpoints::lock_ports(&self.ports_running).remove(&plan.network_id);
                         ports::detach(&nl, &bridge_ports, priority).await?;
                     }
+                    if self.big_tcp {
+                        let resizes = snapshot.big_tcp_resizes(plan);
+                        big_tcp::apply(&nl, &plan.network_id, &resizes).await;
+                    }
                 }
                 Err(e) => {
                     warn!(network = %plan.network_id, error = %e, "fast-path endpoint sync failed")
                 }
             }
         }
-        if follow.endpoints || follow.ports.is_some() {
+        if follow.endpoints || follow.ports.is_some() || follow.big_tcp {
             self.ensure_refresher(follow)?;
         } else {
             self.stop_refresher(&plan.network_id);

@@ -3,7 +3,7 @@
 //! generation. Every `unsafe` block of the netlink code lives here.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
@@ -249,6 +249,48 @@ impl BatchSocket {
     }
 }
 
+/// The id this namespace knows the namespace open at `fd` by (RTM_GETNSID
+/// with NETNSA_FD); `None` when it has none (the two were never paired,
+/// for instance by a veth).
+pub(super) fn netnsid_of(fd: BorrowedFd) -> io::Result<Option<i32>> {
+    const RTM_GETNSID: u16 = 90;
+    const NETNSA_NSID: u16 = 1;
+    const NETNSA_FD: u16 = 3;
+    let mut socket = BatchSocket::open()?;
+    // struct rtgenmsg (AF_UNSPEC), padded to 4 bytes, then NETNSA_FD.
+    let mut body = vec![0u8; 4];
+    body.extend_from_slice(&8u16.to_ne_bytes());
+    body.extend_from_slice(&NETNSA_FD.to_ne_bytes());
+    body.extend_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    let answers = socket.exchange(RTM_GETNSID, &body)?;
+    let id = answers
+        .iter()
+        .flat_map(|a| attributes(a.get(4..).unwrap_or_default()))
+        .find(|(kind, value)| *kind == NETNSA_NSID && value.len() >= 4)
+        .map(|(_, v)| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+    // Negative: NETNSA_NSID_NOT_ASSIGNED.
+    Ok(id.filter(|id| *id >= 0))
+}
+
+/// Sets the IPv4 GSO and GRO size limits (IFLA_GSO_IPV4_MAX_SIZE,
+/// IFLA_GRO_IPV4_MAX_SIZE) of device `index` in the calling thread's
+/// network namespace.
+pub(super) fn set_ipv4_gso_gro_max_size(index: u32, size: u32) -> io::Result<()> {
+    const RTM_NEWLINK: u16 = 16;
+    const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+    const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+    let mut socket = BatchSocket::open()?;
+    // struct ifinfomsg (AF_UNSPEC, `index`), then the two attributes.
+    let mut body = vec![0u8; 16];
+    body[4..8].copy_from_slice(&index.to_ne_bytes());
+    for kind in [IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE] {
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&kind.to_ne_bytes());
+        body.extend_from_slice(&size.to_ne_bytes());
+    }
+    socket.exchange(RTM_NEWLINK, &body).map(|_| ())
+}
+
 /// The nf_tables ruleset generation (NFT_MSG_GETGEN): it changes with
 /// every committed nftables transaction in this network namespace.
 pub(super) fn nft_generation() -> io::Result<u32> {
@@ -327,10 +369,16 @@ impl BatchSocket {
     /// header and any filter attributes) and returns the payload (after the
     /// netlink header) of every answer, in order.
     pub(super) fn dump(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        const NLMSG_DONE: u16 = 3;
         const NLM_F_DUMP: u16 = 0x300;
         let seq = self.next_seq();
         self.send(&request(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body))?;
+        self.answers(seq)
+    }
+
+    /// The answers to request `seq`, up to its end: NLMSG_DONE (a dump) or
+    /// an ack (an NLMSG_ERROR with errno 0); another errno is the error.
+    fn answers(&mut self, seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        const NLMSG_DONE: u16 = 3;
         let mut answers = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -342,14 +390,24 @@ impl BatchSocket {
                 }
                 match kind {
                     NLMSG_DONE => return Ok(answers),
-                    NLMSG_ERROR => match errno_of(payload) {
-                        0 => {}
-                        errno => return Err(io::Error::from_raw_os_error(errno)),
-                    },
+                    NLMSG_ERROR => {
+                        return match errno_of(payload) {
+                            0 => Ok(answers),
+                            errno => Err(io::Error::from_raw_os_error(errno)),
+                        }
+                    }
                     _ => answers.push(payload.to_vec()),
                 }
             }
         }
+    }
+
+    /// Sends one request (`kind`, `body`) asking for an ack; returns the
+    /// answers that came before the ack, or the errno it carried.
+    pub(super) fn exchange(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let seq = self.next_seq();
+        self.send(&request(kind, NLM_F_REQUEST | NLM_F_ACK, seq, body))?;
+        self.answers(seq)
     }
 
     /// The sequence number of the next request.
@@ -396,32 +454,10 @@ impl BatchSocket {
     /// The RTM_NEWLINK payload of link `index` (no statistics), `None`
     /// when there is no such link.
     pub(super) fn get_link(&mut self, index: u32) -> io::Result<Option<Vec<u8>>> {
-        const RTM_NEWLINK: u16 = 16;
-        let seq = self.next_seq();
-        self.send(&request(
-            RTM_GETLINK,
-            NLM_F_REQUEST,
-            seq,
-            &link_request(index),
-        ))?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = self.recv(&mut buf)?;
-            for (kind, msg_seq, payload) in frames(&buf[..n]).map_while(Result::ok) {
-                if msg_seq != seq {
-                    continue;
-                }
-                match kind {
-                    RTM_NEWLINK => return Ok(Some(payload.to_vec())),
-                    NLMSG_ERROR => {
-                        return match errno_of(payload) {
-                            libc::ENODEV => Ok(None),
-                            errno => Err(io::Error::from_raw_os_error(errno.max(1))),
-                        };
-                    }
-                    _ => {}
-                }
-            }
+        match self.exchange(RTM_GETLINK, &link_request(index)) {
+            Ok(answers) => Ok(answers.into_iter().next()),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

@@ -189,7 +189,7 @@ fn apply_event(
             stale.extend(
                 links
                     .values()
-                    .filter(|l| is_veth(l) && !l.link_in_other_netns && l.link == Some(gone))
+                    .filter(|l| is_veth(l) && !l.link_in_other_netns() && l.link == Some(gone))
                     .map(|l| l.index),
             );
         }

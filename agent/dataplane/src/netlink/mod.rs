@@ -17,6 +17,7 @@
 
 mod batch;
 mod link_cache;
+mod netns;
 pub mod nftables;
 mod types;
 
@@ -289,6 +290,12 @@ impl Netlink {
             .read_again(index);
     }
 
+    /// Makes the next lookup read device `index` afresh: for a change the
+    /// kernel does not announce (IPv4 GSO/GRO limits), made by anyone.
+    pub fn reread_link(&self, index: u32) {
+        self.touched(index);
+    }
+
     /// Makes the next link lookup dump every link again: bounds how long a
     /// change the kernel did not announce, made by someone else, can go
     /// unseen (the reconcile pass calls this once per pass).
@@ -329,6 +336,41 @@ impl Netlink {
         let message = LinkUnspec::new_with_index(index).alias(alias).build();
         self.set_link(index, |l| format!("set alias {alias:?} on {l}"), message)
             .await
+    }
+
+    /// Sets the IPv4 GSO and GRO size limits (BIG TCP above 64 KB) of device
+    /// `index`; with `netnsid`, of the device with that index in the
+    /// namespace known here by that id (a veth's peer in a container).
+    pub async fn set_ipv4_gso_gro_max_size(
+        &self,
+        index: u32,
+        netnsid: Option<i32>,
+        size: u32,
+    ) -> Result<()> {
+        match netnsid {
+            Some(id) => {
+                blocking(|| netns::set_ipv4_gso_gro_max_size(id, index, size)).map_err(|e| {
+                    DataplaneError::other(
+                        format!("set IPv4 GSO/GRO max size {size} on #{index} in netns id {id}"),
+                        e,
+                    )
+                })
+            }
+            // The kernel does not announce this change: `set_link` marks it.
+            None => {
+                let mut message = LinkUnspec::new_with_index(index).build();
+                message.attributes.extend([
+                    LinkAttribute::GsoIpv4MaxSize(size),
+                    LinkAttribute::GroIpv4MaxSize(size),
+                ]);
+                self.set_link(
+                    index,
+                    |l| format!("set IPv4 GSO/GRO max size {size} on {l}"),
+                    message,
+                )
+                .await
+            }
+        }
     }
 
     /// Renames device `index` to `name` (the kernel refuses while it is up).

@@ -51,9 +51,25 @@ pub struct Link {
     pub link: Option<u32>,
     /// The Ethernet address, when the device has one.
     pub mac: Option<[u8; 6]>,
-    /// IFLA_LINK_NETNSID is set: the device's link (a veth's peer) lives in
-    /// another network namespace.
-    pub link_in_other_netns: bool,
+    /// IFLA_LINK_NETNSID, set when the device's link (a veth's peer) lives
+    /// in another network namespace: the id, in our namespace, of the namespace where
+    /// the device's link (a veth's peer) lives.
+    pub link_netnsid: Option<i32>,
+    /// IFLA_GSO_IPV4_MAX_SIZE: the largest IPv4 GSO packet the stack builds
+    /// for this device (above 64 KB: BIG TCP; Linux 6.3+, else `None`).
+    pub gso_ipv4_max_size: Option<u32>,
+    /// IFLA_GRO_IPV4_MAX_SIZE: the largest IPv4 packet GRO builds on it.
+    pub gro_ipv4_max_size: Option<u32>,
+    /// IFLA_TSO_MAX_SIZE: the most the device (its driver) accepts as GSO
+    /// size; the kernel refuses a larger `gso_ipv4_max_size`.
+    pub tso_max_size: Option<u32>,
+}
+
+impl Link {
+    /// The device's link (a veth's peer) lives in another network namespace.
+    pub fn link_in_other_netns(&self) -> bool {
+        self.link_netnsid.is_some()
+    }
 }
 
 /// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
@@ -205,7 +221,10 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
         master: None,
         link: None,
         mac: None,
-        link_in_other_netns: false,
+        link_netnsid: None,
+        gso_ipv4_max_size: None,
+        gro_ipv4_max_size: None,
+        tso_max_size: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -215,7 +234,10 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::Controller(master) if master != 0 => link.master = Some(master),
             LinkAttribute::Link(peer) if peer != 0 => link.link = Some(peer),
             LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
-            LinkAttribute::LinkNetNsId(_) => link.link_in_other_netns = true,
+            LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(id),
+            LinkAttribute::GsoIpv4MaxSize(size) => link.gso_ipv4_max_size = Some(size),
+            LinkAttribute::GroIpv4MaxSize(size) => link.gro_ipv4_max_size = Some(size),
+            LinkAttribute::TsoMaxSize(size) => link.tso_max_size = Some(size),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
