@@ -59,8 +59,20 @@ pub fn set_ipv4_gso_gro(ns: &Netns, device: &str, size: u32) -> Result<bool> {
 
 /// The IPv4 GSO limit of `device` in `ns`; `None` on kernels without it.
 pub fn ipv4_gso_max_size(ns: &Netns, device: &str) -> Result<Option<u32>> {
-    let out = ns
-        .command("python3")
+    read(ns.command("python3"), device)
+}
+
+/// The IPv4 GSO limit of `device` in the namespace open at `netns` (such
+/// as `/proc/PID/ns/net` of a container's process).
+pub fn ipv4_gso_max_size_at(netns: &str, device: &str) -> Result<Option<u32>> {
+    let mut command = std::process::Command::new("nsenter");
+    command.arg(format!("--net={netns}")).arg("python3");
+    read(command, device)
+}
+
+/// Runs the script's `get` with `python3` (the command so far).
+fn read(mut python3: std::process::Command, device: &str) -> Result<Option<u32>> {
+    let out = python3
         .args(["-c", SCRIPT, "get", device])
         .output()
         .context("python3")?;
@@ -76,17 +88,29 @@ pub fn ipv4_gso_max_size(ns: &Netns, device: &str) -> Result<Option<u32>> {
 /// Waits (up to 30 s: the agent's endpoint resync runs every 10 s) until
 /// `device` in `ns` has IPv4 GSO limit `size`.
 pub async fn wait_for_ipv4_gso(ns: &Netns, device: &str, size: u32) -> Result<()> {
+    wait_for(&format!("{device} in {}", ns.name), size, || {
+        ipv4_gso_max_size(ns, device)
+    })
+    .await
+}
+
+/// [`wait_for_ipv4_gso`] for the namespace open at `netns`.
+pub async fn wait_for_ipv4_gso_at(netns: &str, device: &str, size: u32) -> Result<()> {
+    wait_for(&format!("{device} in {netns}"), size, || {
+        ipv4_gso_max_size_at(netns, device)
+    })
+    .await
+}
+
+async fn wait_for(what: &str, size: u32, read: impl Fn() -> Result<Option<u32>>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = ipv4_gso_max_size(ns, device)?;
+        let now = read()?;
         if now == Some(size) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{device} in {}: IPv4 GSO limit {now:?}, not {size}",
-                ns.name
-            );
+            bail!("{what}: IPv4 GSO limit {now:?}, not {size}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

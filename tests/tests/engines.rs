@@ -28,12 +28,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use fan_e2e::gso::{set_ipv4_gso_gro, wait_for_ipv4_gso_at};
 use fan_e2e::{binary, Client, Netns, Testbed};
 use fan_proto::v1 as pb;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 const NETWORK: &str = "fan-250";
+/// An IPv4 GSO limit above the legacy 64 KB (BIG TCP).
+const BIG_TCP: u32 = 196_608;
 const HOSTS: [(&str, Ipv4Addr); 2] = [
     ("h28", Ipv4Addr::new(172, 30, 0, 28)),
     ("h27", Ipv4Addr::new(172, 30, 0, 27)),
@@ -435,6 +438,19 @@ async fn check_allocations_and_exchange(
     exchange(exec, ("h28", a, &addrs[a]), ("h27", b, &addrs[b]))
 }
 
+/// BIG TCP: once `host` raises its NIC's IPv4 GSO limit, the engine's
+/// container (whose pid `inspect_pid` prints) gets it on its `eth0`: the
+/// agent reaches its namespace through the container's process (the test
+/// daemons keep their netns mounts under their own directories).
+async fn big_tcp_reaches(bed: &Bed, host: &str, inspect_pid: Command) -> Result<()> {
+    if !set_ipv4_gso_gro(bed.host(host), "eth0", BIG_TCP)? {
+        eprintln!("BIG TCP part skipped: this kernel has no gso_ipv4_max_size (Linux 6.3+)");
+        return Ok(());
+    }
+    let pid = check(inspect_pid)?;
+    wait_for_ipv4_gso_at(&format!("/proc/{pid}/ns/net"), "eth0", BIG_TCP).await
+}
+
 /// Runs, through `run` (the engine's command on a host with these
 /// arguments), `a` on h28 and `b` on h27 serving [`SERVE`], and `with_ip`
 /// on h28 at 250.0.28.200; allocates 250.0.28.201 by hand and checks that a
@@ -676,6 +692,13 @@ async fn docker_with_the_fan_ipam_plugin() -> Result<()> {
         &addrs,
         ["c28", "c27", "c28ip"],
         &|host, name, args| docker_exec(&bed, host, name, args),
+    )
+    .await?;
+
+    big_tcp_reaches(
+        &bed,
+        "h28",
+        docker_args(&bed, "h28", &["inspect", "-f", "{{.State.Pid}}", "c28"]),
     )
     .await?;
 
@@ -922,6 +945,12 @@ async fn podman_with_fan_ipam() -> Result<()> {
             c.args(["exec", name]).args(args);
             c
         },
+    )
+    .await?;
+    big_tcp_reaches(
+        &bed,
+        "h28",
+        podman_args(&bed, "h28", &["inspect", "-f", "{{.State.Pid}}", "p28"]),
     )
     .await?;
 
