@@ -61,22 +61,30 @@ pub fn resizes<'a>(underlay: &Link, ports: impl IntoIterator<Item = &'a Link>) -
         .collect()
 }
 
-/// Applies `resizes`: the container's side first, then the port (which
-/// marks the pair done for [`resizes`]). A failure is logged and the pair
+/// Applies `resizes`: the containers' sides first, then the ports (which
+/// mark the pairs done for [`resizes`]). A failure is logged and the pair
 /// left as it is: the limits only change how fast it goes, never whether.
 pub async fn apply(nl: &Netlink, network: &str, resizes: &[Resize]) {
-    for r in resizes {
-        if let Some((peer, netnsid)) = r.peer {
-            if let Err(e) = nl
-                .set_ipv4_gso_gro_max_size(peer, Some(netnsid), r.size)
-                .await
-            {
-                // Gone meanwhile (a container stopping), or its driver
-                // takes less: the port alone still helps traffic to it.
-                debug!(network, port = %r.port_name, error = %e, "container side of port not resized");
-            }
+    if resizes.is_empty() {
+        return;
+    }
+    let peers: Vec<(&Resize, (i32, u32, u32))> = resizes
+        .iter()
+        .filter_map(|r| r.peer.map(|(index, netnsid)| (r, (netnsid, index, r.size))))
+        .collect();
+    let changes: Vec<_> = peers.iter().map(|(_, c)| *c).collect();
+    for ((r, _), result) in peers
+        .iter()
+        .zip(Netlink::set_ipv4_gso_gro_max_sizes_elsewhere(&changes))
+    {
+        if let Err(e) = result {
+            // Gone meanwhile (a container stopping), or its driver takes
+            // less: the port alone still helps traffic to it.
+            debug!(network, port = %r.port_name, error = %e, "container side of port not resized");
         }
-        match nl.set_ipv4_gso_gro_max_size(r.port, None, r.size).await {
+    }
+    for r in resizes {
+        match nl.set_ipv4_gso_gro_max_size(r.port, r.size).await {
             Ok(()) => {
                 info!(network, port = %r.port_name, size = r.size, "port follows the underlay's IPv4 GSO/GRO limit")
             }

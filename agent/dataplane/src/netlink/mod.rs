@@ -338,39 +338,40 @@ impl Netlink {
             .await
     }
 
-    /// Sets the IPv4 GSO and GRO size limits (BIG TCP above 64 KB) of device
-    /// `index`; with `netnsid`, of the device with that index in the
-    /// namespace known here by that id (a veth's peer in a container).
-    pub async fn set_ipv4_gso_gro_max_size(
-        &self,
-        index: u32,
-        netnsid: Option<i32>,
-        size: u32,
-    ) -> Result<()> {
-        match netnsid {
-            Some(id) => {
-                blocking(|| netns::set_ipv4_gso_gro_max_size(id, index, size)).map_err(|e| {
+    /// Sets the IPv4 GSO and GRO size limits (BIG TCP above 64 KB) of
+    /// device `index`.
+    pub async fn set_ipv4_gso_gro_max_size(&self, index: u32, size: u32) -> Result<()> {
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message.attributes.extend([
+            LinkAttribute::GsoIpv4MaxSize(size),
+            LinkAttribute::GroIpv4MaxSize(size),
+        ]);
+        // The kernel does not announce this change: `set_link` marks it.
+        self.set_link(
+            index,
+            |l| format!("set IPv4 GSO/GRO max size {size} on {l}"),
+            message,
+        )
+        .await
+    }
+
+    /// The same for devices in other namespaces (a veth's peer in a
+    /// container), each given as (the namespace's id here, the device's
+    /// index there, size): the result of each, in order.
+    pub fn set_ipv4_gso_gro_max_sizes_elsewhere(changes: &[(i32, u32, u32)]) -> Vec<Result<()>> {
+        let results = blocking(|| netns::set_ipv4_gso_gro_max_sizes(changes));
+        changes
+            .iter()
+            .zip(results)
+            .map(|((id, index, size), result)| {
+                result.map_err(|e| {
                     DataplaneError::other(
                         format!("set IPv4 GSO/GRO max size {size} on #{index} in netns id {id}"),
                         e,
                     )
                 })
-            }
-            // The kernel does not announce this change: `set_link` marks it.
-            None => {
-                let mut message = LinkUnspec::new_with_index(index).build();
-                message.attributes.extend([
-                    LinkAttribute::GsoIpv4MaxSize(size),
-                    LinkAttribute::GroIpv4MaxSize(size),
-                ]);
-                self.set_link(
-                    index,
-                    |l| format!("set IPv4 GSO/GRO max size {size} on {l}"),
-                    message,
-                )
-                .await
-            }
-        }
+            })
+            .collect()
     }
 
     /// Renames device `index` to `name` (the kernel refuses while it is up).

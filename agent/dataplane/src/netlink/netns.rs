@@ -8,7 +8,7 @@
 //! id each has here (RTM_GETNSID), and the change is made by a thread that
 //! entered it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -40,12 +40,17 @@ fn candidates() -> impl Iterator<Item = PathBuf> {
     named.chain(processes)
 }
 
-/// The namespace our namespace knows by `netnsid`, opened; `None` when no
-/// process or name holds it any more.
-pub(super) fn open_by_id(netnsid: i32) -> io::Result<Option<File>> {
+/// The namespaces our namespace knows by the ids in `wanted`, opened,
+/// from one search that stops once all are found; an id no process or
+/// name holds any more is missing from the answer.
+pub(super) fn open_by_ids(wanted: &BTreeSet<i32>) -> io::Result<HashMap<i32, File>> {
     let own = std::fs::metadata("/proc/thread-self/ns/net")?;
     let mut seen = HashSet::from([(own.dev(), own.ino())]);
+    let mut found = HashMap::new();
     for path in candidates() {
+        if found.len() == wanted.len() {
+            break;
+        }
         // Processes come and go: what cannot be opened is skipped.
         let Ok(file) = File::open(&path) else {
             continue;
@@ -56,11 +61,11 @@ pub(super) fn open_by_id(netnsid: i32) -> io::Result<Option<File>> {
         if !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        if batch::netnsid_of(file.as_fd())? == Some(netnsid) {
-            return Ok(Some(file));
+        if let Some(id) = batch::netnsid_of(file.as_fd())?.filter(|id| wanted.contains(id)) {
+            found.insert(id, file);
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Runs `work` on a thread that entered the namespace `netns`: the
@@ -83,14 +88,31 @@ pub(super) fn within<T: Send>(
     })
 }
 
-/// Sets the IPv4 GSO/GRO size limits of device `index` in the namespace
-/// known here by `netnsid`.
-pub(super) fn set_ipv4_gso_gro_max_size(netnsid: i32, index: u32, size: u32) -> io::Result<()> {
-    let netns = open_by_id(netnsid)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no namespace with id {netnsid} is open"),
-        )
-    })?;
-    within(&netns, || batch::set_ipv4_gso_gro_max_size(index, size))
+/// Sets the IPv4 GSO/GRO size limits of devices in other namespaces, each
+/// given as (namespace id here, device index there, size); one search for
+/// the namespaces serves them all. The result of each, in order.
+pub(super) fn set_ipv4_gso_gro_max_sizes(changes: &[(i32, u32, u32)]) -> Vec<io::Result<()>> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let ids = changes.iter().map(|(id, _, _)| *id).collect();
+    let namespaces = match open_by_ids(&ids) {
+        Ok(n) => n,
+        Err(e) => {
+            return changes
+                .iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect()
+        }
+    };
+    changes
+        .iter()
+        .map(|(id, index, size)| match namespaces.get(id) {
+            Some(netns) => within(netns, || batch::set_ipv4_gso_gro_max_size(*index, *size)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no namespace with id {id} is open"),
+            )),
+        })
+        .collect()
 }
