@@ -18,7 +18,7 @@
 //! host's choice. The limits change no packet on the wire (TCP segments
 //! keep the path MTU); only how many the stack handles at once.
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::netlink::{Link, Netlink};
 
@@ -62,8 +62,10 @@ pub fn resizes<'a>(underlay: &Link, ports: impl IntoIterator<Item = &'a Link>) -
 }
 
 /// Applies `resizes`: the containers' sides first, then the ports (which
-/// mark the pairs done for [`resizes`]). A failure is logged and the pair
-/// left as it is: the limits only change how fast it goes, never whether.
+/// mark the pairs done for [`resizes`]). A container's side that cannot be
+/// reached (it is stopping, or its namespace is held only where the agent
+/// cannot look) is logged and not tried again: the limits only change how
+/// fast traffic goes, never whether, and each try searches the namespaces.
 pub async fn apply(nl: &Netlink, network: &str, resizes: &[Resize]) {
     if resizes.is_empty() {
         return;
@@ -78,9 +80,8 @@ pub async fn apply(nl: &Netlink, network: &str, resizes: &[Resize]) {
         .zip(Netlink::set_ipv4_gso_gro_max_sizes_elsewhere(&changes))
     {
         if let Err(e) = result {
-            // Gone meanwhile (a container stopping), or its driver takes
-            // less: the port alone still helps traffic to it.
-            debug!(network, port = %r.port_name, error = %e, "container side of port not resized");
+            // The port alone still helps traffic towards the container.
+            info!(network, port = %r.port_name, error = %e, "container side of port not resized");
         }
     }
     for r in resizes {
