@@ -392,6 +392,68 @@ fn two_hosts_ping_both_ways_with_kernel_wire_format() {
     }
 }
 
+/// Fast-path packets go to the next hop the host's routing table names
+/// for the remote host (the fast path looks it up, `bpf_fib_lookup`), not
+/// straight to the remote host: here a more specific route sends host 1's
+/// traffic for host 2 through a gateway (an address host 2 also answers
+/// for, standing in for a router), while host 1's neighbour entry for host
+/// 2 itself is a MAC nobody has: packets sent straight there are lost.
+#[test]
+fn the_fast_path_sends_to_the_routing_tables_next_hop() {
+    let Some(w) = World::new(&SHAPE_16, true) else {
+        return;
+    };
+    let (h1, h2) = (w.hosts[0].ns.as_str(), w.hosts[1].ns.as_str());
+    let remote = w.hosts[1].plan.local_underlay.to_string();
+    sh(&[
+        "ip",
+        "-n",
+        h2,
+        "addr",
+        "add",
+        "172.30.9.1/32",
+        "dev",
+        UPLINK,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        h1,
+        "route",
+        "add",
+        &format!("{remote}/32"),
+        "via",
+        "172.30.9.1",
+        "dev",
+        UPLINK,
+        "onlink",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        h1,
+        "neigh",
+        "replace",
+        &remote,
+        "lladdr",
+        "02:00:00:00:00:99",
+        "nud",
+        "permanent",
+        "dev",
+        UPLINK,
+    ]);
+    let fast = |w: &World| {
+        let dir = fan_dataplane::ebpf::pin::network_dir(&w.hosts[0].pin_root, NETWORK).unwrap();
+        fan_dataplane::ebpf::pinned_counter_slots(&dir).unwrap()
+            [fan_dataplane::ebpf::maps::slot::FAST_PATH_ENCAPSULATED as usize]
+    };
+    let before = fast(&w);
+    w.must_ping(0, w.hosts[1].container_ip);
+    assert!(fast(&w) > before, "the pings took the fast path");
+    let neighbours = sh(&["ip", "-n", h1, "neigh", "show", "dev", UPLINK]);
+    assert!(neighbours.contains("172.30.9.1 "), "{neighbours}");
+}
+
 #[test]
 fn kernel_ipip_is_accepted_spoofing_and_fragments_are_dropped() {
     let Some(w) = World::new(&SHAPE_16, true) else {
