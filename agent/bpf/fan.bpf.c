@@ -27,10 +27,8 @@
  * 6.18, fan-bench's two hosts on one kernel; issue 14): the container's veth
  * (one more backlog crossing per skb, ACKs included; a netkit device would
  * run fan_fastpath in the container's xmit and remove it), the route lookup
- * (now bpf_fib_lookup: bpf_redirect_neigh's own took and dropped a route
- * cache reference per packet, about 3 % of one stream), the GSO header
- * check each device repeats on the SKB_GSO_DODGY that bpf_skb_adjust_room
- * sets, and, at decap, skb_unclone:
+ * of bpf_redirect_neigh, the GSO header check each device repeats on the
+ * SKB_GSO_DODGY that bpf_skb_adjust_room sets, and, at decap, skb_unclone:
  * adjust_room always copies the head of a cloned skb, and between namespaces
  * of one kernel every TCP data skb is the sender's clone (a NIC hands us
  * fresh ones). Each is 1-2 % of the flow's CPU; the host's conntrack, which
@@ -55,9 +53,6 @@
 #define FAN_ADJ_ROOM_ENCAP_L3_IPV4 (1ULL << 1)
 /* On kernels that know it, marks the shrink as a decapsulation (Linux 6.3+). */
 #define FAN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
-/* bpf_fib_lookup without the neighbour lookup (Linux 6.3+; an older kernel
- * refuses the flag and the caller falls back). */
-#define FAN_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
 
 #define FAN_IP_MF 0x2000
 #define FAN_IP_DF 0x4000
@@ -427,40 +422,6 @@ int fan_decap(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* Hands the encapsulated packet to the underlay device. The next hop comes
- * from bpf_fib_lookup (the same output lookup the kernel would do: our
- * underlay address to `remote`, protocol 4, out of the underlay device),
- * which costs less than bpf_redirect_neigh's own: no route cache entry is
- * taken and released per packet. A marked packet (policy routing may use
- * the mark, which this lookup does not carry on every kernel), a lookup
- * that fails or leads elsewhere: bpf_redirect_neigh looks up the route
- * itself, as before. */
-static __always_inline long redirect_to_underlay(struct __sk_buff *skb,
-						 const struct fan_config *cfg,
-						 __u32 remote, __u8 tos)
-{
-	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
-
-	if (skb->mark == 0) {
-		fib.family = 2; /* AF_INET */
-		fib.l4_protocol = IPPROTO_IPIP;
-		fib.tos = tos;
-		fib.ipv4_src = bpf_htonl(cfg->local_underlay);
-		fib.ipv4_dst = bpf_htonl(remote);
-		fib.ifindex = cfg->underlay_ifindex;
-		if (bpf_fib_lookup(skb, &fib, sizeof(fib),
-				   BPF_FIB_LOOKUP_OUTPUT | FAN_FIB_LOOKUP_SKIP_NEIGH) ==
-			    BPF_FIB_LKUP_RET_SUCCESS &&
-		    fib.ifindex == cfg->underlay_ifindex) {
-			nh.nh_family = 2; /* AF_INET */
-			nh.ipv4_nh = fib.ipv4_dst;
-			return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
-		}
-	}
-	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
-}
-
 SEC("classifier/fan_fastpath")
 int fan_fastpath(struct __sk_buff *skb)
 {
@@ -541,7 +502,7 @@ int fan_fastpath(struct __sk_buff *skb)
 
 	count(FAN_C_ENCAPSULATED, segs);
 	count(FAN_C_FAST_PATH_ENCAPSULATED, segs);
-	return redirect_to_underlay(skb, cfg, remote, 0);
+	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 
 drop:
 	count(FAN_C_DROPPED_OTHER, segs);

@@ -393,8 +393,8 @@ fn two_hosts_ping_both_ways_with_kernel_wire_format() {
 }
 
 /// Fast-path packets go to the next hop the host's routing table names
-/// for the remote host (the fast path looks it up, `bpf_fib_lookup`), not
-/// straight to the remote host: here a more specific route sends host 1's
+/// for the remote host (`bpf_redirect_neigh` looks it up), not straight to
+/// the remote host: here a more specific route sends host 1's
 /// traffic for host 2 through a gateway (an address host 2 also answers
 /// for, standing in for a router), while host 1's neighbour entry for host
 /// 2 itself is a MAC nobody has: packets sent straight there are lost.
