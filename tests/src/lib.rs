@@ -815,6 +815,15 @@ impl Testbed {
             .ok_or_else(|| anyhow!("{host}: no counters on {id}"))
     }
 
+    /// Slot `slot` (`fan_dataplane::ebpf::maps::slot`) of the pinned
+    /// data-plane counters of network `network` on `host`: 0 when the map
+    /// has no such slot.
+    pub fn pinned_counter(&self, host: &str, network: &str, slot: u32) -> Result<u64> {
+        let dir = fan_dataplane::ebpf::pin::network_dir(&self.host(host).agent.bpffs_dir, network)?;
+        let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
+        Ok(slots.get(slot as usize).copied().unwrap_or(0))
+    }
+
     /// The container called `name` (as given to `add_container`).
     pub fn container(&self, name: &str) -> &Container {
         self.containers

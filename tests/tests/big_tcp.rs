@@ -20,7 +20,7 @@
 //! Skipped (with a message) on kernels without the attribute.
 
 use anyhow::{anyhow, bail, Context, Result};
-use fan_dataplane::ebpf::{maps::slot, pin};
+use fan_dataplane::ebpf::maps::slot;
 use std::time::Duration;
 
 use fan_e2e::gso::{ipv4_gso_max_size, set_ipv4_gso_gro, wait_for_ipv4_gso, LEGACY_GSO};
@@ -59,12 +59,7 @@ fn tx(ns: &Netns, device: &str) -> Result<(u64, u64)> {
 }
 
 fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
-    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
-    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
-    Ok(slots
-        .get(slot::FAST_PATH_ENCAPSULATED as usize)
-        .copied()
-        .unwrap_or(0))
+    bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED)
 }
 
 #[tokio::test(flavor = "multi_thread")]

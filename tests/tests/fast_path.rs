@@ -42,23 +42,13 @@ fn addr(text: &str) -> Ipv4Addr {
 
 /// Packets the egress fast path of `host` encapsulated (its pinned counter).
 fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
-    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
-    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
-    Ok(slots
-        .get(slot::FAST_PATH_ENCAPSULATED as usize)
-        .copied()
-        .unwrap_or(0))
+    bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED)
 }
 
 /// Decapsulated packets `host` delivered straight into a container with
 /// `bpf_redirect_peer` (its pinned counter): the ingress fast path.
 fn peer_redirected(bed: &Testbed, host: &str) -> Result<u64> {
-    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
-    let slots = fan_dataplane::ebpf::pinned_counter_slots(&dir)?;
-    Ok(slots
-        .get(slot::PEER_REDIRECTED as usize)
-        .copied()
-        .unwrap_or(0))
+    bed.pinned_counter(host, "fan", slot::PEER_REDIRECTED)
 }
 
 /// The TTL a router hop on each host leaves visible, whichever path carries

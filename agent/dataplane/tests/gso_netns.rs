@@ -16,6 +16,16 @@ async fn link(nl: &Netlink, name: &str) -> Link {
         .unwrap_or_else(|| panic!("no device {name}"))
 }
 
+/// The names of every device here.
+async fn names(nl: &Netlink) -> Vec<String> {
+    nl.links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect()
+}
+
 /// The IPv4 GSO and GRO limits of `device` in `netns`, read from inside.
 fn limits_in(netns: &Netns, device: &'static str) -> (Option<u32>, Option<u32>) {
     netns.block_on(move || async move {
@@ -42,13 +52,7 @@ fn a_containers_side_gets_the_limits_and_nothing_moves() {
         let (Some(netnsid), Some(peer)) = (host.link_netnsid, host.link) else {
             panic!("the host side names its peer's namespace and index: {host:?}");
         };
-        let ours_before: Vec<String> = nl
-            .links()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+        let ours_before = names(&nl).await;
 
         // An id no namespace has: an error, and nothing of ours moves (a
         // link change with IFLA_TARGET_NETNSID would move our device of
@@ -67,13 +71,7 @@ fn a_containers_side_gets_the_limits_and_nothing_moves() {
             (host.gso_ipv4_max_size, host.gro_ipv4_max_size),
             (Some(LEGACY), Some(LEGACY))
         );
-        let ours_after: Vec<String> = nl
-            .links()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+        let ours_after = names(&nl).await;
         assert_eq!(ours_before, ours_after);
 
         // Our own side, and the cache sees it (the kernel does not announce it).

@@ -17,7 +17,7 @@
 //! chain and bridge netfilter; host firewall rules on forwarded overlay
 //! traffic towards containers do not see them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,29 +144,9 @@ impl Snapshot {
     }
 
     /// The ports of the plan's bridge that lead to a container (veths whose
-    /// peer is in another namespace), for the egress fast path.
-    pub fn bridge_ports(&self, plan: &NetworkPlan) -> Vec<super::ports::Port> {
+    /// peer is in another namespace), by ifindex; none without the bridge.
+    fn container_ports(&self, plan: &NetworkPlan) -> Vec<&Link> {
         let Some(bridge) = self.index_of(&plan.bridge) else {
-            return Vec::new();
-        };
-        let mut out: Vec<_> = self
-            .ports
-            .iter()
-            .filter(|(_, p)| p.master == Some(bridge) && leads_to_container(p))
-            .map(|(index, p)| (*index, p.name.clone(), p.mac))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// The plan's container ports whose IPv4 GSO/GRO limits must follow
-    /// the underlay device's (BIG TCP, see [`super::big_tcp`]).
-    pub fn big_tcp_resizes(&self, plan: &NetworkPlan) -> Vec<super::big_tcp::Resize> {
-        let (Some(bridge), Some(underlay)) = (
-            self.index_of(&plan.bridge),
-            self.index_of(&plan.underlay_interface)
-                .and_then(|i| self.ports.get(&i)),
-        ) else {
             return Vec::new();
         };
         let mut ports: Vec<&Link> = self
@@ -175,7 +155,27 @@ impl Snapshot {
             .filter(|p| p.master == Some(bridge) && leads_to_container(p))
             .collect();
         ports.sort_by_key(|p| p.index);
-        super::big_tcp::resizes(underlay, ports)
+        ports
+    }
+
+    /// The container ports of the plan's bridge, for the egress fast path.
+    pub fn bridge_ports(&self, plan: &NetworkPlan) -> Vec<super::ports::Port> {
+        self.container_ports(plan)
+            .into_iter()
+            .map(|p| (p.index, p.name.clone(), p.mac))
+            .collect()
+    }
+
+    /// The plan's container ports whose IPv4 GSO/GRO limits must follow
+    /// the underlay device's (BIG TCP, see [`super::big_tcp`]).
+    pub fn big_tcp_resizes(&self, plan: &NetworkPlan) -> Vec<super::big_tcp::Resize> {
+        let underlay = self
+            .index_of(&plan.underlay_interface)
+            .and_then(|i| self.ports.get(&i));
+        match underlay {
+            Some(underlay) => super::big_tcp::resizes(underlay, self.container_ports(plan)),
+            None => Vec::new(),
+        }
     }
 
     /// The containers of the plan's slice that the fast path can reach.
@@ -400,11 +400,11 @@ fn registered(registry: &Registry) -> Vec<Followed> {
         .collect()
 }
 
-/// Makes the next snapshot read the plan's underlay device afresh: the
+/// Makes the next snapshot read the underlay device `name` afresh: the
 /// kernel does not announce a change of its IPv4 GSO/GRO limits, which
 /// BIG TCP follows.
-pub async fn reread_underlay(nl: &Netlink, plan: &NetworkPlan) {
-    if let Ok(Some(underlay)) = nl.link_by_name(&plan.underlay_interface).await {
+pub async fn reread_underlay(nl: &Netlink, name: &str) {
+    if let Ok(Some(underlay)) = nl.link_by_name(name).await {
         nl.reread_link(underlay.index);
     }
 }
@@ -452,8 +452,14 @@ pub fn spawn_refresher(
                 if networks.is_empty() {
                     continue;
                 }
-                for f in networks.iter().filter(|f| f.big_tcp) {
-                    reread_underlay(&nl, &f.plan).await;
+                // Once per underlay device, however many networks share it.
+                let underlays: BTreeSet<&str> = networks
+                    .iter()
+                    .filter(|f| f.big_tcp)
+                    .map(|f| f.plan.underlay_interface.as_str())
+                    .collect();
+                for name in underlays {
+                    reread_underlay(&nl, name).await;
                 }
                 let snapshot = match Snapshot::take(&nl).await {
                     Ok(s) => s,

@@ -839,7 +839,7 @@ impl Encapsulation for EbpfBackend {
         };
         {
             if self.big_tcp {
-                endpoints::reread_underlay(&nl, plan).await;
+                endpoints::reread_underlay(&nl, &plan.underlay_interface).await;
             }
             match endpoints::Snapshot::take_for(&nl, plan).await {
                 Ok(snapshot) => {
