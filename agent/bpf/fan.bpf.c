@@ -27,7 +27,8 @@
  * 6.18, fan-bench's two hosts on one kernel; issue 14): the container's veth
  * (one more backlog crossing per skb, ACKs included; a netkit device would
  * run fan_fastpath in the container's xmit and remove it), the route lookup
- * of bpf_redirect_neigh, the GSO header check each device repeats on the
+ * of bpf_redirect_neigh (skipped when the agent finds the whole underlay
+ * on-link, FAN_F_UNDERLAY_ON_LINK), the GSO header check each device repeats on the
  * SKB_GSO_DODGY that bpf_skb_adjust_room sets, and, at decap, skb_unclone:
  * adjust_room always copies the head of a cloned skb, and between namespaces
  * of one kernel every TCP data skb is the sender's clone (a NIC hands us
@@ -54,6 +55,7 @@
 /* On kernels that know it, marks the shrink as a decapsulation (Linux 6.3+). */
 #define FAN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 
+#define FAN_AF_INET 2
 #define FAN_IP_MF 0x2000
 #define FAN_IP_DF 0x4000
 #define FAN_IP_OFFSET 0x1fff
@@ -66,6 +68,7 @@
 #define FAN_F_ANTI_SPOOF (1U << 1)
 #define FAN_F_PEER_FASTPATH (1U << 2)
 #define FAN_F_EGRESS_FASTPATH (1U << 3)
+#define FAN_F_UNDERLAY_ON_LINK (1U << 4)
 
 /* BPF_MTU_CHK_SEGS: check each segment of a GSO packet against the MTU. */
 #define FAN_MTU_CHK_SEGS 1
@@ -502,6 +505,16 @@ int fan_fastpath(struct __sk_buff *skb)
 
 	count(FAN_C_ENCAPSULATED, segs);
 	count(FAN_C_FAST_PATH_ENCAPSULATED, segs);
+	/* The agent found every underlay host on-link out of this device: the
+	 * remote host is the next hop, and the kernel skips its route lookup
+	 * (the neighbour is still resolved as before). */
+	if (cfg->flags & FAN_F_UNDERLAY_ON_LINK) {
+		struct bpf_redir_neigh nh = {
+			.nh_family = FAN_AF_INET,
+			.ipv4_nh = bpf_htonl(remote),
+		};
+		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
+	}
 	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 
 drop:

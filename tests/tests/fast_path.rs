@@ -499,3 +499,107 @@ async fn switched_off_the_slow_path_carries_everything() -> Result<()> {
     assert_eq!(fast_path_packets(&bed, "h28")? - t28, 3);
     Ok(())
 }
+
+/// Whether the fast path of `host` hands the kernel the remote host as next
+/// hop (the agent found the whole underlay on-link).
+fn next_hop_given(bed: &Testbed, host: &str) -> Result<bool> {
+    let dir = pin::network_dir(&bed.host(host).agent.bpffs_dir, "fan")?;
+    let config = fan_dataplane::ebpf::pinned_config(&dir).context("no pinned config")?;
+    Ok(config.flags & maps::FLAG_UNDERLAY_ON_LINK != 0)
+}
+
+/// Waits until the next hop is (or is not) given on `host`; returns how long it took.
+fn next_hop_becomes(bed: &Testbed, host: &str, given: bool) -> Result<std::time::Duration> {
+    let start = std::time::Instant::now();
+    fan_e2e::eventually(std::time::Duration::from_secs(30), || {
+        if next_hop_given(bed, host)? != given {
+            bail!("next hop given on {host}: want {given}");
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_hop_follows_route_and_rule_changes() -> Result<()> {
+    let bed = two_hosts().await?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let (h28, h27) = (&bed.host("h28").netns, &bed.host("h27").netns);
+    let ip = |ns: &Netns, args: &[&str]| -> Result<()> {
+        let out = ns.command("ip").args(args).output()?;
+        if !out.status.success() {
+            bail!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    tokio::task::block_in_place(|| -> Result<()> {
+        // A flat underlay: every host on-link out of eth0.
+        next_hop_becomes(&bed, "h28", true)?;
+        let before = fast_path_packets(&bed, "h28")?;
+        a.netns.ping(b.address, 2)?;
+        assert!(fast_path_packets(&bed, "h28")? > before);
+
+        // h27 is now reached through a gateway (172.30.9.1, an address of
+        // h27 itself), and h27's own MAC is replaced by one nobody has: a
+        // fast path still giving h27 as next hop would lose everything.
+        ip(h27, &["addr", "add", "172.30.9.1/32", "dev", "eth0"])?;
+        ip(
+            h28,
+            &[
+                "route",
+                "add",
+                "172.30.0.27/32",
+                "via",
+                "172.30.9.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ],
+        )?;
+        ip(
+            h28,
+            &[
+                "neigh",
+                "replace",
+                "172.30.0.27",
+                "lladdr",
+                "02:00:00:00:00:99",
+                "nud",
+                "permanent",
+                "dev",
+                "eth0",
+            ],
+        )?;
+        let took = next_hop_becomes(&bed, "h28", false)?;
+        println!("route through a gateway followed in {took:?}");
+        let before = fast_path_packets(&bed, "h28")?;
+        a.netns.ping(b.address, 2)?;
+        tcp_both_ways(&a.netns, &b.netns, b.address)?;
+        assert!(
+            fast_path_packets(&bed, "h28")? > before,
+            "still the fast path"
+        );
+
+        // Undone: the next hop is given again.
+        ip(h28, &["route", "del", "172.30.0.27/32"])?;
+        ip(h28, &["neigh", "del", "172.30.0.27", "dev", "eth0"])?;
+        let took = next_hop_becomes(&bed, "h28", true)?;
+        println!("route removal followed in {took:?}");
+        a.netns.ping(b.address, 2)?;
+
+        // A policy rule: the main table may no longer decide.
+        ip(
+            h28,
+            &[
+                "rule", "add", "fwmark", "0x99", "lookup", "99", "pref", "100",
+            ],
+        )?;
+        let took = next_hop_becomes(&bed, "h28", false)?;
+        println!("policy rule followed in {took:?}");
+        a.netns.ping(b.address, 2)?;
+        ip(h28, &["rule", "del", "pref", "100"])?;
+        next_hop_becomes(&bed, "h28", true)?;
+        a.netns.ping(b.address, 2)?;
+        Ok(())
+    })
+}

@@ -400,10 +400,11 @@ fn two_hosts_ping_both_ways_with_kernel_wire_format() {
 /// 2 itself is a MAC nobody has: packets sent straight there are lost.
 #[test]
 fn the_fast_path_sends_to_the_routing_tables_next_hop() {
-    let Some(w) = World::new(&SHAPE_16, true) else {
+    let Some(mut w) = World::new(&SHAPE_16, true) else {
         return;
     };
-    let (h1, h2) = (w.hosts[0].ns.as_str(), w.hosts[1].ns.as_str());
+    let (h1, h2) = (w.hosts[0].ns.clone(), w.hosts[1].ns.clone());
+    let (h1, h2) = (h1.as_str(), h2.as_str());
     let remote = w.hosts[1].plan.local_underlay.to_string();
     sh(&[
         "ip",
@@ -442,6 +443,10 @@ fn the_fast_path_sends_to_the_routing_tables_next_hop() {
         "dev",
         UPLINK,
     ]);
+    // The more specific route makes the agent let the kernel look the
+    // next hop up again (the refresher follows route events; here an apply).
+    w.apply(0);
+    assert!(!on_link(&w), "a gateway route inside the underlay");
     let fast = |w: &World| {
         let dir = fan_dataplane::ebpf::pin::network_dir(&w.hosts[0].pin_root, NETWORK).unwrap();
         fan_dataplane::ebpf::pinned_counter_slots(&dir).unwrap()
@@ -452,6 +457,72 @@ fn the_fast_path_sends_to_the_routing_tables_next_hop() {
     assert!(fast(&w) > before, "the pings took the fast path");
     let neighbours = sh(&["ip", "-n", h1, "neigh", "show", "dev", UPLINK]);
     assert!(neighbours.contains("172.30.9.1 "), "{neighbours}");
+}
+
+/// Whether host 0's fast path hands the kernel the remote host as next hop.
+fn on_link(w: &World) -> bool {
+    let dir = fan_dataplane::ebpf::pin::network_dir(&w.hosts[0].pin_root, NETWORK).unwrap();
+    let config = fan_dataplane::ebpf::pinned_config(&dir).expect("pinned config");
+    config.flags & fan_dataplane::ebpf::maps::FLAG_UNDERLAY_ON_LINK != 0
+}
+
+#[test]
+fn the_next_hop_is_given_only_while_the_whole_underlay_is_on_link() {
+    let Some(mut w) = World::new(&SHAPE_16, true) else {
+        return;
+    };
+    let h1 = w.hosts[0].ns.clone();
+    let c2 = w.hosts[1].container_ip;
+    let fast = |w: &World| {
+        let dir = fan_dataplane::ebpf::pin::network_dir(&w.hosts[0].pin_root, NETWORK).unwrap();
+        fan_dataplane::ebpf::pinned_counter_slots(&dir).unwrap()
+            [fan_dataplane::ebpf::maps::slot::FAST_PATH_ENCAPSULATED as usize]
+    };
+    // A flat underlay: 172.30.0.0/16 straight out of the uplink.
+    assert!(on_link(&w), "flat underlay");
+    let before = fast(&w);
+    w.must_ping(0, c2);
+    assert!(fast(&w) > before, "the fast path carried the pings");
+    let drifts = w.observe(0).drifts;
+    assert!(drifts.is_empty(), "{drifts:?}");
+
+    // Each of these makes the kernel's answer depend on more than the
+    // destination: the flag goes, traffic still flows, and the flag comes
+    // back when the change is undone.
+    let changes: [(&[&str], &[&str]); 3] = [
+        (
+            &[
+                "rule", "add", "fwmark", "0x99", "lookup", "99", "pref", "100",
+            ],
+            &["rule", "del", "pref", "100"],
+        ),
+        (
+            &["route", "add", "blackhole", "172.30.200.0/24"],
+            &["route", "del", "blackhole", "172.30.200.0/24"],
+        ),
+        (
+            &["addr", "add", "172.30.77.7/32", "dev", "lo"],
+            &["addr", "del", "172.30.77.7/32", "dev", "lo"],
+        ),
+    ];
+    for (change, undo) in changes {
+        let ip = |args: &[&str]| {
+            let mut cmd = vec!["ip", "-n", h1.as_str()];
+            cmd.extend_from_slice(args);
+            sh(&cmd);
+        };
+        ip(change);
+        // Observe reports the stale flag as drift until an apply follows.
+        let drifts = w.observe(0).drifts;
+        assert!(!drifts.is_empty(), "{change:?}: drift");
+        w.apply(0);
+        assert!(!on_link(&w), "{change:?}");
+        w.must_ping(0, c2);
+        ip(undo);
+        w.apply(0);
+        assert!(on_link(&w), "{undo:?}");
+        w.must_ping(0, c2);
+    }
 }
 
 #[test]

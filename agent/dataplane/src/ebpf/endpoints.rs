@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use futures::{StreamExt, TryStreamExt};
+use ipnetwork::Ipv4Network;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 use tracing::{debug, warn};
@@ -316,15 +318,26 @@ fn sync_one(snapshot: &Snapshot, plan: &NetworkPlan, pin_dir: &Path) -> Result<u
     Ok(desired.len())
 }
 
-/// IPv4 neighbour events of devices other than our bridges are noise (busy
-/// hosts see many); FDB and link events may concern our ports.
-/// Whether an event can change what the refresher derives for `bridges`
-/// (the networks' bridges): a neighbour of one of them, an FDB entry or a
-/// port of one of them (the kernel names the bridge as the master in both),
-/// or the bridge itself. Devices, bridges and neighbours of other owners
-/// (and the other networks being created meanwhile) cost nothing; what an
-/// event cannot show (a port deleted outright) the periodic resync catches.
-fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridges: &[u32]) -> bool {
+/// What the refresher derives its work from: the networks' bridges and
+/// underlay networks.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Indexes of the networks' bridges.
+    bridges: Vec<u32>,
+    /// The networks' underlay networks (whose routing the fast path's next
+    /// hop follows).
+    underlays: Vec<Ipv4Network>,
+}
+
+/// Whether an event can change what the refresher derives for `watched`:
+/// a neighbour of one of the bridges, an FDB entry or a port of one of them
+/// (the kernel names the bridge as the master in both), the bridge itself,
+/// a route overlapping an underlay network, or a policy rule. Devices,
+/// bridges, neighbours and routes of other owners (and the other networks
+/// being created meanwhile) cost nothing; what an event cannot show (a port
+/// deleted outright) the periodic resync catches.
+fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, watched: &Watched) -> bool {
+    let bridges = &watched.bridges;
     match payload {
         NetlinkPayload::InnerMessage(
             RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
@@ -344,19 +357,50 @@ fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, bridges: &[u32]) -> b
                     .iter()
                     .any(|a| matches!(a, LinkAttribute::Controller(m) if bridges.contains(m)))
         }
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
+        ) => destination(r).is_some_and(|d| {
+            watched
+                .underlays
+                .iter()
+                .any(|u| u.contains(d.network()) || d.contains(u.network()))
+        }),
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewRule(r) | RouteNetlinkMessage::DelRule(r),
+        ) => r.header.family == AddressFamily::Inet,
         _ => false,
     }
 }
 
-/// The indexes of the registered networks' bridges (from the link cache).
-async fn bridges_of(nl: &Netlink, registry: &Registry) -> Vec<u32> {
-    let mut bridges = Vec::new();
+/// The destination of an IPv4 route message.
+fn destination(route: &RouteMessage) -> Option<Ipv4Network> {
+    if route.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let address = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Ipv4Network::new(address, route.header.destination_prefix_length).ok()
+}
+
+/// The registered networks' bridges (indexes, from the link cache) and
+/// underlay networks.
+async fn watched(nl: &Netlink, registry: &Registry) -> Watched {
+    let mut watched = Watched::default();
     for f in registered(registry) {
         if let Ok(Some(link)) = nl.link_by_name(&f.plan.bridge).await {
-            bridges.push(link.index);
+            watched.bridges.push(link.index);
+        }
+        if f.ports.is_some() {
+            watched.underlays.push(f.plan.underlay);
         }
     }
-    bridges
+    watched
 }
 
 /// How the refresher follows one network.
@@ -420,9 +464,13 @@ pub fn spawn_refresher(
     registry: Registry,
     running: PortsRunning,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let (connection, _handle, mut events) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh, MulticastGroup::Link])
-            .map_err(|e| DataplaneError::other("subscribe to neighbour and link events", e))?;
+    let (connection, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Neigh,
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv4Rule,
+    ])
+    .map_err(|e| DataplaneError::other("subscribe to neighbour, link, route and rule events", e))?;
     Ok(tokio::spawn(async move {
         let work = async move {
             loop {
@@ -433,7 +481,7 @@ pub fn spawn_refresher(
                             return;
                         };
                         // Read afresh: a network registered a moment ago counts.
-                        if !relevant(&event.payload, &bridges_of(&nl, &registry).await) {
+                        if !relevant(&event.payload, &watched(&nl, &registry).await) {
                             continue;
                         }
                         // Coalesce a burst (a container start is several events).
@@ -470,6 +518,23 @@ pub fn spawn_refresher(
                 };
                 lock_ports(&running)
                     .retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
+                // The fast path's next hop follows the routing (one read
+                // serves every network).
+                if networks.iter().any(|f| f.ports.is_some()) {
+                    let routing = nl.ipv4_routing();
+                    if let Err(e) = &routing {
+                        warn!(error = %e, "routing tables unreadable; the kernel looks the underlay up");
+                    }
+                    for f in networks.iter().filter(|f| f.ports.is_some()) {
+                        if let Err(e) = super::follow_routing(
+                            &f.pin_dir,
+                            &f.plan.network_id,
+                            routing.as_ref().ok(),
+                        ) {
+                            warn!(network = %f.plan.network_id, error = %e, "following the routing failed");
+                        }
+                    }
+                }
                 for f in &networks {
                     if f.endpoints {
                         if let Err(e) = sync_one(&snapshot, &f.plan, &f.pin_dir) {
@@ -550,7 +615,10 @@ mod tests {
 
     #[test]
     fn only_events_of_the_networks_bridges_wake_the_refresher() {
-        let bridges = [10, 20];
+        let bridges = Watched {
+            bridges: vec![10, 20],
+            underlays: vec!["172.30.0.0/16".parse().unwrap()],
+        };
         // The bridge itself, a port joining or leaving (it names its master).
         assert!(relevant(&link_event(10, None, false), &bridges));
         assert!(relevant(&link_event(31, Some(20), false), &bridges));
@@ -579,5 +647,41 @@ mod tests {
             &neighbour_event(AddressFamily::Inet6, 10, None),
             &bridges
         ));
+    }
+
+    fn route_event(destination: &str) -> NetlinkPayload<RouteNetlinkMessage> {
+        let destination: Ipv4Network = destination.parse().unwrap();
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.destination_prefix_length = destination.prefix();
+        if destination.prefix() > 0 {
+            route
+                .attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    destination.network(),
+                )));
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route))
+    }
+
+    #[test]
+    fn routes_of_the_underlay_and_rules_wake_the_refresher() {
+        let watched = Watched {
+            bridges: vec![10],
+            underlays: vec!["172.30.0.0/16".parse().unwrap()],
+        };
+        // Inside the underlay, covering it (the default route), a rule.
+        assert!(relevant(&route_event("172.30.0.27/32"), &watched));
+        assert!(relevant(&route_event("0.0.0.0/0"), &watched));
+        assert!(relevant(&route_event("172.16.0.0/12"), &watched));
+        let mut rule = netlink_packet_route::rule::RuleMessage::default();
+        rule.header.family = AddressFamily::Inet;
+        assert!(relevant(
+            &NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRule(rule)),
+            &watched
+        ));
+        // Elsewhere: another network's routes (the overlay, a Docker bridge).
+        assert!(!relevant(&route_event("250.0.0.0/8"), &watched));
+        assert!(!relevant(&route_event("172.17.0.0/16"), &watched));
     }
 }

@@ -32,6 +32,11 @@ pub const FLAG_PEER_FASTPATH: u32 = 1 << 2;
 /// container packets for remote slices itself; without it the program
 /// passes everything to the stack.
 pub const FLAG_EGRESS_FASTPATH: u32 = 1 << 3;
+/// `flags`: every host of the underlay is on-link out of the underlay
+/// device (the agent checked the routing tables, `next_hop`), so the fast
+/// path gives `bpf_redirect_neigh` the remote host as next hop and the
+/// kernel skips its route lookup.
+pub const FLAG_UNDERLAY_ON_LINK: u32 = 1 << 4;
 
 /// `agent_flags`: the agent created the clsact qdisc on the underlay device
 /// (so `remove` may delete it once it is empty).

@@ -37,6 +37,7 @@
 pub mod big_tcp;
 pub mod endpoints;
 pub mod maps;
+pub mod next_hop;
 mod observe;
 pub mod pin;
 pub mod ports;
@@ -64,7 +65,7 @@ use crate::{
 
 use maps::{
     FanConfig, AGENT_OWNS_UNDERLAY_CLSACT, CONFIG_MAP, COUNTERS_MAP, FLAG_EGRESS_FASTPATH,
-    FLAG_PEER_FASTPATH,
+    FLAG_PEER_FASTPATH, FLAG_UNDERLAY_ON_LINK,
 };
 use tc::{error_chain, Hook};
 
@@ -201,6 +202,10 @@ fn pins_compatible(dir: &Path) -> bool {
     })
 }
 
+/// Serialises writes of config maps: an apply writes the whole config, the
+/// endpoint refresher one flag of it (read, change, write).
+static CONFIG_WRITES: Mutex<()> = Mutex::new(());
+
 /// Writes `config` (keeping the agent flags recorded before) unless the map
 /// already holds it.
 fn set_config<T: std::borrow::BorrowMut<MapData>>(
@@ -208,6 +213,7 @@ fn set_config<T: std::borrow::BorrowMut<MapData>>(
     mut config: FanConfig,
     network_id: &str,
 ) -> Result<()> {
+    let _writing = CONFIG_WRITES.lock().unwrap_or_else(|p| p.into_inner());
     if let Ok(previous) = array.get(&0, 0) {
         config.agent_flags |= previous.agent_flags;
         if previous == config {
@@ -217,6 +223,47 @@ fn set_config<T: std::borrow::BorrowMut<MapData>>(
     array
         .set(0, config, 0)
         .map_err(|e| other(format!("write config of network {network_id}"), e))
+}
+
+/// Says when the fast path starts or stops giving the kernel the next hop.
+fn log_on_link(network_id: &str, before: bool, after: &std::result::Result<(), String>) {
+    match after {
+        Ok(()) if !before => {
+            info!(network = %network_id, "underlay on-link: the fast path gives the kernel the next hop")
+        }
+        Err(why) if before => {
+            info!(network = %network_id, reason = %why, "fast path: the kernel looks the underlay route up again")
+        }
+        _ => debug!(network = %network_id, on_link = after.is_ok(), "underlay next hop unchanged"),
+    }
+}
+
+/// Follows a routing change in the pinned config of one network: sets or
+/// clears [`FLAG_UNDERLAY_ON_LINK`] (see [`next_hop`]) for `routing` (`None`:
+/// it could not be read). For the endpoint refresher.
+pub fn follow_routing(
+    pin_dir: &Path,
+    network_id: &str,
+    routing: Option<&crate::netlink::RoutingView>,
+) -> Result<()> {
+    let context = || format!("follow routing in config of network {network_id}");
+    let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
+    let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
+    let mut array: Array<MapData, FanConfig> =
+        Array::try_from(map).map_err(|e| other(context(), e))?;
+    let _writing = CONFIG_WRITES.lock().unwrap_or_else(|p| p.into_inner());
+    let config = array.get(&0, 0).map_err(|e| other(context(), e))?;
+    let mut followed = config;
+    let verdict = next_hop::set_flag(&mut followed, routing);
+    if followed != config {
+        log_on_link(
+            network_id,
+            config.flags & FLAG_UNDERLAY_ON_LINK != 0,
+            &verdict,
+        );
+        array.set(0, followed, 0).map_err(|e| other(context(), e))?;
+    }
+    Ok(())
 }
 
 fn read_config(pin_dir: &Path) -> Option<FanConfig> {
@@ -553,7 +600,7 @@ impl EbpfBackend {
                         "egress fast path unavailable on this kernel; using the slow path");
                     self.egress_fast_path_unsupported
                         .store(true, Ordering::Relaxed);
-                    config.flags &= !FLAG_EGRESS_FASTPATH;
+                    config.flags &= !(FLAG_EGRESS_FASTPATH | FLAG_UNDERLAY_ON_LINK);
                     None
                 }
             },
@@ -751,6 +798,12 @@ impl Encapsulation for EbpfBackend {
             config.flags |= FLAG_EGRESS_FASTPATH;
             tc::ensure_clsact(nl.handle(), bridge.index).await?;
         }
+        let on_link = next_hop::set_flag(&mut config, nl.ipv4_routing().ok().as_ref());
+        log_on_link(
+            &plan.network_id,
+            previous.is_some_and(|p| p.flags & FLAG_UNDERLAY_ON_LINK != 0),
+            &on_link,
+        );
 
         let encap = HookSite {
             program: ENCAP_PROGRAM,
@@ -895,11 +948,13 @@ impl Encapsulation for EbpfBackend {
         observe::overlay_route(&nl, plan, tunnel.as_ref(), &mut drifts).await?;
         let maps_present = observe::pinned_maps(&pin_dir, &mut drifts);
         let underlay = nl.link_by_name(&plan.underlay_interface).await?;
+        let routing = nl.ipv4_routing().ok();
         self.observe_config(
             plan,
             &pin_dir,
             underlay.as_ref(),
             tunnel.as_ref(),
+            routing.as_ref(),
             &mut drifts,
         );
         self.observe_filters(

@@ -139,6 +139,7 @@ impl EbpfBackend {
         pin_dir: &Path,
         underlay: Option<&Link>,
         tunnel: Option<&Link>,
+        routing: Option<&crate::netlink::RoutingView>,
         drifts: &mut Drifts,
     ) {
         let (Some(cfg), Ok(mut want)) = (read_config(pin_dir), maps::config_from_plan(plan)) else {
@@ -152,6 +153,7 @@ impl EbpfBackend {
         if self.egress_fast_path_active() {
             want.flags |= FLAG_EGRESS_FASTPATH;
         }
+        let _ = super::next_hop::set_flag(&mut want, routing);
         let got = FanConfig {
             agent_flags: 0,
             tunnel_mac: [0; 6],

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::{Route4, RouteChange, RouteScope};
+use super::{Route4, RouteChange, RouteEntry, RouteScope, RuleEntry, RTN_UNICAST};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -431,6 +431,22 @@ impl BatchSocket {
             .collect())
     }
 
+    /// Dumps every IPv4 route of every type and table (RTM_GETROUTE) and
+    /// every IPv4 policy rule (RTM_GETRULE).
+    pub(super) fn dump_ipv4_routing(&mut self) -> io::Result<super::RoutingView> {
+        const RTM_GETROUTE: u16 = 26;
+        const RTM_GETRULE: u16 = 34;
+        // struct rtmsg and struct fib_rule_hdr: family AF_INET, rest 0.
+        let mut header = [0u8; 12];
+        header[0] = libc::AF_INET as u8;
+        let routes = self.dump(RTM_GETROUTE, &header)?;
+        let rules = self.dump(RTM_GETRULE, &header)?;
+        Ok(super::RoutingView {
+            routes: routes.iter().filter_map(|p| parse_route_entry(p)).collect(),
+            rules: rules.iter().filter_map(|p| parse_rule_bytes(p)).collect(),
+        })
+    }
+
     /// Dumps the IPv4 addresses of every device (RTM_GETADDR, NLM_F_DUMP):
     /// (device index, address with its prefix length), parsed from the bytes.
     pub(super) fn dump_ipv4_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Network)>> {
@@ -635,6 +651,13 @@ pub(super) fn parse_address_bytes(p: &[u8]) -> Option<(u32, Ipv4Network)> {
 /// A route from the payload of an RTM_NEWROUTE (struct rtmsg and its
 /// attributes), with the same rules as `parse_route`: IPv4 unicast only.
 pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
+    parse_route_entry(p)
+        .filter(|e| e.kind == RTN_UNICAST)
+        .map(|e| e.route)
+}
+
+/// An IPv4 route of any type from the payload of an RTM_NEWROUTE.
+pub(super) fn parse_route_entry(p: &[u8]) -> Option<RouteEntry> {
     const RTA_DST: u16 = 1;
     const RTA_OIF: u16 = 4;
     const RTA_GATEWAY: u16 = 5;
@@ -642,9 +665,11 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
     const RTA_PREFSRC: u16 = 7;
     const RTA_MULTIPATH: u16 = 9;
     const RTA_TABLE: u16 = 15;
-    const RTN_UNICAST: u8 = 1;
+    const RTA_VIA: u16 = 18;
+    const RTA_ENCAP: u16 = 22;
+    const RTA_NH_ID: u16 = 30;
     const RTNH_F_ONLINK: u32 = 4;
-    if p.len() < 12 || p[0] != libc::AF_INET as u8 || p[7] != RTN_UNICAST {
+    if p.len() < 12 || p[0] != libc::AF_INET as u8 {
         return None;
     }
     let ip = |v: &[u8]| (v.len() == 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
@@ -662,6 +687,7 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
         onlink: flags & RTNH_F_ONLINK != 0,
         metric: None,
     };
+    let mut more_next_hops = false;
     for (kind, v) in attributes(&p[12..]) {
         match kind {
             RTA_DST => destination = ip(v).unwrap_or(destination),
@@ -670,13 +696,61 @@ pub(super) fn parse_route_bytes(p: &[u8]) -> Option<Route4> {
             RTA_GATEWAY => route.via = ip(v).or(route.via),
             RTA_PREFSRC => route.src = ip(v).or(route.src),
             RTA_PRIORITY => route.metric = int(v).or(route.metric),
-            // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
-            RTA_MULTIPATH if route.oif.is_none() => route.oif = v.get(4..8).and_then(int),
+            RTA_MULTIPATH => {
+                more_next_hops = true;
+                // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
+                if route.oif.is_none() {
+                    route.oif = v.get(4..8).and_then(int);
+                }
+            }
+            RTA_VIA | RTA_ENCAP | RTA_NH_ID => more_next_hops = true,
             _ => {}
         }
     }
     route.destination = Ipv4Network::new(destination, p[1]).ok()?;
-    Some(route)
+    Some(RouteEntry {
+        route,
+        kind: p[7],
+        tos: p[3],
+        more_next_hops,
+    })
+}
+
+/// An IPv4 policy rule from the payload of an RTM_NEWRULE (struct
+/// fib_rule_hdr and its attributes).
+pub(super) fn parse_rule_bytes(p: &[u8]) -> Option<RuleEntry> {
+    const FRA_PRIORITY: u16 = 6;
+    const FRA_TABLE: u16 = 15;
+    const FRA_SUPPRESS_IFGROUP: u16 = 13;
+    const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
+    const FRA_PROTOCOL: u16 = 21;
+    const FR_ACT_TO_TBL: u8 = 1;
+    // struct fib_rule_hdr { family, dst_len, src_len, tos, table, res1,
+    // res2, action; u32 flags }
+    if p.len() < 12 || p[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+    let mut rule = RuleEntry {
+        priority: 0,
+        table: u32::from(p[4]),
+        plain: p[1] == 0 && p[2] == 0 && p[3] == 0 && p[7] == FR_ACT_TO_TBL && flags == 0,
+    };
+    let int = |v: &[u8]| (v.len() >= 4).then(|| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+    for (kind, v) in attributes(&p[12..]) {
+        match kind {
+            FRA_PRIORITY => rule.priority = int(v).unwrap_or(rule.priority),
+            FRA_TABLE => rule.table = int(v).unwrap_or(rule.table),
+            // Who made the rule: not a selector.
+            FRA_PROTOCOL => {}
+            // Any other attribute selects packets or changes the action
+            // (mark, interfaces, ports, UID range, goto, suppression, …).
+            // Reported for every rule; -1 means nothing is suppressed.
+            FRA_SUPPRESS_PREFIXLEN | FRA_SUPPRESS_IFGROUP if int(v) == Some(u32::MAX) => {}
+            _ => rule.plain = false,
+        }
+    }
+    Some(rule)
 }
 
 /// (sequence number, errno) of every NLMSG_ERROR (ack) in a datagram.

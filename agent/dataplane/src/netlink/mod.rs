@@ -620,6 +620,14 @@ impl Netlink {
             .map_err(|e| DataplaneError::other("list routes", e))
     }
 
+    /// Every IPv4 route (of every type and table) and policy rule, read
+    /// afresh: what the underlay's on-link check decides from.
+    pub fn ipv4_routing(&self) -> Result<RoutingView> {
+        let _phase = crate::timing::phase("netlink.routing");
+        blocking(|| self.lock_dumps().dump_ipv4_routing())
+            .map_err(|e| DataplaneError::other("list routes and rules", e))
+    }
+
     /// Every IPv4 unicast route, dumped and parsed by rtnetlink: what the
     /// raw dump is checked against.
     #[cfg(test)]
@@ -891,6 +899,47 @@ mod tests {
             ..Route4::new("250.0.0.0/8".parse().unwrap())
         };
         assert_eq!(parse_route(route.to_message(false)), Some(route));
+    }
+
+    /// struct fib_rule_hdr (AF_INET, action lookup) and attributes.
+    fn rule_bytes(attributes: &[(u16, u32)]) -> Vec<u8> {
+        let mut p = vec![libc::AF_INET as u8, 0, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0];
+        for (kind, value) in attributes {
+            p.extend_from_slice(&8u16.to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(&value.to_ne_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn rules_that_select_nothing_are_plain() {
+        const FRA_PRIORITY: u16 = 6;
+        const FRA_FWMARK: u16 = 10;
+        const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
+        const FRA_TABLE: u16 = 15;
+        // The main rule as the kernel reports it.
+        let main = rule_bytes(&[
+            (FRA_TABLE, 254),
+            (FRA_SUPPRESS_PREFIXLEN, u32::MAX),
+            (FRA_PRIORITY, 32766),
+        ]);
+        assert_eq!(
+            batch::parse_rule_bytes(&main),
+            Some(RuleEntry {
+                priority: 32766,
+                table: 254,
+                plain: true
+            })
+        );
+        // A mark, a suppression, a source prefix: not plain.
+        let marked = rule_bytes(&[(FRA_TABLE, 99), (FRA_FWMARK, 0x99), (FRA_PRIORITY, 100)]);
+        assert!(!batch::parse_rule_bytes(&marked).unwrap().plain);
+        let suppressing = rule_bytes(&[(FRA_TABLE, 254), (FRA_SUPPRESS_PREFIXLEN, 0)]);
+        assert!(!batch::parse_rule_bytes(&suppressing).unwrap().plain);
+        let mut from = rule_bytes(&[(FRA_TABLE, 254)]);
+        from[2] = 24;
+        assert!(!batch::parse_rule_bytes(&from).unwrap().plain);
     }
 
     #[test]

@@ -87,6 +87,58 @@ pub struct LinkAddress {
     pub address: Ipv4Network,
 }
 
+/// `rtm_type` of a unicast route (a gateway or a device).
+pub const RTN_UNICAST: u8 = 1;
+/// `rtm_type` of a route to one of the host's own addresses (local table).
+pub const RTN_LOCAL: u8 = 2;
+/// `rtm_type` of a broadcast address (local table).
+pub const RTN_BROADCAST: u8 = 3;
+/// The local table: the host's own and broadcast addresses.
+pub const TABLE_LOCAL: u32 = 255;
+/// The default table, looked up last.
+pub const TABLE_DEFAULT: u32 = 253;
+
+/// An IPv4 route of any type (unicast, local, broadcast, blackhole, …) as
+/// the kernel's route lookup sees it; what the underlay's on-link check
+/// reads (`ebpf::next_hop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination, table, device, gateway and metric. `via` is the IPv4
+    /// gateway only; other kinds of next hop set `more_next_hops`.
+    pub route: Route4,
+    /// `rtm_type`: [`RTN_UNICAST`], [`RTN_LOCAL`], [`RTN_BROADCAST`], or
+    /// another (blackhole, unreachable, prohibit, throw, …).
+    pub kind: u8,
+    /// `rtm_tos`: the route matches packets of this TOS only (0: all).
+    pub tos: u8,
+    /// The route has next hops beyond `oif` and `via`: several
+    /// (RTA_MULTIPATH), a nexthop object (RTA_NH_ID), an IPv6 gateway
+    /// (RTA_VIA) or a lightweight tunnel (RTA_ENCAP).
+    pub more_next_hops: bool,
+}
+
+/// An IPv4 policy routing rule (`ip rule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleEntry {
+    /// Priority ("pref"): rules are tried from the lowest.
+    pub priority: u32,
+    /// The table it looks up.
+    pub table: u32,
+    /// The rule looks up `table` for every packet: no selector (source,
+    /// destination, TOS, mark, interfaces, ports, protocol, UID range, …),
+    /// action "lookup", not inverted, nothing suppressed.
+    pub plain: bool,
+}
+
+/// The host's IPv4 routing: every route of every table and every rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingView {
+    /// Routes of every table, of every type.
+    pub routes: Vec<RouteEntry>,
+    /// Policy rules.
+    pub rules: Vec<RuleEntry>,
+}
+
 /// An IPv4 unicast route, for adding, replacing, deleting and listing.
 ///
 /// Build with [`Route4::new`] and struct update syntax:
