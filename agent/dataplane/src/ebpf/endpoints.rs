@@ -521,7 +521,7 @@ pub fn spawn_refresher(
                 // The fast path's next hop follows the routing (one read
                 // serves every network).
                 if networks.iter().any(|f| f.ports.is_some()) {
-                    let routing = nl.ipv4_routing();
+                    let routing = nl.ipv4_routing_now();
                     if let Err(e) = &routing {
                         warn!(error = %e, "routing tables unreadable; the kernel looks the underlay up");
                     }

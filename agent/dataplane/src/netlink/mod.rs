@@ -83,6 +83,7 @@ pub struct Netlink {
 struct Snapshot {
     addresses: Option<Vec<(u32, Ipv4Network)>>,
     routes: Option<Vec<Route4>>,
+    routing: Option<RoutingView>,
 }
 
 /// Ends the snapshot of [`Netlink::snapshot`] when dropped.
@@ -468,9 +469,9 @@ impl Netlink {
     /// first use), or, with no snapshot active, a fresh `dump`.
     fn snapshot_or_dump<T: Clone>(
         &self,
-        field: fn(&mut Snapshot) -> &mut Option<Vec<T>>,
-        dump: impl FnOnce() -> Result<Vec<T>>,
-    ) -> Result<Vec<T>> {
+        field: fn(&mut Snapshot) -> &mut Option<T>,
+        dump: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         // The lock is not held while dumping.
         let cached = self.lock_snapshot().as_mut().map(|s| field(s).clone());
         let all = match cached {
@@ -620,9 +621,16 @@ impl Netlink {
             .map_err(|e| DataplaneError::other("list routes", e))
     }
 
-    /// Every IPv4 route (of every type and table) and policy rule, read
-    /// afresh: what the underlay's on-link check decides from.
+    /// Every IPv4 route (of every type and table) and policy rule: what
+    /// the underlay's on-link check decides from. Read afresh, or once per
+    /// [`Netlink::snapshot`].
     pub fn ipv4_routing(&self) -> Result<RoutingView> {
+        self.snapshot_or_dump(|s| &mut s.routing, || self.ipv4_routing_now())
+    }
+
+    /// [`Netlink::ipv4_routing`] read afresh even during a snapshot: for
+    /// whoever follows routing events, which a snapshot may predate.
+    pub fn ipv4_routing_now(&self) -> Result<RoutingView> {
         let _phase = crate::timing::phase("netlink.routing");
         blocking(|| self.lock_dumps().dump_ipv4_routing())
             .map_err(|e| DataplaneError::other("list routes and rules", e))
