@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use fan_e2e::{iperf, Client, IperfServer, Netns, Testbed};
 use fan_proto::v1 as pb;
 
@@ -178,6 +178,21 @@ async fn ebpf_and_ipip_hosts_interoperate_both_ways() -> Result<()> {
             "the {side} side encapsulated and decapsulated: {counters:?}"
         );
     }
+    // The egress fast path loads on this kernel and, the underlay being
+    // flat, hands bpf_redirect_neigh the remote host as next hop.
+    let fast = bed.pinned_counter(
+        "h7",
+        "fan",
+        fan_dataplane::ebpf::maps::slot::FAST_PATH_ENCAPSULATED,
+    )?;
+    assert!(fast > 0, "the eBPF side's fast path carried nothing");
+    let dir = fan_dataplane::ebpf::pin::network_dir(&bed.host("h7").agent.bpffs_dir, "fan")?;
+    let config = fan_dataplane::ebpf::pinned_config(&dir).context("no pinned config on h7")?;
+    assert_ne!(
+        config.flags & fan_dataplane::ebpf::maps::FLAG_UNDERLAY_ON_LINK,
+        0,
+        "next hop not given on a flat underlay: {config:?}"
+    );
     let there = throughput(&a.netns, &b.netns, b.address, 2)?;
     let back = throughput(&b.netns, &a.netns, a.address, 2)?;
     eprintln!(
