@@ -520,20 +520,13 @@ pub fn spawn_refresher(
                     .retain(|id, _| networks.iter().any(|f| &f.plan.network_id == id));
                 // The fast path's next hop follows the routing (one read
                 // serves every network).
-                if networks.iter().any(|f| f.ports.is_some()) {
-                    let routing = nl.ipv4_routing_now();
-                    if let Err(e) = &routing {
-                        warn!(error = %e, "routing tables unreadable; the kernel looks the underlay up");
-                    }
-                    for f in networks.iter().filter(|f| f.ports.is_some()) {
-                        if let Err(e) = super::follow_routing(
-                            &f.pin_dir,
-                            &f.plan.network_id,
-                            routing.as_ref().ok(),
-                        ) {
-                            warn!(network = %f.plan.network_id, error = %e, "following the routing failed");
-                        }
-                    }
+                let on_fast_path: Vec<(&Path, &str)> = networks
+                    .iter()
+                    .filter(|f| f.ports.is_some())
+                    .map(|f| (f.pin_dir.as_path(), f.plan.network_id.as_str()))
+                    .collect();
+                if !on_fast_path.is_empty() {
+                    super::follow_routing(&nl, &on_fast_path);
                 }
                 for f in &networks {
                     if f.endpoints {

@@ -238,10 +238,25 @@ fn log_on_link(network_id: &str, before: bool, after: &std::result::Result<(), S
     }
 }
 
-/// Follows a routing change in the pinned config of one network: sets or
-/// clears [`FLAG_UNDERLAY_ON_LINK`] (see [`next_hop`]) for `routing` (`None`:
-/// it could not be read). For the endpoint refresher.
-pub fn follow_routing(
+/// Follows the routing in the pinned configs of `networks` (pin directory,
+/// network id): sets or clears [`FLAG_UNDERLAY_ON_LINK`] (see [`next_hop`]).
+/// The tables are read under the config lock, so whichever writer comes
+/// last also read last: a verdict from an older read never overwrites a
+/// newer one. For the endpoint refresher and the end of an apply.
+pub fn follow_routing(nl: &Netlink, networks: &[(&Path, &str)]) {
+    let _writing = CONFIG_WRITES.lock().unwrap_or_else(|p| p.into_inner());
+    let routing = nl.ipv4_routing_now();
+    if let Err(e) = &routing {
+        warn!(error = %e, "routing tables unreadable; the kernel looks the underlay up");
+    }
+    for (pin_dir, network_id) in networks {
+        if let Err(e) = follow_one(pin_dir, network_id, routing.as_ref().ok()) {
+            warn!(network = %network_id, error = %e, "following the routing failed");
+        }
+    }
+}
+
+fn follow_one(
     pin_dir: &Path,
     network_id: &str,
     routing: Option<&crate::netlink::RoutingView>,
@@ -251,7 +266,6 @@ pub fn follow_routing(
     let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
     let mut array: Array<MapData, FanConfig> =
         Array::try_from(map).map_err(|e| other(context(), e))?;
-    let _writing = CONFIG_WRITES.lock().unwrap_or_else(|p| p.into_inner());
     let config = array.get(&0, 0).map_err(|e| other(context(), e))?;
     let mut followed = config;
     let verdict = next_hop::set_flag(&mut followed, routing);
@@ -872,6 +886,11 @@ impl Encapsulation for EbpfBackend {
                 tc::delete_filter(nl.handle(), fast.ifindex, fast.hook, f.priority, f.handle)
                     .await?;
             }
+        }
+        // A route or rule change since the read above, which the refresher
+        // may have followed before our write, is followed again now.
+        if attached.fast {
+            follow_routing(&nl, &[(pin_dir.as_path(), plan.network_id.as_str())]);
         }
 
         // The route last: traffic reaches the tunnel only once encap is there.
