@@ -262,10 +262,7 @@ fn follow_one(
     routing: Option<&crate::netlink::RoutingView>,
 ) -> Result<()> {
     let context = || format!("follow routing in config of network {network_id}");
-    let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
-    let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
-    let mut array: Array<MapData, FanConfig> =
-        Array::try_from(map).map_err(|e| other(context(), e))?;
+    let mut array = open_config(pin_dir).map_err(|e| other(context(), e))?;
     let config = array.get(&0, 0).map_err(|e| other(context(), e))?;
     let mut followed = config;
     let verdict = next_hop::set_flag(&mut followed, routing);
@@ -280,10 +277,15 @@ fn follow_one(
     Ok(())
 }
 
+/// The config map pinned in `pin_dir`, opened.
+fn open_config(pin_dir: &Path) -> std::result::Result<Array<MapData, FanConfig>, String> {
+    let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| e.to_string())?;
+    let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
+    Array::try_from(map).map_err(|e| e.to_string())
+}
+
 fn read_config(pin_dir: &Path) -> Option<FanConfig> {
-    let data = MapData::from_pin(pin_dir.join(CONFIG_MAP)).ok()?;
-    let array: Array<MapData, FanConfig> = Array::try_from(Map::from_map_data(data).ok()?).ok()?;
-    array.get(&0, 0).ok()
+    open_config(pin_dir).ok()?.get(&0, 0).ok()
 }
 
 fn read_counter_slots(pin_dir: &Path) -> Result<Vec<u64>> {
@@ -587,12 +589,8 @@ impl EbpfBackend {
         };
         let program_pinned = fast.is_none() || pin_dir.join(ports::PROGRAM_PIN).exists();
         if kept && program_pinned && pins_compatible(pin_dir) {
-            let context = || format!("write config of network {}", plan.network_id);
-            let data =
-                MapData::from_pin(pin_dir.join(CONFIG_MAP)).map_err(|e| other(context(), e))?;
-            let map = Map::from_map_data(data).map_err(|e| other(context(), e))?;
-            let mut array: Array<MapData, FanConfig> =
-                Array::try_from(map).map_err(|e| other(context(), e))?;
+            let mut array = open_config(pin_dir)
+                .map_err(|e| other(format!("write config of network {}", plan.network_id), e))?;
             set_config(&mut array, config, &plan.network_id)?;
             debug!(network = %plan.network_id, "programs unchanged, kept");
             return Ok(Attached {
@@ -812,12 +810,11 @@ impl Encapsulation for EbpfBackend {
             config.flags |= FLAG_EGRESS_FASTPATH;
             tc::ensure_clsact(nl.handle(), bridge.index).await?;
         }
-        let on_link = next_hop::set_flag(&mut config, nl.ipv4_routing().ok().as_ref());
-        log_on_link(
-            &plan.network_id,
-            previous.is_some_and(|p| p.flags & FLAG_UNDERLAY_ON_LINK != 0),
-            &on_link,
-        );
+        if fast_path {
+            // Kept as it is until `follow_routing` below decides from a
+            // fresh read, under the config lock.
+            config.flags |= previous.map_or(0, |p| p.flags & FLAG_UNDERLAY_ON_LINK);
+        }
 
         let encap = HookSite {
             program: ENCAP_PROGRAM,
@@ -887,8 +884,8 @@ impl Encapsulation for EbpfBackend {
                     .await?;
             }
         }
-        // A route or rule change since the read above, which the refresher
-        // may have followed before our write, is followed again now.
+        // The next hop: decided here, after our write, so that a route or
+        // rule change the refresher followed meanwhile is not undone.
         if attached.fast {
             follow_routing(&nl, &[(pin_dir.as_path(), plan.network_id.as_str())]);
         }

@@ -673,8 +673,7 @@ pub(super) fn parse_route_entry(p: &[u8]) -> Option<RouteEntry> {
         return None;
     }
     let ip = |v: &[u8]| (v.len() == 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
-    let int = |v: &[u8]| (v.len() >= 4).then(|| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
-    let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+    let flags = ne_u32(&p[8..12]).unwrap_or_default();
     let mut destination = Ipv4Addr::UNSPECIFIED;
     let mut route = Route4 {
         destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?,
@@ -691,16 +690,16 @@ pub(super) fn parse_route_entry(p: &[u8]) -> Option<RouteEntry> {
     for (kind, v) in attributes(&p[12..]) {
         match kind {
             RTA_DST => destination = ip(v).unwrap_or(destination),
-            RTA_TABLE => route.table = int(v).unwrap_or(route.table),
-            RTA_OIF => route.oif = int(v).or(route.oif),
+            RTA_TABLE => route.table = ne_u32(v).unwrap_or(route.table),
+            RTA_OIF => route.oif = ne_u32(v).or(route.oif),
             RTA_GATEWAY => route.via = ip(v).or(route.via),
             RTA_PREFSRC => route.src = ip(v).or(route.src),
-            RTA_PRIORITY => route.metric = int(v).or(route.metric),
+            RTA_PRIORITY => route.metric = ne_u32(v).or(route.metric),
             RTA_MULTIPATH => {
                 more_next_hops = true;
                 // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
                 if route.oif.is_none() {
-                    route.oif = v.get(4..8).and_then(int);
+                    route.oif = v.get(4..8).and_then(ne_u32);
                 }
             }
             RTA_VIA | RTA_ENCAP | RTA_NH_ID => more_next_hops = true,
@@ -714,6 +713,11 @@ pub(super) fn parse_route_entry(p: &[u8]) -> Option<RouteEntry> {
         tos: p[3],
         more_next_hops,
     })
+}
+
+/// The u32 (host byte order) at the start of an attribute's value.
+fn ne_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
 }
 
 /// An IPv4 policy rule from the payload of an RTM_NEWRULE (struct
@@ -730,23 +734,22 @@ pub(super) fn parse_rule_bytes(p: &[u8]) -> Option<RuleEntry> {
     if p.len() < 12 || p[0] != libc::AF_INET as u8 {
         return None;
     }
-    let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+    let flags = ne_u32(&p[8..12]).unwrap_or_default();
     let mut rule = RuleEntry {
         priority: 0,
         table: u32::from(p[4]),
         plain: p[1] == 0 && p[2] == 0 && p[3] == 0 && p[7] == FR_ACT_TO_TBL && flags == 0,
     };
-    let int = |v: &[u8]| (v.len() >= 4).then(|| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
     for (kind, v) in attributes(&p[12..]) {
         match kind {
-            FRA_PRIORITY => rule.priority = int(v).unwrap_or(rule.priority),
-            FRA_TABLE => rule.table = int(v).unwrap_or(rule.table),
+            FRA_PRIORITY => rule.priority = ne_u32(v).unwrap_or(rule.priority),
+            FRA_TABLE => rule.table = ne_u32(v).unwrap_or(rule.table),
             // Who made the rule: not a selector.
             FRA_PROTOCOL => {}
             // Any other attribute selects packets or changes the action
             // (mark, interfaces, ports, UID range, goto, suppression, …).
             // Reported for every rule; -1 means nothing is suppressed.
-            FRA_SUPPRESS_PREFIXLEN | FRA_SUPPRESS_IFGROUP if int(v) == Some(u32::MAX) => {}
+            FRA_SUPPRESS_PREFIXLEN | FRA_SUPPRESS_IFGROUP if ne_u32(v) == Some(u32::MAX) => {}
             _ => rule.plain = false,
         }
     }
