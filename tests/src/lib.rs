@@ -419,6 +419,18 @@ impl Testbed {
         network: &str,
         name: &str,
     ) -> Result<&Container> {
+        self.add_container_with(host, network, name, PortKind::Veth)
+            .await
+    }
+
+    /// [`Testbed::add_container`] with the pair of devices `kind`.
+    pub async fn add_container_with(
+        &mut self,
+        host: &str,
+        network: &str,
+        name: &str,
+        kind: PortKind,
+    ) -> Result<&Container> {
         let owner = format!("{}-{name}", self.id);
         let host = self.host(host);
         let mut client = host.client().await?;
@@ -429,7 +441,8 @@ impl Testbed {
         let netns = Netns::new(&format!("{}-{}-{name}", self.id, host.name))?;
         let outside = format!("{}c{}", self.id, self.containers.len());
         let cidr = format!("{}/{}", allocation.address, allocation.prefix_length);
-        plug(
+        plug_with(
+            kind,
             &host.netns,
             &bridge,
             &outside,
@@ -461,8 +474,71 @@ pub fn plug(
     gateway: &str,
     mtu: u32,
 ) -> Result<()> {
+    plug_with(
+        PortKind::Veth,
+        host,
+        bridge,
+        outside,
+        container,
+        cidr,
+        gateway,
+        mtu,
+    )
+}
+
+/// The pair of devices that links a container to its host's bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// A veth pair, as every runtime makes.
+    Veth,
+    /// A netkit pair in L2 mode (Linux 6.7+), the primary on the host side.
+    Netkit,
+}
+
+/// A netkit pair: primary `outside` in `host`, its peer `inside` in
+/// `container` (both down). Created in `host` (iproute2 6.1 knows no
+/// netkit), then the peer moves.
+pub fn netkit_pair(host: &Netns, outside: &str, container: &Netns, inside: &str) -> Result<()> {
+    let temporary = format!("{outside}p");
+    let (primary, peer) = (outside.to_string(), temporary.clone());
+    host.block_on(move || async move {
+        let nl = fan_dataplane::netlink::Netlink::new()?;
+        nl.create_netkit(&primary, &peer).await?;
+        anyhow::Ok(())
+    })?;
+    host.ip(&["link", "set", &temporary, "netns", &container.name])?;
+    container.ip(&["link", "set", &temporary, "name", inside])?;
+    Ok(())
+}
+
+/// Whether this kernel creates netkit devices (tried in a throwaway namespace).
+pub fn netkit_supported() -> Result<bool> {
+    let probe = Netns::unique("nkprobe")?;
+    let created = probe.block_on(|| async {
+        let nl = fan_dataplane::netlink::Netlink::new()?;
+        anyhow::Ok(nl.create_netkit("nk0", "nk1").await.is_ok())
+    });
+    probe.delete()?;
+    created
+}
+
+/// [`plug`] with the pair of devices `kind`.
+#[allow(clippy::too_many_arguments)]
+pub fn plug_with(
+    kind: PortKind,
+    host: &Netns,
+    bridge: &str,
+    outside: &str,
+    container: &Netns,
+    cidr: &str,
+    gateway: &str,
+    mtu: u32,
+) -> Result<()> {
     let mtu = mtu.to_string();
-    veth_pair(host, outside, container, "eth0")?;
+    match kind {
+        PortKind::Veth => veth_pair(host, outside, container, "eth0")?,
+        PortKind::Netkit => netkit_pair(host, outside, container, "eth0")?,
+    }
     host.ip(&["link", "set", outside, "mtu", &mtu, "master", bridge, "up"])?;
     container.ip(&["addr", "add", cidr, "dev", "eth0"])?;
     container.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
@@ -724,6 +800,16 @@ pub async fn two_host_fan(
     agent_env: &[(&str, &str)],
     specs: [pb::NetworkSpec; 2],
 ) -> Result<Testbed> {
+    two_host_fan_on(PortKind::Veth, agent_args, agent_env, specs).await
+}
+
+/// [`two_host_fan`] with the containers plugged by pairs of `kind`.
+pub async fn two_host_fan_on(
+    kind: PortKind,
+    agent_args: &[&str],
+    agent_env: &[(&str, &str)],
+    specs: [pb::NetworkSpec; 2],
+) -> Result<Testbed> {
     let mut bed = Testbed::new(16)?;
     let hosts = [
         ("h28", Ipv4Addr::new(172, 30, 0, 28)),
@@ -735,8 +821,8 @@ pub async fn two_host_fan(
     for ((name, _), spec) in hosts.into_iter().zip(specs) {
         bed.create_network_with(name, "fan", spec).await?;
     }
-    bed.add_container("h28", "fan", "a").await?;
-    bed.add_container("h27", "fan", "b").await?;
+    bed.add_container_with("h28", "fan", "a", kind).await?;
+    bed.add_container_with("h27", "fan", "b", kind).await?;
     Ok(bed)
 }
 

@@ -9,7 +9,7 @@
 //! The map is derived from what the kernel already knows, so containers
 //! plugged by anyone (Docker, LXD, CNI, a test script) are covered:
 //! the bridge's IPv4 neighbour entries (container IP -> MAC) joined with the
-//! bridge FDB (MAC -> port) where the port is a veth whose peer lives in
+//! bridge FDB (MAC -> port) where the port is a veth or netkit device whose peer lives in
 //! another namespace. Anything else (unresolved neighbours, taps, ports of
 //! other bridges) stays on the slow path through the stack and the bridge.
 //!
@@ -45,9 +45,10 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Events arriving within this window are handled with one sync.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// A veth whose peer lives in another namespace: a container's link.
+/// A veth or netkit device whose peer lives in another namespace: a
+/// container's link.
 fn leads_to_container(link: &Link) -> bool {
-    link.kind.as_deref() == Some("veth") && link.link_in_other_netns()
+    matches!(link.kind.as_deref(), Some("veth" | "netkit")) && link.link_in_other_netns()
 }
 
 async fn ports(nl: &Netlink) -> Result<HashMap<u32, Link>> {
@@ -161,10 +162,15 @@ impl Snapshot {
     }
 
     /// The container ports of the plan's bridge, for the egress fast path.
-    pub fn bridge_ports(&self, plan: &NetworkPlan) -> Vec<super::ports::Port> {
+    pub fn bridge_ports(&self, plan: &NetworkPlan) -> Vec<Port> {
         self.container_ports(plan)
             .into_iter()
-            .map(|p| (p.index, p.name.clone(), p.mac))
+            .map(|p| Port {
+                index: p.index,
+                name: p.name.clone(),
+                mac: p.mac,
+                netkit: p.kind.as_deref() == Some("netkit"),
+            })
             .collect()
     }
 

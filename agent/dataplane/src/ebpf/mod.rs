@@ -37,6 +37,7 @@
 pub mod big_tcp;
 pub mod endpoints;
 pub mod maps;
+pub mod netkit;
 pub mod next_hop;
 mod observe;
 pub mod pin;

@@ -214,6 +214,7 @@ impl EbpfBackend {
         // does each container port the fast path was attached to and that
         // is still on the bridge (one not learned yet is not drift: the
         // bridge's filter carries its traffic until the refresher gets to it).
+        let mut netkit_ports = Vec::new();
         if self.egress_fast_path_active() {
             if let Some(b) = nl.link_by_name(&plan.bridge).await? {
                 sites.push((FASTPATH_PROGRAM, b.name.clone(), b.index, Hook::Ingress));
@@ -221,19 +222,39 @@ impl EbpfBackend {
                     .get(&plan.network_id)
                     .cloned()
                     .unwrap_or_default();
-                for (index, name, _) in running {
+                for port in running {
                     let still_ours = nl
-                        .link_by_index(index)
+                        .link_by_index(port.index)
                         .await?
-                        .is_some_and(|l| l.master == Some(b.index) && l.name == name);
-                    if still_ours {
-                        sites.push((FASTPATH_PROGRAM, name, index, Hook::Ingress));
+                        .is_some_and(|l| l.master == Some(b.index) && l.name == port.name);
+                    if !still_ours {
+                        continue;
+                    }
+                    if port.netkit {
+                        netkit_ports.push(port);
+                    } else {
+                        sites.push((FASTPATH_PROGRAM, port.name, port.index, Hook::Ingress));
                     }
                 }
             }
         }
         let pinned = pinned_map_ids(pin_dir);
         let config_id = config_map_id(pin_dir);
+        for port in netkit_ports {
+            let object = format!("netkit peer program {FASTPATH_PROGRAM} on {}", port.name);
+            let expected = "one program, using the pinned maps";
+            match super::netkit::ours(port.index) {
+                Ok(ids) => match ids.as_slice() {
+                    [] => drifts.push(object, expected, "absent"),
+                    [id] if maps_present && !uses_pinned_maps(*id, pinned.as_ref(), config_id) => {
+                        drifts.push(object, expected, "uses other maps")
+                    }
+                    [_] => {}
+                    more => drifts.push(object, expected, format!("{} programs", more.len())),
+                },
+                Err(e) => drifts.push(object, expected, format!("unreadable: {e}")),
+            }
+        }
         for (program, interface, ifindex, hook) in sites {
             let object = format!("tc filter {program} on {interface} {}", hook.as_str());
             let expected = format!("bpf {program} pref {priority} handle {TC_HANDLE:#x}");

@@ -3,10 +3,12 @@
 //! `fan_fastpath` on the bridge sees a container's frame only after the
 //! bridge handled it. On the ingress of the port (the host side of the
 //! container's veth) the same program sees it first and hands it to the
-//! underlay without the bridge. Ports are learned from the kernel (links
-//! whose master is the fan bridge and whose veth peer lives in another
-//! namespace), so containers plugged by anyone are covered; until a port is
-//! learned, the filter on the bridge carries its traffic.
+//! underlay without the bridge. On a netkit port it runs earlier still,
+//! inside the container's transmit (see [`super::netkit`]). Ports are
+//! learned from the kernel (veth or netkit links whose master is the fan
+//! bridge and whose peer lives in another namespace), so containers plugged
+//! by anyone are covered; until a port is learned, the filter on the bridge
+//! carries its traffic.
 //!
 //! The program is pinned in the network's pin directory ([`PROGRAM_PIN`]) by
 //! `apply` so the endpoint refresher can attach it to ports that appear
@@ -21,16 +23,37 @@ use aya::programs::SchedClassifier;
 use tracing::{debug, info};
 
 use super::tc::{self, Hook};
-use super::{EbpfBackend, FASTPATH_PROGRAM};
+use super::{netkit, EbpfBackend, FASTPATH_PROGRAM};
 use crate::netlink::Netlink;
 use crate::{DataplaneError, Result};
 
 /// File name of the pinned fast-path program in the network's pin directory.
 pub const PROGRAM_PIN: &str = "prog_fan_fastpath";
 
-/// A bridge port: ifindex, name and MAC (a new device at a reused ifindex
-/// has another MAC).
-pub type Port = (u32, String, Option<[u8; 6]>);
+/// A container's port on the fan bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Port {
+    /// Interface index (host namespace).
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MAC address: a new device at a reused ifindex has another.
+    pub mac: Option<[u8; 6]>,
+    /// A netkit primary: the program runs in the peer's transmit, not on
+    /// tc ingress.
+    pub netkit: bool,
+}
+
+impl Port {
+    /// Where the program runs on this port, for logs and drift reports.
+    pub fn hook(&self) -> &'static str {
+        if self.netkit {
+            "netkit peer"
+        } else {
+            "tc ingress"
+        }
+    }
+}
 
 /// Pins the freshly loaded fast-path program, replacing an older pin.
 pub fn pin_program(program: &mut SchedClassifier, pin_dir: &Path) -> Result<()> {
@@ -65,7 +88,26 @@ pub async fn attach(
         .id();
     let mut done = Vec::new();
     for port in todo {
-        let (ifindex, name, _) = port;
+        if port.netkit {
+            let fd = program
+                .fd()
+                .map_err(|e| DataplaneError::other(context(), e))?;
+            match netkit::attach(port.index, std::os::fd::AsFd::as_fd(fd), prog_id) {
+                Ok(true) => info!(port = %port.name, "egress fast path attached to netkit peer"),
+                Ok(false) => {}
+                // Gone meanwhile (a container stopping): nothing to do.
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue,
+                Err(e) => {
+                    return Err(DataplaneError::other(
+                        format!("attach netkit peer program on {}", port.name),
+                        e,
+                    ))
+                }
+            }
+            done.push(port.clone());
+            continue;
+        }
+        let (ifindex, name) = (&port.index, &port.name);
         let filters =
             match tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority).await {
                 Ok(f) => f,
@@ -91,7 +133,22 @@ pub async fn attach(
 /// Removes our fast-path filter from each port (a port gone meanwhile is
 /// not an error).
 pub async fn detach(nl: &Netlink, ports: &[Port], priority: u16) -> Result<()> {
-    for (ifindex, name, _) in ports {
+    for port in ports {
+        let (ifindex, name) = (&port.index, &port.name);
+        if port.netkit {
+            match netkit::detach(*ifindex) {
+                Ok(n) if n > 0 => debug!(port = %name, "egress fast path detached from netkit peer"),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) => {
+                    return Err(DataplaneError::other(
+                        format!("detach netkit peer program from {name}"),
+                        e,
+                    ))
+                }
+            }
+            continue;
+        }
         let Ok(filters) = tc::list_filters_at(nl.handle(), *ifindex, Hook::Ingress, priority).await
         else {
             continue;

@@ -29,8 +29,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVeth};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, NetkitMode};
+use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkNetkit, LinkUnspec, LinkVeth};
 use tracing::debug;
 
 use crate::{DataplaneError, Result};
@@ -234,20 +234,40 @@ impl Netlink {
     /// Creates a veth pair `name` <-> `peer` (both down). Idempotent when
     /// `name` already exists as a veth whose peer is named `peer`.
     pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(Link, Link)> {
-        let context = format!("create veth {name} peer {peer}");
+        self.create_pair("veth", LinkVeth::new(name, peer).build(), name, peer)
+            .await
+    }
+
+    /// Creates a netkit pair (Linux 6.7+) in L2 mode, both ends passing
+    /// traffic by default: `name` is the primary, where the programs of both
+    /// directions attach, `peer` the end for a container. Idempotent as
+    /// [`Netlink::create_veth`]. A kernel without netkit refuses the kind
+    /// ("Operation not supported").
+    pub async fn create_netkit(&self, name: &str, peer: &str) -> Result<(Link, Link)> {
+        let message = LinkNetkit::new(name, peer, NetkitMode::L2).build();
+        self.create_pair("netkit", message, name, peer).await
+    }
+
+    async fn create_pair(
+        &self,
+        kind: &str,
+        message: LinkMessage,
+        name: &str,
+        peer: &str,
+    ) -> Result<(Link, Link)> {
+        let context = format!("create {kind} {name} peer {peer}");
         check_ifname(name, &context)?;
         check_ifname(peer, &context)?;
         if self.link_by_name(name).await?.is_none() {
-            let message = LinkVeth::new(name, peer).build();
             match self.handle.link().add(message).execute().await {
-                Ok(()) => debug!(veth = name, peer, "created veth pair"),
+                Ok(()) => debug!(kind, name, peer, "created pair"),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(netlink_error(context, e)),
             }
         }
-        let link = expect_kind(self.require_link(name).await?, "veth", &context)?;
+        let link = expect_kind(self.require_link(name).await?, kind, &context)?;
         let peer_link = match self.link_by_name(peer).await? {
-            Some(p) if p.kind.as_deref() == Some("veth") && link.link == Some(p.index) => p,
+            Some(p) if p.kind.as_deref() == Some(kind) && link.link == Some(p.index) => p,
             _ => {
                 return Err(DataplaneError::Netlink {
                     context,

@@ -1,0 +1,134 @@
+//! Containers plugged with netkit pairs (Linux 6.7+), real agents, two
+//! hosts on an underlay bridge.
+//!
+//! The agents learn a netkit primary on the fan bridge as they learn a veth
+//! port, and run `fan_fastpath` inside the container's transmit (attached
+//! as `BPF_NETKIT_PEER`) instead of on the port's tc ingress: a container's
+//! packet for a remote slice goes from its own `sendmsg` to the underlay
+//! device without entering the host's receive path. Decapsulated packets
+//! go into the container with `bpf_redirect_peer`, which netkit supports
+//! as veth does. What the program passes (the outside, TTL 1, too big)
+//! enters the host as from a veth: the bridge and the slow path.
+//!
+//! Skipped, with a message, on a kernel without netkit: this machine's
+//! 6.18 is built without it. `make test-kernels` runs this file under
+//! Debian's 6.12 (bookworm-backports) in a VM.
+
+use anyhow::{bail, Result};
+use fan_dataplane::ebpf::maps::slot;
+use fan_dataplane::ebpf::netkit;
+use fan_e2e::{fan_spec, two_host_fan_on, Netns, PortKind, Testbed};
+
+const OVERLAY: &str = "250.0.0.0/8";
+const UNDERLAY: &str = "172.30.0.0/16";
+
+/// The ids of our programs (by name) on the netkit peer hook of `port`.
+fn peer_programs(host: &Netns, port: &str) -> Result<Vec<u32>> {
+    let port = port.to_string();
+    host.block_on(move || async move {
+        let nl = fan_dataplane::netlink::Netlink::new()?;
+        let Some(link) = nl.link_by_name(&port).await? else {
+            bail!("no device {port}");
+        };
+        anyhow::Ok(netkit::ours(link.index)?)
+    })
+}
+
+/// Waits until the agent of `host` runs (or stopped running) the fast path
+/// on the netkit peer hook of `port`.
+fn peer_program_becomes(host: &Netns, port: &str, on: bool) -> Result<()> {
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        let ids = peer_programs(host, port)?;
+        match (on, ids.len()) {
+            (true, 1) | (false, 0) => Ok(()),
+            _ => bail!("fan_fastpath on the netkit peer of {port}: {ids:?}, want on={on}"),
+        }
+    })
+}
+
+/// Whether `fan_fastpath` is attached on the tc ingress of `device`.
+fn tc_fast_path(host: &Netns, device: &str) -> Result<bool> {
+    let out = host.exec("tc", &["filter", "show", "dev", device, "ingress"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("fan_fastpath"))
+}
+
+fn skip_without_netkit() -> Result<bool> {
+    if !fan_e2e::netkit_supported()? {
+        eprintln!("skipped: this kernel creates no netkit devices (CONFIG_NETKIT, Linux 6.7+)");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+async fn netkit_hosts() -> Result<Testbed> {
+    let fast_path_on = [("FAN_AGENT_NO_FAST_PATH", "false")];
+    let spec = fan_spec(OVERLAY, UNDERLAY);
+    two_host_fan_on(PortKind::Netkit, &[], &fast_path_on, [spec.clone(), spec]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<()> {
+    if skip_without_netkit()? {
+        return Ok(());
+    }
+    let mut bed = netkit_hosts().await?;
+    for (host, container) in [("h28", "a"), ("h27", "b")] {
+        let port = bed.container(container).port.clone();
+        let netns = &bed.host(host).netns;
+        peer_program_becomes(netns, &port, true)?;
+        assert!(!tc_fast_path(netns, &port)?, "tc filter on netkit port {port}");
+    }
+    let fast = |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED);
+    let redirected = |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::PEER_REDIRECTED);
+    let (t28, t27, p27) = (fast(&bed, "h28")?, fast(&bed, "h27")?, redirected(&bed, "h27")?);
+    {
+        let (a, b) = (bed.container("a"), bed.container("b"));
+        tokio::task::block_in_place(|| -> Result<()> {
+            a.netns.ping(b.address, 3)?;
+            fan_e2e::tcp_both_ways(&a.netns, &b.netns, b.address, 1e6)
+        })?;
+    }
+    // Both directions left through the programs in the containers' transmit.
+    let (f28, f27) = (fast(&bed, "h28")? - t28, fast(&bed, "h27")? - t27);
+    assert!(f28 > 100 && f27 > 100, "fast path packets: h28 {f28}, h27 {f27}");
+    // And arrived straight in the netkit container.
+    let into_b = redirected(&bed, "h27")? - p27;
+    assert!(into_b > 100, "{into_b} redirected into b");
+
+    // The agent with the fast path off takes its program off the peer hook
+    // and the slow path (netkit passes, the bridge, the tunnel) carries on.
+    {
+        let host = bed.host_mut("h28");
+        host.agent.extra_args.push("--no-fast-path".into());
+        host.agent.terminate()?;
+        host.start_agent()?;
+    }
+    let port = bed.container("a").port.clone();
+    peer_program_becomes(&bed.host("h28").netns, &port, false)?;
+    let before = bed.counters("h28", "fan").await?;
+    let t28 = fast(&bed, "h28")?;
+    {
+        let (a, b) = (bed.container("a"), bed.container("b"));
+        tokio::task::block_in_place(|| -> Result<()> {
+            a.netns.ping(b.address, 3)?;
+            fan_e2e::tcp_both_ways(&a.netns, &b.netns, b.address, 1e6)
+        })?;
+    }
+    let after = bed.counters("h28", "fan").await?;
+    assert_eq!(fast(&bed, "h28")?, t28);
+    assert!(after.encapsulated - before.encapsulated > 100, "{before:?} -> {after:?}");
+
+    // Back on: attached again, and carrying the traffic.
+    {
+        let host = bed.host_mut("h28");
+        host.agent.extra_args.clear();
+        host.agent.terminate()?;
+        host.start_agent()?;
+    }
+    peer_program_becomes(&bed.host("h28").netns, &port, true)?;
+    let t28 = fast(&bed, "h28")?;
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;
+    assert_eq!(fast(&bed, "h28")? - t28, 3);
+    Ok(())
+}
