@@ -3,6 +3,9 @@
 //! one run so that the machine's background load hits them alike.
 //!
 //! - fan, fast path: agents with the eBPF egress fast path (the default);
+//!   where the kernel has netkit (6.7+) its containers are plugged with
+//!   netkit pairs, and a sixth path, the same with veth pairs, shows what
+//!   containers of runtimes that make veths get;
 //! - fan, slow path: a second pair of hosts whose agents run `--no-fast-path`
 //!   (host routing + tunnel device);
 //! - control: containers on a plain bridge, routed host to host over the same
@@ -25,7 +28,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fan_e2e::gso::{set_ipv4_gso_gro, wait_for_ipv4_gso, LEGACY_GSO};
-use fan_e2e::{IperfServer, Netns, Testbed};
+use fan_e2e::{IperfServer, Netns, PortKind, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
@@ -309,8 +312,13 @@ fn vxlan(bed: &Testbed) -> Result<[Netns; 2]> {
 /// Two hosts, the fan on both, container "a" on .28 and "b" on .27; the
 /// agents get `agent_args`.
 async fn fan_bed(agent_args: &[&str]) -> Result<Testbed> {
+    fan_bed_on(PortKind::Veth, agent_args).await
+}
+
+/// [`fan_bed`] with the containers plugged by pairs of `kind`.
+async fn fan_bed_on(kind: PortKind, agent_args: &[&str]) -> Result<Testbed> {
     let spec = fan_e2e::fan_spec(OVERLAY, UNDERLAY);
-    fan_e2e::two_host_fan(agent_args, &[], [spec.clone(), spec]).await
+    fan_e2e::two_host_fan_on(kind, agent_args, &[], [spec.clone(), spec]).await
 }
 
 fn existing(ns: &Netns) -> Netns {
@@ -337,13 +345,8 @@ fn raise(devices: &[(&Netns, String)], size: u32) -> Result<Option<String>> {
 /// them; the agents then raise their containers' veths themselves, which is
 /// waited for), and every device of the control path (what a
 /// BIG-TCP-aware plugin would do for it).
-async fn big_tcp_everywhere(
-    fast: &Testbed,
-    slow: &Testbed,
-    control: &[Netns; 2],
-    size: u32,
-) -> Result<()> {
-    for bed in [fast, slow] {
+async fn big_tcp_everywhere(fans: &[&Testbed], control: &[Netns; 2], size: u32) -> Result<()> {
+    for bed in fans {
         let mut devices = Vec::new();
         for host in ["h28", "h27"] {
             devices.push((&bed.host(host).netns, "eth0".to_string()));
@@ -358,9 +361,9 @@ async fn big_tcp_everywhere(
     }
     let mut devices = Vec::new();
     for (container, (host, tag)) in control.iter().zip([("h28", "k28"), ("h27", "k27")]) {
-        let host = &fast.host(host).netns;
+        let host = &fans[0].host(host).netns;
         devices.push((container, "eth0".to_string()));
-        devices.push((host, format!("{}{tag}", fast.id)));
+        devices.push((host, format!("{}{tag}", fans[0].id)));
         devices.push((host, "ctl0".to_string()));
     }
     if let Some(device) = raise(&devices, size)? {
@@ -384,14 +387,38 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             None => String::from(", 64 KB GSO packets (the kernel's default)"),
         }
     );
-    let fast = fan_bed(&[]).await?;
+    // Where the kernel has netkit, the fast path's containers are plugged
+    // with netkit pairs (the program runs in their transmit) and a second
+    // pair of hosts with veths shows what runtimes that make veths get.
+    let netkit = fan_e2e::netkit_supported()?;
+    println!(
+        "  fan containers: {}",
+        if netkit {
+            "netkit pairs (fast path in the container's transmit); veth pairs for reference"
+        } else {
+            "veth pairs (this kernel has no netkit)"
+        }
+    );
+    let fast = if netkit {
+        fan_bed_on(PortKind::Netkit, &[]).await?
+    } else {
+        fan_bed(&[]).await?
+    };
+    let fast_veth = match netkit {
+        true => Some(fan_bed(&[]).await?),
+        false => None,
+    };
     let slow = fan_bed(&["--no-fast-path"]).await?;
     let control = control(&fast)?;
     let vxlan = vxlan(&fast)?;
     if let Some(size) = big_tcp {
-        big_tcp_everywhere(&fast, &slow, &control, size).await?;
+        let fans: Vec<&Testbed> = [Some(&fast), fast_veth.as_ref(), Some(&slow)]
+            .into_iter()
+            .flatten()
+            .collect();
+        big_tcp_everywhere(&fans, &control, size).await?;
     }
-    let paths = [
+    let mut paths = vec![
         Path {
             name: "fan, fast path",
             client: existing(&fast.container("a").netns),
@@ -423,6 +450,15 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             address: "10.201.27.2".parse()?,
         },
     ];
+    if let Some(bed) = &fast_veth {
+        paths[0].name = "fan, fast path, netkit";
+        paths.push(Path {
+            name: "fan, fast path, veth",
+            client: existing(&bed.container("a").netns),
+            server: existing(&bed.container("b").netns),
+            address: bed.container("b").address,
+        });
+    }
     // Warm-up: ARP/neighbours on every path.
     for p in &paths {
         p.client
@@ -556,13 +592,31 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             ratios(&fan.four_one_thread, &under.four_one_thread),
         ),
         ("RTT fast/slow path", ratios(&fan.rtt, &slow_f.rtt)),
-    ] {
+    ]
+    .into_iter()
+    .chain(figures.get(5).into_iter().flat_map(|veth| {
+        [
+            ("veth fan/underlay, 1 stream", ratios(&veth.one, &under.one)),
+            (
+                "veth fan/underlay, 4 streams",
+                ratios(&veth.four, &under.four),
+            ),
+            ("veth fan/control, 1 stream", ratios(&veth.one, &ctl.one)),
+            ("netkit/veth fan, 1 stream", ratios(&fan.one, &veth.one)),
+            ("netkit/veth fan, 4 streams", ratios(&fan.four, &veth.four)),
+            (
+                "netkit/veth fan, CPU per GB",
+                ratios(&fan.cpu_per_gb, &veth.cpu_per_gb),
+            ),
+        ]
+    })) {
         println!("  {name:<34} {}", show(&values, 1.0, 2));
     }
     drop(paths);
     drop(vxlan);
     drop(control);
     drop(slow);
+    drop(fast_veth);
     drop(fast);
     Ok(())
 }

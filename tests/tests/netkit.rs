@@ -76,11 +76,20 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
         let port = bed.container(container).port.clone();
         let netns = &bed.host(host).netns;
         peer_program_becomes(netns, &port, true)?;
-        assert!(!tc_fast_path(netns, &port)?, "tc filter on netkit port {port}");
+        assert!(
+            !tc_fast_path(netns, &port)?,
+            "tc filter on netkit port {port}"
+        );
     }
-    let fast = |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED);
-    let redirected = |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::PEER_REDIRECTED);
-    let (t28, t27, p27) = (fast(&bed, "h28")?, fast(&bed, "h27")?, redirected(&bed, "h27")?);
+    let fast =
+        |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED);
+    let redirected =
+        |bed: &Testbed, host: &str| bed.pinned_counter(host, "fan", slot::PEER_REDIRECTED);
+    let (t28, t27, p27) = (
+        fast(&bed, "h28")?,
+        fast(&bed, "h27")?,
+        redirected(&bed, "h27")?,
+    );
     {
         let (a, b) = (bed.container("a"), bed.container("b"));
         tokio::task::block_in_place(|| -> Result<()> {
@@ -90,11 +99,15 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
     }
     // Both directions left through the programs in the containers' transmit.
     let (f28, f27) = (fast(&bed, "h28")? - t28, fast(&bed, "h27")? - t27);
-    assert!(f28 > 100 && f27 > 100, "fast path packets: h28 {f28}, h27 {f27}");
+    assert!(
+        f28 > 100 && f27 > 100,
+        "fast path packets: h28 {f28}, h27 {f27}"
+    );
     // And arrived straight in the netkit container.
     let into_b = redirected(&bed, "h27")? - p27;
     assert!(into_b > 100, "{into_b} redirected into b");
 
+    let port = bed.container("a").port.clone();
     // The agent with the fast path off takes its program off the peer hook
     // and the slow path (netkit passes, the bridge, the tunnel) carries on.
     {
@@ -103,7 +116,6 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
         host.agent.terminate()?;
         host.start_agent()?;
     }
-    let port = bed.container("a").port.clone();
     peer_program_becomes(&bed.host("h28").netns, &port, false)?;
     let before = bed.counters("h28", "fan").await?;
     let t28 = fast(&bed, "h28")?;
@@ -116,7 +128,10 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
     }
     let after = bed.counters("h28", "fan").await?;
     assert_eq!(fast(&bed, "h28")?, t28);
-    assert!(after.encapsulated - before.encapsulated > 100, "{before:?} -> {after:?}");
+    assert!(
+        after.encapsulated - before.encapsulated > 100,
+        "{before:?} -> {after:?}"
+    );
 
     // Back on: attached again, and carrying the traffic.
     {
@@ -130,5 +145,27 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
     let (a, b) = (bed.container("a"), bed.container("b"));
     tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;
     assert_eq!(fast(&bed, "h28")? - t28, 3);
+
+    // No drift while it runs; taken off behind the agent's back, it is.
+    let mut client = bed.host("h28").client().await?;
+    let found = fan_e2e::check_network(&mut client, "fan").await?;
+    assert!(found.is_empty(), "{found:?}");
+    let gone = {
+        let port = port.clone();
+        bed.host("h28").netns.block_on(move || async move {
+            let nl = fan_dataplane::netlink::Netlink::new()?;
+            let link = nl.link_by_name(&port).await?.expect("port");
+            anyhow::Ok(netkit::detach(link.index)?)
+        })?
+    };
+    assert_eq!(gone, 1);
+    let found = fan_e2e::check_network(&mut client, "fan").await?;
+    assert!(
+        found.iter().any(
+            |d| d.object == format!("netkit peer program fan_fastpath on {port}")
+                && d.observed == "absent"
+        ),
+        "{found:?}"
+    );
     Ok(())
 }

@@ -9,6 +9,9 @@
 #        fan-dataplane lib, ipip::kernel_tests   backends driven directly in namespaces
 #        fan-e2e tests/kernels.rs                real agents, containers, mixed backends
 #
+#   4. a second VM boot under Debian's 6.12 (bookworm-backports, its own cache), whose kernel
+#      has netkit (this machine's has not): fan-e2e tests/netkit.rs and tests/fast_path.rs
+#
 # Prints the BENCH figures again at the end, and the suite's duration. Exit status: 0 when every
 # test passed. Environment: CARGO (default cargo), CARGO_TARGET_DIR as usual, FAN_VM_* as
 # documented in tests/vm/fan-vm, FAN_KERNEL_SUITE_TIMEOUT (seconds for the VM, default 540).
@@ -26,13 +29,17 @@ log() { printf 'kernel suite: %s\n' "$*" >&2; }
 
 log "preparing the VM (tests/vm/setup.sh)"
 "$here/setup.sh"
+# The netkit kernel: Debian's backports, in a cache of its own.
+netkit_cache="${FAN_VM_NETKIT_CACHE:-/var/cache/fan-vm-bookworm-backports}"
+log "preparing the netkit VM (bookworm-backports kernel in $netkit_cache)"
+FAN_VM_CACHE="$netkit_cache" FAN_VM_APT_SUITE=bookworm-backports "$here/setup.sh"
 
 cd "$root"
 log "building fan-agent and the test binaries"
 "$cargo" build --quiet -p fan-agent --bins
 # The executables of the two test targets, from cargo's JSON messages.
 bins="$("$cargo" test --quiet --no-run --message-format=json \
-    -p fan-dataplane --lib -p fan-e2e --test kernels |
+    -p fan-dataplane --lib -p fan-e2e --test kernels --test netkit --test fast_path |
     python3 -c '
 import json, sys
 found = {}
@@ -43,10 +50,12 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         found[m["target"]["name"]] = m["executable"]
-print(found.get("fan_dataplane", ""), found.get("kernels", ""))
+print(*(found.get(n, "-") for n in ("fan_dataplane", "kernels", "netkit", "fast_path")))
 ')"
-read -r dataplane_bin kernels_bin <<<"$bins"
-[ -x "$dataplane_bin" ] && [ -x "$kernels_bin" ] || { log "test binaries not found ($bins)"; exit 2; }
+read -r dataplane_bin kernels_bin netkit_bin fast_path_bin <<<"$bins"
+for b in "$dataplane_bin" "$kernels_bin" "$netkit_bin" "$fast_path_bin"; do
+    [ -x "$b" ] || { log "test binaries not found ($bins)"; exit 2; }
+done
 agent_dir="$(dirname "$(dirname "$kernels_bin")")"
 [ -x "$agent_dir/fan-agent" ] || { log "no fan-agent next to the test binaries in $agent_dir"; exit 2; }
 t_build=$SECONDS
@@ -64,6 +73,20 @@ FAN_KERNEL_SUITE=1 FAN_BIN_DIR="$agent_dir" "$here/fan-vm" --timeout "$timeout" 
     exit $status
 ' fan-kernel-suite "$dataplane_bin" "$kernels_bin" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
+log "running the netkit tests in the 6.12 VM (timeout ${timeout}s)"
+FAN_BIN_DIR="$agent_dir" FAN_VM_CACHE="$netkit_cache" "$here/fan-vm" --timeout "$timeout" -- bash -c '
+    status=0
+    echo "== kernel $(uname -r): fan-e2e netkit"
+    # A skip here is a failure: this kernel has netkit.
+    out="$("$1" --test-threads=1 --nocapture 2>&1)" || status=1
+    printf "%s\n" "$out"
+    case "$out" in *skipped:*) echo "netkit tests skipped on $(uname -r)"; status=1 ;; esac
+    echo "== kernel $(uname -r): fan-e2e fast_path"
+    "$2" --test-threads=2 || status=1
+    exit $status
+' fan-netkit-suite "$netkit_bin" "$fast_path_bin" 2>&1 | tee -a "$out"
+netkit_rc=${PIPESTATUS[0]}
+[ "$rc" = 0 ] && rc=$netkit_rc
 set -e
 
 echo

@@ -12,6 +12,10 @@
 #                   (default: whatever linux-image-amd64 depends on; resolved only when the
 #                   cache has no kernel yet)
 #   FAN_VM_REFRESH  1 = re-resolve linux-image-amd64 even if a kernel is cached
+#   FAN_VM_APT_SUITE  take the kernel from this Debian suite instead of the host's sources, e.g.
+#                   bookworm-backports (Debian's 6.12, with netkit); apt reads it through lists
+#                   kept under the cache (signatures checked as usual), the host's apt
+#                   configuration and lists are not touched. Give each suite its own cache.
 #   FAN_VM_QUIET    1 = print nothing when already set up
 set -euo pipefail
 
@@ -76,13 +80,31 @@ exec 9>"$cache/.setup.lock"
 flock 9
 
 # --- kernel package ---------------------------------------------------------------------------
+# apt options for the kernel: none (the host's sources), or a private view of one suite.
+kapt=()
+kapt_update() { apt_update; }
+if [ -n "${FAN_VM_APT_SUITE:-}" ]; then
+    adir="$cache/apt"
+    mkdir -p "$adir/lists/partial" "$adir/sources.list.d"
+    chown -R _apt "$adir/lists" 2>/dev/null || true
+    : >"$adir/sources.list"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$FAN_VM_APT_SUITE" >"$adir/sources.list.d/fan-vm.sources"
+    kapt=(-o "Dir::Etc::SourceList=$adir/sources.list" -o "Dir::Etc::SourceParts=$adir/sources.list.d"
+        -o "Dir::State::Lists=$adir/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+    kapt_update() {
+        log "apt-get update ($FAN_VM_APT_SUITE, lists in $adir)"
+        apt-get "${kapt[@]}" update -qq >&2 || die "apt-get update of $FAN_VM_APT_SUITE failed"
+    }
+fi
+
 resolve_kernel_pkg() {
     if [ -n "${FAN_VM_KERNEL:-}" ]; then echo "$FAN_VM_KERNEL"; return; fi
     local dep
-    dep=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    dep=$(apt-cache "${kapt[@]}" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
     if [ -z "$dep" ]; then
-        apt_update
-        dep=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        kapt_update
+        dep=$(apt-cache "${kapt[@]}" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
     fi
     [ -n "$dep" ] || die "cannot resolve the package behind linux-image-amd64 (apt-cache depends)"
     echo "$dep"
@@ -106,9 +128,9 @@ if [ ! -f "$kdir/.extracted" ]; then
     mkdir -p "$kdir/dl"
     # apt drops privileges to _apt for downloads; let it write the directory.
     chown _apt "$kdir/dl" 2>/dev/null || true
-    if ! (cd "$kdir/dl" && apt-get download -qq "$pkg" >&2); then
-        apt_update
-        (cd "$kdir/dl" && apt-get download -qq "$pkg" >&2) || die "apt-get download $pkg failed"
+    if ! (cd "$kdir/dl" && apt-get "${kapt[@]}" download -qq "$pkg" >&2); then
+        kapt_update
+        (cd "$kdir/dl" && apt-get "${kapt[@]}" download -qq "$pkg" >&2) || die "apt-get download $pkg failed"
     fi
     deb="$(ls "$kdir"/dl/*.deb | head -n1)"
     log "extracting $(basename "$deb")"

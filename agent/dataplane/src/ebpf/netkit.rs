@@ -79,12 +79,21 @@ fn attach_attr(ifindex: u32, program_fd: i32, flags: u32, replace_fd: i32) -> At
 pub fn attach(ifindex: u32, program: BorrowedFd<'_>, program_id: u32) -> io::Result<bool> {
     let ours = ours(ifindex)?;
     let attached = !ours.contains(&program_id);
-    let mut extra: Vec<u32> = ours.iter().copied().filter(|id| *id != program_id).collect();
+    let mut extra: Vec<u32> = ours
+        .iter()
+        .copied()
+        .filter(|id| *id != program_id)
+        .collect();
     if attached {
         let mut attr = match extra.first() {
             Some(old) => {
                 let old_fd = prog_info::prog_fd(*old)?;
-                attach_attr(ifindex, program.as_raw_fd(), BPF_F_REPLACE, old_fd.as_raw_fd())
+                attach_attr(
+                    ifindex,
+                    program.as_raw_fd(),
+                    BPF_F_REPLACE,
+                    old_fd.as_raw_fd(),
+                )
             }
             None => attach_attr(ifindex, program.as_raw_fd(), 0, 0),
         };

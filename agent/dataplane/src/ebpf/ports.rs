@@ -137,7 +137,9 @@ pub async fn detach(nl: &Netlink, ports: &[Port], priority: u16) -> Result<()> {
         let (ifindex, name) = (&port.index, &port.name);
         if port.netkit {
             match netkit::detach(*ifindex) {
-                Ok(n) if n > 0 => debug!(port = %name, "egress fast path detached from netkit peer"),
+                Ok(n) if n > 0 => {
+                    debug!(port = %name, "egress fast path detached from netkit peer")
+                }
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(e) => {
