@@ -1142,3 +1142,70 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // Linux reports process times in USER_HZ, 100 on every supported architecture.
     Ok(ticks / 100.0)
 }
+
+/// What one plugin run printed and how it exited.
+#[derive(Debug)]
+pub struct CniReply {
+    /// The exit code.
+    pub code: i32,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+impl CniReply {
+    /// The JSON on stdout (a result or an error).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success with nothing on stdout (DEL, CHECK, GC, STATUS).
+    pub fn quiet_success(&self, what: &str) {
+        assert_eq!(self.code, 0, "{what}: {self:?}");
+        assert_eq!(self.stdout.trim(), "", "{what}: {self:?}");
+    }
+
+    /// Asserts a CNI error with `code` and returns its message.
+    pub fn cni_error(&self, code: u64, what: &str) -> String {
+        assert_ne!(self.code, 0, "{what} should fail: {self:?}");
+        let v = self.json();
+        assert_eq!(v["code"].as_u64(), Some(code), "{what}: {v}");
+        assert!(v["cniVersion"].is_string(), "{what}: {v}");
+        let msg = v["msg"].as_str().unwrap_or_default().to_string();
+        eprintln!("{what} -> {v}");
+        msg
+    }
+}
+
+/// Runs a CNI plugin in `host`'s namespace with `env` and `conf` on stdin.
+pub fn run_cni_plugin(
+    host: &Netns,
+    program: &std::path::Path,
+    cni_path: &str,
+    env: &[(&str, String)],
+    conf: &serde_json::Value,
+) -> Result<CniReply> {
+    let mut command = host.command(program);
+    command
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("spawn {}", program.display()))?;
+    let mut stdin = child.stdin.take().context("plugin stdin")?;
+    std::io::Write::write_all(&mut stdin, conf.to_string().as_bytes())?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    Ok(CniReply {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

@@ -9,13 +9,11 @@
 //! beside this test, or in `FAN_BIN_DIR`).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Stdio;
 
-use anyhow::{bail, Context, Result};
-use fan_e2e::{bin_dir, binary, Client, Netns, Testbed};
+use anyhow::{bail, Result};
+use fan_e2e::{bin_dir, binary, Client, CniReply as Reply, Netns, Testbed};
 use fan_proto::v1 as pb;
 use serde_json::{json, Value};
 
@@ -25,39 +23,6 @@ const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 
 fn addr(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
-}
-
-/// What one plugin run printed and how it exited.
-#[derive(Debug)]
-struct Reply {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Reply {
-    /// The JSON on stdout (a result or an error).
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    /// Asserts success with nothing on stdout (DEL, CHECK, GC, STATUS).
-    fn quiet_success(&self, what: &str) {
-        assert_eq!(self.code, 0, "{what}: {self:?}");
-        assert_eq!(self.stdout.trim(), "", "{what}: {self:?}");
-    }
-
-    /// Asserts a CNI error with `code` and returns its message.
-    fn cni_error(&self, code: u64, what: &str) -> String {
-        assert_ne!(self.code, 0, "{what} should fail: {self:?}");
-        let v = self.json();
-        assert_eq!(v["code"].as_u64(), Some(code), "{what}: {v}");
-        assert!(v["cniVersion"].is_string(), "{what}: {v}");
-        let msg = v["msg"].as_str().unwrap_or_default().to_string();
-        eprintln!("{what} -> {v}");
-        msg
-    }
 }
 
 /// The plugin search path: Debian's plugins, then the workspace binaries.
@@ -71,29 +36,7 @@ fn cni_path() -> Result<String> {
 
 /// Runs a CNI plugin in `host`'s namespace with `env` and `conf` on stdin.
 fn run_plugin(host: &Netns, program: &Path, env: &[(&str, String)], conf: &Value) -> Result<Reply> {
-    let mut command = host.command(program);
-    command
-        .env("CNI_PATH", cni_path()?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("spawn {}", program.display()))?;
-    child
-        .stdin
-        .take()
-        .context("plugin stdin")?
-        .write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok(Reply {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    fan_e2e::run_cni_plugin(host, program, &cni_path()?, env, conf)
 }
 
 /// The bridge plugin for one container: id = its namespace name, eth0.
@@ -579,8 +522,8 @@ async fn the_daemonset_scripts_install_the_plugin_and_write_the_conflist() -> Re
     let bin = bed.dir.join("opt-cni-bin");
     let net_d = bed.dir.join("etc-cni-net.d");
 
-    // install-cni.sh: fan-ipam always (atomically replaced), the standard
-    // plugins only where missing.
+    // install-cni.sh: fan-ipam and fan-bridge always (atomically replaced),
+    // the standard plugins only where missing.
     std::fs::create_dir_all(&bin)?;
     std::fs::write(bin.join("portmap"), "#!/bin/sh\n# the node's own\n")?;
     let install_env = [
@@ -592,10 +535,13 @@ async fn the_daemonset_scripts_install_the_plugin_and_write_the_conflist() -> Re
         let r = run_script("install-cni.sh", &install_env)?;
         assert_eq!(r.code, 0, "{r:?}");
     }
-    assert_eq!(
-        std::fs::read(bin.join("fan-ipam"))?,
-        std::fs::read(binary("fan-ipam")?)?
-    );
+    for plugin in ["fan-ipam", "fan-bridge"] {
+        assert_eq!(
+            std::fs::read(bin.join(plugin))?,
+            std::fs::read(binary(plugin)?)?,
+            "{plugin}"
+        );
+    }
     assert_eq!(
         std::fs::read(bin.join("bridge"))?,
         std::fs::read("/usr/lib/cni/bridge")?

@@ -36,10 +36,10 @@ FAN_VM_CACHE="$netkit_cache" FAN_VM_APT_SUITE=bookworm-backports "$here/setup.sh
 
 cd "$root"
 log "building fan-agent and the test binaries"
-"$cargo" build --quiet -p fan-agent --bins
+"$cargo" build --quiet -p fan-agent -p fan-cli -p fan-cni-bridge --bins
 # The executables of the two test targets, from cargo's JSON messages.
 bins="$("$cargo" test --quiet --no-run --message-format=json \
-    -p fan-dataplane --lib -p fan-e2e --test kernels --test netkit --test fast_path |
+    -p fan-dataplane --lib -p fan-e2e --test kernels --test netkit --test fast_path --test cni_bridge |
     python3 -c '
 import json, sys
 found = {}
@@ -50,10 +50,10 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         found[m["target"]["name"]] = m["executable"]
-print(*(found.get(n, "-") for n in ("fan_dataplane", "kernels", "netkit", "fast_path")))
+print(*(found.get(n, "-") for n in ("fan_dataplane", "kernels", "netkit", "fast_path", "cni_bridge")))
 ')"
-read -r dataplane_bin kernels_bin netkit_bin fast_path_bin <<<"$bins"
-for b in "$dataplane_bin" "$kernels_bin" "$netkit_bin" "$fast_path_bin"; do
+read -r dataplane_bin kernels_bin netkit_bin fast_path_bin cni_bridge_bin <<<"$bins"
+for b in "$dataplane_bin" "$kernels_bin" "$netkit_bin" "$fast_path_bin" "$cni_bridge_bin"; do
     [ -x "$b" ] || { log "test binaries not found ($bins)"; exit 2; }
 done
 agent_dir="$(dirname "$(dirname "$kernels_bin")")"
@@ -83,8 +83,10 @@ FAN_BIN_DIR="$agent_dir" FAN_VM_CACHE="$netkit_cache" "$here/fan-vm" --timeout "
     case "$out" in *skipped:*) echo "netkit tests skipped on $(uname -r)"; status=1 ;; esac
     echo "== kernel $(uname -r): fan-e2e fast_path"
     "$2" --test-threads=2 || status=1
+    echo "== kernel $(uname -r): fan-e2e cni_bridge (fan-bridge makes netkit pairs here)"
+    "$3" --nocapture || status=1
     exit $status
-' fan-netkit-suite "$netkit_bin" "$fast_path_bin" 2>&1 | tee -a "$out"
+' fan-netkit-suite "$netkit_bin" "$fast_path_bin" "$cni_bridge_bin" 2>&1 | tee -a "$out"
 netkit_rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$netkit_rc
 set -e

@@ -405,6 +405,21 @@ impl Netlink {
             .await
     }
 
+    /// Moves device `index` into the network namespace open as `netns`
+    /// (its index there may differ; find it by name).
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let message = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.set_link(index, |l| format!("move {l} to another namespace"), message)
+            .await
+    }
+
     /// Enslaves device `index` to `master`, or frees it with `None`.
     pub async fn set_master(&self, index: u32, master: Option<u32>) -> Result<()> {
         let builder = LinkUnspec::new_with_index(index);

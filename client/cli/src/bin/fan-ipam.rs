@@ -10,7 +10,6 @@
 //! reports, for `/etc/cni/net.d/`.
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -47,6 +46,11 @@ enum Tool {
         /// Leave out the portmap plugin.
         #[arg(long)]
         no_portmap: bool,
+        /// Plug containers with fan-bridge (netkit pairs on Linux 6.7+, so
+        /// the fast path runs in the container's transmit; veth pairs
+        /// elsewhere) instead of the reference bridge plugin.
+        #[arg(long)]
+        fan_bridge: bool,
     },
 }
 
@@ -66,24 +70,18 @@ fn main() -> ExitCode {
             cni::SUPPORTED_VERSIONS.join(", ")
         );
     }
-    let outcome =
-        match read_stdin().and_then(|stdin| Ok(runtime()?.block_on(cni::run(lookup, &stdin)))) {
-            Ok(outcome) => outcome,
-            Err(err) => Outcome::error(
-                &CniError::new(cni::code::IO_FAILURE, "cannot run fan-ipam")
-                    .with_details(format!("{err:#}")),
-                cni::LATEST_VERSION,
-            ),
-        };
-    for line in &outcome.stderr {
-        eprintln!("{line}");
-    }
-    let mut stdout = std::io::stdout().lock();
-    if !outcome.stdout.is_empty() {
-        let _ = writeln!(stdout, "{}", outcome.stdout);
-    }
-    let _ = stdout.flush();
-    ExitCode::from(outcome.exit_code)
+    let outcome = match cni::read_stdin()
+        .context("cannot read the network configuration from stdin")
+        .and_then(|stdin| Ok(runtime()?.block_on(cni::run(lookup, &stdin))))
+    {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::error(
+            &CniError::new(cni::code::IO_FAILURE, "cannot run fan-ipam")
+                .with_details(format!("{err:#}")),
+            cni::LATEST_VERSION,
+        ),
+    };
+    outcome.emit()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -91,19 +89,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// The network configuration; nothing when stdin is a terminal (`VERSION`
-/// run by hand), so that the plugin never waits for typing.
-fn read_stdin() -> anyhow::Result<Vec<u8>> {
-    let mut stdin = std::io::stdin().lock();
-    let mut buf = Vec::new();
-    if !stdin.is_terminal() {
-        stdin
-            .read_to_end(&mut buf)
-            .context("cannot read the network configuration from stdin")?;
-    }
-    Ok(buf)
 }
 
 fn tool(tool: Tool) -> ExitCode {
@@ -114,12 +99,14 @@ fn tool(tool: Tool) -> ExitCode {
             name,
             cni_version,
             no_portmap,
+            fan_bridge,
         } => rt.block_on(print_conflist(
             network,
             agent,
             name,
             cni_version,
             !no_portmap,
+            fan_bridge,
         )),
     });
     match result {
@@ -140,6 +127,7 @@ async fn print_conflist(
     name: Option<String>,
     cni_version: String,
     portmap: bool,
+    fan_bridge: bool,
 ) -> anyhow::Result<String> {
     if !cni::SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
         bail!(
@@ -167,6 +155,7 @@ async fn print_conflist(
         bridge: net.status.bridge,
         mtu: net.status.mtu,
         portmap,
+        fan_bridge,
     });
     Ok(serde_json::to_string_pretty(&list)?)
 }

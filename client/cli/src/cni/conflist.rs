@@ -22,15 +22,30 @@ pub struct ConflistOptions {
     pub mtu: u32,
     /// Append the `portmap` plugin (host ports, `hostPort` of pods).
     pub portmap: bool,
+    /// Plug containers with `fan-bridge` (netkit pairs where the kernel
+    /// has them, so the agent's fast path runs in the container's own
+    /// transmit) instead of the reference `bridge` plugin (veth pairs).
+    pub fan_bridge: bool,
 }
 
-/// The configuration list: the `bridge` plugin on the agent's bridge with
-/// fan-ipam, optionally followed by `portmap`. The bridge plugin must not
+/// The configuration list: the `bridge` plugin (or `fan-bridge`) on the
+/// agent's bridge with fan-ipam, optionally followed by `portmap`. The bridge plugin must not
 /// be the gateway (the agent owns the bridge address) nor masquerade (the
 /// agent does, and never between overlay addresses); its `mtu` is the fan
 /// network's.
 pub fn conflist(o: &ConflistOptions) -> Value {
-    let mut plugins = vec![json!({
+    let ipam = json!({"type": "fan-ipam", "network": o.network, "agent": o.agent});
+    let main = if o.fan_bridge {
+        json!({
+            "type": "fan-bridge",
+            "bridge": o.bridge,
+            "mtu": o.mtu,
+            "link": "auto",
+            "capabilities": {"ips": true},
+            "ipam": ipam,
+        })
+    } else {
+        json!({
         "type": "bridge",
         "bridge": o.bridge,
         "isGateway": false,
@@ -40,8 +55,10 @@ pub fn conflist(o: &ConflistOptions) -> Value {
         "mtu": o.mtu,
         // podman --ip, Kubernetes static IPs: runtimeConfig.ips reaches fan-ipam.
         "capabilities": {"ips": true},
-        "ipam": {"type": "fan-ipam", "network": o.network, "agent": o.agent},
-    })];
+        "ipam": ipam,
+        })
+    };
+    let mut plugins = vec![main];
     if o.portmap {
         plugins.push(json!({
             "type": "portmap",

@@ -23,7 +23,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok(stdout: Option<Value>, stderr: Vec<String>) -> Self {
+    /// A success: `stdout` printed (if any), `stderr` lines, exit 0.
+    pub fn ok(stdout: Option<Value>, stderr: Vec<String>) -> Self {
         Self {
             stdout: stdout.map(|v| v.to_string()).unwrap_or_default(),
             stderr,
@@ -39,6 +40,48 @@ impl Outcome {
             exit_code: 1,
         }
     }
+
+    /// Prints it as a plugin must (the stderr lines, then stdout) and
+    /// returns the exit code.
+    pub fn emit(&self) -> std::process::ExitCode {
+        use std::io::Write;
+        for line in &self.stderr {
+            eprintln!("{line}");
+        }
+        let mut stdout = std::io::stdout().lock();
+        if !self.stdout.is_empty() {
+            let _ = writeln!(stdout, "{}", self.stdout);
+        }
+        let _ = stdout.flush();
+        std::process::ExitCode::from(self.exit_code)
+    }
+}
+
+/// The network configuration on stdin; nothing when stdin is a terminal
+/// (`VERSION` run by hand), so that a plugin never waits for typing.
+pub fn read_stdin() -> std::io::Result<Vec<u8>> {
+    use std::io::{IsTerminal, Read};
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = Vec::new();
+    if !stdin.is_terminal() {
+        stdin.read_to_end(&mut buf)?;
+    }
+    Ok(buf)
+}
+
+/// The start of every plugin invocation: the version errors are reported
+/// in and the environment; or the whole outcome already (`VERSION`, a bad
+/// environment).
+pub fn begin(
+    lookup: &impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<(String, Invocation), Outcome> {
+    let version = reply_version(stdin);
+    let invocation = Invocation::from_env(lookup).map_err(|e| Outcome::error(&e, &version))?;
+    if invocation.command == Command::Version {
+        return Err(Outcome::ok(Some(version_json()), Vec::new()));
+    }
+    Ok((version, invocation))
 }
 
 /// Timeouts of the agent calls: short enough that a runtime's own deadline
@@ -52,14 +95,10 @@ fn connect_options() -> ConnectOptions {
 /// Runs one plugin invocation: the environment through `lookup`, the
 /// network configuration in `stdin`.
 pub async fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
-    let version = reply_version(stdin);
-    let invocation = match Invocation::from_env(&lookup) {
-        Ok(i) => i,
-        Err(e) => return Outcome::error(&e, &version),
+    let (version, invocation) = match begin(&lookup, stdin) {
+        Ok(started) => started,
+        Err(done) => return done,
     };
-    if invocation.command == Command::Version {
-        return Outcome::ok(Some(version_json()), Vec::new());
-    }
     let conf = match parse_config_env(stdin, invocation.command, &lookup) {
         Ok(c) => c,
         Err(e) => return Outcome::error(&e, &version),

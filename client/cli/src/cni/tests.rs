@@ -320,6 +320,7 @@ fn conflist_uses_the_agents_bridge_and_mtu() {
         bridge: "fan-250".into(),
         mtu: 1430,
         portmap: true,
+        fan_bridge: false,
     };
     let v = conflist(&o);
     assert_eq!(v["cniVersion"], "1.0.0");
@@ -343,6 +344,15 @@ fn conflist_uses_the_agents_bridge_and_mtu() {
     plugin["name"] = v["name"].clone();
     let c = parse_config(plugin.to_string().as_bytes(), Command::Add).unwrap();
     assert_eq!((c.mtu, c.ipam.network.as_str()), (Some(1430), "fan"));
+    // With fan-bridge: the same bridge, MTU and IPAM, netkit where it can.
+    o.fan_bridge = true;
+    let main = conflist(&o)["plugins"][0].clone();
+    assert_eq!(main["type"], "fan-bridge");
+    assert_eq!(
+        (&main["bridge"], &main["mtu"], &main["link"]),
+        (&json!("fan-250"), &json!(1430), &json!("auto"))
+    );
+    assert_eq!(main["ipam"], bridge["ipam"]);
 }
 
 #[test]
