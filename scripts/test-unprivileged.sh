@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the unit and API tests of the agent, the SDK, the CLI, the data plane
+# Runs the unit and API tests of the agent, the SDK, the CLI and CNI plugins, the data plane
 # and fan-core as the unprivileged user `nobody`: they use the agent on its
 # in-memory data plane (fan_agent::testing), so none of them may need root.
 # Test binaries are copied to a scratch directory the user nobody can read, so
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 # The crates whose tests must run without root, by manifest folder.
-crates="agent/daemon client/sdk client/cli proto/core agent/dataplane"
+crates="agent/daemon client/sdk client/cli client/cni-bridge proto/core agent/dataplane"
 [ "$(id -u)" = 0 ] || { echo "test-unprivileged: run as root (it switches to nobody)" >&2; exit 2; }
 
 scratch="$(mktemp -d /tmp/fan-unpriv.XXXX)"
