@@ -164,6 +164,18 @@ async fn fan_bridge_plugs_containers_that_reach_each_other() -> Result<()> {
     with_prev["prevResult"] = result.clone();
     fan_bridge(&h28.netns, "CHECK", &x, &with_prev)?.quiet_success("CHECK");
 
+    // A retried ADD (a runtime that crashed after the first): the stale
+    // pair goes, one pair again, the same address, still reachable.
+    let again = fan_bridge(&h28.netns, "ADD", &x, &conf28)?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(
+        again.json()["ips"][0]["address"],
+        result["ips"][0]["address"]
+    );
+    assert_eq!(again.json()["interfaces"][0]["name"], host_end.as_str());
+    assert_eq!(allocated(&bed, "h28").await?, before + 1);
+    tokio::task::block_in_place(|| x.ping(y_addr.ip(), 2))?;
+
     // A bad key: named, nothing made, nothing allocated.
     let count = allocated(&bed, "h28").await?;
     let z = Netns::new(&format!("{}-z", bed.id))?;

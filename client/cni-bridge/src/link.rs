@@ -99,6 +99,10 @@ pub async fn plug(
         .filter(|l| l.kind.as_deref() == Some("bridge"))
         .with_context(|| format!("bridge {bridge}: no such bridge (is the fan network up?)"))?;
     let netns = File::open(netns_path).with_context(|| format!("open CNI_NETNS {netns_path}"))?;
+    // A pair of this attachment left from an earlier ADD (a runtime that
+    // retried after a crash) goes first: the container's end must carry
+    // the address of this ADD, not an older one.
+    unplug(nl, host).await?;
     let peer = temporary_name(host);
     let (host_link, peer_link, kind) = create_pair(nl, kind, host, &peer).await?;
     let result = async {

@@ -9,9 +9,10 @@
 //! The map is derived from what the kernel already knows, so containers
 //! plugged by anyone (Docker, LXD, CNI, a test script) are covered:
 //! the bridge's IPv4 neighbour entries (container IP -> MAC) joined with the
-//! bridge FDB (MAC -> port) where the port is a veth or netkit device whose peer lives in
-//! another namespace. Anything else (unresolved neighbours, taps, ports of
-//! other bridges) stays on the slow path through the stack and the bridge.
+//! bridge FDB (MAC -> port) where the port is a veth or netkit device whose
+//! peer lives in another namespace. Anything else (unresolved neighbours,
+//! taps, ports of other bridges) stays on the slow path through the stack
+//! and the bridge.
 //!
 //! Caveat: fast-path packets bypass the host's routing decision, FORWARD
 //! chain and bridge netfilter; host firewall rules on forwarded overlay

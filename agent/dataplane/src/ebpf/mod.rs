@@ -14,7 +14,8 @@
 //! - with the egress fast path on (default; off with
 //!   [`EbpfBackend::with_egress_fast_path`]), `fan_fastpath` on ingress of the
 //!   network's bridge and of each of its ports (see [`ports`]: learned from
-//!   the kernel, as they appear), same priority and handle: container packets for a
+//!   the kernel, as they appear; on a netkit port the program runs in the
+//!   container's transmit instead, see [`netkit`]), same priority and handle: container packets for a
 //!   remote slice are encapsulated there and redirected to the underlay
 //!   device, skipping the host's routing, FORWARD chain and the tunnel
 //!   device; everything else (the outside, TTL 1, too big for the tunnel,
