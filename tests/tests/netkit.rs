@@ -169,3 +169,39 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_netkit_port_that_is_the_peer_end_gets_the_tc_filter() -> Result<()> {
+    if skip_without_netkit()? {
+        return Ok(());
+    }
+    let bed = netkit_hosts().await?;
+    let h28 = &bed.host("h28").netns;
+    let bridge = bed.network_status("h28", "fan").await?.bridge;
+    // The pair the other way round: the primary (which takes programs) in
+    // the container, its peer on the host's bridge. The agent cannot attach
+    // to the peer end's hook; the port gets the tc ingress filter a veth gets.
+    let stray = Netns::new(&format!("{}-rev", bed.id))?;
+    let port = format!("{}rev", bed.id);
+    fan_e2e::netkit_pair(&stray, "eth0", h28, &port)?;
+    h28.ip(&["link", "set", &port, "mtu", "1480", "master", &bridge, "up"])?;
+    stray.ip(&["addr", "add", "250.0.28.250/24", "dev", "eth0"])?;
+    stray.ip(&["link", "set", "eth0", "mtu", "1480", "up"])?;
+    stray.ip(&["route", "add", "default", "via", "250.0.28.1"])?;
+    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        if !tc_fast_path(h28, &port)? {
+            bail!("no fan_fastpath filter on {port}");
+        }
+        Ok(())
+    })?;
+    let t28 = bed.pinned_counter("h28", "fan", slot::FAST_PATH_ENCAPSULATED)?;
+    let b = bed.container("b");
+    tokio::task::block_in_place(|| stray.ping(b.address, 3))?;
+    let fast = bed.pinned_counter("h28", "fan", slot::FAST_PATH_ENCAPSULATED)? - t28;
+    assert_eq!(fast, 3, "echo requests on the fast path");
+    let mut client = bed.host("h28").client().await?;
+    let found = fan_e2e::check_network(&mut client, "fan").await?;
+    assert!(found.is_empty(), "{found:?}");
+    stray.delete()?;
+    Ok(())
+}

@@ -117,6 +117,7 @@ mod tests {
             gso_ipv4_max_size: gso,
             gro_ipv4_max_size: gro,
             tso_max_size: tso,
+            netkit_primary: None,
         }
     }
 

@@ -170,7 +170,9 @@ impl Snapshot {
                 index: p.index,
                 name: p.name.clone(),
                 mac: p.mac,
-                netkit: p.kind.as_deref() == Some("netkit"),
+                // Only the primary end takes programs; a netkit port that
+                // is the peer end gets the tc filter as a veth does.
+                netkit: p.kind.as_deref() == Some("netkit") && p.netkit_primary == Some(true),
             })
             .collect()
     }

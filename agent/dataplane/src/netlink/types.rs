@@ -5,7 +5,9 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoNetkit, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
@@ -63,6 +65,9 @@ pub struct Link {
     /// IFLA_TSO_MAX_SIZE: the most the device (its driver) accepts as GSO
     /// size; the kernel refuses a larger `gso_ipv4_max_size`.
     pub tso_max_size: Option<u32>,
+    /// IFLA_NETKIT_PRIMARY of a netkit device: the primary end takes the
+    /// BPF programs of both ends; `None` for other kinds.
+    pub netkit_primary: Option<bool>,
 }
 
 impl Link {
@@ -277,6 +282,7 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
         gso_ipv4_max_size: None,
         gro_ipv4_max_size: None,
         tso_max_size: None,
+        netkit_primary: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -292,8 +298,16 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::TsoMaxSize(size) => link.tso_max_size = Some(size),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Netkit(data)) => {
+                            for item in data {
+                                if let InfoNetkit::Primary(primary) = item {
+                                    link.netkit_primary = Some(primary);
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
