@@ -126,3 +126,30 @@ pub fn big_tcp_supported() -> Result<bool> {
         .context("python3")?;
     Ok(status.success())
 }
+
+/// Raises the IPv4 GSO/GRO limits of the host's side of the underlay: each
+/// host's NIC (`eth0`) and the underlay bridge's (the switch's) ports. What
+/// an administrator turning BIG TCP on does; the containers are the agent's
+/// to follow. False when this kernel does not have the limits.
+pub fn raise_underlay(bed: &crate::Testbed, size: u32) -> Result<bool> {
+    for host in ["h28", "h27"] {
+        let port = format!("{}{host}", bed.id);
+        if !set_ipv4_gso_gro(&bed.host(host).netns, "eth0", size)?
+            || !set_ipv4_gso_gro(&bed.underlay, &port, size)?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// (bytes, packets) sent by `device` in `ns`.
+pub fn tx(ns: &Netns, device: &str) -> Result<(u64, u64)> {
+    let out = ns.exec("ip", &["-s", "-j", "link", "show", "dev", device])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let tx = &links[0]["stats64"]["tx"];
+    match (tx["bytes"].as_u64(), tx["packets"].as_u64()) {
+        (Some(b), Some(p)) => Ok((b, p)),
+        _ => bail!("no tx statistics for {device}: {links}"),
+    }
+}

@@ -19,44 +19,17 @@
 //!
 //! Skipped (with a message) on kernels without the attribute.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use fan_dataplane::ebpf::maps::slot;
 use std::time::Duration;
 
-use fan_e2e::gso::{ipv4_gso_max_size, set_ipv4_gso_gro, wait_for_ipv4_gso, LEGACY_GSO};
-use fan_e2e::{fan_spec, two_host_fan, IperfServer, Netns, Testbed};
+use fan_e2e::gso::{ipv4_gso_max_size, wait_for_ipv4_gso, LEGACY_GSO};
+use fan_e2e::{fan_spec, two_host_fan, IperfServer, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 /// Three times the legacy 64 KB limit.
 const BIG: u32 = 196_608;
-
-/// Raises the IPv4 GSO/GRO limits of the host's side of the underlay: each
-/// host's NIC (`eth0`) and the underlay bridge's (the switch's) ports. What
-/// an administrator turning BIG TCP on does; the containers are the agent's
-/// to follow. False when this kernel does not have the limits.
-fn raise_underlay(bed: &Testbed, size: u32) -> Result<bool> {
-    for host in ["h28", "h27"] {
-        let port = format!("{}{host}", bed.id);
-        if !set_ipv4_gso_gro(&bed.host(host).netns, "eth0", size)?
-            || !set_ipv4_gso_gro(&bed.underlay, &port, size)?
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// (bytes, packets) sent by `device` in `ns`.
-fn tx(ns: &Netns, device: &str) -> Result<(u64, u64)> {
-    let out = ns.exec("ip", &["-s", "-j", "link", "show", "dev", device])?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let tx = &links[0]["stats64"]["tx"];
-    match (tx["bytes"].as_u64(), tx["packets"].as_u64()) {
-        (Some(b), Some(p)) => Ok((b, p)),
-        _ => bail!("no tx statistics for {device}: {links}"),
-    }
-}
 
 fn fast_path_packets(bed: &Testbed, host: &str) -> Result<u64> {
     bed.pinned_counter(host, "fan", slot::FAST_PATH_ENCAPSULATED)
@@ -69,7 +42,7 @@ async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_who
     let a = &bed.container("a").netns;
     let b = bed.container("b");
     let h28 = &bed.host("h28").netns;
-    if !raise_underlay(&bed, BIG)? {
+    if !fan_e2e::gso::raise_underlay(&bed, BIG)? {
         eprintln!("skipped: this kernel has no gso_ipv4_max_size (BIG TCP needs Linux 6.3)");
         return Ok(());
     }
@@ -79,7 +52,7 @@ async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_who
     wait_for_ipv4_gso(h28, &bed.container("a").port, BIG).await?;
     a.ping(b.address, 1).context("warm-up ping")?;
     let fast0 = fast_path_packets(&bed, "h28")?;
-    let (bytes0, packets0) = tx(h28, "eth0")?;
+    let (bytes0, packets0) = fan_e2e::gso::tx(h28, "eth0")?;
 
     let _server = IperfServer::start(&b.netns, 5201)?;
     let out = a.exec(
@@ -95,7 +68,7 @@ async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_who
     // MSS 1428: tunnel MTU 1480, IPv4, TCP with timestamps.
     let segments = bytes / 1428.0;
 
-    let (bytes1, packets1) = tx(h28, "eth0")?;
+    let (bytes1, packets1) = fan_e2e::gso::tx(h28, "eth0")?;
     let per_packet = (bytes1 - bytes0) / (packets1 - packets0).max(1);
     assert!(
         per_packet > 65_536,
@@ -112,7 +85,7 @@ async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_who
 
     // The administrator lowers the underlay's limit again: the containers
     // follow it down (above it, their packets would be cut in software).
-    raise_underlay(&bed, LEGACY_GSO)?;
+    fan_e2e::gso::raise_underlay(&bed, LEGACY_GSO)?;
     wait_for_ipv4_gso(a, "eth0", LEGACY_GSO).await?;
     wait_for_ipv4_gso(h28, &bed.container("a").port, LEGACY_GSO).await?;
     Ok(())
@@ -122,7 +95,7 @@ async fn containers_follow_the_underlay_into_big_tcp_and_super_packets_cross_who
 async fn with_no_big_tcp_containers_keep_their_runtimes_limits() -> Result<()> {
     let spec = fan_spec(OVERLAY, UNDERLAY);
     let mut bed = two_host_fan(&["--no-big-tcp"], &[], [spec.clone(), spec]).await?;
-    if !raise_underlay(&bed, BIG)? {
+    if !fan_e2e::gso::raise_underlay(&bed, BIG)? {
         eprintln!("skipped: this kernel has no gso_ipv4_max_size (BIG TCP needs Linux 6.3)");
         return Ok(());
     }

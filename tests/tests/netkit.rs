@@ -17,7 +17,7 @@
 use anyhow::{bail, Result};
 use fan_dataplane::ebpf::maps::slot;
 use fan_dataplane::ebpf::netkit;
-use fan_e2e::{fan_spec, two_host_fan_on, Netns, PortKind, Testbed};
+use fan_e2e::{fan_spec, gso, two_host_fan_on, Netns, PortKind, Testbed};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
@@ -203,5 +203,33 @@ async fn a_netkit_port_that_is_the_peer_end_gets_the_tc_filter() -> Result<()> {
     let found = fan_e2e::check_network(&mut client, "fan").await?;
     assert!(found.is_empty(), "{found:?}");
     stray.delete()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netkit_containers_follow_the_underlay_into_big_tcp() -> Result<()> {
+    if skip_without_netkit()? {
+        return Ok(());
+    }
+    const BIG: u32 = 196_608;
+    let bed = netkit_hosts().await?;
+    if !gso::raise_underlay(&bed, BIG)? {
+        bail!("this kernel has netkit but no gso_ipv4_max_size");
+    }
+    // The agent gives the netkit pair, both ends, the underlay's limit.
+    let (a, b) = (bed.container("a"), bed.container("b"));
+    let h28 = &bed.host("h28").netns;
+    gso::wait_for_ipv4_gso(&a.netns, "eth0", BIG).await?;
+    gso::wait_for_ipv4_gso(h28, &a.port, BIG).await?;
+    let fast0 = bed.pinned_counter("h28", "fan", slot::FAST_PATH_ENCAPSULATED)?;
+    let (bytes0, packets0) = gso::tx(h28, "eth0")?;
+    tokio::task::block_in_place(|| fan_e2e::tcp_both_ways(&a.netns, &b.netns, b.address, 1e6))?;
+    let (bytes1, packets1) = gso::tx(h28, "eth0")?;
+    let per_packet = (bytes1 - bytes0) / (packets1 - packets0).max(1);
+    assert!(
+        per_packet > 65_536,
+        "{per_packet} bytes per packet left h28: no BIG TCP"
+    );
+    assert!(bed.pinned_counter("h28", "fan", slot::FAST_PATH_ENCAPSULATED)? > fast0);
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! BIG TCP for containers: their veths follow the underlay device's IPv4
-//! GSO/GRO size limits.
+//! BIG TCP for containers: their veth or netkit pairs follow the underlay
+//! device's IPv4 GSO/GRO size limits.
 //!
 //! Everything the fan adds to a packet's way (the container's veth, the fast
 //! path's program, the outer header, the decap) costs the same for a 64 KB
