@@ -1,6 +1,6 @@
 //! The real container engines of Debian 12 on a fan: Docker (docker.io
 //! 20.10 with the `fan-docker-ipam` plugin), podman (4.3, CNI backend with
-//! `fan-ipam`) and containerd (1.6, `ctr run --cni` with `fan-ipam`).
+//! `fan-ipam`) and containerd (1.6, `ctr run --cni` with `fan-bridge` and `fan-ipam`).
 //!
 //! Two hosts (namespaces at 172.30.0.28 and .27, each with its own agent);
 //! every engine daemon runs in its host's namespace under `nsenter --net`
@@ -813,7 +813,7 @@ fn podman_args(bed: &Bed, host: &str, args: &[&str]) -> Command {
     c
 }
 
-/// The CNI plugin directory: Debian's plugins and fan-ipam, by symlink.
+/// The CNI plugin directory: Debian's plugins, fan-ipam and fan-bridge, by symlink.
 fn cni_bin(bed: &Bed) -> Result<PathBuf> {
     let dir = bed.tb.dir.join("cni-bin");
     if !dir.exists() {
@@ -821,7 +821,9 @@ fn cni_bin(bed: &Bed) -> Result<PathBuf> {
         for p in ["bridge", "loopback", "portmap"] {
             std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), dir.join(p))?;
         }
-        std::os::unix::fs::symlink(binary("fan-ipam")?, dir.join("fan-ipam"))?;
+        for p in ["fan-ipam", "fan-bridge"] {
+            std::os::unix::fs::symlink(binary(p)?, dir.join(p))?;
+        }
     }
     Ok(dir)
 }
@@ -829,11 +831,15 @@ fn cni_bin(bed: &Bed) -> Result<PathBuf> {
 /// `fan-ipam conflist` for `host`, CNI network `name`; without `agent`
 /// when `via_env` (fan-ipam then takes FAN_AGENT from the runtime). Not
 /// for podman: its network teardown often runs in `podman container
-/// cleanup`, started by conmon without the caller's environment.
-fn conflist(bed: &Bed, host: &str, name: &str, via_env: bool) -> Result<String> {
+/// cleanup`, started by conmon without the caller's environment. With
+/// `fan_bridge`, the main plugin is fan-bridge instead of bridge.
+fn conflist(bed: &Bed, host: &str, name: &str, via_env: bool, fan_bridge: bool) -> Result<String> {
     let mut c = Command::new(binary("fan-ipam")?);
     c.env("FAN_AGENT", bed.agent(host))
         .args(["conflist", NETWORK, "--name", name]);
+    if fan_bridge {
+        c.arg("--fan-bridge");
+    }
     let list = check(c)?;
     let mut v: serde_json::Value = serde_json::from_str(&list)?;
     assert_eq!(
@@ -860,7 +866,7 @@ async fn podman_with_fan_ipam() -> Result<()> {
         std::fs::create_dir_all(d.join("net.d"))?;
         std::fs::write(
             d.join("net.d/fan.conflist"),
-            conflist(&bed, host, "fan", false)?,
+            conflist(&bed, host, "fan", false, false)?,
         )?;
         // Debian 12's podman runs CNI plugins; this sandbox lacks
         // CAP_SYS_RESOURCE, so rlimits are lowered rather than raised.
@@ -1024,8 +1030,11 @@ fn ctr_run(bed: &Bed, host: &str, id: &str, cmd: &[&str]) -> Result<String> {
     check(c)
 }
 
+/// containerd with our own main plugin: the list from `fan-ipam conflist
+/// --fan-bridge` (fan-bridge + fan-ipam + portmap); fan-bridge makes veth
+/// pairs on this kernel (netkit where the kernel has it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
+async fn containerd_ctr_run_with_fan_bridge_and_fan_ipam() -> Result<()> {
     need(&[CONTAINERD, CTR, BUSYBOX, "/usr/lib/cni/bridge"])?;
     if !Path::new("/etc/cni/net.d").is_dir() {
         std::fs::create_dir_all("/etc/cni/net.d")?; // the standard CNI directory, as a mount point
@@ -1037,7 +1046,7 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         std::fs::create_dir_all(d.join("ctrd"))?;
         std::fs::write(
             d.join("ctr-net.d/10-fan.conflist"),
-            conflist(&bed, host, "fanc", true)?,
+            conflist(&bed, host, "fanc", true, true)?,
         )?;
         std::fs::write(
             d.join("containerd.toml"),
@@ -1110,6 +1119,20 @@ async fn containerd_ctr_run_with_fan_ipam() -> Result<()> {
         assert!(inside.contains(&expected), "{id}: {inside}");
         addrs.insert(id, ip);
     }
+    // fan-bridge plugged them: its host ends (`fan` + 8 hex digits) are the
+    // bridge's ports, veth pairs on this kernel.
+    let ports = bed
+        .host("h28")
+        .ip(&["-o", "-d", "link", "show", "master", NETWORK])?;
+    let ours = ports
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|n| n.starts_with("fan"))
+        })
+        .count();
+    assert_eq!(ours, 2, "{ports}");
     exchange(
         &|host, id, args| {
             let mut c = ctr(&bed, host, &["task", "exec", "--exec-id", "x"]);
