@@ -209,6 +209,24 @@ async fn fan_bridge_plugs_containers_that_reach_each_other() -> Result<()> {
     assert_eq!(kind_of(&h28.netns, &host_end)?, None);
     assert_eq!(allocated(&bed, "h28").await?, before);
     fan_bridge(&h28.netns, "DEL", &x, &conf28)?.quiet_success("DEL again");
+    // A device of the same name that is not this attachment's (another
+    // attachment's after a 32-bit name collision, or anyone's): ADD fails
+    // and gives the address back, DEL leaves the device alone.
+    let peer = format!("{}q", bed.id);
+    h28.netns.ip(&[
+        "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+    ])?;
+    let reply = fan_bridge(&h28.netns, "ADD", &x, &conf28)?;
+    reply.cni_error(110, "a foreign device of the name");
+    let details = reply.json()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(details.contains("is not this attachment's"), "{details}");
+    assert_eq!(allocated(&bed, "h28").await?, before);
+    fan_bridge(&h28.netns, "DEL", &x, &conf28)?.quiet_success("DEL of a foreign name");
+    assert_eq!(kind_of(&h28.netns, &host_end)?.as_deref(), Some("veth"));
+    h28.netns.ip(&["link", "del", &host_end])?;
     fan_bridge(&h27.netns, "DEL", &y, &conf27)?.quiet_success("DEL y");
     for ns in [x, y, z] {
         ns.delete()?;

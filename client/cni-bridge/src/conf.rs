@@ -90,15 +90,37 @@ pub fn parse(stdin: &[u8]) -> Result<BridgeConf, CniError> {
     })
 }
 
-/// The host's end of the pair for (container id, interface): `fan` and 8
-/// hex digits of their FNV-1a hash; the same for every command.
-pub fn host_name(container_id: &str, ifname: &str) -> String {
+/// FNV-1a (64 bits) of the attachment (container id, interface).
+fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
+    hash
+}
+
+/// The host's end of the pair for (container id, interface): `fan` and 8
+/// hex digits of their hash; the same for every command.
+pub fn host_name(container_id: &str, ifname: &str) -> String {
+    let hash = attachment_hash(container_id, ifname);
     format!("fan{:08x}", (hash ^ (hash >> 32)) as u32)
+}
+
+/// The ifalias that marks the host's end as this attachment's: 32 bits of
+/// name can collide between attachments, the alias tells them apart
+/// (`fan-bridge:<id>/<ifname>`; the 64-bit hash instead of an id too long
+/// for the kernel's 255 bytes).
+pub fn host_alias(container_id: &str, ifname: &str) -> String {
+    let full = format!("fan-bridge:{container_id}/{ifname}");
+    if full.len() <= 255 {
+        full
+    } else {
+        format!(
+            "fan-bridge:#{:016x}/{ifname}",
+            attachment_hash(container_id, ifname)
+        )
+    }
 }
 
 /// The container's end while it is still in the host's namespace.
@@ -272,6 +294,14 @@ mod tests {
         assert_ne!(a, host_name("c2", "eth0"));
         // The separator: ("ab", "c") is not ("a", "bc").
         assert_ne!(host_name("ab", "c"), host_name("a", "bc"));
+        assert_eq!(host_alias("c1", "eth0"), "fan-bridge:c1/eth0");
+        let long = "x".repeat(256);
+        let alias = host_alias(&long, "eth0");
+        assert!(
+            alias.len() <= 255 && alias.starts_with("fan-bridge:#"),
+            "{alias}"
+        );
+        assert_ne!(alias, host_alias(&"y".repeat(256), "eth0"));
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //!
 //! The host's end is named `fan` + 8 hex digits of a hash of the container
 //! id and interface name, so `DEL` finds it without the container's
-//! namespace, and deletes only a veth or netkit device of that name.
+//! namespace, and marked with the ifalias `fan-bridge:<id>/<ifname>`: a
+//! device of that name without this mark (another attachment's, after a
+//! collision of the 32-bit names, or anyone's) is never touched.
 //!
 //! [`conf`] is pure (the configuration, the names, the result); [`link`]
 //! does the netlink work; [`run`] runs one command.

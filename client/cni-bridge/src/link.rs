@@ -79,14 +79,15 @@ async fn create_pair(
 }
 
 /// Plugs the container whose namespace is at `netns_path`: the pair
-/// (`host` on `bridge`, up), the container's end renamed `ifname` with the
-/// address, MTU and routes, up. On failure the host's end is deleted
-/// (the container's with it).
+/// (`host`, marked with `alias`, on `bridge`, up), the container's end
+/// renamed `ifname` with the address, MTU and routes, up. On failure the
+/// host's end is deleted (the container's with it).
 #[allow(clippy::too_many_arguments)]
 pub async fn plug(
     nl: &Netlink,
     kind: LinkKind,
     host: &str,
+    alias: &str,
     bridge: &str,
     mtu: Option<u32>,
     netns_path: &str,
@@ -101,11 +102,15 @@ pub async fn plug(
     let netns = File::open(netns_path).with_context(|| format!("open CNI_NETNS {netns_path}"))?;
     // A pair of this attachment left from an earlier ADD (a runtime that
     // retried after a crash) goes first: the container's end must carry
-    // the address of this ADD, not an older one.
-    unplug(nl, host).await?;
+    // the address of this ADD, not an older one. Another attachment's
+    // device of the same name (a 32-bit collision) stays, and ADD fails.
+    if let Unplugged::Foreign(what) = unplug(nl, host, alias).await? {
+        bail!("{host} exists and is not this attachment's ({what}); left alone");
+    }
     let peer = temporary_name(host);
     let (host_link, peer_link, kind) = create_pair(nl, kind, host, &peer).await?;
     let result = async {
+        nl.set_alias(host_link.index, alias).await?;
         let mtu = mtu.unwrap_or(bridge_link.mtu);
         nl.set_mtu(host_link.index, mtu).await?;
         nl.set_mtu(peer_link.index, mtu).await?;
@@ -159,20 +164,35 @@ async fn configure_inside(
     Ok(link.mac)
 }
 
-/// Deletes the host's end named `host` if it is a veth or netkit device
-/// (its peer in the container goes with it); false when there is none.
-pub async fn unplug(nl: &Netlink, host: &str) -> Result<bool> {
-    match nl.link_by_name(host).await? {
-        Some(l) if matches!(l.kind.as_deref(), Some("veth" | "netkit")) => {
-            nl.delete_link(l.index).await?;
-            Ok(true)
-        }
-        Some(l) => bail!(
-            "{host} exists but is a {}, not a pair this plugin made; left alone",
-            l.kind.as_deref().unwrap_or("device")
-        ),
-        None => Ok(false),
+/// What [`unplug`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unplugged {
+    /// This attachment's pair, now deleted.
+    Deleted,
+    /// No device of that name.
+    Absent,
+    /// A device of that name that is not this attachment's pair (its kind
+    /// or alias, for the message); untouched.
+    Foreign(String),
+}
+
+/// Deletes the host's end named `host` when it is this attachment's: a
+/// veth or netkit device marked with `alias` (its peer in the container
+/// goes with it). Anything else of that name is left alone.
+pub async fn unplug(nl: &Netlink, host: &str, alias: &str) -> Result<Unplugged> {
+    let Some(link) = nl.link_by_name(host).await? else {
+        return Ok(Unplugged::Absent);
+    };
+    let pair = matches!(link.kind.as_deref(), Some("veth" | "netkit"));
+    if !pair || link.alias.as_deref() != Some(alias) {
+        return Ok(Unplugged::Foreign(format!(
+            "a {} with alias {:?}",
+            link.kind.as_deref().unwrap_or("device"),
+            link.alias.as_deref().unwrap_or("")
+        )));
     }
+    nl.delete_link(link.index).await?;
+    Ok(Unplugged::Deleted)
 }
 
 /// CHECK: the host's end exists, is up and on `bridge`; the container's

@@ -9,7 +9,7 @@ use fan_cli::cni::{begin, code, version_json, CniError, Command, Invocation, Out
 use fan_dataplane::netlink::Netlink;
 use serde_json::Value;
 
-use crate::conf::{self, addressing, host_name, Interface};
+use crate::conf::{self, addressing, host_alias, host_name, Interface};
 use crate::link;
 
 /// Plugging the container failed (netlink); `details` says what the kernel said.
@@ -64,8 +64,13 @@ async fn execute(
             let (container_id, ifname) = attachment(invocation)?;
             let nl = netlink()?;
             // The device first, then the address: no address is handed out
-            // again while a device still carries it.
-            link::unplug(&nl, &host_name(&container_id, &ifname))
+            // again while a device still carries it. A device of that name
+            // that is not this attachment's is left alone.
+            let (host, alias) = (
+                host_name(&container_id, &ifname),
+                host_alias(&container_id, &ifname),
+            );
+            link::unplug(&nl, &host, &alias)
                 .await
                 .map_err(|e| plug_failed("delete the host's end", e))?;
             ipam(Command::Del).map(|_| None)
@@ -106,11 +111,15 @@ async fn add(
     let plugged = async {
         let addressing = addressing(&ipam_result)?;
         let nl = netlink()?;
-        let host = host_name(&container_id, &ifname);
+        let (host, alias) = (
+            host_name(&container_id, &ifname),
+            host_alias(&container_id, &ifname),
+        );
         link::plug(
             &nl,
             conf.link,
             &host,
+            &alias,
             &conf.bridge,
             conf.mtu,
             &netns,
