@@ -19,7 +19,8 @@
 //! of one stream each, and with `-P 4` in one process (`seconds` each; for
 //! reference only: Debian's iperf3 3.12 runs those 4 streams on one thread,
 //! so that figure is mostly where the scheduler put it),
-//! ping RTT (50 packets), and the CPU-seconds the whole machine spent per GB
+//! ping RTT (50 packets), UDP 64-byte datagrams per second (the per-packet
+//! cost, at 64 KB only), and the CPU-seconds the whole machine spent per GB
 //! received during the iperf runs (/proc/stat deltas; other load on the
 //! machine counts too, which the alternation spreads evenly).
 
@@ -57,6 +58,9 @@ struct Figures {
     /// Cores busy (machine-wide) during the unpinned 1-stream run: how far
     /// the scheduler spread one flow's work (1 = all on one core).
     one_cores: Vec<f64>,
+    /// UDP datagrams of 64 bytes received per second (iperf3 -u -b 0):
+    /// the per-packet cost of the path, which bulk TCP hides behind copies.
+    udp_pps: Vec<f64>,
 }
 
 /// Busy (non-idle, non-iowait) CPU-seconds of the machine so far.
@@ -152,6 +156,30 @@ fn received(path: &Path, stdout: &[u8]) -> Result<(f64, f64)> {
         .ok_or_else(|| anyhow!("iperf3 output without end.sum_received"))?;
     let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
     Ok((bps, bytes))
+}
+
+/// UDP datagrams of 64 bytes the server received per second, the client
+/// sending as fast as it can.
+fn udp_pps(path: &Path, seconds: u32) -> Result<f64> {
+    let _server = IperfServer::start(&path.server, 5201)?;
+    let mut args = client_args(path, 5201, 1, seconds);
+    args.extend(["-u", "-b", "0", "-l", "64"].map(str::to_string));
+    let out = path.client.exec(
+        "iperf3",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -u -J")?;
+    if let Some(error) = json["error"].as_str() {
+        bail!("iperf3 -u {}: {error}", path.name);
+    }
+    let sum = &json["end"]["sum"];
+    let packets = sum["packets"].as_f64().context("no end.sum.packets")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .unwrap_or(f64::from(seconds));
+    Ok((packets - lost) / secs)
 }
 
 /// Average RTT of 50 pings, in ms.
@@ -500,6 +528,10 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             f.cpu_per_gb
                 .push(cpu / ((bytes1 + bytes_pinned + bytes4 + bytes_processes) / 1e9));
             f.rtt.push(rtt(p)?);
+            // Small packets do not change with the GSO limit: once, at 64 KB.
+            if big_tcp.is_none() {
+                f.udp_pps.push(udp_pps(p, seconds)?);
+            }
         }
     }
     if progress {
@@ -536,6 +568,12 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
     // Where one stream's figure comes from: a flow whose work the scheduler
     // spread over both cores (ACKs handled on the receiver's core send new
     // data from there) measures faster than its path's cost per byte says.
+    if big_tcp.is_none() {
+        println!("  UDP, 64-byte datagrams received per second (per-packet cost), thousands:");
+        for (p, f) in paths.iter().zip(&figures) {
+            println!("  {:<30} {:>22}", p.name, show(&f.udp_pps, 1e3, 1));
+        }
+    }
     println!("  cores busy during the 1-stream run (1.0 = one core's worth):");
     for (p, f) in paths.iter().zip(&figures) {
         println!("  {:<30} {:>22}", p.name, show(&f.one_cores, 1.0, 2));
@@ -592,6 +630,14 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             ratios(&fan.four_one_thread, &under.four_one_thread),
         ),
         ("RTT fast/slow path", ratios(&fan.rtt, &slow_f.rtt)),
+        (
+            "fan/underlay, UDP 64 B packets/s",
+            ratios(&fan.udp_pps, &under.udp_pps),
+        ),
+        (
+            "fan/control, UDP 64 B packets/s",
+            ratios(&fan.udp_pps, &ctl.udp_pps),
+        ),
     ]
     .into_iter()
     .chain(figures.get(5).into_iter().flat_map(|veth| {
@@ -608,8 +654,20 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
                 "netkit/veth fan, CPU per GB",
                 ratios(&fan.cpu_per_gb, &veth.cpu_per_gb),
             ),
+            (
+                "netkit/veth fan, UDP 64 B packets/s",
+                ratios(&fan.udp_pps, &veth.udp_pps),
+            ),
+            (
+                "veth fan/underlay, UDP 64 B packets/s",
+                ratios(&veth.udp_pps, &under.udp_pps),
+            ),
         ]
     })) {
+        // The UDP rows are measured at 64 KB only.
+        if values.is_empty() {
+            continue;
+        }
         println!("  {name:<34} {}", show(&values, 1.0, 2));
     }
     drop(paths);
