@@ -44,17 +44,6 @@ pub struct Port {
     pub netkit: bool,
 }
 
-impl Port {
-    /// Where the program runs on this port, for logs and drift reports.
-    pub fn hook(&self) -> &'static str {
-        if self.netkit {
-            "netkit peer"
-        } else {
-            "tc ingress"
-        }
-    }
-}
-
 /// Pins the freshly loaded fast-path program, replacing an older pin.
 pub fn pin_program(program: &mut SchedClassifier, pin_dir: &Path) -> Result<()> {
     let path = pin_dir.join(PROGRAM_PIN);
