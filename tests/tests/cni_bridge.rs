@@ -163,6 +163,10 @@ async fn fan_bridge_plugs_containers_that_reach_each_other() -> Result<()> {
     let mut with_prev = conf28.clone();
     with_prev["prevResult"] = result.clone();
     fan_bridge(&h28.netns, "CHECK", &x, &with_prev)?.quiet_success("CHECK");
+    // Without prevResult: the IPAM plugin refuses first (its own error, passed on).
+    let reply = fan_bridge(&h28.netns, "CHECK", &x, &conf28)?;
+    assert_ne!(reply.code, 0, "{reply:?}");
+    assert!(reply.json()["msg"].is_string(), "{reply:?}");
 
     // A retried ADD (a runtime that crashed after the first): the stale
     // pair goes, one pair again, the same address, still reachable.

@@ -79,7 +79,16 @@ async fn execute(
             ipam(Command::Check)?;
             let (container_id, ifname) = attachment(invocation)?;
             let prev: Value = serde_json::from_slice(stdin).unwrap_or_default();
-            let addressing = addressing(&prev["prevResult"])?;
+            let prev_result = prev
+                .get("prevResult")
+                .filter(|v| v.is_object())
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        "prevResult: required for CHECK, the ADD result",
+                    )
+                })?;
+            let addressing = addressing(prev_result)?;
             let netns = required_netns(invocation)?;
             let nl = netlink()?;
             link::check(
