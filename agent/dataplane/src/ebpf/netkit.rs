@@ -77,32 +77,32 @@ fn attach_attr(ifindex: u32, program_fd: i32, flags: u32, replace_fd: i32) -> At
 /// otherwise; any further program of ours goes. Returns whether it had to
 /// be attached (false: it already ran there).
 pub fn attach(ifindex: u32, program: BorrowedFd<'_>, program_id: u32) -> io::Result<bool> {
-    let ours = ours(ifindex)?;
-    let attached = !ours.contains(&program_id);
-    let mut extra: Vec<u32> = ours
-        .iter()
-        .copied()
-        .filter(|id| *id != program_id)
-        .collect();
-    if attached {
-        let mut attr = match extra.first() {
-            Some(old) => {
-                let old_fd = prog_info::prog_fd(*old)?;
-                attach_attr(
-                    ifindex,
-                    program.as_raw_fd(),
-                    BPF_F_REPLACE,
-                    old_fd.as_raw_fd(),
-                )
-            }
-            None => attach_attr(ifindex, program.as_raw_fd(), 0, 0),
-        };
-        sys_bpf(BPF_PROG_ATTACH, &mut attr, 32)?;
-        if !extra.is_empty() {
-            extra.remove(0); // replaced
+    let mut others = ours(ifindex)?;
+    let attached = match others.iter().position(|id| *id == program_id) {
+        Some(i) => {
+            others.remove(i);
+            false
         }
-    }
-    for id in extra {
+        None => {
+            // The first older program of ours is swapped, in place.
+            let replaced = others
+                .first()
+                .map(|old| prog_info::prog_fd(*old))
+                .transpose()?;
+            let mut attr = match &replaced {
+                Some(old) => {
+                    attach_attr(ifindex, program.as_raw_fd(), BPF_F_REPLACE, old.as_raw_fd())
+                }
+                None => attach_attr(ifindex, program.as_raw_fd(), 0, 0),
+            };
+            sys_bpf(BPF_PROG_ATTACH, &mut attr, 32)?;
+            if replaced.is_some() {
+                others.remove(0);
+            }
+            true
+        }
+    };
+    for id in others {
         detach_one(ifindex, id)?;
     }
     Ok(attached)
