@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use fan_cli::cni::{code, CniError};
+use fan_cli::cni::{config_json, invalid_config as invalid, CniError};
+use fan_core::names::validate_device_name;
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
 
@@ -31,31 +32,21 @@ pub struct BridgeConf {
     pub link: LinkKind,
     /// `ipam.type`: the IPAM plugin's executable in `CNI_PATH`.
     pub ipam_type: String,
-}
-
-fn invalid(msg: impl Into<String>) -> CniError {
-    CniError::new(code::INVALID_CONFIG, msg)
+    /// `prevResult` (CHECK), when it is an object.
+    pub prev_result: Option<Value>,
 }
 
 /// Reads the configuration on stdin.
 pub fn parse(stdin: &[u8]) -> Result<BridgeConf, CniError> {
-    let v: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            "the network configuration is not JSON",
-        )
-        .with_details(e.to_string())
-    })?;
+    let v = config_json(stdin)?;
     let text = |key: &str| v.get(key).and_then(Value::as_str);
     let cni_version = text("cniVersion")
         .ok_or_else(|| invalid("cniVersion: required, a string"))?
         .to_string();
-    let bridge = text("bridge")
-        .filter(|b| !b.is_empty() && b.len() <= 15 && !b.contains(['/', ' ']))
-        .ok_or_else(|| {
-            invalid("bridge: required, an interface name (1-15 bytes, no '/' or space)")
-        })?
-        .to_string();
+    let bridge =
+        text("bridge").ok_or_else(|| invalid("bridge: required, the fan network's bridge"))?;
+    validate_device_name(bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
+    let bridge = bridge.to_string();
     let mtu = match v.get("mtu") {
         None | Some(Value::Null) => None,
         Some(m) => Some(
@@ -87,6 +78,7 @@ pub fn parse(stdin: &[u8]) -> Result<BridgeConf, CniError> {
         mtu,
         link,
         ipam_type,
+        prev_result: v.get("prevResult").filter(|p| p.is_object()).cloned(),
     })
 }
 
@@ -141,10 +133,8 @@ pub struct Addressing {
 
 /// The first IPv4 address of an IPAM result and its routes.
 pub fn addressing(ipam: &Value) -> Result<Addressing, CniError> {
-    let bad = |what: &str| {
-        CniError::new(code::INVALID_CONFIG, format!("the IPAM result has {what}"))
-            .with_details(ipam.to_string())
-    };
+    let bad =
+        |what: &str| invalid(format!("the IPAM result has {what}")).with_details(ipam.to_string());
     let ip = ipam["ips"]
         .as_array()
         .and_then(|ips| {
@@ -245,6 +235,7 @@ pub fn mac_text(mac: Option<[u8; 6]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fan_cli::cni::code;
 
     fn conf(extra: Value) -> Vec<u8> {
         let mut v = json!({"cniVersion": "1.0.0", "name": "fan", "type": "fan-bridge",

@@ -4,10 +4,10 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use anyhow::{bail, Context, Result};
-use fan_dataplane::netlink::{Link, Netlink, Route4};
+use fan_dataplane::netlink::{within_netns, Link, Netlink, Route4};
 
 use crate::conf::{temporary_name, Addressing, LinkKind};
 
@@ -22,34 +22,21 @@ pub struct Plugged {
     pub container_mac: Option<[u8; 6]>,
 }
 
-/// Runs the future `body` makes on a thread of its own inside the network
-/// namespace open as `netns` (setns affects only that thread).
-pub fn in_netns<T, F, Fut>(netns: &File, body: F) -> Result<T>
+/// Runs the future `body` makes on a current-thread runtime, on a thread
+/// that entered the network namespace open as `netns`
+/// ([`fan_dataplane::netlink::within_netns`]).
+pub fn in_netns<T, Fut>(netns: &File, body: impl FnOnce() -> Fut + Send) -> Result<T>
 where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
+    T: Send,
     Fut: Future<Output = Result<T>>,
 {
-    let fd = netns
-        .try_clone()
-        .context("duplicate the namespace descriptor")?;
-    std::thread::spawn(move || {
-        // SAFETY: a valid namespace descriptor; setns changes this thread only.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "enter the container's namespace: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        drop(fd);
-        tokio::runtime::Builder::new_current_thread()
+    within_netns(netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .context("start an async runtime")?
-            .block_on(body())
+            .build()?;
+        Ok(runtime.block_on(body()))
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread in the container's namespace panicked"))?
+    .context("enter the container's namespace")?
 }
 
 /// The pair: netkit when asked, or with `Auto` where the kernel has it.
@@ -118,8 +105,7 @@ pub async fn plug(
             .await?;
         nl.move_to_netns(peer_link.index, netns.as_fd()).await?;
         nl.set_up(host_link.index, true).await?;
-        let (ifname, addressing) = (ifname.to_string(), addressing.clone());
-        let container_mac = in_netns(&netns, move || configure_inside(peer, ifname, addressing))?;
+        let container_mac = in_netns(&netns, || configure_inside(&peer, ifname, addressing))?;
         let host = nl
             .link_by_name(host)
             .await?
@@ -139,16 +125,16 @@ pub async fn plug(
 
 /// Inside the container: rename, address, up, routes; returns the MAC.
 async fn configure_inside(
-    peer: String,
-    ifname: String,
-    addressing: Addressing,
+    peer: &str,
+    ifname: &str,
+    addressing: &Addressing,
 ) -> Result<Option<[u8; 6]>> {
     let nl = Netlink::new()?;
     let link = nl
-        .link_by_name(&peer)
+        .link_by_name(peer)
         .await?
         .with_context(|| format!("{peer} did not arrive in the container's namespace"))?;
-    nl.set_name(link.index, &ifname).await?;
+    nl.set_name(link.index, ifname).await?;
     nl.add_ipv4_address(link.index, addressing.address).await?;
     nl.set_up(link.index, true).await?;
     for (destination, gateway) in &addressing.routes {
@@ -218,11 +204,11 @@ pub async fn check(
         bail!("{host} is not up on {bridge}");
     }
     let netns = File::open(netns_path).with_context(|| format!("open CNI_NETNS {netns_path}"))?;
-    let (ifname, address) = (ifname.to_string(), addressing.address);
-    in_netns(&netns, move || async move {
+    let address = addressing.address;
+    in_netns(&netns, || async move {
         let nl = Netlink::new()?;
         let link = nl
-            .link_by_name(&ifname)
+            .link_by_name(ifname)
             .await?
             .with_context(|| format!("no {ifname} in the container"))?;
         let addresses = nl.ipv4_addresses(link.index).await?;

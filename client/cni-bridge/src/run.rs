@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
-use fan_cli::cni::{begin, code, version_json, CniError, Command, Invocation, Outcome};
+use fan_cli::cni::{
+    begin, code, invalid_config, version_json, CniError, Command, Invocation, Outcome,
+};
 use fan_dataplane::netlink::Netlink;
 use serde_json::Value;
 
@@ -15,12 +17,10 @@ use crate::link;
 /// Plugging the container failed (netlink); `details` says what the kernel said.
 pub const PLUG_FAILED: u32 = 110;
 
-/// What the IPAM plugin answered when it failed: passed on as it is.
-struct IpamFailed(Outcome);
-
 enum Failure {
     Ours(CniError),
-    Ipam(IpamFailed),
+    /// What the IPAM plugin answered when it failed: passed on as it is.
+    Ipam(Outcome),
 }
 
 impl From<CniError> for Failure {
@@ -43,7 +43,7 @@ pub async fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outco
     match result {
         Ok(stdout) => Outcome::ok(stdout, Vec::new()),
         Err(Failure::Ours(e)) => Outcome::error(&e, &version),
-        Err(Failure::Ipam(IpamFailed(outcome))) => outcome,
+        Err(Failure::Ipam(outcome)) => outcome,
     }
 }
 
@@ -61,49 +61,32 @@ async fn execute(
             .await
             .map(Some),
         Command::Del => {
-            let (container_id, ifname) = attachment(invocation)?;
+            let at = attachment(invocation)?;
             let nl = netlink()?;
             // The device first, then the address: no address is handed out
             // again while a device still carries it. A device of that name
             // that is not this attachment's is left alone.
-            let (host, alias) = (
-                host_name(&container_id, &ifname),
-                host_alias(&container_id, &ifname),
-            );
-            link::unplug(&nl, &host, &alias)
+            link::unplug(&nl, &at.host, &at.alias)
                 .await
                 .map_err(|e| plug_failed("delete the host's end", e))?;
             ipam(Command::Del).map(|_| None)
         }
         Command::Check => {
             ipam(Command::Check)?;
-            let (container_id, ifname) = attachment(invocation)?;
-            let prev: Value = serde_json::from_slice(stdin).unwrap_or_default();
-            let prev_result = prev
-                .get("prevResult")
-                .filter(|v| v.is_object())
-                .ok_or_else(|| {
-                    CniError::new(
-                        code::INVALID_CONFIG,
-                        "prevResult: required for CHECK, the ADD result",
-                    )
-                })?;
+            let at = attachment(invocation)?;
+            let prev_result = conf
+                .prev_result
+                .as_ref()
+                .ok_or_else(|| invalid_config("prevResult: required for CHECK, the ADD result"))?;
             let addressing = addressing(prev_result)?;
             let netns = required_netns(invocation)?;
             let nl = netlink()?;
-            link::check(
-                &nl,
-                &host_name(&container_id, &ifname),
-                &conf.bridge,
-                &netns,
-                &ifname,
-                &addressing,
-            )
-            .await
-            .map_err(|e| {
-                CniError::new(code::CHECK_FAILED, "the container's link differs")
-                    .with_details(format!("{e:#}"))
-            })?;
+            link::check(&nl, &at.host, &conf.bridge, &netns, &at.ifname, &addressing)
+                .await
+                .map_err(|e| {
+                    CniError::new(code::CHECK_FAILED, "the container's link differs")
+                        .with_details(format!("{e:#}"))
+                })?;
             Ok(None)
         }
     }
@@ -115,24 +98,20 @@ async fn add(
     ipam_result: Value,
     ipam: &impl Fn(Command) -> Result<Value, Failure>,
 ) -> Result<Value, Failure> {
-    let (container_id, ifname) = attachment(invocation)?;
+    let at = attachment(invocation)?;
     let netns = required_netns(invocation)?;
     let plugged = async {
         let addressing = addressing(&ipam_result)?;
         let nl = netlink()?;
-        let (host, alias) = (
-            host_name(&container_id, &ifname),
-            host_alias(&container_id, &ifname),
-        );
         link::plug(
             &nl,
             conf.link,
-            &host,
-            &alias,
+            &at.host,
+            &at.alias,
             &conf.bridge,
             conf.mtu,
             &netns,
-            &ifname,
+            &at.ifname,
             &addressing,
         )
         .await
@@ -153,7 +132,7 @@ async fn add(
         sandbox: None,
     };
     let container = Interface {
-        name: ifname,
+        name: at.ifname,
         mac: conf::mac_text(plugged.container_mac),
         sandbox: Some(netns),
     };
@@ -165,9 +144,21 @@ async fn add(
     ))
 }
 
-fn attachment(invocation: &Invocation) -> Result<(String, String), CniError> {
+/// One attachment: the container's interface and the host's end of its
+/// pair (name and the alias that marks it as this attachment's).
+struct Attachment {
+    ifname: String,
+    host: String,
+    alias: String,
+}
+
+fn attachment(invocation: &Invocation) -> Result<Attachment, CniError> {
     let owner = invocation.owner()?;
-    Ok((owner.container_id, owner.interface))
+    Ok(Attachment {
+        host: host_name(&owner.container_id, &owner.interface),
+        alias: host_alias(&owner.container_id, &owner.interface),
+        ifname: owner.interface,
+    })
 }
 
 fn required_netns(invocation: &Invocation) -> Result<String, CniError> {
@@ -241,11 +232,11 @@ fn delegate(
     let out = child.wait_with_output().map_err(io)?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
-        return Err(Failure::Ipam(IpamFailed(Outcome {
+        return Err(Failure::Ipam(Outcome {
             stdout,
             stderr: Vec::new(),
             exit_code: 1,
-        })));
+        }));
     }
     if stdout.is_empty() {
         return Ok(Value::Null);

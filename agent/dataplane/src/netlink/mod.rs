@@ -22,6 +22,7 @@ pub mod nftables;
 mod types;
 
 pub use batch::nft_transaction;
+pub use netns::within as within_netns;
 pub use types::*;
 
 use std::collections::HashMap;

@@ -70,10 +70,7 @@ pub(super) fn open_by_ids(wanted: &BTreeSet<i32>) -> io::Result<HashMap<i32, Fil
 
 /// Runs `work` on a thread that entered the namespace `netns`: the
 /// caller's threads stay where they are.
-pub(super) fn within<T: Send>(
-    netns: &File,
-    work: impl FnOnce() -> io::Result<T> + Send,
-) -> io::Result<T> {
+pub fn within<T: Send>(netns: &File, work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

@@ -172,15 +172,20 @@ pub fn reply_version(stdin: &[u8]) -> String {
 
 const IPAM_KEYS: &[&str] = &["type", "network", "agent", "routes"];
 
-/// Parses the network configuration from stdin for `command`.
-pub fn parse_config(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
-    let root: Value = serde_json::from_slice(stdin).map_err(|e| {
+/// The network configuration on stdin as JSON (error 6 when it is not).
+pub fn config_json(stdin: &[u8]) -> Result<Value, CniError> {
+    serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
             code::DECODE_FAILURE,
             "the network configuration is not valid JSON",
         )
         .with_details(e.to_string())
-    })?;
+    })
+}
+
+/// Parses the network configuration from stdin for `command`.
+pub fn parse_config(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
+    let root = config_json(stdin)?;
     let root = root.as_object().ok_or_else(|| {
         CniError::new(
             code::DECODE_FAILURE,

@@ -151,7 +151,8 @@ impl CniError {
     }
 }
 
-fn invalid_config(msg: impl Into<String>) -> CniError {
+/// Error 7, invalid network configuration: `msg` names the key and the rule.
+pub fn invalid_config(msg: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg)
 }
 
