@@ -144,12 +144,18 @@ fn client_args(path: &Path, port: u16, streams: u32, seconds: u32) -> Vec<String
     .to_vec()
 }
 
-/// (bit/s, bytes) received, from iperf3's JSON report.
-fn received(path: &Path, stdout: &[u8]) -> Result<(f64, f64)> {
+/// iperf3's JSON report, or the error it reports.
+fn report(path: &Path, stdout: &[u8]) -> Result<serde_json::Value> {
     let json: serde_json::Value = serde_json::from_slice(stdout).context("iperf3 -J output")?;
     if let Some(error) = json["error"].as_str() {
         bail!("iperf3 {}: {error}", path.name);
     }
+    Ok(json)
+}
+
+/// (bit/s, bytes) received, from iperf3's JSON report.
+fn received(path: &Path, stdout: &[u8]) -> Result<(f64, f64)> {
+    let json = report(path, stdout)?;
     let sum = &json["end"]["sum_received"];
     let bps = sum["bits_per_second"]
         .as_f64()
@@ -168,10 +174,7 @@ fn udp_pps(path: &Path, seconds: u32) -> Result<f64> {
         "iperf3",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -u -J")?;
-    if let Some(error) = json["error"].as_str() {
-        bail!("iperf3 -u {}: {error}", path.name);
-    }
+    let json = report(path, &out.stdout)?;
     let sum = &json["end"]["sum"];
     let packets = sum["packets"].as_f64().context("no end.sum.packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -427,14 +430,16 @@ pub async fn compare(rounds: usize, seconds: u32, big_tcp: Option<u32>) -> Resul
             "veth pairs (this kernel has no netkit)"
         }
     );
-    let fast = if netkit {
-        fan_bed_on(PortKind::Netkit, &[]).await?
+    let kind = if netkit {
+        PortKind::Netkit
     } else {
-        fan_bed(&[]).await?
+        PortKind::Veth
     };
-    let fast_veth = match netkit {
-        true => Some(fan_bed(&[]).await?),
-        false => None,
+    let fast = fan_bed_on(kind, &[]).await?;
+    let fast_veth = if netkit {
+        Some(fan_bed(&[]).await?)
+    } else {
+        None
     };
     let slow = fan_bed(&["--no-fast-path"]).await?;
     let control = control(&fast)?;

@@ -522,6 +522,31 @@ pub fn netkit_supported() -> Result<bool> {
     created
 }
 
+/// The ids of the agent's programs (by name) on the netkit peer hook of
+/// `port` in `host`.
+pub fn netkit_peer_programs(host: &Netns, port: &str) -> Result<Vec<u32>> {
+    let port = port.to_string();
+    host.block_on(move || async move {
+        let nl = fan_dataplane::netlink::Netlink::new()?;
+        let Some(link) = nl.link_by_name(&port).await? else {
+            bail!("no device {port}");
+        };
+        anyhow::Ok(fan_dataplane::ebpf::netkit::ours(link.index)?)
+    })
+}
+
+/// Waits until the agent of `host` runs (or stopped running) the fast path
+/// on the netkit peer hook of `port`.
+pub fn netkit_peer_program_becomes(host: &Netns, port: &str, on: bool) -> Result<()> {
+    eventually(std::time::Duration::from_secs(10), || {
+        let ids = netkit_peer_programs(host, port)?;
+        match (on, ids.len()) {
+            (true, 1) | (false, 0) => Ok(()),
+            _ => bail!("fan_fastpath on the netkit peer of {port}: {ids:?}, want on={on}"),
+        }
+    })
+}
+
 /// [`plug`] with the pair of devices `kind`.
 #[allow(clippy::too_many_arguments)]
 pub fn plug_with(

@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use fan_dataplane::ebpf::{maps::slot, netkit};
+use anyhow::Result;
+use fan_dataplane::ebpf::maps::slot;
 use fan_e2e::{bin_dir, binary, fan_spec, two_host_fan, Netns, Testbed};
 use fan_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -135,19 +135,7 @@ async fn fan_bridge_plugs_containers_that_reach_each_other() -> Result<()> {
 
     if kind == "netkit" {
         // The agent found the netkit port and runs the fast path in x's transmit.
-        let port = host_end.clone();
-        fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-            let name = port.clone();
-            let ids = h28.netns.block_on(move || async move {
-                let nl = fan_dataplane::netlink::Netlink::new()?;
-                let index = nl.link_by_name(&name).await?.map(|l| l.index).unwrap_or(0);
-                anyhow::Ok(netkit::ours(index)?)
-            })?;
-            if ids.len() != 1 {
-                bail!("fan_fastpath on the netkit peer of {port}: {ids:?}");
-            }
-            Ok(())
-        })?;
+        fan_e2e::netkit_peer_program_becomes(&h28.netns, &host_end, true)?;
     }
     let t28 = bed.pinned_counter("h28", "fan", slot::FAST_PATH_ENCAPSULATED)?;
     let a = bed.container("b");

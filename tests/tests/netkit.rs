@@ -22,30 +22,6 @@ use fan_e2e::{fan_spec, gso, two_host_fan_on, Netns, PortKind, Testbed};
 const OVERLAY: &str = "250.0.0.0/8";
 const UNDERLAY: &str = "172.30.0.0/16";
 
-/// The ids of our programs (by name) on the netkit peer hook of `port`.
-fn peer_programs(host: &Netns, port: &str) -> Result<Vec<u32>> {
-    let port = port.to_string();
-    host.block_on(move || async move {
-        let nl = fan_dataplane::netlink::Netlink::new()?;
-        let Some(link) = nl.link_by_name(&port).await? else {
-            bail!("no device {port}");
-        };
-        anyhow::Ok(netkit::ours(link.index)?)
-    })
-}
-
-/// Waits until the agent of `host` runs (or stopped running) the fast path
-/// on the netkit peer hook of `port`.
-fn peer_program_becomes(host: &Netns, port: &str, on: bool) -> Result<()> {
-    fan_e2e::eventually(std::time::Duration::from_secs(10), || {
-        let ids = peer_programs(host, port)?;
-        match (on, ids.len()) {
-            (true, 1) | (false, 0) => Ok(()),
-            _ => bail!("fan_fastpath on the netkit peer of {port}: {ids:?}, want on={on}"),
-        }
-    })
-}
-
 /// Whether `fan_fastpath` is attached on the tc ingress of `device`.
 fn tc_fast_path(host: &Netns, device: &str) -> Result<bool> {
     let out = host.exec("tc", &["filter", "show", "dev", device, "ingress"])?;
@@ -75,7 +51,7 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
     for (host, container) in [("h28", "a"), ("h27", "b")] {
         let port = bed.container(container).port.clone();
         let netns = &bed.host(host).netns;
-        peer_program_becomes(netns, &port, true)?;
+        fan_e2e::netkit_peer_program_becomes(netns, &port, true)?;
         assert!(
             !tc_fast_path(netns, &port)?,
             "tc filter on netkit port {port}"
@@ -116,7 +92,7 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
         host.agent.terminate()?;
         host.start_agent()?;
     }
-    peer_program_becomes(&bed.host("h28").netns, &port, false)?;
+    fan_e2e::netkit_peer_program_becomes(&bed.host("h28").netns, &port, false)?;
     let before = bed.counters("h28", "fan").await?;
     let t28 = fast(&bed, "h28")?;
     {
@@ -140,7 +116,7 @@ async fn netkit_containers_take_the_fast_path_in_their_own_transmit() -> Result<
         host.agent.terminate()?;
         host.start_agent()?;
     }
-    peer_program_becomes(&bed.host("h28").netns, &port, true)?;
+    fan_e2e::netkit_peer_program_becomes(&bed.host("h28").netns, &port, true)?;
     let t28 = fast(&bed, "h28")?;
     let (a, b) = (bed.container("a"), bed.container("b"));
     tokio::task::block_in_place(|| a.netns.ping(b.address, 3))?;
