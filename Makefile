@@ -6,6 +6,9 @@
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# Incremental caches doubled the debug target's size for no gain on a one-shot
+# build (CI, a newcomer's first `make test`); set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL ?= 0
 # fan-client/tls: the CLI and SDK speak mTLS to an agent's TCP listener (the e2e tests use it).
 FEATURES ?= --features fan-client/tls
 

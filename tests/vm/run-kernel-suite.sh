@@ -36,10 +36,13 @@ FAN_VM_CACHE="$netkit_cache" FAN_VM_APT_SUITE=bookworm-backports "$here/setup.sh
 
 cd "$root"
 log "building fan-agent and the test binaries"
-"$cargo" build --quiet -p fan-agent -p fan-cli -p fan-cni-bridge --bins
-# The executables of the two test targets, from cargo's JSON messages.
-bins="$("$cargo" test --quiet --no-run --message-format=json \
-    -p fan-dataplane --lib -p fan-e2e --test kernels --test netkit --test fast_path --test cni_bridge |
+# The same packages and features as `make build` and `make test`, so their
+# artifacts are reused: a narrower -p selection unifies features differently
+# and rebuilds half the dependency tree (1.5 GB more disk, minutes more).
+"$cargo" build --quiet --workspace --features fan-client/tls --bins
+# The executables of the test targets, from cargo's JSON messages.
+bins="$("$cargo" test --quiet --no-run --message-format=json --workspace --features fan-client/tls \
+    --lib --test kernels --test netkit --test fast_path --test cni_bridge |
     python3 -c '
 import json, sys
 found = {}
