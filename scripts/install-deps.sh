@@ -31,6 +31,19 @@ check ctr containerd
 dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 # --- end engines
 
+# install_missing PACKAGE...: apt-get installs those not installed yet.
+install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    echo "install-deps: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -119,35 +132,22 @@ fi
 go_pkgs=(golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
     golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
     golang-golang-x-net-dev golang-golang-x-sys-dev golang-golang-x-text-dev)
-need_go=()
-for pkg in "${go_pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_go+=("$pkg")
-done
-if [ ${#need_go[@]} -gt 0 ]; then
-    echo "install-deps: apt-get install ${need_go[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_go[@]}" >/dev/null
-fi
+install_missing "${go_pkgs[@]}"
 # --- end SDK helper ---
+# --- Java helper: grpc-java from Debian for tests/tests/grpc_clients.rs: the
+# runtime jars, the protoc plugin, and netty-tcnative (OpenSSL), without which
+# Debian's Netty cannot negotiate h2 over TLS. javac comes with the machine's JDK.
+command -v javac >/dev/null 2>&1 || install_missing default-jdk-headless
+install_missing libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libguava-java \
+    libgoogle-gson-java libperfmark-java libnetty-java libnetty-tcnative-java libnetty-tcnative-jni \
+    libgeronimo-annotation-1.3-spec-java
+# --- end Java helper ---
 # --- DHCP helper: real DHCP clients for tests/tests/dhcp.rs (issue 15): ---
 # busybox's udhcpc and ISC dhclient.
-dhcp_pkgs=(busybox-static isc-dhcp-client)
-need_dhcp=()
-for pkg in "${dhcp_pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_dhcp+=("$pkg")
-done
+dhcp_pkgs=(isc-dhcp-client)
 # Either busybox package provides udhcpc.
-if dpkg-query -W -f='${Status}' busybox 2>/dev/null | grep -q "ok installed"; then
-    need_dhcp=("${need_dhcp[@]/busybox-static/}")
-fi
-need_dhcp=($(printf '%s\n' "${need_dhcp[@]}" | grep -v '^$' || true))
-if [ ${#need_dhcp[@]} -gt 0 ]; then
-    echo "install-deps: apt-get install ${need_dhcp[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_dhcp[@]}" >/dev/null
-fi
+dpkg-query -W -f='${Status}' busybox 2>/dev/null | grep -q "ok installed" || dhcp_pkgs+=(busybox-static)
+install_missing "${dhcp_pkgs[@]}"
 # --- end DHCP helper ---
 
 # --- metrics helper: promtool and the prometheus server (tests/tests/metrics.rs). ---

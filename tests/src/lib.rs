@@ -84,6 +84,24 @@ pub fn venv_python() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The output of a command that ran and exited 0; otherwise an error naming
+/// `what`, with its exit status, stdout and stderr.
+pub fn succeeded(
+    what: &str,
+    out: std::io::Result<std::process::Output>,
+) -> Result<std::process::Output> {
+    let out = out.with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
 /// Generates the Python messages and gRPC stubs of `proto/` into `dir`
 /// with `python`'s grpcio-tools, as another language's user would.
 pub fn python_stubs(python: &Path, dir: &Path) -> Result<()> {
@@ -93,12 +111,8 @@ pub fn python_stubs(python: &Path, dir: &Path) -> Result<()> {
         .arg(format!("--python_out={}", dir.display()))
         .arg(format!("--grpc_python_out={}", dir.display()))
         .arg("fan/agent/v1/agent.proto")
-        .output()
-        .context("run grpc_tools.protoc")?;
-    if !out.status.success() {
-        bail!("grpc_tools.protoc: {out:?}");
-    }
-    Ok(())
+        .output();
+    succeeded("grpc_tools.protoc", out).map(drop)
 }
 
 /// A running (or stopped) agent on a host.

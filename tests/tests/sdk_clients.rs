@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use fan_e2e::pki::Pki;
-use fan_e2e::{venv_python as python, workspace, Host, Testbed};
+use fan_e2e::{succeeded, venv_python as python, workspace, Host, Testbed};
 use serde_json::Value;
 
 const HOST: &str = "172.30.0.28";
@@ -30,19 +30,6 @@ fn work_dir(name: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn check(what: &str, out: std::io::Result<Output>) -> Result<Output> {
-    let out = out.with_context(|| format!("run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
 }
 
 /// What `build` made, built once per test binary: the first caller builds,
@@ -63,7 +50,7 @@ fn python_sdk() -> Result<PathBuf> {
     static SDK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     built_once(&SDK, || {
         let dir = work_dir("python")?;
-        check(
+        succeeded(
             "pip install client/python",
             Command::new(python()?)
                 .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
@@ -78,7 +65,7 @@ fn python_sdk() -> Result<PathBuf> {
                 .output(),
         )?;
         // The package's own tests (target forms, errors without an agent).
-        check(
+        succeeded(
             "python -m unittest (client/python/tests)",
             Command::new(python()?)
                 .env("PYTHONPATH", &dir)
@@ -108,12 +95,12 @@ fn go_sdk() -> Result<PathBuf> {
     built_once(&SDK, || {
         let dir = work_dir("go")?;
         let module = workspace().join("client/go");
-        check(
+        succeeded(
             "client/go/generate.sh",
             go_env(&mut Command::new(module.join("generate.sh"))).output(),
         )?;
         // The module's own tests (target forms, errors without an agent).
-        check(
+        succeeded(
             "go test ./...",
             go_env(Command::new("go").current_dir(&module))
                 .args(["test", "./..."])
@@ -123,7 +110,7 @@ fn go_sdk() -> Result<PathBuf> {
             ("againstagent", "./internal/againstagent"),
             ("quickstart", "./examples/quickstart"),
         ] {
-            check(
+            succeeded(
                 &format!("go build {package}"),
                 go_env(Command::new("go").current_dir(&module))
                     .args(["build", "-o"])
@@ -224,7 +211,7 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
     let host = bed.host("h1");
     for (i, (target, tls, cwd)) in targets(host, &pki).into_iter().enumerate() {
         // In the host's namespace: the TCP listener is on its underlay address.
-        let out = check(
+        let out = succeeded(
             &format!("python SDK against {target}"),
             host.netns
                 .command(&python)
@@ -243,7 +230,7 @@ fn python_sdk_package_over_every_unix_target_and_mutual_tls() -> Result<()> {
         "```python\n",
         "client/python/examples/quickstart.py",
     )?;
-    let out = check(
+    let out = succeeded(
         "python quickstart",
         Command::new(&python)
             .env("PYTHONPATH", &sdk)
@@ -264,7 +251,7 @@ fn go_sdk_module_over_every_unix_target_and_mutual_tls() -> Result<()> {
     let (bed, pki) = tls_host()?;
     let host = bed.host("h1");
     for (i, (target, tls, cwd)) in targets(host, &pki).into_iter().enumerate() {
-        let out = check(
+        let out = succeeded(
             &format!("Go SDK against {target}"),
             host.netns
                 .command(bin.join("againstagent"))
@@ -281,7 +268,7 @@ fn go_sdk_module_over_every_unix_target_and_mutual_tls() -> Result<()> {
         "```go\n",
         "client/go/examples/quickstart/main.go",
     )?;
-    let out = check(
+    let out = succeeded(
         "go quickstart",
         Command::new(bin.join("quickstart"))
             .env(
