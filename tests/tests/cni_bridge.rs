@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use fan_dataplane::ebpf::maps::slot;
+use fan_dataplane::netlink::FAN_DEVICE_GROUP;
 use fan_e2e::{bin_dir, binary, fan_spec, two_host_fan, Netns, Testbed};
 use fan_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -219,6 +220,18 @@ async fn fan_bridge_plugs_containers_that_reach_each_other() -> Result<()> {
     fan_bridge(&h28.netns, "DEL", &x, &conf28)?.quiet_success("DEL of a foreign name");
     assert_eq!(kind_of(&h28.netns, &host_end)?.as_deref(), Some("veth"));
     h28.netns.ip(&["link", "del", &host_end])?;
+    // An ADD stopped between creating the pair and marking it left the pair
+    // born in the fan device group, without its alias: the retried ADD
+    // takes it as this attachment's and replaces it.
+    let group = FAN_DEVICE_GROUP.to_string();
+    h28.netns.ip(&[
+        "link", "add", &host_end, "group", &group, "type", "veth", "peer", "name", &peer,
+    ])?;
+    let retried = fan_bridge(&h28.netns, "ADD", &x, &conf28)?;
+    assert_eq!(retried.code, 0, "{retried:?}");
+    tokio::task::block_in_place(|| x.ping(y_addr.ip(), 2))?;
+    fan_bridge(&h28.netns, "DEL", &x, &conf28)?.quiet_success("DEL after the claimed ADD");
+    assert_eq!(kind_of(&h28.netns, &host_end)?, None);
     fan_bridge(&h27.netns, "DEL", &y, &conf27)?.quiet_success("DEL y");
     for ns in [x, y, z] {
         ns.delete()?;

@@ -92,10 +92,13 @@ async fn sigterm_during_reconcile_stops_every_task_and_exits_cleanly() -> Result
     let host = bed.host_mut("h1");
     host.start_agent()?;
     let socket = host.agent.socket.clone();
-    wait_until(Duration::from_secs(30), "every network programmed", || {
+    let ready = wait_until(Duration::from_secs(30), "every network programmed", || {
         serving(&socket)
     })
-    .await?;
+    .await;
+    if let Err(err) = ready {
+        bail!("{err}; the agent's log ends: {}", host.agent.log_tail());
+    }
     let mut client = bed.host("h1").client().await?;
     for ((id, _), address) in NETWORKS.iter().zip(&allocated) {
         assert_eq!(

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fan_dataplane::ebpf::{tc_priority, EbpfBackend, ROUTE_PROTOCOL};
+use fan_dataplane::netlink::FAN_DEVICE_GROUP;
 use fan_dataplane::{BackendKind, Counters, Encapsulation, NetworkPlan, Observation};
 use fan_testkit::packets::{finish_capture, icmp_echo, icmp_echo_sized, send_ipip, start_capture};
 use fan_testkit::{sh, try_sh, veth_pair, Netns, Teardown};
@@ -657,6 +658,33 @@ fn apply_is_idempotent_and_survives_restart() {
         "{drifts:?}"
     );
     w.apply(0);
+    assert!(w.observe(0).drifts.is_empty());
+}
+
+/// The agent stopped between creating the tunnel pair and marking it: the
+/// pair, born in the fan device group (as `Netlink::create_veth` makes it),
+/// is claimed by the next apply, both ends marked, and the fan works.
+#[test]
+fn a_tunnel_left_unmarked_by_an_interrupted_creation_is_claimed() {
+    let Some(mut w) = World::new(&SHAPE_16, false) else {
+        return;
+    };
+    let c2 = w.hosts[1].container_ip;
+    let tunnel = fan_dataplane::ebpf::tunnel_name(INDEX);
+    let peer = format!("{tunnel}p");
+    let group = FAN_DEVICE_GROUP.to_string();
+    let ns = w.hosts[0].ns.clone();
+    sh(&[
+        "ip", "-n", &ns, "link", "add", &tunnel, "group", &group, "type", "veth", "peer", "name",
+        &peer, "group", &group,
+    ]);
+    w.apply(0);
+    w.apply(1);
+    for dev in [&tunnel, &peer] {
+        let shown = sh(&["ip", "-n", &ns, "-d", "link", "show", dev]);
+        assert!(shown.contains("alias fan:"), "{dev} marked: {shown}");
+    }
+    w.must_ping(0, c2);
     assert!(w.observe(0).drifts.is_empty());
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use fan_dataplane::host::{bridge_mark, HostSetup, Nft};
-use fan_dataplane::netlink::{Netlink, Route4, RouteScope};
+use fan_dataplane::netlink::{Netlink, Route4, RouteScope, FAN_DEVICE_GROUP};
 use fan_dataplane::{
     sysctl, Availability, BackendKind, Dataplane, DataplaneError, Encapsulation, KernelDataplane,
     NetworkPlan, Observation,
@@ -393,6 +393,52 @@ fn foreign_device_with_the_bridge_name_is_refused_and_untouched() {
             .apply(&plan())
             .await
             .expect_err("other network's bridge");
+        assert!(err.to_string().contains("not managed by fan"), "{err}");
+        host.remove(&plan()).await.unwrap();
+        assert!(netlink.link_by_name(BRIDGE).await.unwrap().is_some());
+    });
+}
+
+/// The agent stopped between creating the bridge and marking it (SIGTERM
+/// mid-reconcile, a crash): the bridge it left was born in the fan device
+/// group, so the next apply completes the creation instead of refusing a
+/// "foreign" device forever; remove deletes such a bridge too.
+#[test]
+fn a_bridge_left_unmarked_by_an_interrupted_creation_is_claimed() {
+    in_netns(|| async {
+        let (netlink, host) = setup();
+        // What the agent's apply does first: the bridge, not yet marked.
+        let born = netlink.add_bridge(BRIDGE).await.unwrap().expect("created");
+        assert_eq!(born.group, FAN_DEVICE_GROUP, "born in the fan group");
+        assert_eq!(born.alias, None);
+        let observation = host.observe(&plan()).await.unwrap();
+        assert!(
+            observation
+                .drifts
+                .iter()
+                .any(|d| d.object == "bridge fhb-250"
+                    && d.observed
+                        .contains("created by fan, its creator stopped before marking it")),
+            "{observation:#?}"
+        );
+
+        host.apply(&plan()).await.expect("apply claims it");
+        let bridge = netlink.require_link(BRIDGE).await.unwrap();
+        assert_eq!(bridge.index, born.index, "the same device, not a new one");
+        assert_eq!(bridge.alias, Some(bridge_mark(NETWORK)));
+        assert!(host.observe(&plan()).await.unwrap().drifts.is_empty());
+
+        // Remove takes an unmarked birth of the bridge's name too.
+        host.remove(&plan()).await.unwrap();
+        netlink.add_bridge(BRIDGE).await.unwrap().expect("created");
+        host.remove(&plan()).await.unwrap();
+        assert!(netlink.link_by_name(BRIDGE).await.unwrap().is_none());
+
+        // The group alone is not ownership: a marked device of another
+        // network in the fan group stays foreign.
+        let other = netlink.add_bridge(BRIDGE).await.unwrap().expect("created");
+        netlink.set_alias(other.index, "fan:other").await.unwrap();
+        let err = host.apply(&plan()).await.expect_err("another network's");
         assert!(err.to_string().contains("not managed by fan"), "{err}");
         host.remove(&plan()).await.unwrap();
         assert!(netlink.link_by_name(BRIDGE).await.unwrap().is_some());

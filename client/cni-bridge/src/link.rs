@@ -163,14 +163,17 @@ pub enum Unplugged {
 }
 
 /// Deletes the host's end named `host` when it is this attachment's: a
-/// veth or netkit device marked with `alias` (its peer in the container
-/// goes with it). Anything else of that name is left alone.
+/// veth or netkit device marked with `alias`, or created by fan and never
+/// marked (an ADD stopped between the two; the name is this attachment's),
+/// its peer in the container going with it. Anything else of that name is
+/// left alone.
 pub async fn unplug(nl: &Netlink, host: &str, alias: &str) -> Result<Unplugged> {
     let Some(link) = nl.link_by_name(host).await? else {
         return Ok(Unplugged::Absent);
     };
     let pair = matches!(link.kind.as_deref(), Some("veth" | "netkit"));
-    if !pair || link.alias.as_deref() != Some(alias) {
+    let ours = link.alias.as_deref() == Some(alias) || link.unmarked_fan_birth();
+    if !pair || !ours {
         return Ok(Unplugged::Foreign(format!(
             "a {} with alias {:?}",
             link.kind.as_deref().unwrap_or("device"),

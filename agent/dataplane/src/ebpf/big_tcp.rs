@@ -118,6 +118,7 @@ mod tests {
             gro_ipv4_max_size: gro,
             tso_max_size: tso,
             netkit_primary: None,
+            group: 0,
         }
     }
 

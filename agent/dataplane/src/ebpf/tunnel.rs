@@ -35,7 +35,10 @@ pub async fn owned_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Option<Lin
         return Ok(None);
     };
     let mark = tunnel_mark(&plan.network_id);
-    if link.alias.as_deref() != Some(mark.as_str()) || link.kind.as_deref() != Some("veth") {
+    // An unmarked fan birth is ours too: its creator stopped before marking
+    // it; ensure_tunnel marks it.
+    let ours = link.alias.as_deref() == Some(mark.as_str()) || link.unmarked_fan_birth();
+    if !ours || link.kind.as_deref() != Some("veth") {
         return Err(DataplaneError::other(
             format!("tunnel device {name}"),
             format!(
@@ -65,16 +68,27 @@ pub async fn ensure_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
     let (link, peer) = match owned_tunnel(nl, plan).await? {
         Some(link) => {
             let peer = nl.require_link(&peer_name).await?;
+            if link.link != Some(peer.index) {
+                return Err(DataplaneError::other(
+                    format!("tunnel device {name}"),
+                    format!("{peer_name} is not the veth peer of {name}"),
+                ));
+            }
             (link, peer)
         }
         None => {
-            let (link, peer) = nl.create_veth(&name, &peer_name).await?;
-            nl.set_alias(link.index, &mark).await?;
-            nl.set_alias(peer.index, &mark).await?;
+            let pair = nl.create_veth(&name, &peer_name).await?;
             tracing::info!(tunnel = %name, network = %plan.network_id, "created tunnel device");
-            (link, peer)
+            pair
         }
     };
+    // Marked here, also when a stop between creating and marking (or
+    // between the two marks) left either end without it.
+    for dev in [&link, &peer] {
+        if dev.alias.as_deref() != Some(mark.as_str()) {
+            nl.set_alias(dev.index, &mark).await?;
+        }
+    }
     for dev in [&link, &peer] {
         if dev.mtu != plan.mtu {
             nl.set_mtu(dev.index, plan.mtu).await?;

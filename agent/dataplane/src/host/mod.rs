@@ -8,7 +8,9 @@
 //! refuses to touch it and `remove` leaves it alone. The mark is the
 //! bridge's identity, not its name: a marked bridge renamed by hand is
 //! reported as drift, renamed back by `apply` (never duplicated) and deleted
-//! by `remove` under whatever name it has.
+//! by `remove` under whatever name it has. A bridge of the plan's name born
+//! in [`crate::netlink::FAN_DEVICE_GROUP`] without any ifalias is the agent's
+//! own creation cut short before marking: `apply` marks it, `remove` deletes it.
 
 pub mod nft;
 
@@ -87,6 +89,9 @@ fn drift(
 fn describe_alias(link: &Link) -> String {
     match &link.alias {
         Some(a) => format!("ifalias {a:?}"),
+        None if link.unmarked_fan_birth() => {
+            "no ifalias yet: created by fan, its creator stopped before marking it".to_string()
+        }
         None => "no ifalias".to_string(),
     }
 }
@@ -115,11 +120,22 @@ impl HostSetup {
     /// The bridge if it exists and carries our mark; an error if a device of
     /// that name exists without it.
     async fn owned_bridge(&self, plan: &NetworkPlan) -> Result<Option<Link>> {
-        let Some(link) = self.netlink.link_by_name(&plan.bridge).await? else {
+        let Some(mut link) = self.netlink.link_by_name(&plan.bridge).await? else {
             return Ok(None);
         };
         let mark = bridge_mark(&plan.network_id);
-        if link.alias.as_deref() != Some(mark.as_str()) {
+        let born_unmarked = link.unmarked_fan_birth();
+        if born_unmarked && link.kind.as_deref() != Some("bridge") {
+            return Err(DataplaneError::other(
+                bridge_object(plan),
+                format!(
+                    "device {} was created by fan but never marked, and is a {}, not a bridge",
+                    plan.bridge,
+                    link.kind.as_deref().unwrap_or("device without rtnl kind")
+                ),
+            ));
+        }
+        if !self.netlink.claim(&mut link, &mark).await? {
             return Err(DataplaneError::other(
                 bridge_object(plan),
                 format!(
@@ -215,9 +231,9 @@ impl HostSetup {
             });
         };
         // Mark it at once. The kernel ignores IFLA_IFALIAS on RTM_NEWLINK, so
-        // a crash right here leaves an unmarked bridge that the next apply
-        // refuses (the operator deletes it). When marking merely fails, take
-        // the unmarked bridge away again: add_bridge proved it is ours.
+        // a stop right here leaves an unmarked bridge, born in the fan device
+        // group: the next apply claims it (owned_bridge). When marking merely
+        // fails, take the unmarked bridge away again: add_bridge proved it is ours.
         let mark = bridge_mark(&plan.network_id);
         if let Err(e) = self.netlink.set_alias(link.index, &mark).await {
             if let Err(cleanup) = self.netlink.delete_link(link.index).await {
@@ -517,8 +533,11 @@ impl HostSetup {
         errors.record(self.nft.delete_table(&plan.network_id).await);
         match self.netlink.link_by_name(&plan.bridge).await {
             Ok(None) => {}
+            // An unmarked fan birth of this name is this network's bridge
+            // whose creation was cut short.
             Ok(Some(link))
-                if link.alias.as_deref() == Some(bridge_mark(&plan.network_id).as_str()) =>
+                if link.alias.as_deref() == Some(bridge_mark(&plan.network_id).as_str())
+                    || link.unmarked_fan_birth() =>
             {
                 if errors
                     .record(self.netlink.delete_link(link.index).await)

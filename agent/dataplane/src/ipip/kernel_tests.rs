@@ -476,6 +476,37 @@ fn ipip_refuses_a_foreign_tunnel_in_the_way() {
     });
 }
 
+/// The agent stopped between creating its ipip device and marking it: the
+/// device, born in the fan device group, holds our tunnel triple; the next
+/// apply claims it instead of refusing it as foreign.
+#[test]
+#[ignore = "needs ipip.ko: run make test-kernels"]
+fn ipip_claims_a_device_left_unmarked_by_an_interrupted_creation() {
+    if !kernel_suite() {
+        return;
+    }
+    let pair = Pair::new("10.1.3.0/24", ["10.1.3.7", "10.1.3.9"]);
+    let h1 = &pair.h[0];
+    let group = crate::netlink::FAN_DEVICE_GROUP.to_string();
+    h1.ip(&[
+        "link", "add", "fanipip7", "group", &group, "type", "ipip", "local", "10.1.3.7", "dev",
+        "uplink",
+    ]);
+    let p = plan("fan", 7, "250.0.0.0/8", "10.1.3.0/24", "10.1.3.7");
+    h1.block(move || async move {
+        let backend = IpipBackend::new();
+        apply_all(&backend, &p).await.expect("apply claims it");
+        assert_eq!(
+            fan_devices(Role::Ipip).await,
+            vec![("fanipip7".to_string(), Some("fan:fan".to_string()))]
+        );
+        let obs = backend.observe(&p).await.unwrap();
+        assert!(obs.drifts.is_empty(), "{:?}", obs.drifts);
+        remove_all(&backend, &p).await.unwrap();
+        assert!(fan_devices(Role::Ipip).await.is_empty());
+    });
+}
+
 #[test]
 #[ignore = "needs ipip.ko: run make test-kernels"]
 fn kernel_fan_is_detected_absent_and_backs_out_cleanly() {

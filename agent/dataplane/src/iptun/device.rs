@@ -409,8 +409,16 @@ async fn create(
     devices: &[(Link, LinkMessage, TunnelParams)],
 ) -> Result<TunnelDevice> {
     let context = object(role, plan);
+    let mark = mark_for(std::slice::from_ref(&plan.network_id))?;
     // A foreign device with our triple makes the kernel refuse ours: say so.
     if let Some((link, _, _)) = devices.iter().find(|(_, _, p)| p.same_tunnel(want)) {
+        // Unless fan created it and stopped before marking it: complete that.
+        let mut link = link.clone();
+        if role.owns_name(&link.name) && nl.claim(&mut link, &mark).await? {
+            return refresh(nl, role, link.index).await?.ok_or_else(|| {
+                DataplaneError::other(context, format!("device {} vanished", link.name))
+            });
+        }
         return Err(DataplaneError::other(
             context,
             conflict_message(role, plan, &link.name, link.alias.as_deref()),
@@ -437,9 +445,9 @@ async fn create(
         ));
     }
     let link = nl.require_link(&name).await?;
-    let mark = mark_for(std::slice::from_ref(&plan.network_id))?;
     // The kernel ignores IFLA_IFALIAS on creation: mark it at once, and
-    // take it away again if that fails (we just proved it is ours).
+    // take it away again if that fails (we just proved it is ours). A stop
+    // right here leaves it born in the fan device group: claimed above next time.
     if let Err(e) = nl.set_alias(link.index, &mark).await {
         if let Err(cleanup) = nl.delete_link(link.index).await {
             warn!(error = %cleanup, device = %name, "could not delete the unmarked tunnel device");

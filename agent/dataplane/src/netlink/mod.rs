@@ -30,9 +30,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage, NetkitMode};
+use netlink_packet_route::link::{
+    InfoData, InfoNetkit, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, NetkitMode,
+};
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkNetkit, LinkUnspec, LinkVeth};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{DataplaneError, Result};
 
@@ -222,7 +224,7 @@ impl Netlink {
         check_ifname(name, &context)?;
         // LinkBridge::new sets IFF_UP; clear it so that the caller configures
         // MTU, addresses and its mark before the device carries traffic.
-        let message = LinkBridge::new(name).down().build();
+        let message = born_in_fan_group(LinkBridge::new(name).down().build());
         match self.handle.link().add(message).execute().await {
             Ok(()) => debug!(bridge = name, "created bridge"),
             Err(e) if errno(&e) == Some(EEXIST) => return Ok(None),
@@ -260,6 +262,7 @@ impl Netlink {
         check_ifname(name, &context)?;
         check_ifname(peer, &context)?;
         if self.link_by_name(name).await?.is_none() {
+            let message = born_in_fan_group(message);
             match self.handle.link().add(message).execute().await {
                 Ok(()) => debug!(kind, name, peer, "created pair"),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -358,6 +361,24 @@ impl Netlink {
         let message = LinkUnspec::new_with_index(index).alias(alias).build();
         self.set_link(index, |l| format!("set alias {alias:?} on {l}"), message)
             .await
+    }
+
+    /// Whether `link`, found where a device marked `mark` is expected, is
+    /// ours: it carries the mark, or it is an [unmarked fan
+    /// birth](Link::unmarked_fan_birth), whose creation this completes by
+    /// setting the mark (`link.alias` follows). Anything else is someone
+    /// else's: `false`, and nothing is changed.
+    pub async fn claim(&self, link: &mut Link, mark: &str) -> Result<bool> {
+        if link.alias.as_deref() == Some(mark) {
+            return Ok(true);
+        }
+        if !link.unmarked_fan_birth() {
+            return Ok(false);
+        }
+        self.set_alias(link.index, mark).await?;
+        warn!(device = %link.name, mark, "completed the creation of a device whose creator stopped before marking it");
+        link.alias = Some(mark.to_string());
+        Ok(true)
     }
 
     /// Sets the IPv4 GSO and GRO size limits (BIG TCP above 64 KB) of
@@ -823,6 +844,7 @@ impl Netlink {
     /// EEXIST: the name is taken, or the kind refuses a duplicate (an ip
     /// tunnel with the same local, remote and underlay device).
     pub async fn add_link_message(&self, message: LinkMessage, context: &str) -> Result<bool> {
+        let message = born_in_fan_group(message);
         match self.handle.link().add(message).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
@@ -858,6 +880,35 @@ impl Netlink {
             _ => None,
         }))
     }
+}
+
+/// Puts the device(s) `message` creates in [`FAN_DEVICE_GROUP`]: the
+/// creating request itself stamps them as fan's, so an interrupted creation
+/// is recognised later. A veth's or netkit's peer is stamped too.
+fn born_in_fan_group(mut message: LinkMessage) -> LinkMessage {
+    for attribute in &mut message.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attribute {
+            for info in infos {
+                match info {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) => {
+                        peer.attributes.push(LinkAttribute::Group(FAN_DEVICE_GROUP));
+                    }
+                    LinkInfo::Data(InfoData::Netkit(items)) => {
+                        for item in items {
+                            if let InfoNetkit::Peer(peer) = item {
+                                peer.attributes.push(LinkAttribute::Group(FAN_DEVICE_GROUP));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    message
+        .attributes
+        .push(LinkAttribute::Group(FAN_DEVICE_GROUP));
+    message
 }
 
 fn expect_kind(link: Link, kind: &str, context: &str) -> Result<Link> {

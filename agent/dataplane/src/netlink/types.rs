@@ -28,6 +28,17 @@ pub(super) const ENOENT: i32 = libc::ENOENT;
 pub(super) const ESRCH: i32 = libc::ESRCH;
 pub(super) const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
 
+/// The device group (IFLA_GROUP) every device fan creates is born in.
+///
+/// Ownership is the ifalias mark, but the kernel ignores IFLA_IFALIAS when it
+/// creates a device, so the mark is a second request: a creator stopped in
+/// between (SIGTERM mid-reconcile, a crash, a kill) leaves a device that
+/// nothing owns. IFLA_GROUP, unlike the alias, is applied by the RTM_NEWLINK
+/// that creates the device, so such a device is still recognisable: in this
+/// group, without an ifalias ([`Link::unmarked_fan_birth`]). The value spells
+/// "fan" in ASCII; nothing else puts devices in it.
+pub const FAN_DEVICE_GROUP: u32 = 0x6661_6e00;
+
 /// What the kernel reports about one network device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -68,9 +79,19 @@ pub struct Link {
     /// IFLA_NETKIT_PRIMARY of a netkit device: the primary end takes the
     /// BPF programs of both ends; `None` for other kinds.
     pub netkit_primary: Option<bool>,
+    /// IFLA_GROUP, the device group (0, "default", unless set).
+    pub group: u32,
 }
 
 impl Link {
+    /// Created by fan (born in [`FAN_DEVICE_GROUP`]) but never marked: its
+    /// creator stopped between creating it and setting its ifalias. Whoever
+    /// expects a device of this name and kind may complete the creation by
+    /// marking it ([`crate::netlink::Netlink::claim`]).
+    pub fn unmarked_fan_birth(&self) -> bool {
+        self.group == FAN_DEVICE_GROUP && self.alias.is_none()
+    }
+
     /// The device's link (a veth's peer) lives in another network namespace.
     pub fn link_in_other_netns(&self) -> bool {
         self.link_netnsid.is_some()
@@ -283,6 +304,7 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
         gro_ipv4_max_size: None,
         tso_max_size: None,
         netkit_primary: None,
+        group: 0,
     };
     for attr in msg.attributes {
         match attr {
@@ -296,6 +318,7 @@ pub(super) fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::GsoIpv4MaxSize(size) => link.gso_ipv4_max_size = Some(size),
             LinkAttribute::GroIpv4MaxSize(size) => link.gro_ipv4_max_size = Some(size),
             LinkAttribute::TsoMaxSize(size) => link.tso_max_size = Some(size),
+            LinkAttribute::Group(group) => link.group = group,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
