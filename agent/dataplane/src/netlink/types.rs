@@ -98,7 +98,7 @@ impl Link {
     }
 }
 
-/// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`].
+/// An IPv4 address on a device, as listed by [`Netlink::all_ipv4_addresses`](super::Netlink::all_ipv4_addresses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkAddress {
     /// Interface index.
@@ -384,7 +384,7 @@ pub(super) fn parse_route(msg: RouteMessage) -> Option<Route4> {
 
 // ------------------------------------------------- batches, raw links, stats
 
-/// One change in a [`Netlink::change_routes`] batch.
+/// One change in a [`Netlink::change_routes`](super::Netlink::change_routes) batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteChange {
     /// Add the route (NLM_F_EXCL); a route with the same key already there
@@ -412,7 +412,7 @@ impl RouteChange {
     }
 }
 
-/// What a [`Netlink::change_routes`] batch did.
+/// What a [`Netlink::change_routes`](super::Netlink::change_routes) batch did.
 #[derive(Debug, Default)]
 pub struct RouteBatchReport {
     /// Changes the kernel applied.
@@ -473,6 +473,6 @@ pub struct LinkStats {
     pub collisions: u64,
 }
 
-/// Default number of route requests [`Netlink::change_routes`] sends per
+/// Default number of route requests [`Netlink::change_routes`](super::Netlink::change_routes) sends per
 /// system call (their acknowledgements must fit the receive buffer).
 pub const ROUTE_BATCH_SIZE: usize = 128;
