@@ -54,16 +54,20 @@ fn create_request(id: &str, overlay: &str, allow_overlap: bool) -> pb::CreateNet
     }
 }
 
-/// Waits until the network has moved to `slice` and checks what a move
-/// promises: the old allocation is kept but stale, the new slice hands out
-/// addresses and its containers reach the other host.
+/// Waits until the network has moved to `slice` and its data path is
+/// programmed there (the move is persisted before it is applied, so the
+/// status shows the new slice a moment before the pass ends), then checks
+/// what a move promises: the old allocation is kept but stale, the new slice
+/// hands out addresses and its containers reach the other host.
 async fn expect_moved_to_29(bed: &mut Testbed, old_owner: &str) -> Result<()> {
     let mut client = bed.host("h28").client().await?;
     wait_until(REACT, "the network to move to 250.0.29.0/24", || {
         let mut client = client.clone();
         async move {
             let s = status(&mut client, "fan").await?;
-            Ok(s.slice == "250.0.29.0/24" && s.underlay_address == "172.30.0.29")
+            let moved = s.slice == "250.0.29.0/24" && s.underlay_address == "172.30.0.29";
+            let programmed = !s.reason.contains("kernel differs");
+            Ok(moved && programmed && s.state != pb::NetworkState::Failed as i32)
         }
     })
     .await

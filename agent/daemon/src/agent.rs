@@ -547,6 +547,10 @@ impl Agent {
                     // The old slice's gateway and routes go with the old plan
                     // where they differ; apply then programs the new one.
                     let moved = self.store.move_network(moved).await?;
+                    // The lost address's failure is over: status must not show
+                    // it beside the new slice while apply re-programs (until
+                    // then it observes drift, and readiness keeps its value).
+                    self.failures().remove(&record.id);
                     tracing::warn!(network = %record.id, from = %record.slice, to = %moved.slice, address = %moved.underlay_address, "underlay address changed: network moved to a new slice; allocations of the old slice are stale");
                     self.set_lost(&record.id, None);
                     // Same bridge and devices: apply replaces the old slice's
