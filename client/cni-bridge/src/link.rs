@@ -172,8 +172,7 @@ pub async fn unplug(nl: &Netlink, host: &str, alias: &str) -> Result<Unplugged> 
         return Ok(Unplugged::Absent);
     };
     let pair = matches!(link.kind.as_deref(), Some("veth" | "netkit"));
-    let ours = link.alias.as_deref() == Some(alias) || link.unmarked_fan_birth();
-    if !pair || !ours {
+    if !pair || !link.owned_by(alias) {
         return Ok(Unplugged::Foreign(format!(
             "a {} with alias {:?}",
             link.kind.as_deref().unwrap_or("device"),

@@ -35,10 +35,9 @@ pub async fn owned_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Option<Lin
         return Ok(None);
     };
     let mark = tunnel_mark(&plan.network_id);
-    // An unmarked fan birth is ours too: its creator stopped before marking
-    // it; ensure_tunnel marks it.
-    let ours = link.alias.as_deref() == Some(mark.as_str()) || link.unmarked_fan_birth();
-    if !ours || link.kind.as_deref() != Some("veth") {
+    // An unmarked fan birth is ours too (its creator stopped before marking
+    // it): ensure_tunnel marks it.
+    if !link.owned_by(&mark) || link.kind.as_deref() != Some("veth") {
         return Err(DataplaneError::other(
             format!("tunnel device {name}"),
             format!(
@@ -65,23 +64,12 @@ pub async fn ensure_tunnel(nl: &Netlink, plan: &NetworkPlan) -> Result<Link> {
     let name = tunnel_name(plan.index);
     let peer_name = tunnel_peer_name(plan.index);
     let mark = tunnel_mark(&plan.network_id);
-    let (link, peer) = match owned_tunnel(nl, plan).await? {
-        Some(link) => {
-            let peer = nl.require_link(&peer_name).await?;
-            if link.link != Some(peer.index) {
-                return Err(DataplaneError::other(
-                    format!("tunnel device {name}"),
-                    format!("{peer_name} is not the veth peer of {name}"),
-                ));
-            }
-            (link, peer)
-        }
-        None => {
-            let pair = nl.create_veth(&name, &peer_name).await?;
-            tracing::info!(tunnel = %name, network = %plan.network_id, "created tunnel device");
-            pair
-        }
-    };
+    let absent = owned_tunnel(nl, plan).await?.is_none();
+    // Creates the pair, or checks that the existing tunnel's peer is its own.
+    let (link, peer) = nl.create_veth(&name, &peer_name).await?;
+    if absent {
+        tracing::info!(tunnel = %name, network = %plan.network_id, "created tunnel device");
+    }
     // Marked here, also when a stop between creating and marking (or
     // between the two marks) left either end without it.
     for dev in [&link, &peer] {

@@ -124,8 +124,7 @@ impl HostSetup {
             return Ok(None);
         };
         let mark = bridge_mark(&plan.network_id);
-        let born_unmarked = link.unmarked_fan_birth();
-        if born_unmarked && link.kind.as_deref() != Some("bridge") {
+        if link.unmarked_fan_birth() && link.kind.as_deref() != Some("bridge") {
             return Err(DataplaneError::other(
                 bridge_object(plan),
                 format!(
@@ -535,10 +534,7 @@ impl HostSetup {
             Ok(None) => {}
             // An unmarked fan birth of this name is this network's bridge
             // whose creation was cut short.
-            Ok(Some(link))
-                if link.alias.as_deref() == Some(bridge_mark(&plan.network_id).as_str())
-                    || link.unmarked_fan_birth() =>
-            {
+            Ok(Some(link)) if link.owned_by(&bridge_mark(&plan.network_id)) => {
                 if errors
                     .record(self.netlink.delete_link(link.index).await)
                     .is_some()

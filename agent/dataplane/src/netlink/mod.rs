@@ -364,16 +364,15 @@ impl Netlink {
     }
 
     /// Whether `link`, found where a device marked `mark` is expected, is
-    /// ours: it carries the mark, or it is an [unmarked fan
-    /// birth](Link::unmarked_fan_birth), whose creation this completes by
-    /// setting the mark (`link.alias` follows). Anything else is someone
-    /// else's: `false`, and nothing is changed.
+    /// ours ([`Link::owned_by`]); an unmarked fan birth's creation is
+    /// completed here by setting the mark (`link.alias` follows). Anything
+    /// else is someone else's: `false`, and nothing is changed.
     pub async fn claim(&self, link: &mut Link, mark: &str) -> Result<bool> {
+        if !link.owned_by(mark) {
+            return Ok(false);
+        }
         if link.alias.as_deref() == Some(mark) {
             return Ok(true);
-        }
-        if !link.unmarked_fan_birth() {
-            return Ok(false);
         }
         self.set_alias(link.index, mark).await?;
         warn!(device = %link.name, mark, "completed the creation of a device whose creator stopped before marking it");

@@ -92,6 +92,13 @@ impl Link {
         self.group == FAN_DEVICE_GROUP && self.alias.is_none()
     }
 
+    /// Whether this device, found where one marked `mark` is expected, is
+    /// fan's: it carries the mark, or it is an [unmarked fan
+    /// birth](Link::unmarked_fan_birth).
+    pub fn owned_by(&self, mark: &str) -> bool {
+        self.alias.as_deref() == Some(mark) || self.unmarked_fan_birth()
+    }
+
     /// The device's link (a veth's peer) lives in another network namespace.
     pub fn link_in_other_netns(&self) -> bool {
         self.link_netnsid.is_some()
